@@ -1,0 +1,1269 @@
+"""The layer catalogue: the single source of truth for every built-in layer.
+
+Each :class:`LayerSpec` holds the layer's Keras 3 parameters and defaults, the
+Keras arguments v1 rejects by name, its shape-and-mask rule (the static form of
+Keras' ``compute_output_shape``/``compute_mask``), its parameter count (Keras'
+convention: what ``count_params()`` reports), whether it is padding invariant,
+and, for recurrent layers, the kernel each target will use. The checker, the
+summary and every emitter read this table; adding a layer means one entry here.
+
+Rules raise :class:`RuleError`; the checker turns it into a located diagnostic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from .dims import Dim, divisible, exact_div
+from .types import FLOAT_DTYPES, INT_DTYPES, MaskKind, TensorType, fmt_shape
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITIALIZERS",
+    "KERNELS",
+    "TARGETS",
+    "BoundLayer",
+    "CallInfo",
+    "KernelChoice",
+    "LayerSpec",
+    "Param",
+    "PadInfo",
+    "REQUIRED",
+    "RuleContext",
+    "RuleError",
+    "CATALOGUE",
+    "MERGES",
+    "spec_for",
+]
+
+TARGETS = ("keras", "torch", "jax")
+KERNELS = ("cudnn", "cudnn+roll", "cudnn+compact", "scan", "loop")
+
+ACTIVATIONS = (
+    "linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus", "softsign",
+    "elu", "selu", "gelu", "silu", "swish", "exponential", "hard_sigmoid", "relu6",
+    "leaky_relu", "mish",
+)  # fmt: skip
+INITIALIZERS = (
+    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
+    "lecun_normal", "orthogonal", "zeros", "ones", "uniform", "random_uniform",
+    "random_normal", "truncated_normal", "identity",
+)  # fmt: skip
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: object = _Required()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One configuration parameter.
+
+    ``type`` is one of: ``int``, ``float``, ``bool``, ``str``, ``choice``
+    (a bare name or string among ``choices``), ``activation``,
+    ``initializer``, ``layer`` (a nested layer constructor), ``ints`` (an int
+    or a one-element list, Keras' ``kernel_size=3`` or ``(3,)``), ``int_or_none``,
+    ``shape`` (a list of ints), ``axis`` (``time``/``features`` or an int).
+    """
+
+    name: str
+    type: str
+    default: object = REQUIRED
+    choices: tuple[str, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    hi_open: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class BoundLayer:
+    """A nested layer argument after binding (``Bidirectional(LSTM(64))``)."""
+
+    kind: str
+    name: str
+    config: Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    kernel: str
+    reason: str | None = None
+
+    def __str__(self) -> str:
+        return self.kernel
+
+
+@dataclass(frozen=True)
+class PadInfo:
+    """A ``pad(...)`` declaration: keras.utils.pad_sequences semantics in the input's dtype."""
+
+    side: str
+    value: float
+    nonempty: bool = False
+    maxlen: int | None = None
+    truncate: str = "pre"
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What a rule sees of a call besides the inputs."""
+
+    layer_kind: str
+    initial_state: tuple[TensorType, ...] | None = None
+    explicit_mask: bool = False
+    training: bool | None = None
+
+
+class RuleContext(Protocol):
+    def exact(self, d: Dim | None, k: int, what: str) -> Dim | None: ...
+
+    def pad_of(self, t: TensorType) -> PadInfo | None: ...
+
+    def warn(self, code: str, message: str, hint: str | None = None) -> None: ...
+
+
+class RuleError(Exception):
+    """A rule violation. ``arg`` names the argument to point at; ``where`` is
+    ``layer`` (the constructor), ``input`` (the data argument), ``initial_state``
+    or ``arg``."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        hint: str | None = None,
+        arg: str | None = None,
+        where: str = "layer",
+    ):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.arg = arg
+        self.where = "arg" if arg is not None and where == "layer" else where
+
+
+Config = Mapping[str, object]
+Rule = Callable[[Config, Sequence[TensorType], CallInfo, RuleContext], list[TensorType]]
+Counter = Callable[[Config, Sequence[TensorType]], tuple[int, int]]
+KernelFn = Callable[[Config, Sequence[TensorType]], dict[str, KernelChoice]]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    category: str
+    params: tuple[Param, ...]
+    rule: Rule
+    count: Counter
+    mask_rule: str
+    padding_invariant: bool
+    doc: str
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+    kernels: KernelFn | None = None
+    data_args: frozenset[str] = frozenset({"mask"})
+    n_inputs: tuple[int, int] = (1, 1)
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+
+# --------------------------------------------------------------------------
+# common parameters and unsupported Keras arguments
+
+COMMON = (
+    Param("name", "str", None, doc="stable layer name (weights are keyed by it)"),
+    Param("trainable", "bool", True),
+)
+
+_REG = "regularizers and constraints are not supported in v1; add penalties in your training loop"
+_UNSUPPORTED_COMMON = {
+    "dtype": "layers compute in the input's dtype; declare the input `f64` for double precision",
+    "input_shape": "declare the shape on the `input` instead",
+    "batch_input_shape": "declare the shape on the `input` instead",
+    "batch_size": "give the input a fixed batch dimension, e.g. `f32[32, T, 8]`",
+    "input_dim": "the input size comes from the value; declare it on the `input`",
+    "autocast": "mixed precision is out of scope for v1",
+    "activity_regularizer": _REG,
+    "kernel_regularizer": _REG,
+    "bias_regularizer": _REG,
+    "kernel_constraint": _REG,
+    "bias_constraint": _REG,
+    "lora_rank": "LoRA is not supported in v1",
+    "lora_alpha": "LoRA is not supported in v1",
+    "weights": "load weights with the weights file, not a constructor argument",
+    "seed": "seeds are set once per model: `program.build(backend, seed=...)`",
+}
+_UNSUPPORTED_RNN = {
+    **_UNSUPPORTED_COMMON,
+    "recurrent_regularizer": _REG,
+    "recurrent_constraint": _REG,
+    "zero_output_for_mask": "use `masked_output=zero` (the default) or `masked_output=carry`",
+    "use_cudnn": "kernels are chosen by the compiler; write `@kernel(cudnn)` to require cuDNN",
+    "time_major": "sequences are batch-major, `[B, T, F]`",
+    "implementation": "a Keras 2 argument; kernels are chosen by the compiler",
+    "input_length": "declare the time length on the `input`",
+}
+
+# --------------------------------------------------------------------------
+# small rule helpers
+
+
+def _need_float(kind: str, t: TensorType, what: str = "input") -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        hint = (
+            "integer ids need an `Embedding` first"
+            if t.dtype in INT_DTYPES
+            else "declare the input as `f32`"
+        )
+        raise RuleError("SEQ301", f"{kind} expects a float {what}, got {t.dtype}", hint, where="input")
+
+
+def _need_rank(kind: str, t: TensorType, ranks: Sequence[int], shape_text: str) -> None:
+    if t.rank not in ranks:
+        raise RuleError(
+            "SEQ303",
+            f"{kind} expects {shape_text}, got {t.dtype}{fmt_shape(t.shape)} (rank {t.rank})",
+            "check the layers before it, or add a time axis to the input declaration",
+            where="input",
+        )
+
+
+def _need_features(kind: str, t: TensorType) -> int:
+    f = t.features
+    v = f.value if f is not None else None
+    if v is None:
+        raise RuleError(
+            "SEQ309",
+            f"{kind} needs a known feature size to create its weights, got {fmt_shape(t.shape)}",
+            "declare the last dimension of the input as an integer",
+            where="input",
+        )
+    return v
+
+
+def _replace_last(t: TensorType, d: Dim | None) -> tuple[Dim | None, ...]:
+    return (*t.shape[:-1], d)
+
+
+def _int(cfg: Config, key: str) -> int:
+    v = cfg[key]
+    assert isinstance(v, int)
+    return v
+
+
+def _float(cfg: Config, key: str) -> float:
+    v = cfg[key]
+    assert isinstance(v, (int, float))
+    return float(v)
+
+
+def _bool(cfg: Config, key: str) -> bool:
+    return bool(cfg[key])
+
+
+def _str(cfg: Config, key: str) -> str:
+    v = cfg[key]
+    assert isinstance(v, str)
+    return v
+
+
+def _no_params(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    return (0, 0)
+
+
+def _propagate(t: TensorType, shape: tuple[Dim | None, ...] | None = None, dtype: str | None = None) -> TensorType:
+    return TensorType(dtype or t.dtype, t.shape if shape is None else shape, t.mask, t.padded_from)
+
+
+# --------------------------------------------------------------------------
+# mask generators
+
+
+def _embedding_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    if t.dtype not in INT_DTYPES:
+        raise RuleError(
+            "SEQ301",
+            f"Embedding takes integer ids, got {t.dtype}",
+            "declare the input as `i32` (token ids), or use `Dense` on float features",
+            where="input",
+        )
+    shape = (*t.shape, Dim.of(_int(cfg, "output_dim")))
+    mask = None
+    if _bool(cfg, "mask_zero") and t.rank >= 2:
+        pad = ctx.pad_of(t)
+        if pad is not None and pad.value == 0:
+            mask = MaskKind(pad.side, pad.nonempty, declared=True)
+        else:
+            mask = MaskKind("any")
+            if pad is not None:
+                ctx.warn(
+                    "SEQ803",
+                    f"mask_zero=true masks id 0, but the input pads with value={_fmt_num(pad.value)}",
+                    "pad with `value=0`, or the padded steps stay unmasked",
+                )
+    return [TensorType("f32" if t.dtype != "f64" else "f64", shape, mask, t.padded_from)]
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _masking_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _need_float("Masking", t)
+    _need_rank("Masking", t, (3,), "a sequence `[B, T, F]`")
+    pad = ctx.pad_of(t)
+    mv = _float(cfg, "mask_value")
+    if pad is not None and pad.value == mv:
+        mask = MaskKind(pad.side, pad.nonempty, declared=True)
+    else:
+        mask = MaskKind("any")
+        if pad is not None:
+            ctx.warn(
+                "SEQ803",
+                f"Masking(mask_value={_fmt_num(mv)}) but the input pads with value={_fmt_num(pad.value)}",
+                f"use `Masking(mask_value={_fmt_num(pad.value)})`, or the padded steps stay unmasked",
+            )
+    return [TensorType(t.dtype, t.shape, mask, t.padded_from)]
+
+
+# --------------------------------------------------------------------------
+# recurrent layers
+
+_CELL_OF = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}
+_CELL_LAYER = {"LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "simple_rnn"}
+_N_STATES = {"lstm": 2, "gru": 1, "simple_rnn": 1}
+_GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+def _cell_params(cell: str) -> tuple[Param, ...]:
+    ps = [
+        Param("units", "int", lo=1, doc="size of the output and of each state"),
+        Param("activation", "activation", "tanh"),
+    ]
+    if cell != "simple_rnn":
+        ps.append(Param("recurrent_activation", "activation", "sigmoid"))
+    ps += [
+        Param("use_bias", "bool", True),
+        Param("kernel_initializer", "initializer", "glorot_uniform"),
+        Param("recurrent_initializer", "initializer", "orthogonal"),
+        Param("bias_initializer", "initializer", "zeros"),
+    ]
+    if cell == "lstm":
+        ps.append(Param("unit_forget_bias", "bool", True))
+    ps += [
+        Param("dropout", "float", 0.0, lo=0.0, hi=1.0, hi_open=True),
+        Param("recurrent_dropout", "float", 0.0, lo=0.0, hi=1.0, hi_open=True),
+    ]
+    if cell == "gru":
+        ps.append(Param("reset_after", "bool", True))
+    return tuple(ps)
+
+
+_RNN_FLAGS = (
+    Param("return_sequences", "bool", False),
+    Param("return_state", "bool", False),
+    Param("go_backwards", "bool", False),
+    Param("stateful", "bool", False),
+    Param("unroll", "bool", False),
+    Param("masked_output", "choice", "zero", choices=("zero", "carry"),
+          doc="output at masked steps with return_sequences: zeros, or the last valid output"),
+)  # fmt: skip
+
+
+def _cell_of(cfg: Config, kind: str) -> tuple[str, Config]:
+    """(cell type, cell config) of a recurrent layer or RNN(cell)."""
+    if kind == "RNN":
+        cell = cfg["cell"]
+        assert isinstance(cell, BoundLayer)
+        return _CELL_LAYER[cell.kind], cell.config
+    if kind == "Bidirectional":
+        inner = cfg["layer"]
+        assert isinstance(inner, BoundLayer)
+        return _cell_of(inner.config, inner.kind)
+    return _CELL_OF[kind], cfg
+
+
+def rnn_count(cell: str, c: Config, features: int) -> int:
+    u = _int(c, "units")
+    g = _GATES[cell]
+    n = g * (features * u + u * u)
+    if _bool(c, "use_bias"):
+        n += (2 * g * u) if cell == "gru" and _bool(c, "reset_after") else g * u
+    return n
+
+
+def _rnn_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    kind = str(cfg["__kind__"])
+    cell, c = _cell_of(cfg, kind)
+    f = ins[0].features
+    fv = f.value if f is not None else None
+    assert fv is not None
+    return (rnn_count(cell, c, fv), 0)
+
+
+def recurrent_outputs(
+    kind: str,
+    cfg: Config,
+    ins: Sequence[TensorType],
+    call: CallInfo,
+    ctx: RuleContext,
+    directions: int,
+    merge_mode: str,
+) -> list[TensorType]:
+    """Shape and mask rule shared by LSTM, GRU, SimpleRNN, RNN and Bidirectional."""
+    (t,) = ins
+    _need_float(kind, t)
+    _need_rank(kind, t, (3,), "a sequence `[B, T, F]`")
+    _need_features(kind, t)
+    cell, c = _cell_of(cfg, kind)
+    flags = cfg if kind != "Bidirectional" else _inner(cfg).config
+    units = _int(c, "units")
+    n_states = _N_STATES[cell]
+    b = t.batch
+    if t.mask is None and t.padded_from is not None:
+        ctx.warn(
+            "SEQ801",
+            f"{kind} reads `{t.padded_from}`, which is padded, but no mask reaches it: "
+            "the padded steps are processed as data",
+            "mask the padding: `Embedding(..., mask_zero=true)` or `Masking(mask_value=...)`, "
+            "or declare the input `masked` and pass lengths",
+        )
+    if _bool(flags, "stateful") and (b is None or b.value is None):
+        raise RuleError(
+            "SEQ601",
+            f"stateful {kind} needs a fixed batch size, but the batch dimension is "
+            f"`{'_' if b is None else b}`",
+            "declare the input with an integer batch, e.g. `f32[32, T, 8]`",
+            arg="stateful",
+        )
+    if _bool(flags, "unroll") and (t.time is None or t.time.value is None):
+        raise RuleError(
+            "SEQ203",
+            "unroll=true needs a known time length",
+            "declare the time dimension as an integer, or drop `unroll=true`",
+            arg="unroll",
+        )
+    # initial_state
+    expected = n_states * directions
+    if call.initial_state is not None:
+        got = len(call.initial_state)
+        if got != expected:
+            hint = f"{kind} takes {expected} state(s)" + (
+                " ([h, c])" if cell == "lstm" and directions == 1 else ""
+            )
+            if directions == 1 and got == 2 * n_states:
+                pair = "h_fw, c_fw, h_bw, c_bw" if cell == "lstm" else "h_fw, h_bw"
+                hint = (
+                    f"these look like a Bidirectional encoder's states ({pair}): merge each pair, "
+                    f"e.g. `h = concat(h_fw, h_bw)` with `units={2 * units}` on this layer, "
+                    f"or `h = add(h_fw, h_bw)`"
+                )
+            raise RuleError(
+                "SEQ304",
+                f"{kind} expects {expected} initial state(s), got {got}",
+                hint,
+                where="initial_state",
+            )
+        for i, s in enumerate(call.initial_state):
+            ok = s.rank == 2 and _dim_ok(s.shape[1], units) and _same(s.batch, b)
+            if not ok:
+                raise RuleError(
+                    "SEQ305",
+                    f"initial state {i} of {kind} must be `[{_fmt(b)}, {units}]`, got {s.dtype}{fmt_shape(s.shape)}",
+                    "a state has the layer's batch and `units` columns"
+                    + (
+                        "; Bidirectional states are per direction: concat or add them to change the size"
+                        if s.rank == 2 and s.shape[1] is not None and s.shape[1].value == units * 2
+                        else ""
+                    ),
+                    where="initial_state",
+                )
+    width = units * (2 if directions == 2 and merge_mode == "concat" else 1)
+    outs: list[TensorType] = []
+    if _bool(flags, "return_sequences"):
+        mask = t.mask
+        if mask is not None and directions == 1 and _bool(flags, "go_backwards"):
+            mask = mask.flipped()
+        seq = TensorType(t.dtype, (b, t.time, Dim.of(width)), mask, None)
+        if directions == 2 and merge_mode == "none":
+            one = TensorType(t.dtype, (b, t.time, Dim.of(units)), mask, None)
+            outs += [one, one]
+        else:
+            outs.append(seq)
+    else:
+        if directions == 2 and merge_mode == "none":
+            one = TensorType(t.dtype, (b, Dim.of(units)))
+            outs += [one, one]
+        else:
+            outs.append(TensorType(t.dtype, (b, Dim.of(width))))
+    if _bool(flags, "return_state"):
+        outs += [TensorType(t.dtype, (b, Dim.of(units))) for _ in range(expected)]
+    return outs
+
+
+def _fmt(d: Dim | None) -> str:
+    return "_" if d is None else str(d)
+
+
+def _dim_ok(d: Dim | None, n: int) -> bool:
+    return d is None or d.value == n
+
+
+def _same(a: Dim | None, b: Dim | None) -> bool:
+    return a is None or b is None or a == b
+
+
+def _rnn_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    return recurrent_outputs(call.layer_kind, cfg, ins, call, ctx, 1, "concat")
+
+
+def _inner(cfg: Config) -> BoundLayer:
+    inner = cfg["layer"]
+    assert isinstance(inner, BoundLayer)
+    return inner
+
+
+def _bidirectional_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    inner = _inner(cfg)
+    if inner.kind not in ("LSTM", "GRU", "SimpleRNN", "RNN"):
+        raise RuleError(
+            "SEQ203",
+            f"Bidirectional wraps a recurrent layer, not {inner.kind}",
+            "wrap LSTM, GRU, SimpleRNN or RNN(cell)",
+            arg="layer",
+        )
+    if _bool(inner.config, "stateful"):
+        raise RuleError(
+            "SEQ602",
+            "Bidirectional cannot wrap a stateful layer",
+            "the backward pass reads the future, so there is no state to carry across batches; "
+            "remove `stateful=true`",
+            arg="layer.stateful",
+        )
+    if inner.config.get("masked_output") == "carry":
+        raise RuleError(
+            "SEQ603",
+            "masked_output=carry is not available inside Bidirectional",
+            "Bidirectional outputs zeros at masked steps (as Keras forces); remove `masked_output=carry`",
+            arg="layer.masked_output",
+        )
+    if _bool(inner.config, "go_backwards"):
+        raise RuleError(
+            "SEQ203",
+            "the layer inside Bidirectional must not set go_backwards",
+            "Bidirectional builds the backward copy itself; remove `go_backwards=true`",
+            arg="layer.go_backwards",
+        )
+    return recurrent_outputs("Bidirectional", cfg, ins, call, ctx, 2, _str(cfg, "merge_mode"))
+
+
+def _bidirectional_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    inner = _inner(cfg)
+    n, _ = _rnn_count({**inner.config, "__kind__": inner.kind}, ins)
+    return (2 * n, 0)
+
+
+def _kernel_suffix(mask: MaskKind | None) -> KernelChoice:
+    if mask is None or mask.side == "post":
+        reason = None
+        if mask is not None and not mask.nonempty:
+            reason = "empty rows are given length 1 and restored afterwards"
+        return KernelChoice("cudnn", reason)
+    if mask.side == "pre":
+        return KernelChoice("cudnn+roll", "left padding: rows are rolled to right padding and back")
+    return KernelChoice(
+        "cudnn+compact", "gaps in the mask: valid steps are compacted to the front and scattered back"
+    )
+
+
+def recurrent_kernels(cfg: Config, ins: Sequence[TensorType]) -> dict[str, KernelChoice]:
+    """Kernel per target for a recurrent layer (see docs/language.md, "Kernels")."""
+    kind = str(cfg["__kind__"])
+    cell, c = _cell_of(cfg, kind)
+    flags = cfg if kind != "Bidirectional" else _inner(cfg).config
+    t = ins[0]
+    mask = t.mask
+    act = _str(c, "activation")
+    ract = _str(c, "recurrent_activation") if cell != "simple_rnn" else "sigmoid"
+    rdrop = _float(c, "recurrent_dropout") > 0
+    fused = _kernel_suffix(mask)
+
+    def pick(reasons: list[str], fallback: str) -> KernelChoice:
+        if reasons:
+            return KernelChoice(fallback, "; ".join(reasons))
+        return fused
+
+    common: list[str] = []
+    if cell != "simple_rnn" and act != "tanh":
+        common.append(f"activation={act} (fused kernels need tanh)")
+    if cell != "simple_rnn" and ract != "sigmoid":
+        common.append(f"recurrent_activation={ract} (fused kernels need sigmoid)")
+    if rdrop:
+        common.append("recurrent_dropout > 0 (fused kernels have no recurrent dropout)")
+    if cell == "gru" and not _bool(c, "reset_after"):
+        common.append("reset_after=false (fused GRU kernels compute reset_after=true)")
+
+    keras = list(common)
+    if cell == "simple_rnn":
+        keras.append("Keras has no cuDNN SimpleRNN")
+    elif act != "tanh" and not any(r.startswith("activation=") for r in keras):
+        keras.append(f"activation={act}")
+    if not _bool(c, "use_bias"):
+        keras.append("use_bias=false (Keras' cuDNN path needs a bias)")
+    if _bool(flags, "unroll"):
+        keras.append("unroll=true")
+    torch = list(common)
+    if cell == "simple_rnn" and act not in ("tanh", "relu"):
+        torch.append(f"activation={act} (nn.RNN supports tanh and relu)")
+    jax = list(common)
+    if cell != "lstm":
+        jax.append("JAX has no fused GRU or SimpleRNN kernel: lax.scan")
+    if t.dtype == "f64":
+        jax.append("jax.experimental.rnn is float32 only")
+    return {
+        "keras": pick(keras, "loop" if _bool(flags, "unroll") else "scan"),
+        "torch": pick(torch, "loop"),
+        "jax": pick(jax, "scan"),
+    }
+
+
+#: targets on which a cell type has a cuDNN kernel at all
+CUDNN_TARGETS = {"lstm": ("keras", "torch", "jax"), "gru": ("keras", "torch"), "simple_rnn": ("torch",)}
+
+
+def cudnn_targets(cfg: Config) -> tuple[str, ...]:
+    cell, _ = _cell_of(cfg, str(cfg["__kind__"]))
+    return CUDNN_TARGETS[cell]
+
+
+# --------------------------------------------------------------------------
+# mask-propagating layers
+
+
+def _dense_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _need_float("Dense", t)
+    if t.rank < 2:
+        _need_rank("Dense", t, (2, 3), "`[B, F]` or `[B, T, F]`")
+    _need_features("Dense", t)
+    return [_propagate(t, _replace_last(t, Dim.of(_int(cfg, "units"))))]
+
+
+def _dense_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    f = ins[0].features
+    fv = f.value if f is not None else 0
+    u = _int(cfg, "units")
+    return (fv * u + (u if _bool(cfg, "use_bias") else 0), 0)
+
+
+def _same_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    if call.layer_kind != "Activation" or t.dtype not in FLOAT_DTYPES:
+        _need_float(call.layer_kind, t)
+    return [_propagate(t)]
+
+
+def _norm_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _need_float(call.layer_kind, t)
+    _need_features(call.layer_kind, t)
+    if _int(cfg, "axis") not in (-1, t.rank - 1):
+        raise RuleError(
+            "SEQ207",
+            f"{call.layer_kind} normalises the last axis only in v1 (axis=-1)",
+            "remove `axis=` or set `axis=-1`",
+            arg="axis",
+        )
+    return [_propagate(t)]
+
+
+def _ln_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    f = ins[0].features
+    fv = f.value if f is not None else 0
+    return (fv * (int(_bool(cfg, "center")) + int(_bool(cfg, "scale"))), 0)
+
+
+def _bn_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    f = ins[0].features
+    fv = f.value if f is not None else 0
+    return (fv * (int(_bool(cfg, "center")) + int(_bool(cfg, "scale"))), 2 * fv)
+
+
+_PER_STEP = ("Dense", "Activation", "Dropout", "LayerNormalization")
+
+
+def _time_distributed_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    inner = _inner(cfg)
+    if inner.kind not in _PER_STEP:
+        raise RuleError(
+            "SEQ203",
+            f"TimeDistributed wraps a per-step layer ({', '.join(_PER_STEP)}), not {inner.kind}",
+            "apply recurrent and time-changing layers directly to the sequence",
+            arg="layer",
+        )
+    _need_rank("TimeDistributed", t, (3, 4, 5), "a sequence `[B, T, ...]`")
+    step = TensorType(t.dtype, (t.batch, *t.shape[2:]))
+    spec = CATALOGUE[inner.kind]
+    (out,) = spec.rule(inner.config, [step], CallInfo(inner.kind), ctx)
+    return [TensorType(out.dtype, (t.batch, t.time, *out.shape[1:]), t.mask, t.padded_from)]
+
+
+def _time_distributed_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    inner = _inner(cfg)
+    t = ins[0]
+    step = TensorType(t.dtype, (t.batch, *t.shape[2:]))
+    return CATALOGUE[inner.kind].count(inner.config, [step])
+
+
+# --------------------------------------------------------------------------
+# merges
+
+
+def _and_kind(kinds: Sequence[MaskKind]) -> MaskKind:
+    sides = {k.side for k in kinds}
+    side = sides.pop() if len(sides) == 1 and "any" not in sides else "any"
+    nonempty = side != "any" and all(k.nonempty for k in kinds)
+    return MaskKind(side, nonempty, any(k.declared for k in kinds))
+
+
+def _concat_time_kind(parts: Sequence[TensorType]) -> MaskKind | None:
+    if all(p.mask is None for p in parts):
+        return None
+    sides = ["none" if p.mask is None else p.mask.side for p in parts]
+    # unmasked ++ ... ++ unmasked ++ post = post ; pre ++ unmasked ++ ... = pre
+    if all(s == "none" for s in sides[:-1]) and sides[-1] == "post":
+        side = "post"
+    elif sides[0] == "pre" and all(s == "none" for s in sides[1:]):
+        side = "pre"
+    else:
+        side = "any"
+    nonempty = any(p.mask is None or p.mask.nonempty for p in parts)
+    return MaskKind(side, nonempty, any(p.mask is not None and p.mask.declared for p in parts))
+
+
+def _axis_of(cfg: Config, rank: int) -> int:
+    a = cfg.get("axis", "features")
+    if a == "features":
+        return rank - 1
+    if a == "time":
+        return 1
+    assert isinstance(a, int)
+    return a % rank if -rank <= a < rank else -99
+
+
+def _merge_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    fn = call.layer_kind
+    first = ins[0]
+    for i, t in enumerate(ins[1:], start=1):
+        if t.dtype != first.dtype:
+            raise RuleError("SEQ301", f"{fn}: input {i} is {t.dtype} but input 0 is {first.dtype}",
+                            "merge values of one dtype", where="input")  # fmt: skip
+        if t.rank != first.rank:
+            raise RuleError("SEQ303", f"{fn}: input {i} has rank {t.rank} but input 0 has rank {first.rank}",
+                            f"got {fmt_shape(first.shape)} and {fmt_shape(t.shape)}", where="input")  # fmt: skip
+    axis = _axis_of(cfg, first.rank) if fn == "concat" else -1
+    if fn == "concat" and not 1 <= axis < first.rank:
+        raise RuleError("SEQ207", f"concat axis {cfg.get('axis')} is out of range for rank {first.rank}",
+                        "use `axis=features` or `axis=time`", arg="axis")  # fmt: skip
+    for i, t in enumerate(ins[1:], start=1):
+        for ax in range(first.rank):
+            if ax == axis:
+                continue
+            a, b = first.shape[ax], t.shape[ax]
+            if _same(a, b):
+                continue
+            if ax == 0:
+                raise RuleError("SEQ307", f"{fn}: batch dimensions differ: `{_fmt(a)}` and `{_fmt(b)}`",
+                                "merge values of the same batch", where="input")  # fmt: skip
+            if ax == 1 and first.rank >= 3:
+                raise RuleError(
+                    "SEQ401",
+                    f"{fn}: time dimensions differ: `{_fmt(a)}` (input 0) and `{_fmt(b)}` (input {i})",
+                    "values that meet must share a time axis; use one time symbol for inputs that "
+                    "are padded together" + ("; to join in time, use `concat(..., axis=time)`" if fn == "concat" else ""),
+                    where="input",
+                )
+            raise RuleError(
+                "SEQ302",
+                f"{fn}: feature sizes differ: {fmt_shape(first.shape)} and {fmt_shape(t.shape)}",
+                "elementwise merges need equal shapes; use `concat` to join features, "
+                "or a `Dense` to change a size" if fn != "concat" else "concat needs equal sizes off its axis",
+                where="input",
+            )
+    if fn == "concat":
+        total: Dim | None = Dim.of(0)
+        for t in ins:
+            d = t.shape[axis]
+            total = None if (d is None or total is None) else total + d
+        shape = (*first.shape[:axis], total, *first.shape[axis + 1 :])
+        if axis == 1 and first.rank >= 3:
+            mask = _concat_time_kind(ins)
+            return [TensorType(first.dtype, shape, mask, _first_padded(ins))]
+    else:
+        shape = first.shape
+    kinds = [t.mask for t in ins if t.mask is not None]
+    return [TensorType(first.dtype, shape, _and_kind(kinds) if kinds else None, _first_padded(ins))]
+
+
+def _first_padded(ins: Sequence[TensorType]) -> str | None:
+    for t in ins:
+        if t.padded_from is not None:
+            return t.padded_from
+    return None
+
+
+# --------------------------------------------------------------------------
+# time-changing layers
+
+
+def _window_time(ctx: RuleContext, kind: str, T: Dim | None, k: int, s: int, d: int, padding: str) -> Dim | None:
+    if T is None:
+        return None
+    if padding == "valid":
+        out = (T - (d * (k - 1) + 1)).floordiv(s) + 1
+    else:  # same, causal
+        out = T.ceildiv(s)
+    v = out.value
+    if v is not None and v < 1:
+        raise RuleError(
+            "SEQ403",
+            f"{kind}: a sequence of length {T} is too short for a window of {d * (k - 1) + 1} "
+            f"with padding={padding}",
+            "use `padding=same`, a smaller kernel, or longer inputs",
+            where="input",
+        )
+    return out
+
+
+def _window_mask(m: MaskKind | None, padding: str) -> MaskKind | None:
+    if m is None:
+        return None
+    # A valid window can be empty for short rows; same/causal keep one step per valid start.
+    return MaskKind(m.side, m.nonempty and padding != "valid", m.declared)
+
+
+def _conv_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _need_float("Conv1D", t)
+    _need_rank("Conv1D", t, (3,), "a sequence `[B, T, F]`")
+    _need_features("Conv1D", t)
+    k, s, d = _int(cfg, "kernel_size"), _int(cfg, "strides"), _int(cfg, "dilation_rate")
+    if s > 1 and d > 1:
+        raise RuleError("SEQ207", "Conv1D cannot combine strides > 1 with dilation_rate > 1",
+                        "use one of them (Keras rejects the combination)", arg="dilation_rate")  # fmt: skip
+    T = _window_time(ctx, "Conv1D", t.time, k, s, d, _str(cfg, "padding"))
+    return [TensorType(t.dtype, (t.batch, T, Dim.of(_int(cfg, "filters"))),
+                       _window_mask(t.mask, _str(cfg, "padding")), t.padded_from)]  # fmt: skip
+
+
+def _conv_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+    f = ins[0].features
+    fv = f.value if f is not None else 0
+    n = _int(cfg, "kernel_size") * fv * _int(cfg, "filters")
+    return (n + (_int(cfg, "filters") if _bool(cfg, "use_bias") else 0), 0)
+
+
+def _pool_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    kind = call.layer_kind
+    _need_float(kind, t)
+    _need_rank(kind, t, (3,), "a sequence `[B, T, F]`")
+    p = _int(cfg, "pool_size")
+    s_raw = cfg["strides"]
+    s = p if s_raw is None else int(s_raw)  # type: ignore[call-overload]
+    T = _window_time(ctx, kind, t.time, p, s, 1, _str(cfg, "padding"))
+    return [TensorType(t.dtype, (t.batch, T, t.shape[2]), _window_mask(t.mask, _str(cfg, "padding")), t.padded_from)]
+
+
+def _global_pool_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    kind = call.layer_kind
+    _need_float(kind, t)
+    _need_rank(kind, t, (3,), "a sequence `[B, T, F]`")
+    if t.mask is None and t.padded_from is not None:
+        ctx.warn(
+            "SEQ801",
+            f"{kind} pools over `{t.padded_from}`, which is padded, but no mask reaches it: "
+            "the padded steps take part",
+            "mask the padding (`Embedding(mask_zero=true)`, `Masking`, or a `masked` input)",
+        )
+    shape = (t.batch, Dim.of(1), t.shape[2]) if _bool(cfg, "keepdims") else (t.batch, t.shape[2])
+    return [TensorType(t.dtype, shape)]
+
+
+def _no_mask_rule_check(kind: str, t: TensorType) -> None:
+    if t.mask is not None:
+        raise RuleError(
+            "SEQ501",
+            f"{kind} has no mask rule, and its input carries a mask ({t.mask}) that would be dropped",
+            "write `-> drop_mask ->` before it to drop the mask on purpose, or pool first with "
+            "`GlobalAveragePooling1D()`, which uses the mask",
+            where="input",
+        )
+
+
+def _product(dims: Sequence[Dim | None]) -> Dim | None:
+    out: Dim = Dim.of(1)
+    sym_seen = False
+    for d in dims:
+        if d is None:
+            return None
+        if d.value is not None:
+            out = out * d.value
+        elif sym_seen or out.terms:
+            return None
+        else:
+            out = d * (out.value or 1)
+            sym_seen = True
+    return out
+
+
+def _flatten_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _no_mask_rule_check("Flatten", t)
+    if t.rank < 2:
+        _need_rank("Flatten", t, (2, 3, 4), "a value with a batch and at least one more axis")
+    return [TensorType(t.dtype, (t.batch, _product(t.shape[1:])))]
+
+
+def _reshape_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _no_mask_rule_check("Reshape", t)
+    target = cfg["target_shape"]
+    assert isinstance(target, tuple)
+    if sum(1 for x in target if x == -1) > 1 or any(x == 0 or x < -1 for x in target):
+        raise RuleError("SEQ207", "target_shape may hold positive sizes and at most one -1",
+                        "e.g. `Reshape([4, -1])`", arg="target_shape")  # fmt: skip
+    size = _product(t.shape[1:])
+    known = 1
+    for x in target:
+        if x != -1:
+            known *= x
+    out: list[Dim | None] = [Dim.of(x) if x != -1 else None for x in target]
+    if size is not None and size.value is not None:
+        n = size.value
+        if (-1 in target and n % known) or (-1 not in target and n != known):
+            raise RuleError(
+                "SEQ308",
+                f"Reshape: {n} values per example do not fit target_shape {list(target)}",
+                f"the input is {fmt_shape(t.shape)}",
+                arg="target_shape",
+            )
+        if -1 in target:
+            out = [Dim.of(n // known) if x == -1 else Dim.of(x) for x in target]
+    return [TensorType(t.dtype, (t.batch, *out))]
+
+
+def _temporal_softmax_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _need_float("TemporalSoftmax", t)
+    _need_rank("TemporalSoftmax", t, (3,), "a sequence `[B, T, F]`")
+    if t.mask is None:
+        raise RuleError(
+            "SEQ502",
+            "TemporalSoftmax requires a mask, and its input has none",
+            "mask the sequence first (`Embedding(mask_zero=true)`, `Masking`, a `masked` input), "
+            "or pass one: `TemporalSoftmax()(x, mask=m)`",
+            where="input",
+        )
+    return [TensorType(t.dtype, t.shape)]
+
+
+def _temporal_split_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    (t,) = ins
+    _need_rank("TemporalSplit", t, (2, 3, 4), "a sequence `[B, T, ...]`")
+    n = _int(cfg, "parts")
+    T = ctx.exact(t.time, n, "TemporalSplit")
+    outs = []
+    for i in range(n):
+        m = t.mask
+        if m is not None:
+            keep = (m.side == "post" and i == 0) or (m.side == "pre" and i == n - 1)
+            m = replace(m, nonempty=m.nonempty and keep)
+        outs.append(TensorType(t.dtype, (t.batch, T, *t.shape[2:]), m, t.padded_from))
+    return outs
+
+
+# --------------------------------------------------------------------------
+# the table
+
+_ACT_INIT_DENSE = (
+    Param("activation", "activation", "linear"),
+    Param("use_bias", "bool", True),
+    Param("kernel_initializer", "initializer", "glorot_uniform"),
+    Param("bias_initializer", "initializer", "zeros"),
+)
+
+
+def _spec(**kw: object) -> LayerSpec:
+    params = tuple(kw.pop("params", ())) + COMMON  # type: ignore[call-overload]
+    return LayerSpec(params=params, **kw)  # type: ignore[arg-type]
+
+
+def _rnn_layer(name: str, cell: str, doc: str) -> LayerSpec:
+    return _spec(
+        name=name,
+        category="recurrent",
+        params=_cell_params(cell) + _RNN_FLAGS,
+        rule=_rnn_rule,
+        count=_rnn_count,
+        mask_rule="consume",
+        padding_invariant=True,
+        doc=doc,
+        unsupported=_UNSUPPORTED_RNN,
+        kernels=recurrent_kernels,
+        data_args=frozenset({"mask", "initial_state", "training"}),
+    )
+
+
+def _cell(name: str, cell: str) -> LayerSpec:
+    return _spec(
+        name=name,
+        category="cell",
+        params=_cell_params(cell),
+        rule=_cell_as_layer_rule,
+        count=_no_params,
+        mask_rule="none",
+        padding_invariant=True,
+        doc=f"the cell of {name[:-4]}; use inside `RNN(...)`",
+        unsupported=_UNSUPPORTED_RNN,
+    )
+
+
+def _cell_as_layer_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+    raise RuleError(
+        "SEQ203",
+        f"{call.layer_kind} is a cell, not a layer",
+        f"wrap it in a recurrent layer: `RNN({call.layer_kind}(...))`",
+    )
+
+
+_POOL_PARAMS = (
+    Param("pool_size", "ints", 2, lo=1),
+    Param("strides", "int_or_none", None, lo=1),
+    Param("padding", "choice", "valid", choices=("valid", "same")),
+)
+
+_GLOBAL_POOL = (Param("keepdims", "bool", False),)
+_DATA_FORMAT = {"data_format": "only channels_last (`[B, T, F]`) is supported"}
+
+_LAYERS: list[LayerSpec] = [
+    _spec(
+        name="Embedding", category="generator",
+        params=(
+            Param("input_dim", "int", lo=1, doc="vocabulary size"),
+            Param("output_dim", "int", lo=1),
+            Param("embeddings_initializer", "initializer", "uniform"),
+            Param("mask_zero", "bool", False, doc="mask steps whose id is 0"),
+        ),
+        rule=_embedding_rule,
+        count=lambda cfg, ins: (_int(cfg, "input_dim") * _int(cfg, "output_dim"), 0),
+        mask_rule="generate", padding_invariant=True,
+        doc="integer ids -> vectors; mask_zero=true masks id 0",
+        unsupported={**_UNSUPPORTED_COMMON, "embeddings_regularizer": _REG, "embeddings_constraint": _REG,
+                     "input_length": "declare the time length on the `input`",
+                     "sparse": "sparse embeddings are not supported"},
+        data_args=frozenset(),
+    ),
+    _spec(
+        name="Masking", category="generator",
+        params=(Param("mask_value", "float", 0.0),),
+        rule=_masking_rule, count=_no_params, mask_rule="generate", padding_invariant=True,
+        doc="mask steps whose features all equal mask_value (and zero them)",
+        unsupported=_UNSUPPORTED_COMMON, data_args=frozenset(),
+    ),
+    _rnn_layer("LSTM", "lstm", "long short-term memory layer"),
+    _rnn_layer("GRU", "gru", "gated recurrent unit layer"),
+    _rnn_layer("SimpleRNN", "simple_rnn", "fully connected recurrent layer"),
+    _spec(
+        name="RNN", category="recurrent",
+        params=(Param("cell", "layer", doc="SimpleRNNCell, GRUCell or LSTMCell"),) + _RNN_FLAGS,
+        rule=_rnn_rule, count=_rnn_count, mask_rule="consume", padding_invariant=True,
+        doc="a recurrent layer around a cell",
+        unsupported=_UNSUPPORTED_RNN, kernels=recurrent_kernels,
+        data_args=frozenset({"mask", "initial_state", "training"}),
+    ),
+    _cell("LSTMCell", "lstm"),
+    _cell("GRUCell", "gru"),
+    _cell("SimpleRNNCell", "simple_rnn"),
+    _spec(
+        name="Bidirectional", category="recurrent",
+        params=(
+            Param("layer", "layer", doc="the recurrent layer to run both ways"),
+            Param("merge_mode", "choice", "concat", choices=("concat", "sum", "mul", "ave", "none")),
+        ),
+        rule=_bidirectional_rule, count=_bidirectional_count, mask_rule="consume",
+        padding_invariant=True, doc="runs a recurrent layer forwards and backwards",
+        unsupported={**_UNSUPPORTED_COMMON, "backward_layer": "the backward copy is built from `layer`"},
+        kernels=recurrent_kernels, data_args=frozenset({"mask", "initial_state", "training"}),
+    ),
+    _spec(
+        name="Dense", category="propagate",
+        params=(Param("units", "int", lo=1),) + _ACT_INIT_DENSE,
+        rule=_dense_rule, count=_dense_count, mask_rule="propagate", padding_invariant=True,
+        doc="a fully connected layer on the last axis", unsupported=_UNSUPPORTED_COMMON,
+    ),
+    _spec(
+        name="Activation", category="propagate",
+        params=(Param("activation", "activation"),),
+        rule=_same_rule, count=_no_params, mask_rule="propagate", padding_invariant=True,
+        doc="an elementwise activation", unsupported=_UNSUPPORTED_COMMON,
+    ),
+    _spec(
+        name="Dropout", category="propagate",
+        params=(Param("rate", "float", lo=0.0, hi=1.0, hi_open=True),),
+        rule=_same_rule, count=_no_params, mask_rule="propagate", padding_invariant=True,
+        doc="dropout in training, identity in inference",
+        unsupported={**_UNSUPPORTED_COMMON, "noise_shape": "dropout masks are per element"},
+        data_args=frozenset({"mask", "training"}),
+    ),
+    _spec(
+        name="TimeDistributed", category="propagate",
+        params=(Param("layer", "layer"),),
+        rule=_time_distributed_rule, count=_time_distributed_count, mask_rule="propagate",
+        padding_invariant=True, doc="applies a per-step layer at every time step",
+        unsupported=_UNSUPPORTED_COMMON, data_args=frozenset({"mask", "training"}),
+    ),
+    _spec(
+        name="LayerNormalization", category="propagate",
+        params=(
+            Param("axis", "int", -1), Param("epsilon", "float", 1e-3, lo=0.0),
+            Param("center", "bool", True), Param("scale", "bool", True),
+            Param("beta_initializer", "initializer", "zeros"),
+            Param("gamma_initializer", "initializer", "ones"),
+        ),
+        rule=_norm_rule, count=_ln_count, mask_rule="propagate", padding_invariant=True,
+        doc="normalises each step over its features",
+        unsupported={**_UNSUPPORTED_COMMON, "beta_regularizer": _REG, "gamma_regularizer": _REG,
+                     "beta_constraint": _REG, "gamma_constraint": _REG,
+                     "rms_scaling": "RMS scaling is not supported in v1"},
+    ),
+    _spec(
+        name="BatchNormalization", category="propagate",
+        params=(
+            Param("axis", "int", -1), Param("momentum", "float", 0.99, lo=0.0, hi=1.0),
+            Param("epsilon", "float", 1e-3, lo=0.0),
+            Param("center", "bool", True), Param("scale", "bool", True),
+            Param("beta_initializer", "initializer", "zeros"),
+            Param("gamma_initializer", "initializer", "ones"),
+            Param("moving_mean_initializer", "initializer", "zeros"),
+            Param("moving_variance_initializer", "initializer", "ones"),
+        ),
+        rule=_norm_rule, count=_bn_count, mask_rule="propagate", padding_invariant=True,
+        doc="batch normalisation over the last axis (masked moments in training)",
+        unsupported={**_UNSUPPORTED_COMMON, "beta_regularizer": _REG, "gamma_regularizer": _REG,
+                     "beta_constraint": _REG, "gamma_constraint": _REG,
+                     "synchronized": "distributed training is out of scope for v1",
+                     "renorm": "batch renormalisation is not supported in v1"},
+        data_args=frozenset({"mask", "training"}),
+    ),
+    _spec(
+        name="Conv1D", category="time",
+        params=(
+            Param("filters", "int", lo=1), Param("kernel_size", "ints", lo=1),
+            Param("strides", "ints", 1, lo=1),
+            Param("padding", "choice", "valid", choices=("valid", "same", "causal")),
+            Param("dilation_rate", "ints", 1, lo=1),
+            Param("groups", "int", 1, lo=1, hi=1, doc="only 1 in v1"),
+        ) + _ACT_INIT_DENSE,
+        rule=_conv_rule, count=_conv_count, mask_rule="time", padding_invariant=False,
+        doc="1D convolution over time; maps lengths through the window formula",
+        unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
+    ),
+    _spec(
+        name="MaxPooling1D", category="time", params=_POOL_PARAMS, rule=_pool_rule,
+        count=_no_params, mask_rule="time", padding_invariant=False,
+        doc="max over windows in time", unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
+    ),
+    _spec(
+        name="AveragePooling1D", category="time", params=_POOL_PARAMS, rule=_pool_rule,
+        count=_no_params, mask_rule="time", padding_invariant=False,
+        doc="mean over windows in time", unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
+    ),
+    _spec(
+        name="GlobalAveragePooling1D", category="reduce", params=_GLOBAL_POOL,
+        rule=_global_pool_rule, count=_no_params, mask_rule="consume", padding_invariant=True,
+        doc="masked mean over time (0 for an empty row)",
+        unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
+    ),
+    _spec(
+        name="GlobalMaxPooling1D", category="reduce", params=_GLOBAL_POOL,
+        rule=_global_pool_rule, count=_no_params, mask_rule="consume", padding_invariant=True,
+        doc="masked max over time (0 for an empty row)",
+        unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
+    ),
+    _spec(
+        name="Flatten", category="reshape", params=(), rule=_flatten_rule, count=_no_params,
+        mask_rule="none", padding_invariant=False, doc="flattens all axes after the batch",
+        unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT}, data_args=frozenset(),
+    ),
+    _spec(
+        name="Reshape", category="reshape", params=(Param("target_shape", "shape"),),
+        rule=_reshape_rule, count=_no_params, mask_rule="none", padding_invariant=False,
+        doc="reshapes the axes after the batch", unsupported=_UNSUPPORTED_COMMON,
+        data_args=frozenset(),
+    ),
+    _spec(
+        name="TemporalSoftmax", category="consumer", params=(), rule=_temporal_softmax_rule,
+        count=_no_params, mask_rule="consume-required", padding_invariant=True,
+        doc="softmax over time at valid steps; 0 at masked steps and for empty rows",
+        unsupported=_UNSUPPORTED_COMMON,
+    ),
+    _spec(
+        name="TemporalSplit", category="time", params=(Param("parts", "int", 2, lo=1),),
+        rule=_temporal_split_rule, count=_no_params, mask_rule="split", padding_invariant=False,
+        doc="splits the time axis into equal parts, masks too", unsupported=_UNSUPPORTED_COMMON,
+    ),
+]  # fmt: skip
+
+_MERGE_DOCS = {
+    "add": "elementwise sum", "subtract": "elementwise difference of two values",
+    "multiply": "elementwise product", "average": "elementwise mean",
+    "maximum": "elementwise maximum", "minimum": "elementwise minimum",
+    "concat": "joins values on the feature axis (default) or on time",
+}  # fmt: skip
+
+MERGES: dict[str, LayerSpec] = {
+    fn: _spec(
+        name=fn,
+        category="merge",
+        params=(Param("axis", "axis", "features"),) if fn == "concat" else (),
+        rule=_merge_rule,
+        count=_no_params,
+        mask_rule="concat" if fn == "concat" else "merge",
+        padding_invariant=True,
+        doc=doc,
+        unsupported=_UNSUPPORTED_COMMON,
+        n_inputs=(2, 2) if fn == "subtract" else (2, 64),
+    )
+    for fn, doc in _MERGE_DOCS.items()
+}
+
+CATALOGUE: dict[str, LayerSpec] = {s.name: s for s in _LAYERS}
+
+
+def spec_for(kind: str) -> LayerSpec | None:
+    return CATALOGUE.get(kind) or MERGES.get(kind)
+
+
+def exact_time(d: Dim | None, k: int) -> tuple[Dim | None, bool | None]:
+    """``d / k`` and whether it is divisible (None: decided at run time)."""
+    if d is None:
+        return None, None
+    ok = divisible(d, k)
+    q, _ = exact_div(d, k)
+    return q, ok

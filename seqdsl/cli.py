@@ -1,0 +1,140 @@
+"""The command line: ``seqdsl check|summary``. The only module that prints or exits.
+
+Exit codes (stable):
+  0  no errors (warnings allowed)
+  1  the input has errors (diagnostics were printed)
+  2  usage or I/O error (bad flags, unreadable file)
+  70 internal error: a bug in seqdsl (a short report is printed; --traceback shows it all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .api import Program, analyze
+from .diagnostics import Diagnostic, render
+
+EXIT_OK = 0
+EXIT_USER = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+__all__ = ["main", "EXIT_OK", "EXIT_USER", "EXIT_USAGE", "EXIT_INTERNAL"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqdsl",
+        description="Check, summarise and compile .seq models of padding, masking and RNN stacks.",
+        epilog="exit codes: 0 ok, 1 errors in the input, 2 usage/IO, 70 internal error",
+    )
+    p.add_argument("--version", action="version", version=f"seqdsl {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--output-format",
+            choices=("full", "concise", "json"),
+            default="full",
+            help="how diagnostics are printed (default: full, with source excerpts)",
+        )
+        sp.add_argument("--traceback", action="store_true", help="show the traceback of an internal error")
+
+    c = sub.add_parser("check", help="parse and type-check .seq files")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    common(c)
+    s = sub.add_parser("summary", help="print the layer table of a .seq model")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--model", help="the model to summarise (default: every model in the file)")
+    s.add_argument("--format", choices=("text", "json"), default="text", help="summary format")
+    common(s)
+    return p
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"seqdsl: cannot read {path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return None
+
+
+def _emit(diags: Sequence[Diagnostic], sources: dict[str, str], fmt: str) -> None:
+    if fmt == "json" or diags:
+        sys.stdout.write(render(diags, sources, fmt))
+
+
+def _check(args: argparse.Namespace) -> int:
+    all_diags: list[Diagnostic] = []
+    sources: dict[str, str] = {}
+    io_error = False
+    n_models = 0
+    for f in args.files:
+        text = _read(f)
+        if text is None:
+            io_error = True
+            continue
+        sources[f] = text
+        prog, diags = analyze(text, f)
+        all_diags += diags
+        if prog is not None:
+            n_models += len(prog.models)
+    _emit(all_diags, sources, args.output_format)
+    errors = sum(1 for d in all_diags if d.is_error)
+    if args.output_format == "full" and not errors and not io_error:
+        warns = len(all_diags)
+        print(f"ok: {len(sources)} file(s), {n_models} model(s), {warns} warning(s)")
+    if errors:
+        return EXIT_USER
+    return EXIT_USAGE if io_error else EXIT_OK
+
+
+def _summary(args: argparse.Namespace) -> int:
+    text = _read(args.file)
+    if text is None:
+        return EXIT_USAGE
+    prog, diags = analyze(text, args.file)
+    errors = [d for d in diags if d.is_error]
+    if errors or prog is None:
+        _emit(diags, {args.file: text}, args.output_format)
+        return EXIT_USER
+    assert isinstance(prog, Program)
+    if args.model is not None and args.model not in {m.name for m in prog.models}:
+        names = ", ".join(m.name for m in prog.models)
+        print(f"seqdsl: no model named {args.model!r} in {args.file} (models: {names})", file=sys.stderr)
+        return EXIT_USAGE
+    if diags and args.output_format != "json":
+        sys.stderr.write(render(diags, {args.file: text}, args.output_format))
+    sys.stdout.write(prog.summary(args.model, "json" if args.format == "json" else "text"))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    try:
+        if args.command == "check":
+            return _check(args)
+        return _summary(args)
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except Exception as e:  # noqa: BLE001 - the internal-error boundary
+        if getattr(args, "traceback", False):
+            traceback.print_exc()
+        print(
+            f"seqdsl: internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in seqdsl, not in your model. Please report it with the .seq file "
+            "and the output of the same command with --traceback.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    sys.exit(main())

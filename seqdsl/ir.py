@@ -1,0 +1,201 @@
+"""The typed intermediate representation: frozen dataclasses with source spans.
+
+Lowering (``lower.py``) builds it from the parse tree; nothing past the parser
+sees a Lark object. A model body is in SSA form: a tuple of operations, each
+producing named values. Pipes and nested expressions are flattened into
+operations whose intermediate values are named after the layer that made them;
+``repeat`` blocks are unrolled with the repeat index in each layer's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = [
+    "Span",
+    "Literal",
+    "Arg",
+    "LayerCall",
+    "Decorator",
+    "ValueUse",
+    "ApplyOp",
+    "MergeOp",
+    "DropMaskOp",
+    "Op",
+    "DimDecl",
+    "InputDecl",
+    "OutputDecl",
+    "Model",
+    "Program",
+    "MERGE_FUNCTIONS",
+]
+
+#: Functions over values (not layers): ``concat(a, b, axis=time)``.
+MERGE_FUNCTIONS = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concat")
+
+
+@dataclass(frozen=True)
+class Span:
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Literal:
+    """A configuration value as written.
+
+    ``kind`` is one of ``int``, ``float``, ``bool``, ``str`` (quoted), ``name``
+    (a bare identifier such as ``post``, ``time`` or ``tanh``), ``list`` (value
+    is a tuple of Literal) or ``layer`` (value is a :class:`LayerCall`).
+    """
+
+    kind: str
+    value: object
+    span: Span
+
+    def describe(self) -> str:
+        if self.kind == "list":
+            assert isinstance(self.value, tuple)
+            return "[" + ", ".join(v.describe() for v in self.value) + "]"
+        if self.kind == "layer":
+            assert isinstance(self.value, LayerCall)
+            return f"{self.value.kind}(...)"
+        if self.kind == "bool":
+            return "true" if self.value else "false"
+        if self.kind == "str":
+            return f'"{self.value}"'
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A positional (``name is None``) or keyword argument of a constructor."""
+
+    name: str | None
+    value: Literal
+    span: Span
+    name_span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Decorator:
+    name: str
+    args: tuple[Arg, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """A layer constructor, e.g. ``LSTM(32, return_sequences=true)``."""
+
+    kind: str
+    name: str
+    args: tuple[Arg, ...]
+    decorators: tuple[Decorator, ...]
+    span: Span
+    kind_span: Span
+    repeat_index: tuple[int, ...] = ()
+    auto_named: bool = True
+
+
+@dataclass(frozen=True)
+class ValueUse:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class ApplyOp:
+    """``results = layer(inputs, mask=..., initial_state=..., training=...)``."""
+
+    layer: LayerCall
+    inputs: tuple[ValueUse, ...]
+    results: tuple[str, ...]
+    span: Span
+    mask: ValueUse | None = None
+    initial_state: tuple[ValueUse, ...] | None = None
+    initial_state_span: Span | None = None
+    training: Literal | None = None
+    in_pipe_middle: bool = False
+    result_spans: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True)
+class MergeOp:
+    """``result = fn(inputs..., axis=...)`` for the merge functions."""
+
+    fn: str
+    name: str
+    inputs: tuple[ValueUse, ...]
+    args: tuple[Arg, ...]
+    results: tuple[str, ...]
+    span: Span
+    result_spans: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True)
+class DropMaskOp:
+    input: ValueUse
+    results: tuple[str, ...]
+    span: Span
+    result_spans: tuple[Span, ...] = ()
+
+
+Op = Union[ApplyOp, MergeOp, DropMaskOp]
+
+
+@dataclass(frozen=True)
+class DimDecl:
+    """A declared dimension: an int, a symbol, or None for ``_``."""
+
+    value: int | str | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    name: str
+    dtype: str
+    dims: tuple[DimDecl, ...]
+    span: Span
+    name_span: Span
+    dtype_span: Span
+    is_mask: bool = False
+    mask_words: tuple[tuple[str, Span], ...] = ()
+    pad: tuple[Arg, ...] | None = None
+    pad_span: Span | None = None
+    masked: bool = False
+    masked_span: Span | None = None
+
+
+@dataclass(frozen=True)
+class OutputDecl:
+    name: str
+    with_mask: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    inputs: tuple[InputDecl, ...]
+    ops: tuple[Op, ...]
+    outputs: tuple[OutputDecl, ...]
+    span: Span
+    name_span: Span
+    #: user-visible names bound by statements (targets), with their spans
+    bindings: tuple[tuple[str, Span], ...] = ()
+
+
+@dataclass(frozen=True)
+class Program:
+    file: str
+    source: str
+    models: tuple[Model, ...]

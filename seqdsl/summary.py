@@ -1,0 +1,163 @@
+"""The model summary: a Keras-style layer table plus time, mask and kernels.
+
+Keras' ``model.summary()`` shows layer, output shape and parameter count. This
+adds what Keras lacks: the time dimension and the mask kind of every value,
+and the kernel each target (keras, torch, jax) will use for each recurrent
+layer, with the reason when it is not the fastest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from .catalogue import TARGETS
+from .checker import CheckedModel, LayerInfo
+from .ir import ApplyOp, DropMaskOp, MergeOp
+from .types import MaskType, TensorType, ValueType, fmt_dim
+
+__all__ = ["summary_text", "summary_json", "time_of", "mask_of"]
+
+
+def time_of(t: ValueType | None) -> str:
+    """The time dimension of a value, or ``-`` for values with no time axis."""
+    if isinstance(t, MaskType):
+        return fmt_dim(t.time)
+    if isinstance(t, TensorType) and (t.rank >= 3 or (t.rank == 2 and t.dtype not in ("f32", "f64"))):
+        return fmt_dim(t.time)
+    return "-"
+
+
+def mask_of(t: ValueType | None) -> str:
+    if isinstance(t, MaskType):
+        return str(t.kind)
+    if isinstance(t, TensorType) and t.mask is not None:
+        return str(t.mask)
+    return "-"
+
+
+def _type_str(t: ValueType | None) -> str:
+    return "?" if t is None else str(t)
+
+
+def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
+    by_op = {layer.op_index: layer for layer in m.layers}
+    rows: list[tuple[list[str], LayerInfo | None]] = []
+    for inp in m.model.inputs:
+        t = m.types.get(inp.name)
+        kind = "Mask" if inp.is_mask else "Input"
+        rows.append(([f"{inp.name} ({kind})", inp.name, _type_str(t), time_of(t), mask_of(t), "0"], None))
+    for i, op in enumerate(m.model.ops):
+        info = by_op.get(i)
+        if isinstance(op, DropMaskOp):
+            label = "drop_mask"
+        elif isinstance(op, MergeOp):
+            label = f"{op.name} ({op.fn})"
+        else:
+            assert isinstance(op, ApplyOp)
+            label = f"{op.layer.name} ({op.layer.kind})"
+        params = f"{info.params:,}" if info is not None else "?"
+        for j, res in enumerate(op.results):
+            t = m.types.get(res)
+            cells = [label if j == 0 else "", res, _type_str(t), time_of(t), mask_of(t), params if j == 0 else ""]
+            rows.append((cells, info if j == 0 else None))
+    return rows
+
+
+def summary_text(m: CheckedModel, file: str = "") -> str:
+    header = ["Layer (type)", "Value", "Output", "Time", "Mask", "Param #", *TARGETS]
+    table: list[list[str]] = []
+    notes: list[str] = []
+    for cells, info in _rows(m):
+        ks = ["", "", ""]
+        if info is not None and info.kernels is not None:
+            ks = [info.kernels[t].kernel for t in TARGETS]
+            for t in TARGETS:
+                reason = info.kernels[t].reason
+                if reason:
+                    notes.append(f"  {info.name} ({info.kind}) on {t}: {info.kernels[t].kernel} - {reason}")
+        table.append(cells + ks)
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+    right = {5}
+
+    def fmt(row: Sequence[str]) -> str:
+        parts = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        return " " + "  ".join(parts).rstrip()
+
+    rule = "─" * (sum(widths) + 2 * (len(widths) - 1) + 1)
+    out = [f'Model: "{m.name}"' + (f"  ({file})" if file else ""), rule, fmt(header), rule]
+    out += [fmt(r) for r in table]
+    out.append(rule)
+    total = m.total_params
+    out.append(f" Total params: {total:,} ({_kb(total)})")
+    out.append(f" Trainable params: {m.trainable_params:,} ({_kb(m.trainable_params)})")
+    out.append(f" Non-trainable params: {m.non_trainable_params:,} ({_kb(m.non_trainable_params)})")
+    outs = ", ".join(o.name + (" with mask" if o.with_mask else "") for o in m.model.outputs)
+    out.append(f" Outputs: {outs}")
+    if m.constraints:
+        out.append(" Run-time constraints:")
+        out += [f"  {c}" for c in m.constraints]
+    if m.pads:
+        out.append(" Padding:")
+        for name, p in m.pads.items():
+            extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen is not None else ""
+            out.append(f"  {name}: pad({p.side}, value={_num(p.value)}{extra})" + (", nonempty" if p.nonempty else ""))
+    if notes:
+        out.append(" Kernel notes:")
+        out += notes
+    out.append(" Parameter counts follow Keras (count_params()); torch's fixed-zero bias_hh is not counted.")
+    return "\n".join(out) + "\n"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _kb(n: int) -> str:
+    b = n * 4
+    if b >= 1024 * 1024:
+        return f"{b / 1024 / 1024:.2f} MB"
+    if b >= 1024:
+        return f"{b / 1024:.2f} KB"
+    return f"{b} B"
+
+
+def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
+    doc = []
+    for m in models:
+        values = {
+            name: {"type": str(t), "time": time_of(t), "mask": None if mask_of(t) == "-" else mask_of(t)}
+            for name, t in m.types.items()
+        }
+        layers = [
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "inputs": list(layer.inputs),
+                "outputs": list(layer.outputs),
+                "trainable_params": layer.trainable_params,
+                "non_trainable_params": layer.non_trainable_params,
+                "padding_invariant": layer.padding_invariant,
+                "kernels": (
+                    {t: {"kernel": k.kernel, "reason": k.reason} for t, k in layer.kernels.items()}
+                    if layer.kernels is not None
+                    else None
+                ),
+                "line": layer.span.line,
+            }
+            for layer in m.layers
+        ]
+        doc.append(
+            {
+                "model": m.name,
+                "file": file,
+                "values": values,
+                "layers": layers,
+                "total_params": m.total_params,
+                "trainable_params": m.trainable_params,
+                "non_trainable_params": m.non_trainable_params,
+                "outputs": [{"name": o.name, "with_mask": o.with_mask} for o in m.model.outputs],
+                "constraints": [str(c) for c in m.constraints],
+            }
+        )
+    return json.dumps(doc, indent=2) + "\n"
