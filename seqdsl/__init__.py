@@ -8,7 +8,7 @@
     ...     output x
     ... }''')
     >>> prog.model().total_params
-    1856
+    2400
 
 The compiler imports no deep-learning framework; backends are imported lazily
 by the code that runs models.

@@ -27,6 +27,7 @@ __all__ = [
     "BoundLayer",
     "CallInfo",
     "KernelChoice",
+    "WeightSpec",
     "LayerSpec",
     "Param",
     "PadInfo",
@@ -92,6 +93,23 @@ class BoundLayer:
 
 
 @dataclass(frozen=True)
+class WeightSpec:
+    """One weight in the canonical (Keras) layout: ``{layer}/{name}`` in weight files."""
+
+    name: str
+    shape: tuple[int, ...]
+    initializer: str
+    trainable: bool = True
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
 class KernelChoice:
     kernel: str
     reason: str | None = None
@@ -141,6 +159,7 @@ class RuleError(Exception):
         hint: str | None = None,
         arg: str | None = None,
         where: str = "layer",
+        index: int = 0,
     ):
         super().__init__(message)
         self.code = code
@@ -148,11 +167,13 @@ class RuleError(Exception):
         self.hint = hint
         self.arg = arg
         self.where = "arg" if arg is not None and where == "layer" else where
+        #: with ``where="input"``: which input to point at (a merge's mismatching value)
+        self.index = index
 
 
 Config = Mapping[str, object]
 Rule = Callable[[Config, Sequence[TensorType], CallInfo, RuleContext], list[TensorType]]
-Counter = Callable[[Config, Sequence[TensorType]], tuple[int, int]]
+WeightsFn = Callable[[Config, Sequence[TensorType]], list["WeightSpec"]]
 KernelFn = Callable[[Config, Sequence[TensorType]], dict[str, KernelChoice]]
 
 
@@ -162,7 +183,7 @@ class LayerSpec:
     category: str
     params: tuple[Param, ...]
     rule: Rule
-    count: Counter
+    weights: WeightsFn
     mask_rule: str
     padding_invariant: bool
     doc: str
@@ -226,7 +247,9 @@ def _need_float(kind: str, t: TensorType, what: str = "input") -> None:
             if t.dtype in INT_DTYPES
             else "declare the input as `f32`"
         )
-        raise RuleError("SEQ301", f"{kind} expects a float {what}, got {t.dtype}", hint, where="input")
+        raise RuleError(
+            "SEQ301", f"{kind} expects a float {what}, got {t.dtype}", hint, where="input"
+        )
 
 
 def _need_rank(kind: str, t: TensorType, ranks: Sequence[int], shape_text: str) -> None:
@@ -278,11 +301,20 @@ def _str(cfg: Config, key: str) -> str:
     return v
 
 
-def _no_params(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    return (0, 0)
+def _feat(t: TensorType) -> int:
+    """The static feature size (rules have already required it to be known)."""
+    f = t.features
+    v = f.value if f is not None else None
+    return v if v is not None else 0
 
 
-def _propagate(t: TensorType, shape: tuple[Dim | None, ...] | None = None, dtype: str | None = None) -> TensorType:
+def _no_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    return []
+
+
+def _propagate(
+    t: TensorType, shape: tuple[Dim | None, ...] | None = None, dtype: str | None = None
+) -> TensorType:
     return TensorType(dtype or t.dtype, t.shape if shape is None else shape, t.mask, t.padded_from)
 
 
@@ -290,7 +322,9 @@ def _propagate(t: TensorType, shape: tuple[Dim | None, ...] | None = None, dtype
 # mask generators
 
 
-def _embedding_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _embedding_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     if t.dtype not in INT_DTYPES:
         raise RuleError(
@@ -320,7 +354,9 @@ def _fmt_num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
-def _masking_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _masking_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _need_float("Masking", t)
     _need_rank("Masking", t, (3,), "a sequence `[B, T, F]`")
@@ -388,6 +424,13 @@ def _cell_of(cfg: Config, kind: str) -> tuple[str, Config]:
     if kind == "RNN":
         cell = cfg["cell"]
         assert isinstance(cell, BoundLayer)
+        if cell.kind not in _CELL_LAYER:
+            raise RuleError(
+                "SEQ203",
+                f"RNN runs a cell ({', '.join(_CELL_LAYER)}), not {cell.kind}",
+                "e.g. `RNN(LSTMCell(64))`; a layer such as `LSTM(64)` is used directly",
+                arg="cell",
+            )
         return _CELL_LAYER[cell.kind], cell.config
     if kind == "Bidirectional":
         inner = cfg["layer"]
@@ -396,22 +439,26 @@ def _cell_of(cfg: Config, kind: str) -> tuple[str, Config]:
     return _CELL_OF[kind], cfg
 
 
-def rnn_count(cell: str, c: Config, features: int) -> int:
+def rnn_weights(cell: str, c: Config, features: int, prefix: str = "") -> list[WeightSpec]:
+    """Keras' weights of one recurrent cell: kernel, recurrent_kernel, bias."""
     u = _int(c, "units")
     g = _GATES[cell]
-    n = g * (features * u + u * u)
+    ws = [
+        WeightSpec(prefix + "kernel", (features, g * u), _str(c, "kernel_initializer")),
+        WeightSpec(prefix + "recurrent_kernel", (u, g * u), _str(c, "recurrent_initializer")),
+    ]
     if _bool(c, "use_bias"):
-        n += (2 * g * u) if cell == "gru" and _bool(c, "reset_after") else g * u
-    return n
+        init = _str(c, "bias_initializer")
+        if cell == "lstm" and _bool(c, "unit_forget_bias"):
+            init = f"unit_forget_bias({init})"
+        shape = (2, 3 * u) if cell == "gru" and _bool(c, "reset_after") else (g * u,)
+        ws.append(WeightSpec(prefix + "bias", shape, init))
+    return ws
 
 
-def _rnn_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    kind = str(cfg["__kind__"])
-    cell, c = _cell_of(cfg, kind)
-    f = ins[0].features
-    fv = f.value if f is not None else None
-    assert fv is not None
-    return (rnn_count(cell, c, fv), 0)
+def _rnn_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    cell, c = _cell_of(cfg, str(cfg["__kind__"]))
+    return rnn_weights(cell, c, _feat(ins[0]))
 
 
 def recurrent_outputs(
@@ -466,9 +513,20 @@ def recurrent_outputs(
             )
             if directions == 1 and got == 2 * n_states:
                 pair = "h_fw, c_fw, h_bw, c_bw" if cell == "lstm" else "h_fw, h_bw"
+                w = call.initial_state[0].features if call.initial_state[0].rank == 2 else None
+                w_units = (
+                    2 * w.value
+                    if w is not None and w.value is not None
+                    else "2 x the encoder's units"
+                )
+                # 4 states into an LSTM are a Bidirectional encoder's; 2 into a GRU may also be
+                # an LSTM's [h, c]
+                lead = (
+                    "these look like" if cell == "lstm" else f"{kind} takes 1 state; if these are"
+                )
                 hint = (
-                    f"these look like a Bidirectional encoder's states ({pair}): merge each pair, "
-                    f"e.g. `h = concat(h_fw, h_bw)` with `units={2 * units}` on this layer, "
+                    f"{lead} a Bidirectional encoder's states ({pair}): merge each pair, "
+                    f"e.g. `h = concat(h_fw, h_bw)` with `units={w_units}` on this layer, "
                     f"or `h = add(h_fw, h_bw)`"
                 )
             raise RuleError(
@@ -526,7 +584,9 @@ def _same(a: Dim | None, b: Dim | None) -> bool:
     return a is None or b is None or a == b
 
 
-def _rnn_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _rnn_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     return recurrent_outputs(call.layer_kind, cfg, ins, call, ctx, 1, "concat")
 
 
@@ -536,7 +596,9 @@ def _inner(cfg: Config) -> BoundLayer:
     return inner
 
 
-def _bidirectional_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _bidirectional_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     inner = _inner(cfg)
     if inner.kind not in ("LSTM", "GRU", "SimpleRNN", "RNN"):
         raise RuleError(
@@ -570,10 +632,10 @@ def _bidirectional_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, 
     return recurrent_outputs("Bidirectional", cfg, ins, call, ctx, 2, _str(cfg, "merge_mode"))
 
 
-def _bidirectional_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    inner = _inner(cfg)
-    n, _ = _rnn_count({**inner.config, "__kind__": inner.kind}, ins)
-    return (2 * n, 0)
+def _bidirectional_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    cell, c = _cell_of(cfg, "Bidirectional")
+    f = _feat(ins[0])
+    return rnn_weights(cell, c, f, "forward/") + rnn_weights(cell, c, f, "backward/")
 
 
 def _kernel_suffix(mask: MaskKind | None) -> KernelChoice:
@@ -585,7 +647,8 @@ def _kernel_suffix(mask: MaskKind | None) -> KernelChoice:
     if mask.side == "pre":
         return KernelChoice("cudnn+roll", "left padding: rows are rolled to right padding and back")
     return KernelChoice(
-        "cudnn+compact", "gaps in the mask: valid steps are compacted to the front and scattered back"
+        "cudnn+compact",
+        "gaps in the mask: valid steps are compacted to the front and scattered back",
     )
 
 
@@ -641,7 +704,11 @@ def recurrent_kernels(cfg: Config, ins: Sequence[TensorType]) -> dict[str, Kerne
 
 
 #: targets on which a cell type has a cuDNN kernel at all
-CUDNN_TARGETS = {"lstm": ("keras", "torch", "jax"), "gru": ("keras", "torch"), "simple_rnn": ("torch",)}
+CUDNN_TARGETS = {
+    "lstm": ("keras", "torch", "jax"),
+    "gru": ("keras", "torch"),
+    "simple_rnn": ("torch",),
+}
 
 
 def cudnn_targets(cfg: Config) -> tuple[str, ...]:
@@ -653,7 +720,9 @@ def cudnn_targets(cfg: Config) -> tuple[str, ...]:
 # mask-propagating layers
 
 
-def _dense_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _dense_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _need_float("Dense", t)
     if t.rank < 2:
@@ -662,21 +731,26 @@ def _dense_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: Rul
     return [_propagate(t, _replace_last(t, Dim.of(_int(cfg, "units"))))]
 
 
-def _dense_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    f = ins[0].features
-    fv = f.value if f is not None else 0
+def _dense_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
     u = _int(cfg, "units")
-    return (fv * u + (u if _bool(cfg, "use_bias") else 0), 0)
+    ws = [WeightSpec("kernel", (_feat(ins[0]), u), _str(cfg, "kernel_initializer"))]
+    if _bool(cfg, "use_bias"):
+        ws.append(WeightSpec("bias", (u,), _str(cfg, "bias_initializer")))
+    return ws
 
 
-def _same_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _same_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     if call.layer_kind != "Activation" or t.dtype not in FLOAT_DTYPES:
         _need_float(call.layer_kind, t)
     return [_propagate(t)]
 
 
-def _norm_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _norm_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _need_float(call.layer_kind, t)
     _need_features(call.layer_kind, t)
@@ -690,22 +764,32 @@ def _norm_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: Rule
     return [_propagate(t)]
 
 
-def _ln_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    f = ins[0].features
-    fv = f.value if f is not None else 0
-    return (fv * (int(_bool(cfg, "center")) + int(_bool(cfg, "scale"))), 0)
+def _ln_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    f = _feat(ins[0])
+    ws = []
+    if _bool(cfg, "scale"):
+        ws.append(WeightSpec("gamma", (f,), _str(cfg, "gamma_initializer")))
+    if _bool(cfg, "center"):
+        ws.append(WeightSpec("beta", (f,), _str(cfg, "beta_initializer")))
+    return ws
 
 
-def _bn_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    f = ins[0].features
-    fv = f.value if f is not None else 0
-    return (fv * (int(_bool(cfg, "center")) + int(_bool(cfg, "scale"))), 2 * fv)
+def _bn_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    f = _feat(ins[0])
+    return _ln_weights(cfg, ins) + [
+        WeightSpec("moving_mean", (f,), _str(cfg, "moving_mean_initializer"), trainable=False),
+        WeightSpec(
+            "moving_variance", (f,), _str(cfg, "moving_variance_initializer"), trainable=False
+        ),
+    ]
 
 
 _PER_STEP = ("Dense", "Activation", "Dropout", "LayerNormalization")
 
 
-def _time_distributed_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _time_distributed_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     inner = _inner(cfg)
     if inner.kind not in _PER_STEP:
@@ -722,11 +806,11 @@ def _time_distributed_rule(cfg: Config, ins: Sequence[TensorType], call: CallInf
     return [TensorType(out.dtype, (t.batch, t.time, *out.shape[1:]), t.mask, t.padded_from)]
 
 
-def _time_distributed_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
+def _time_distributed_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
     inner = _inner(cfg)
     t = ins[0]
     step = TensorType(t.dtype, (t.batch, *t.shape[2:]))
-    return CATALOGUE[inner.kind].count(inner.config, [step])
+    return CATALOGUE[inner.kind].weights(inner.config, [step])
 
 
 # --------------------------------------------------------------------------
@@ -765,16 +849,18 @@ def _axis_of(cfg: Config, rank: int) -> int:
     return a % rank if -rank <= a < rank else -99
 
 
-def _merge_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _merge_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     fn = call.layer_kind
     first = ins[0]
     for i, t in enumerate(ins[1:], start=1):
         if t.dtype != first.dtype:
             raise RuleError("SEQ301", f"{fn}: input {i} is {t.dtype} but input 0 is {first.dtype}",
-                            "merge values of one dtype", where="input")  # fmt: skip
+                            "merge values of one dtype", where="input", index=i)  # fmt: skip
         if t.rank != first.rank:
             raise RuleError("SEQ303", f"{fn}: input {i} has rank {t.rank} but input 0 has rank {first.rank}",
-                            f"got {fmt_shape(first.shape)} and {fmt_shape(t.shape)}", where="input")  # fmt: skip
+                            f"got {fmt_shape(first.shape)} and {fmt_shape(t.shape)}", where="input", index=i)  # fmt: skip
     axis = _axis_of(cfg, first.rank) if fn == "concat" else -1
     if fn == "concat" and not 1 <= axis < first.rank:
         raise RuleError("SEQ207", f"concat axis {cfg.get('axis')} is out of range for rank {first.rank}",
@@ -788,21 +874,26 @@ def _merge_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: Rul
                 continue
             if ax == 0:
                 raise RuleError("SEQ307", f"{fn}: batch dimensions differ: `{_fmt(a)}` and `{_fmt(b)}`",
-                                "merge values of the same batch", where="input")  # fmt: skip
+                                "merge values of the same batch", where="input", index=i)  # fmt: skip
             if ax == 1 and first.rank >= 3:
                 raise RuleError(
                     "SEQ401",
                     f"{fn}: time dimensions differ: `{_fmt(a)}` (input 0) and `{_fmt(b)}` (input {i})",
                     "values that meet must share a time axis; use one time symbol for inputs that "
-                    "are padded together" + ("; to join in time, use `concat(..., axis=time)`" if fn == "concat" else ""),
+                    "are padded together"
+                    + ("; to join in time, use `concat(..., axis=time)`" if fn == "concat" else ""),
                     where="input",
+                    index=i,
                 )
             raise RuleError(
                 "SEQ302",
                 f"{fn}: feature sizes differ: {fmt_shape(first.shape)} and {fmt_shape(t.shape)}",
                 "elementwise merges need equal shapes; use `concat` to join features, "
-                "or a `Dense` to change a size" if fn != "concat" else "concat needs equal sizes off its axis",
+                "or a `Dense` to change a size"
+                if fn != "concat"
+                else "concat needs equal sizes off its axis",
                 where="input",
+                index=i,
             )
     if fn == "concat":
         total: Dim | None = Dim.of(0)
@@ -830,7 +921,9 @@ def _first_padded(ins: Sequence[TensorType]) -> str | None:
 # time-changing layers
 
 
-def _window_time(ctx: RuleContext, kind: str, T: Dim | None, k: int, s: int, d: int, padding: str) -> Dim | None:
+def _window_time(
+    ctx: RuleContext, kind: str, T: Dim | None, k: int, s: int, d: int, padding: str
+) -> Dim | None:
     if T is None:
         return None
     if padding == "valid":
@@ -849,14 +942,19 @@ def _window_time(ctx: RuleContext, kind: str, T: Dim | None, k: int, s: int, d: 
     return out
 
 
-def _window_mask(m: MaskKind | None, padding: str) -> MaskKind | None:
+def _window_mask(m: MaskKind | None, padding: str, strides: int = 1) -> MaskKind | None:
     if m is None:
         return None
-    # A valid window can be empty for short rows; same/causal keep one step per valid start.
-    return MaskKind(m.side, m.nonempty and padding != "valid", m.declared)
+    # A valid window can be empty for short rows; same/causal keep the steps whose anchor
+    # j * s is valid: one at least when s == 1, or for post masks (anchor 0), but a pre or
+    # any mask with s > 1 can have all its valid steps between anchors.
+    keeps = padding != "valid" and (strides == 1 or m.side == "post")
+    return MaskKind(m.side, m.nonempty and keeps, m.declared)
 
 
-def _conv_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _conv_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _need_float("Conv1D", t)
     _need_rank("Conv1D", t, (3,), "a sequence `[B, T, F]`")
@@ -867,17 +965,20 @@ def _conv_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: Rule
                         "use one of them (Keras rejects the combination)", arg="dilation_rate")  # fmt: skip
     T = _window_time(ctx, "Conv1D", t.time, k, s, d, _str(cfg, "padding"))
     return [TensorType(t.dtype, (t.batch, T, Dim.of(_int(cfg, "filters"))),
-                       _window_mask(t.mask, _str(cfg, "padding")), t.padded_from)]  # fmt: skip
+                       _window_mask(t.mask, _str(cfg, "padding"), s), t.padded_from)]  # fmt: skip
 
 
-def _conv_count(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int]:
-    f = ins[0].features
-    fv = f.value if f is not None else 0
-    n = _int(cfg, "kernel_size") * fv * _int(cfg, "filters")
-    return (n + (_int(cfg, "filters") if _bool(cfg, "use_bias") else 0), 0)
+def _conv_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    k, n = _int(cfg, "kernel_size"), _int(cfg, "filters")
+    ws = [WeightSpec("kernel", (k, _feat(ins[0]), n), _str(cfg, "kernel_initializer"))]
+    if _bool(cfg, "use_bias"):
+        ws.append(WeightSpec("bias", (n,), _str(cfg, "bias_initializer")))
+    return ws
 
 
-def _pool_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _pool_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     kind = call.layer_kind
     _need_float(kind, t)
@@ -886,10 +987,19 @@ def _pool_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: Rule
     s_raw = cfg["strides"]
     s = p if s_raw is None else int(s_raw)  # type: ignore[call-overload]
     T = _window_time(ctx, kind, t.time, p, s, 1, _str(cfg, "padding"))
-    return [TensorType(t.dtype, (t.batch, T, t.shape[2]), _window_mask(t.mask, _str(cfg, "padding")), t.padded_from)]
+    return [
+        TensorType(
+            t.dtype,
+            (t.batch, T, t.shape[2]),
+            _window_mask(t.mask, _str(cfg, "padding"), s),
+            t.padded_from,
+        )
+    ]
 
 
-def _global_pool_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _global_pool_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     kind = call.layer_kind
     _need_float(kind, t)
@@ -932,7 +1042,9 @@ def _product(dims: Sequence[Dim | None]) -> Dim | None:
     return out
 
 
-def _flatten_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _flatten_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _no_mask_rule_check("Flatten", t)
     if t.rank < 2:
@@ -940,7 +1052,9 @@ def _flatten_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: R
     return [TensorType(t.dtype, (t.batch, _product(t.shape[1:])))]
 
 
-def _reshape_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _reshape_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _no_mask_rule_check("Reshape", t)
     target = cfg["target_shape"]
@@ -968,7 +1082,9 @@ def _reshape_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: R
     return [TensorType(t.dtype, (t.batch, *out))]
 
 
-def _temporal_softmax_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _temporal_softmax_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _need_float("TemporalSoftmax", t)
     _need_rank("TemporalSoftmax", t, (3,), "a sequence `[B, T, F]`")
@@ -983,7 +1099,9 @@ def _temporal_softmax_rule(cfg: Config, ins: Sequence[TensorType], call: CallInf
     return [TensorType(t.dtype, t.shape)]
 
 
-def _temporal_split_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _temporal_split_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     (t,) = ins
     _need_rank("TemporalSplit", t, (2, 3, 4), "a sequence `[B, T, ...]`")
     n = _int(cfg, "parts")
@@ -1010,8 +1128,15 @@ _ACT_INIT_DENSE = (
 
 
 def _spec(**kw: object) -> LayerSpec:
-    params = tuple(kw.pop("params", ())) + COMMON  # type: ignore[call-overload]
-    return LayerSpec(params=params, **kw)  # type: ignore[arg-type]
+    own = kw.pop("params", ())
+    assert isinstance(own, tuple)
+    params = own + COMMON
+    unsupported = kw.pop("unsupported", {})
+    assert isinstance(unsupported, dict)
+    # a Keras argument is "unsupported" only where the layer has no such parameter
+    names = {p.name for p in params}
+    kept = {k: v for k, v in unsupported.items() if k not in names}
+    return LayerSpec(params=params, unsupported=kept, **kw)  # type: ignore[arg-type]
 
 
 def _rnn_layer(name: str, cell: str, doc: str) -> LayerSpec:
@@ -1020,7 +1145,7 @@ def _rnn_layer(name: str, cell: str, doc: str) -> LayerSpec:
         category="recurrent",
         params=_cell_params(cell) + _RNN_FLAGS,
         rule=_rnn_rule,
-        count=_rnn_count,
+        weights=_rnn_weights,
         mask_rule="consume",
         padding_invariant=True,
         doc=doc,
@@ -1036,7 +1161,7 @@ def _cell(name: str, cell: str) -> LayerSpec:
         category="cell",
         params=_cell_params(cell),
         rule=_cell_as_layer_rule,
-        count=_no_params,
+        weights=_no_weights,
         mask_rule="none",
         padding_invariant=True,
         doc=f"the cell of {name[:-4]}; use inside `RNN(...)`",
@@ -1044,7 +1169,9 @@ def _cell(name: str, cell: str) -> LayerSpec:
     )
 
 
-def _cell_as_layer_rule(cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext) -> list[TensorType]:
+def _cell_as_layer_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
     raise RuleError(
         "SEQ203",
         f"{call.layer_kind} is a cell, not a layer",
@@ -1071,7 +1198,10 @@ _LAYERS: list[LayerSpec] = [
             Param("mask_zero", "bool", False, doc="mask steps whose id is 0"),
         ),
         rule=_embedding_rule,
-        count=lambda cfg, ins: (_int(cfg, "input_dim") * _int(cfg, "output_dim"), 0),
+        weights=lambda cfg, ins: [
+            WeightSpec("embeddings", (_int(cfg, "input_dim"), _int(cfg, "output_dim")),
+                       _str(cfg, "embeddings_initializer"))
+        ],
         mask_rule="generate", padding_invariant=True,
         doc="integer ids -> vectors; mask_zero=true masks id 0",
         unsupported={**_UNSUPPORTED_COMMON, "embeddings_regularizer": _REG, "embeddings_constraint": _REG,
@@ -1082,7 +1212,7 @@ _LAYERS: list[LayerSpec] = [
     _spec(
         name="Masking", category="generator",
         params=(Param("mask_value", "float", 0.0),),
-        rule=_masking_rule, count=_no_params, mask_rule="generate", padding_invariant=True,
+        rule=_masking_rule, weights=_no_weights, mask_rule="generate", padding_invariant=True,
         doc="mask steps whose features all equal mask_value (and zero them)",
         unsupported=_UNSUPPORTED_COMMON, data_args=frozenset(),
     ),
@@ -1092,7 +1222,7 @@ _LAYERS: list[LayerSpec] = [
     _spec(
         name="RNN", category="recurrent",
         params=(Param("cell", "layer", doc="SimpleRNNCell, GRUCell or LSTMCell"),) + _RNN_FLAGS,
-        rule=_rnn_rule, count=_rnn_count, mask_rule="consume", padding_invariant=True,
+        rule=_rnn_rule, weights=_rnn_weights, mask_rule="consume", padding_invariant=True,
         doc="a recurrent layer around a cell",
         unsupported=_UNSUPPORTED_RNN, kernels=recurrent_kernels,
         data_args=frozenset({"mask", "initial_state", "training"}),
@@ -1106,7 +1236,7 @@ _LAYERS: list[LayerSpec] = [
             Param("layer", "layer", doc="the recurrent layer to run both ways"),
             Param("merge_mode", "choice", "concat", choices=("concat", "sum", "mul", "ave", "none")),
         ),
-        rule=_bidirectional_rule, count=_bidirectional_count, mask_rule="consume",
+        rule=_bidirectional_rule, weights=_bidirectional_weights, mask_rule="consume",
         padding_invariant=True, doc="runs a recurrent layer forwards and backwards",
         unsupported={**_UNSUPPORTED_COMMON, "backward_layer": "the backward copy is built from `layer`"},
         kernels=recurrent_kernels, data_args=frozenset({"mask", "initial_state", "training"}),
@@ -1114,19 +1244,19 @@ _LAYERS: list[LayerSpec] = [
     _spec(
         name="Dense", category="propagate",
         params=(Param("units", "int", lo=1),) + _ACT_INIT_DENSE,
-        rule=_dense_rule, count=_dense_count, mask_rule="propagate", padding_invariant=True,
+        rule=_dense_rule, weights=_dense_weights, mask_rule="propagate", padding_invariant=True,
         doc="a fully connected layer on the last axis", unsupported=_UNSUPPORTED_COMMON,
     ),
     _spec(
         name="Activation", category="propagate",
         params=(Param("activation", "activation"),),
-        rule=_same_rule, count=_no_params, mask_rule="propagate", padding_invariant=True,
+        rule=_same_rule, weights=_no_weights, mask_rule="propagate", padding_invariant=True,
         doc="an elementwise activation", unsupported=_UNSUPPORTED_COMMON,
     ),
     _spec(
         name="Dropout", category="propagate",
         params=(Param("rate", "float", lo=0.0, hi=1.0, hi_open=True),),
-        rule=_same_rule, count=_no_params, mask_rule="propagate", padding_invariant=True,
+        rule=_same_rule, weights=_no_weights, mask_rule="propagate", padding_invariant=True,
         doc="dropout in training, identity in inference",
         unsupported={**_UNSUPPORTED_COMMON, "noise_shape": "dropout masks are per element"},
         data_args=frozenset({"mask", "training"}),
@@ -1134,7 +1264,7 @@ _LAYERS: list[LayerSpec] = [
     _spec(
         name="TimeDistributed", category="propagate",
         params=(Param("layer", "layer"),),
-        rule=_time_distributed_rule, count=_time_distributed_count, mask_rule="propagate",
+        rule=_time_distributed_rule, weights=_time_distributed_weights, mask_rule="propagate",
         padding_invariant=True, doc="applies a per-step layer at every time step",
         unsupported=_UNSUPPORTED_COMMON, data_args=frozenset({"mask", "training"}),
     ),
@@ -1146,7 +1276,7 @@ _LAYERS: list[LayerSpec] = [
             Param("beta_initializer", "initializer", "zeros"),
             Param("gamma_initializer", "initializer", "ones"),
         ),
-        rule=_norm_rule, count=_ln_count, mask_rule="propagate", padding_invariant=True,
+        rule=_norm_rule, weights=_ln_weights, mask_rule="propagate", padding_invariant=True,
         doc="normalises each step over its features",
         unsupported={**_UNSUPPORTED_COMMON, "beta_regularizer": _REG, "gamma_regularizer": _REG,
                      "beta_constraint": _REG, "gamma_constraint": _REG,
@@ -1163,7 +1293,7 @@ _LAYERS: list[LayerSpec] = [
             Param("moving_mean_initializer", "initializer", "zeros"),
             Param("moving_variance_initializer", "initializer", "ones"),
         ),
-        rule=_norm_rule, count=_bn_count, mask_rule="propagate", padding_invariant=True,
+        rule=_norm_rule, weights=_bn_weights, mask_rule="propagate", padding_invariant=True,
         doc="batch normalisation over the last axis (masked moments in training)",
         unsupported={**_UNSUPPORTED_COMMON, "beta_regularizer": _REG, "gamma_regularizer": _REG,
                      "beta_constraint": _REG, "gamma_constraint": _REG,
@@ -1180,52 +1310,52 @@ _LAYERS: list[LayerSpec] = [
             Param("dilation_rate", "ints", 1, lo=1),
             Param("groups", "int", 1, lo=1, hi=1, doc="only 1 in v1"),
         ) + _ACT_INIT_DENSE,
-        rule=_conv_rule, count=_conv_count, mask_rule="time", padding_invariant=False,
+        rule=_conv_rule, weights=_conv_weights, mask_rule="time", padding_invariant=False,
         doc="1D convolution over time; maps lengths through the window formula",
         unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
     ),
     _spec(
         name="MaxPooling1D", category="time", params=_POOL_PARAMS, rule=_pool_rule,
-        count=_no_params, mask_rule="time", padding_invariant=False,
+        weights=_no_weights, mask_rule="time", padding_invariant=False,
         doc="max over windows in time", unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
     ),
     _spec(
         name="AveragePooling1D", category="time", params=_POOL_PARAMS, rule=_pool_rule,
-        count=_no_params, mask_rule="time", padding_invariant=False,
+        weights=_no_weights, mask_rule="time", padding_invariant=False,
         doc="mean over windows in time", unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
     ),
     _spec(
         name="GlobalAveragePooling1D", category="reduce", params=_GLOBAL_POOL,
-        rule=_global_pool_rule, count=_no_params, mask_rule="consume", padding_invariant=True,
+        rule=_global_pool_rule, weights=_no_weights, mask_rule="consume", padding_invariant=True,
         doc="masked mean over time (0 for an empty row)",
         unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
     ),
     _spec(
         name="GlobalMaxPooling1D", category="reduce", params=_GLOBAL_POOL,
-        rule=_global_pool_rule, count=_no_params, mask_rule="consume", padding_invariant=True,
+        rule=_global_pool_rule, weights=_no_weights, mask_rule="consume", padding_invariant=True,
         doc="masked max over time (0 for an empty row)",
         unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT},
     ),
     _spec(
-        name="Flatten", category="reshape", params=(), rule=_flatten_rule, count=_no_params,
+        name="Flatten", category="reshape", params=(), rule=_flatten_rule, weights=_no_weights,
         mask_rule="none", padding_invariant=False, doc="flattens all axes after the batch",
         unsupported={**_UNSUPPORTED_COMMON, **_DATA_FORMAT}, data_args=frozenset(),
     ),
     _spec(
         name="Reshape", category="reshape", params=(Param("target_shape", "shape"),),
-        rule=_reshape_rule, count=_no_params, mask_rule="none", padding_invariant=False,
+        rule=_reshape_rule, weights=_no_weights, mask_rule="none", padding_invariant=False,
         doc="reshapes the axes after the batch", unsupported=_UNSUPPORTED_COMMON,
         data_args=frozenset(),
     ),
     _spec(
         name="TemporalSoftmax", category="consumer", params=(), rule=_temporal_softmax_rule,
-        count=_no_params, mask_rule="consume-required", padding_invariant=True,
+        weights=_no_weights, mask_rule="consume-required", padding_invariant=True,
         doc="softmax over time at valid steps; 0 at masked steps and for empty rows",
         unsupported=_UNSUPPORTED_COMMON,
     ),
     _spec(
-        name="TemporalSplit", category="time", params=(Param("parts", "int", 2, lo=1),),
-        rule=_temporal_split_rule, count=_no_params, mask_rule="split", padding_invariant=False,
+        name="TemporalSplit", category="time", params=(Param("parts", "int", 2, lo=1, hi=1024),),
+        rule=_temporal_split_rule, weights=_no_weights, mask_rule="split", padding_invariant=False,
         doc="splits the time axis into equal parts, masks too", unsupported=_UNSUPPORTED_COMMON,
     ),
 ]  # fmt: skip
@@ -1243,7 +1373,7 @@ MERGES: dict[str, LayerSpec] = {
         category="merge",
         params=(Param("axis", "axis", "features"),) if fn == "concat" else (),
         rule=_merge_rule,
-        count=_no_params,
+        weights=_no_weights,
         mask_rule="concat" if fn == "concat" else "merge",
         padding_invariant=True,
         doc=doc,

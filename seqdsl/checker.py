@@ -8,8 +8,9 @@ error marker so that one mistake does not cascade into many.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .catalogue import (
     ACTIVATIONS,
@@ -24,6 +25,7 @@ from .catalogue import (
     PadInfo,
     Param,
     RuleError,
+    WeightSpec,
     cudnn_targets,
     spec_for,
 )
@@ -43,7 +45,7 @@ from .ir import (
     Span,
     ValueUse,
 )
-from .types import DTYPES, MaskKind, MaskType, TensorType, ValueType, fmt_shape
+from .types import DTYPES, MaskKind, MaskType, TensorType, ValueType
 
 __all__ = ["CheckedModel", "Constraint", "LayerInfo", "check_program"]
 
@@ -76,6 +78,8 @@ class LayerInfo:
     kernels: Mapping[str, KernelChoice] | None
     padding_invariant: bool
     span: Span
+    #: the layer's weights in the canonical (Keras) layout and get_weights() order
+    weights: tuple[WeightSpec, ...] = ()
 
     @property
     def params(self) -> int:
@@ -157,6 +161,8 @@ class _ModelChecker:
     layer_names: dict[str, Span] = field(default_factory=dict)
     constraints: list[Constraint] = field(default_factory=list)
     pads: dict[str, PadInfo] = field(default_factory=dict)
+    #: names assigned by statements that failed to lower (already reported): silently erroneous
+    failed: set[str] = field(default_factory=set)
 
     def diag(
         self,
@@ -187,6 +193,8 @@ class _ModelChecker:
         self.used.add(use.name)
         if use.name in self.types:
             return self.types[use.name]
+        if use.name in self.failed:
+            return _ERR
         user = _user_names(self.model)
         cands = [n for n in self.types if n in user]
         dym = did_you_mean(use.name, cands)
@@ -194,7 +202,9 @@ class _ModelChecker:
             "SEQ101",
             f"`{use.name}` is not defined",
             use.span,
-            f"did you mean `{dym}`?" if dym else "define it with an `input` or an assignment before use",
+            f"did you mean `{dym}`?"
+            if dym
+            else "define it with an `input` or an assignment before use",
         )
         return _ERR
 
@@ -206,7 +216,12 @@ class _ModelChecker:
                 dims.append(None)
             elif isinstance(d.value, int):
                 if d.value < 1:
-                    self.diag("SEQ006", "dimensions are positive", d.span, "use a positive size or a symbol")
+                    self.diag(
+                        "SEQ006",
+                        "dimensions are positive",
+                        d.span,
+                        "use a positive size or a symbol",
+                    )
                 dims.append(Dim.of(d.value))
             else:
                 dims.append(sym(d.value))
@@ -215,23 +230,38 @@ class _ModelChecker:
             return
         if inp.dtype not in DTYPES:
             dym = did_you_mean(inp.dtype, (*DTYPES, "mask", "f32", "i32"))
-            alias = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "float": "f32", "int": "i32"}
+            alias = {
+                "float32": "f32",
+                "float64": "f64",
+                "int32": "i32",
+                "int64": "i64",
+                "float": "f32",
+                "int": "i32",
+            }
             hint = alias.get(inp.dtype) or dym
             self.diag(
                 "SEQ007",
                 f"unknown dtype `{inp.dtype}`",
                 inp.dtype_span,
-                f"did you mean `{hint}`?" if hint else "dtypes are f32, f64, i32, i64, bool and mask",
+                f"did you mean `{hint}`?"
+                if hint
+                else "dtypes are f32, f64, i32, i64, bool and mask",
             )
             self.define(inp.name, _ERR, inp.name_span)
             return
         if len(dims) < 1:
-            self.diag("SEQ006", "an input needs at least a batch dimension", inp.span)
+            self.diag(
+                "SEQ006",
+                "an input needs at least a batch dimension",
+                inp.span,
+                "e.g. `f32[B, T, 8]`",
+            )
         pad = self.check_pad(inp, dims) if inp.pad is not None else None
         mask = None
         if inp.masked:
             if len(dims) < 2:
-                self.diag("SEQ006", "a `masked` input needs a time axis: `[B, T, ...]`", inp.masked_span or inp.span)
+                self.diag("SEQ006", "a `masked` input needs a time axis: `[B, T, ...]`", inp.masked_span or inp.span,
+                          "add a time axis, or remove `masked`")  # fmt: skip
             mask = MaskKind(pad.side, pad.nonempty) if pad is not None else MaskKind("any")
         if pad is not None:
             self.pads[inp.name] = pad
@@ -254,15 +284,28 @@ class _ModelChecker:
                     "SEQ006",
                     f"unknown mask kind `{word}`",
                     span,
-                    f"did you mean `{dym}`?" if dym else "a mask kind is post, pre or any, optionally with nonempty",
+                    f"did you mean `{dym}`?"
+                    if dym
+                    else "a mask kind is post, pre or any, optionally with nonempty",
                 )
         if len(dims) != 2:
-            self.diag("SEQ006", f"a mask input is `[B, T]`, got {len(dims)} dimension(s)", inp.span, "write `mask[B, T]`")
+            where = inp.dims[2].span if len(inp.dims) > 2 else inp.dtype_span  # the extra axis
+            self.diag(
+                "SEQ006",
+                f"a mask input is `[B, T]`, got {len(dims)} dimension(s)",
+                where,
+                "write `mask[B, T]`",
+            )
             self.define(inp.name, _ERR, inp.name_span)
             return
         if inp.pad is not None or inp.masked:
-            self.diag("SEQ006", "a mask input takes no `pad(...)` or `masked`", inp.pad_span or inp.masked_span or inp.span)
-        self.define(inp.name, MaskType(dims[0], dims[1], MaskKind(side, nonempty, declared=True)), inp.name_span)
+            self.diag("SEQ006", "a mask input takes no `pad(...)` or `masked`", inp.pad_span or inp.masked_span or inp.span,
+                      "a mask is already the mask: remove `pad(...)`/`masked` here")  # fmt: skip
+        self.define(
+            inp.name,
+            MaskType(dims[0], dims[1], MaskKind(side, nonempty, declared=True)),
+            inp.name_span,
+        )
 
     def check_pad(self, inp: InputDecl, dims: list[Dim | None]) -> PadInfo | None:
         assert inp.pad is not None
@@ -274,15 +317,22 @@ class _ModelChecker:
             Param("nonempty", "bool", False),
         )
         pad_spec = LayerSpec(
-            name="pad", category="pad", params=params, rule=lambda *a: [], count=lambda *a: (0, 0),
-            mask_rule="none", padding_invariant=True, doc="",
+            name="pad",
+            category="pad",
+            params=params,
+            rule=lambda *a: [],
+            weights=lambda *a: [],
+            mask_rule="none",
+            padding_invariant=True,
+            doc="",
         )
         span = inp.pad_span or inp.span
         cfg = self.bind(pad_spec, inp.pad, span, "pad")
         if cfg is None:
             return None
         if len(dims) < 2:
-            self.diag("SEQ006", "a padded input needs a time axis: `[B, T, ...]`", span)
+            self.diag("SEQ006", "a padded input needs a time axis: `[B, T, ...]`", span,
+                      "add a time axis, or remove `pad(...)`")  # fmt: skip
             return None
         value = cfg["value"]
         assert isinstance(value, float)
@@ -294,13 +344,14 @@ class _ModelChecker:
                 arg.span if arg else span,
                 f"padding is cast to {inp.dtype}, giving {int(value)}: write an integer value",
             )
+            value = float(int(value))  # what the padding will be: no cascade on mask rules
         maxlen = cfg["maxlen"]
         t = dims[1]
         if isinstance(maxlen, int) and t is not None and t.value is not None and t.value != maxlen:
             self.diag(
                 "SEQ401",
                 f"pad(maxlen={maxlen}) pads to {maxlen} steps, but the time dimension is declared {t.value}",
-                span,
+                next((a.span for a in inp.pad if a.name == "maxlen"), span),
                 f"make them agree: `[..., {maxlen}, ...]` or `maxlen={t.value}`",
             )
         return PadInfo(
@@ -312,7 +363,9 @@ class _ModelChecker:
         )
 
     # ------------------------------------------------------------------ binding
-    def bind(self, spec: LayerSpec, args: Sequence[Arg], span: Span, kind_name: str) -> dict[str, object] | None:
+    def bind(
+        self, spec: LayerSpec, args: Sequence[Arg], span: Span, kind_name: str
+    ) -> dict[str, object] | None:
         """Bind constructor arguments to the spec's parameters; None on error."""
         ok = True
         cfg: dict[str, object] = {}
@@ -326,7 +379,8 @@ class _ModelChecker:
                         "SEQ205",
                         f"{kind_name} takes {len(positional)} positional argument(s), got more",
                         a.span,
-                        "name the argument: `name=value`",
+                        f"its positional arguments are {', '.join(p.name for p in positional[:4])}"
+                        f"{', ...' if len(positional) > 4 else ''}; pass any other by keyword, `arg=value`",
                     )
                     ok = False
                     continue
@@ -360,7 +414,9 @@ class _ModelChecker:
                             "SEQ201",
                             f"{kind_name} has no argument `{a.name}`",
                             nspan,
-                            f"did you mean `{dym}`?" if dym else f"its arguments: {', '.join(names)}",
+                            f"did you mean `{dym}`?"
+                            if dym
+                            else f"its arguments: {', '.join(names)}",
                         )
                     continue
                 p = found
@@ -416,7 +472,20 @@ class _ModelChecker:
             if lit.kind not in ("int", "float"):
                 return bad("a number")
             assert isinstance(v, (int, float))
-            out = float(v)
+            try:
+                out = float(v)
+            except OverflowError:  # an integer literal beyond the float range
+                out = math.inf
+            if not math.isfinite(out):
+                text = lit.describe()
+                self.diag(
+                    "SEQ207",
+                    f"{kind_name}: `{p.name}` must be a finite number, got "
+                    + (text if len(text) <= 24 else text[:20] + "..."),
+                    lit.span,
+                    "numbers are 64-bit floats: write a value below 1e308",
+                )
+                return _ERR
         elif t == "bool":
             if lit.kind != "bool":
                 return bad("`true` or `false`")
@@ -438,7 +507,9 @@ class _ModelChecker:
             if lit.kind not in ("name", "str"):
                 return bad("a name")
             assert isinstance(v, str)
-            choices = {"choice": p.choices, "activation": ACTIVATIONS, "initializer": INITIALIZERS}[t]
+            choices = {"choice": p.choices, "activation": ACTIVATIONS, "initializer": INITIALIZERS}[
+                t
+            ]
             if t == "activation" and v in ("none", "None", "linear"):
                 return "linear"
             if t == "choice" and p.name == "merge_mode" and v == "None":
@@ -468,13 +539,13 @@ class _ModelChecker:
             out = v
         elif t == "shape":
             items = v if lit.kind == "list" else (lit,) if lit.kind == "int" else None
-            if not isinstance(items, tuple) or not all(isinstance(i, Literal) and i.kind == "int" for i in items):
+            if not isinstance(items, tuple) or not all(
+                isinstance(i, Literal) and i.kind == "int" for i in items
+            ):
                 return bad("a list of integers, e.g. `[4, -1]`")
             out = tuple(i.value for i in items)
         elif t == "axis":
-            if lit.kind == "name" and v in ("time", "features"):
-                out = v
-            elif lit.kind == "int":
+            if lit.kind == "name" and v in ("time", "features") or lit.kind == "int":
                 out = v
             else:
                 return bad("`time`, `features` or an integer axis")
@@ -505,7 +576,7 @@ class _ModelChecker:
             "SEQ207",
             f"{kind_name}: `{p.name}` must be {rng}, got {lit.describe()}",
             lit.span,
-            p.doc or None,
+            f"use a value {rng}" + (f" ({p.doc})" if p.doc else ""),
         )
         return _ERR
 
@@ -548,7 +619,12 @@ class _ModelChecker:
                 t = _ERR
             if isinstance(t, TensorType):
                 if t.mask is None:
-                    self.diag("SEQ804", "drop_mask on a value that has no mask", op.span, "remove `drop_mask`")
+                    self.diag(
+                        "SEQ804",
+                        "drop_mask on a value that has no mask",
+                        op.span,
+                        "remove `drop_mask`",
+                    )
                 t = TensorType(t.dtype, t.shape, None, None)
             self.bind_results(op.results, [t], op.result_spans, op.span, single_ok=True)
             return
@@ -595,7 +671,7 @@ class _ModelChecker:
             try:
                 outs = list(spec.rule(cfg, ins, CallInfo(op.fn), ctx))
             except RuleError as e:
-                self.rule_error(e, op.span, op.inputs, None, (), op.span)
+                self.rule_error(e, op.span, op.inputs, None, (), op.span, op.args)
                 outs = [_ERR]
             else:
                 self.record_layer(index, op.name, op.fn, cfg, spec, ins, op, None)
@@ -608,7 +684,16 @@ class _ModelChecker:
         cfg = self.bind(spec, layer.args, layer.span, layer.kind) if spec is not None else None
         # explicit layer names
         if not layer.auto_named:
-            if layer.name in self.layer_names:
+            if layer.name in self.layer_names and self.layer_names[layer.name] == _name_arg_span(
+                layer
+            ):
+                self.diag(
+                    "SEQ104",
+                    f'`name="{layer.name}"` inside `repeat` gives every copy the same name',
+                    _name_arg_span(layer),
+                    "remove `name=`: copies inside `repeat` are named automatically with the repeat index",
+                )
+            elif layer.name in self.layer_names:
                 self.diag(
                     "SEQ104",
                     f"two layers are named `{layer.name}`",
@@ -649,7 +734,8 @@ class _ModelChecker:
                           "only Dropout, BatchNormalization, TimeDistributed and recurrent layers do")  # fmt: skip
                 ok = False
             elif op.training.kind != "bool":
-                self.diag("SEQ203", "`training=` expects `true` or `false`", op.training.span, None)
+                self.diag("SEQ203", "`training=` expects `true` or `false`", op.training.span,
+                          "write `training=true` or `training=false`")  # fmt: skip
                 ok = False
         if ins is not None and len(op.inputs) != 1:
             self.diag(
@@ -678,7 +764,9 @@ class _ModelChecker:
         try:
             outs: list[object] = list(spec.rule(cfg, [t], call, ctx))
         except RuleError as e:
-            self.rule_error(e, layer.span, op.inputs, layer, op.initial_state, op.initial_state_span)
+            self.rule_error(
+                e, layer.span, op.inputs, layer, op.initial_state, op.initial_state_span
+            )
             self.bind_results(op.results, fail, op.result_spans, op.span, silent=True)
             return
         kernels = self.record_layer(index, layer.name, layer.kind, cfg, spec, [t], op, layer)
@@ -713,7 +801,8 @@ class _ModelChecker:
         if ins:
             t = ins[0]
             if t.rank < 2:
-                self.diag("SEQ503", f"`{op.inputs[0].name}` has no time axis for a mask", op.mask.span)
+                self.diag("SEQ503", f"`{op.inputs[0].name}` has no time axis for a mask", op.mask.span,
+                          "masks apply to sequences `[B, T, ...]`; remove `mask=`")  # fmt: skip
                 return _ERR
             if not _same(m.time, t.time):
                 self.diag(
@@ -760,11 +849,21 @@ class _ModelChecker:
         ok = True
         for d in layer.decorators:
             if d.name != "kernel":
-                self.diag("SEQ009", f"unknown decorator `@{d.name}`", d.span, "the one decorator is `@kernel(cudnn)`")
+                self.diag(
+                    "SEQ009",
+                    f"unknown decorator `@{d.name}`",
+                    d.span,
+                    "the one decorator is `@kernel(cudnn)`",
+                )
                 ok = False
                 continue
             if len(d.args) != 1 or d.args[0].name is not None or d.args[0].value.value != "cudnn":
-                self.diag("SEQ009", "`@kernel` takes one argument, `cudnn`", d.span, "write `@kernel(cudnn)`")
+                self.diag(
+                    "SEQ009",
+                    "`@kernel` takes one argument, `cudnn`",
+                    d.span,
+                    "write `@kernel(cudnn)`",
+                )
                 ok = False
                 continue
             if spec.kernels is None:
@@ -777,7 +876,9 @@ class _ModelChecker:
                 ok = False
         return ok
 
-    def require_cudnn(self, layer: LayerCall, cfg: Mapping[str, object], kernels: Mapping[str, KernelChoice]) -> None:
+    def require_cudnn(
+        self, layer: LayerCall, cfg: Mapping[str, object], kernels: Mapping[str, KernelChoice]
+    ) -> None:
         bad = [
             f"{tgt}: {kernels[tgt].kernel} ({kernels[tgt].reason})"
             for tgt in cudnn_targets(cfg)
@@ -805,9 +906,11 @@ class _ModelChecker:
         op: ApplyOp | MergeOp,
         layer: LayerCall | None,
     ) -> Mapping[str, KernelChoice] | None:
-        trainable, non_trainable = spec.count(cfg, ins)
+        weights = tuple(spec.weights(cfg, ins))
         if cfg.get("trainable") is False:
-            trainable, non_trainable = 0, trainable + non_trainable
+            weights = tuple(replace(w, trainable=False) for w in weights)
+        trainable = sum(w.size for w in weights if w.trainable)
+        non_trainable = sum(w.size for w in weights if not w.trainable)
         kernels = spec.kernels(cfg, ins) if spec.kernels is not None else None
         self.layers.append(
             LayerInfo(
@@ -819,6 +922,7 @@ class _ModelChecker:
                 outputs=op.results,
                 trainable_params=trainable,
                 non_trainable_params=non_trainable,
+                weights=weights,
                 kernels=kernels,
                 padding_invariant=spec.padding_invariant,
                 span=layer.span if layer is not None else op.span,
@@ -840,7 +944,9 @@ class _ModelChecker:
             if n > 1
             else "assign it to one name"
         )
-        if layer.kind in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional") and n < len(op.results):
+        if layer.kind in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional") and n < len(
+            op.results
+        ):
             hint += "; set `return_state=true` to get the states"
         self.diag(
             "SEQ306",
@@ -857,14 +963,17 @@ class _ModelChecker:
         layer: LayerCall | None,
         states: Sequence[ValueUse] | None,
         states_span: Span | None,
+        args: Sequence[Arg] = (),
     ) -> None:
         span = layer_span
         if e.where == "input" and inputs:
-            span = inputs[0].span
+            span = inputs[min(e.index, len(inputs) - 1)].span
         elif e.where == "initial_state" and states_span is not None:
             span = states_span
         elif e.where == "arg" and layer is not None and e.arg is not None:
             span = _arg_span(layer, e.arg) or layer_span
+        elif e.where == "arg" and e.arg is not None:  # a merge's own argument (`axis=`)
+            span = next((a.span for a in args if a.name == e.arg), layer_span)
         self.diag(e.code, e.message, span, e.hint)
 
     def bind_results(
@@ -891,13 +1000,20 @@ class _ModelChecker:
     # ------------------------------------------------------------------ model
     def run(self) -> CheckedModel:
         m = self.model
+        produced = {r for op in m.ops for r in op.results}
+        self.failed = {n for n, _ in m.bindings} - produced
         for inp in m.inputs:
             self.check_input(inp)
         for i, op in enumerate(m.ops):
             self.check_op(i, op)
         seen: dict[str, Span] = {}
         if not m.outputs:
-            self.diag("SEQ008", f"model `{m.name}` declares no output", m.name_span, "add `output <name>` at the end")
+            self.diag(
+                "SEQ008",
+                f"model `{m.name}` declares no output",
+                m.name_span,
+                "add `output <name>` at the end",
+            )
         for out in m.outputs:
             if out.name in seen:
                 self.diag("SEQ107", f"`{out.name}` is output twice", out.span, "list each output once",
@@ -917,8 +1033,14 @@ class _ModelChecker:
                     "(recurrent layers keep one only with return_sequences=true)",
                 )
         for name, span in self.defined_at.items():
-            if name not in self.used and not name.startswith("_") and name in _user_names(m):
-                self.diag("SEQ802", f"`{name}` is never used", span, f"use it, or rename it `_{name}` to silence this")
+            unused = name not in self.used and name not in m.referenced
+            if unused and not name.startswith("_") and name in _user_names(m):
+                self.diag(
+                    "SEQ802",
+                    f"`{name}` is never used",
+                    span,
+                    f"use it, or rename it `_{name}` to silence this",
+                )
         types = {k: v for k, v in self.types.items() if isinstance(v, (TensorType, MaskType))}
         return CheckedModel(m, types, tuple(self.layers), tuple(self.constraints), dict(self.pads))
 
@@ -954,7 +1076,18 @@ def _type_hint(p: Param) -> str | None:
         return "e.g. tanh, relu, sigmoid, linear"
     if p.type == "initializer":
         return "e.g. glorot_uniform, orthogonal, zeros"
-    return p.doc or None
+    generic = {
+        "bool": "write `true` or `false`",
+        "int": "write an integer without quotes, e.g. `32`",
+        "float": "write a number, e.g. `0.5`",
+        "ints": "write an integer, e.g. `3`",
+        "int_or_none": "write an integer, or `none`",
+        "str": 'write a string in quotes, e.g. "encoder"',
+        "shape": "write a list of integers, e.g. `[4, -1]`",
+        "axis": "write `time`, `features` or an integer axis",
+        "layer": "write a layer, e.g. `LSTM(64)`",
+    }
+    return generic.get(p.type) or p.doc or None
 
 
 def _name_arg_span(layer: LayerCall) -> Span:
@@ -968,7 +1101,9 @@ def _arg_span(layer: LayerCall, path: str) -> Span | None:
     """Span of ``arg`` or ``layer.arg`` (an argument of a nested layer)."""
     head, _, rest = path.partition(".")
     spec = spec_for(layer.kind)
-    positional = [p.name for p in spec.params if p.name not in ("name", "trainable")] if spec else []
+    positional = (
+        [p.name for p in spec.params if p.name not in ("name", "trainable")] if spec else []
+    )
     pos = 0
     for a in layer.args:
         name = a.name

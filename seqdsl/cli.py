@@ -1,4 +1,4 @@
-"""The command line: ``seqdsl check|summary``. The only module that prints or exits.
+"""The command line: ``seqdsl check|summary|compile``. The only module that prints or exits.
 
 Exit codes (stable):
   0  no errors (warnings allowed)
@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
             default="full",
             help="how diagnostics are printed (default: full, with source excerpts)",
         )
-        sp.add_argument("--traceback", action="store_true", help="show the traceback of an internal error")
+        sp.add_argument(
+            "--traceback", action="store_true", help="show the traceback of an internal error"
+        )
 
     c = sub.add_parser("check", help="parse and type-check .seq files")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -54,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="the model to summarise (default: every model in the file)")
     s.add_argument("--format", choices=("text", "json"), default="text", help="summary format")
     common(s)
+    from .emit import BACKENDS
+
+    k = sub.add_parser("compile", help="write a standalone model module for a backend")
+    k.add_argument("file", metavar="FILE")
+    k.add_argument("--backend", required=True, choices=sorted(BACKENDS))
+    k.add_argument("--model", help="the model to compile (default: the first model in the file)")
+    k.add_argument("-o", "--output", metavar="OUT.py", help="write here instead of standard output")
+    common(k)
     return p
 
 
@@ -107,11 +117,43 @@ def _summary(args: argparse.Namespace) -> int:
     assert isinstance(prog, Program)
     if args.model is not None and args.model not in {m.name for m in prog.models}:
         names = ", ".join(m.name for m in prog.models)
-        print(f"seqdsl: no model named {args.model!r} in {args.file} (models: {names})", file=sys.stderr)
+        print(
+            f"seqdsl: no model named {args.model!r} in {args.file} (models: {names})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if diags and args.output_format != "json":
         sys.stderr.write(render(diags, {args.file: text}, args.output_format))
     sys.stdout.write(prog.summary(args.model, "json" if args.format == "json" else "text"))
+    return EXIT_OK
+
+
+def _compile(args: argparse.Namespace) -> int:
+    text = _read(args.file)
+    if text is None:
+        return EXIT_USAGE
+    prog, diags = analyze(text, args.file)
+    if prog is None or any(d.is_error for d in diags):
+        _emit(diags, {args.file: text}, args.output_format)
+        return EXIT_USER
+    if args.model is not None and args.model not in {m.name for m in prog.models}:
+        names = ", ".join(m.name for m in prog.models)
+        print(
+            f"seqdsl: no model named {args.model!r} in {args.file} (models: {names})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if diags and args.output_format != "json":
+        sys.stderr.write(render(diags, {args.file: text}, args.output_format))
+    code = prog.compile(args.backend, args.model)
+    if args.output:
+        try:
+            Path(args.output).write_text(code, encoding="utf-8")
+        except OSError as e:
+            print(f"seqdsl: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        sys.stdout.write(code)
     return EXIT_OK
 
 
@@ -121,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "compile":
+            return _compile(args)
         return _summary(args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130

@@ -29,10 +29,27 @@ class Atom:
     arg: Dim | None = None
     div: int = 1
 
+    # Atoms nest (a floor of a floor of ...), and sorting and hashing terms ask for
+    # their text and hash over and over: both are computed once per atom and kept
+    # in the instance dict (not a field, so equality and repr ignore them).
     def key(self) -> str:
-        return str(self)
+        k = self.__dict__.get("_key")
+        if k is None:
+            k = self._text()
+            object.__setattr__(self, "_key", k)
+        return k
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.op, self.name, self.arg, self.div))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def __str__(self) -> str:
+        return self.key()
+
+    def _text(self) -> str:
         if self.op == "sym":
             return self.name
         assert self.arg is not None
@@ -58,6 +75,13 @@ class Dim:
 
     terms: tuple[tuple[Atom, Fraction], ...] = ()
     const: Fraction = Fraction(0)
+
+    def __hash__(self) -> int:  # cached, see Atom.key
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.terms, self.const))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     # ---------------------------------------------------------- construction
     @staticmethod
@@ -146,7 +170,7 @@ class Dim:
             sign = -1 if k < 0 else 1
             mag = abs(k)
             text = str(atom)
-            if atom.op == "floor" and (mag != 1 or len(self.terms) > 1 or self.const):
+            if atom.op == "floor" and mag != 1:
                 text = f"({text})"
             if mag.denominator != 1:
                 num = f"{mag.numerator}*{text}" if mag.numerator != 1 else text
@@ -158,7 +182,9 @@ class Dim:
             c = self.const
             sign = -1 if c < 0 else 1
             mag = abs(c)
-            text = str(mag.numerator) if mag.denominator == 1 else f"{mag.numerator}/{mag.denominator}"
+            text = (
+                str(mag.numerator) if mag.denominator == 1 else f"{mag.numerator}/{mag.denominator}"
+            )
             parts.append((sign, text))
         out = ""
         for i, (sign, text) in enumerate(parts):

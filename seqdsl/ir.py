@@ -10,7 +10,6 @@ operations whose intermediate values are named after the layer that made them;
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = [
     "Span",
@@ -148,7 +147,7 @@ class DropMaskOp:
     result_spans: tuple[Span, ...] = ()
 
 
-Op = Union[ApplyOp, MergeOp, DropMaskOp]
+Op = ApplyOp | MergeOp | DropMaskOp
 
 
 @dataclass(frozen=True)
@@ -192,6 +191,8 @@ class Model:
     name_span: Span
     #: user-visible names bound by statements (targets), with their spans
     bindings: tuple[tuple[str, Span], ...] = ()
+    #: every name a statement refers to, including statements that failed to lower
+    referenced: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ __all__ = ["lower", "snake_case"]
 
 _DATA_ARGS = ("mask", "initial_state", "training")
 
+#: The most layers one statement may unroll to (``repeat`` blocks multiplied out).
+MAX_UNROLLED = 4096
+
 
 def snake_case(name: str) -> str:
     """Keras' ``to_snake_case``: ``SimpleRNN`` -> ``simple_rnn``."""
@@ -84,6 +87,7 @@ class _Stmt:
     target: str
     repeat: tuple[int, ...] = ()
     counts: dict[tuple[tuple[int, ...], str], int] = field(default_factory=dict)
+    too_long: bool = False  # a repeat exceeded MAX_UNROLLED (reported once)
 
 
 class _Lowerer:
@@ -95,7 +99,9 @@ class _Lowerer:
     def span(self, node: Tree[Token] | Token) -> Span:
         return _span(self.file, node)
 
-    def error(self, code: str, message: str, node: Tree[Token] | Token | Span, hint: str | None = None) -> None:
+    def error(
+        self, code: str, message: str, node: Tree[Token] | Token | Span, hint: str | None = None
+    ) -> None:
         span = node if isinstance(node, Span) else self.span(node)
         self.diags.append(Diagnostic.make(code, message, span, hint))
 
@@ -146,6 +152,12 @@ class _Lowerer:
             span=self.span(node),
             name_span=self.span(name_tok),
             bindings=tuple(bindings),
+            referenced=frozenset(
+                str(r.children[0])
+                for st in stmts
+                if st.data == "assign"
+                for r in st.find_data("ref")
+            ),
         )
 
     # ------------------------------------------------------------- inputs
@@ -167,7 +179,9 @@ class _Lowerer:
                 dims.append(DimDecl(str(tok), self.span(tok)))
         mask_words: tuple[tuple[str, Span], ...] = ()
         if isinstance(kinds, Tree):
-            mask_words = tuple((str(t), self.span(t)) for t in kinds.children if isinstance(t, Token))
+            mask_words = tuple(
+                (str(t), self.span(t)) for t in kinds.children if isinstance(t, Token)
+            )
         is_mask = str(dtype_tok) == "mask"
         if mask_words and not is_mask:
             assert isinstance(kinds, Tree)
@@ -296,14 +310,16 @@ class _Lowerer:
         stmt = _Stmt(names[0])
         assert expr is not None
         before = len(scope.ops)
+        n_diags = len(self.diags)
         self.value(expr, scope, stmt, results=names, result_spans=spans)
-        if len(scope.ops) == before and not any(
-            d.code in ("SEQ003", "SEQ004") for d in self.diags[-1:]
-        ):  # pragma: no cover - value() always reports or emits
+        # pragma: no cover - value() always reports or emits
+        if len(scope.ops) == before and len(self.diags) == n_diags:  # pragma: no cover
             self.error("SEQ004", "expected a computation", expr)
-        return list(zip(names, spans))
+        return list(zip(names, spans, strict=True))
 
-    def _layer_name(self, scope: _Scope, stmt: _Stmt, kind: str, args: tuple[Arg, ...]) -> tuple[str, bool]:
+    def _layer_name(
+        self, scope: _Scope, stmt: _Stmt, kind: str, args: tuple[Arg, ...]
+    ) -> tuple[str, bool]:
         for a in args:
             if a.name == "name" and a.value.kind == "str" and isinstance(a.value.value, str):
                 name = a.value.value
@@ -357,7 +373,9 @@ class _Lowerer:
             new = LayerCall(
                 kind=inner.kind,
                 name=f"{parent}_{snake_case(inner.kind)}",
-                args=tuple(self._rename_nested(a, f"{parent}_{snake_case(inner.kind)}") for a in inner.args),
+                args=tuple(
+                    self._rename_nested(a, f"{parent}_{snake_case(inner.kind)}") for a in inner.args
+                ),
                 decorators=inner.decorators,
                 span=inner.span,
                 kind_span=inner.kind_span,
@@ -394,7 +412,16 @@ class _Lowerer:
                 )
                 return None
             return ValueUse(name, sp)
-        if d in ("int_lit", "float_lit", "neg_int", "neg_float", "str_lit", "true_lit", "false_lit", "list_lit"):
+        if d in (
+            "int_lit",
+            "float_lit",
+            "neg_int",
+            "neg_float",
+            "str_lit",
+            "true_lit",
+            "false_lit",
+            "list_lit",
+        ):
             self.error(
                 "SEQ004",
                 "a literal is not a tensor",
@@ -438,6 +465,7 @@ class _Lowerer:
     ) -> ValueUse | None:
         inputs: list[ValueUse] = []
         config: list[Arg] = []
+        ok = True
         value_args = call_args if call_args is not None else args_node
         if call_args is not None:
             config.extend(self.arglist(args_node))
@@ -452,7 +480,11 @@ class _Lowerer:
                     v = self.value(a, scope, stmt)
                     if v is not None:
                         inputs.append(v)
+                    else:
+                        ok = False
         name, _ = self._layer_name(scope, stmt, kind, tuple(config))
+        if not ok:  # a value argument failed (already reported): no operation, no cascade
+            return None
         res = results or (self._fresh_value(scope, name),)
         scope.ops.append(
             MergeOp(kind, name, tuple(inputs), tuple(config), res, self.span(ctor), result_spans)
@@ -516,9 +548,9 @@ class _Lowerer:
                 else:
                     inputs.append(v)
         layer = self.layer_call(ctor, scope, stmt)
-        res = results or (self._fresh_value(scope, layer.name),)
-        if not ok and results is None:
+        if not ok:  # a data argument failed (already reported): no operation, no cascade
             return None
+        res = results or (self._fresh_value(scope, layer.name),)
         scope.ops.append(
             ApplyOp(
                 layer=layer,
@@ -550,7 +582,15 @@ class _Lowerer:
             last = i == len(flat) - 1
             saved = stmt.repeat
             stmt.repeat = rep
-            cur = self.stage(stage, cur, scope, stmt, results if last else None, result_spans if last else (), not last)
+            cur = self.stage(
+                stage,
+                cur,
+                scope,
+                stmt,
+                results if last else None,
+                result_spans if last else (),
+                not last,
+            )
             stmt.repeat = saved
         return cur
 
@@ -576,6 +616,16 @@ class _Lowerer:
                     stmt.repeat = saved + (i,)
                     out.extend(self._flatten_stages(body, stmt))
                     stmt.repeat = saved
+                    if stmt.too_long or len(out) > MAX_UNROLLED:
+                        if not stmt.too_long:  # report once, at the innermost repeat
+                            stmt.too_long = True
+                            self.error(
+                                "SEQ207",
+                                f"`repeat({n})` unrolls to more than {MAX_UNROLLED} layers in one statement",
+                                s,
+                                "use fewer repetitions, or split the stack over several statements",
+                            )
+                        break
             else:
                 out.append((s, stmt.repeat))
         return out

@@ -148,6 +148,59 @@ def parse_tree(text: str, file: str) -> Tree[Token]:
         raise ParseFailure(_syntax_diagnostic(err, text, file, parser)) from None
 
 
+def _variants(examples: list[str]) -> list[str]:
+    """Each example, also after a first statement: the parser states differ there."""
+    out = list(examples)
+    head = "model M { "
+    for e in examples:
+        if e.startswith(head):
+            out.append(head + "input a: f32[B, T, 3] " + e[len(head) :])
+    return out
+
+
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _open_delimiters(text: str, end: int) -> list[tuple[str, int]]:
+    """Delimiters still open at offset ``end`` (innermost last); strings and comments skipped."""
+    stack: list[tuple[str, int]] = []
+    i = 0
+    while i < end:
+        ch = text[i]
+        if ch == "#":
+            j = text.find("\n", i)
+            i = end if j < 0 else j
+            continue
+        if ch in "\"'":
+            j = i + 1
+            while j < end and text[j] not in (ch, "\n"):
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in _CLOSERS:
+            stack.append((ch, i))
+        elif ch in ")]}" and stack and _CLOSERS[stack[-1][0]] == ch:
+            stack.pop()
+        i += 1
+    return stack
+
+
+def _prev_word(text: str, end: int) -> str:
+    j = end
+    while j > 0 and text[j - 1] in " \t\r\n":
+        j -= 1
+    k = j
+    while k > 0 and (text[k - 1].isalnum() or text[k - 1] == "_"):
+        k -= 1
+    return text[k:j]
+
+
+def _offset_span(file: str, text: str, start: int, end: int) -> Span:
+    line = text.count("\n", 0, start) + 1
+    col = start - (text.rfind("\n", 0, start) + 1) + 1
+    return Span(file, line, col, line, col + max(1, end - start))
+
+
 def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark) -> Diagnostic:
     line = max(getattr(err, "line", 1) or 1, 1)
     col = max(getattr(err, "column", 1) or 1, 1)
@@ -162,16 +215,36 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark)
         length = max(1, len(str(err.token)))
     span = Span(file, line, col, line, col + length)
 
+    # An unclosed delimiter is reported where it opens, not where the parser gives up:
+    # at the end of the file, or at a token that cannot occur inside `(...)`/`[...]`.
+    at_eof = isinstance(err, UnexpectedEOF) or (
+        isinstance(err, UnexpectedToken) and err.token.type == "$END"
+    )
+    stop: int | None = len(text) if at_eof else None
+    if isinstance(err, UnexpectedToken) and str(err.token) in ("input", "output", "model", "}"):
+        stop = err.token.start_pos or 0
+    if stop is not None:
+        opened = _open_delimiters(text, stop)
+        if opened and (at_eof or opened[-1][0] in "(["):
+            opener, opos = opened[-1]
+            return Diagnostic.make(
+                "SEQ001",
+                f"unclosed `{opener}`",
+                _offset_span(file, text, opos, opos + 1),
+                f"close it with `{_CLOSERS[opener]}`",
+            )
+
     label = None
     try:
         label = err.match_examples(
-            parser.parse, {k: v[2] for k, v in _EXAMPLES.items()}, use_accepts=True
+            parser.parse, {k: _variants(v[2]) for k, v in _EXAMPLES.items()}, use_accepts=True
         )
     except Exception:  # match_examples is best effort  # pragma: no cover
         label = None
 
     if isinstance(err, UnexpectedCharacters):
-        ch = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
+        pos = err.pos_in_stream
+        ch = text[pos] if pos is not None and 0 <= pos < len(text) else "?"
         if ch in "\"'":
             return Diagnostic.make(
                 "SEQ002",
@@ -188,6 +261,25 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark)
 
     if label is not None:
         message, hint, _ = _EXAMPLES[str(label)]
+        if label == "missing-arrow" and isinstance(err, UnexpectedToken) and str(err.token) != "(":
+            # the same parser state: a statement's name followed by anything but `=` or `,`
+            return Diagnostic.make(
+                "SEQ001",
+                f"expected `=` after `{_prev_word(text, err.token.start_pos or 0)}`, got {_token_text(err.token)}",
+                span,
+                "a statement assigns a value to a name: `x = tokens -> Embedding(100, 8)`",
+            )
+        if label == "missing-arrow" and isinstance(err, UnexpectedToken) and str(err.token) == "(":
+            # the parser stops at the `(` after the stage's name: point at the name
+            end = err.token.start_pos or 0
+            j = end
+            while j > 0 and text[j - 1] in " \t\r\n":
+                j -= 1
+            k = j
+            while k > 0 and (text[k - 1].isalnum() or text[k - 1] == "_"):
+                k -= 1
+            if k < j:
+                span = _offset_span(file, text, k, j)
         return Diagnostic.make("SEQ001", message, span, hint)
 
     if isinstance(err, UnexpectedToken):
@@ -199,4 +291,6 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark)
             span,
             f"expected {expected}" if expected else None,
         )
-    return Diagnostic.make("SEQ001", "unexpected end of file", span, "a block or a `)` is not closed")
+    return Diagnostic.make(
+        "SEQ001", "unexpected end of file", span, "a block or a `)` is not closed"
+    )

@@ -23,7 +23,9 @@ def time_of(t: ValueType | None) -> str:
     """The time dimension of a value, or ``-`` for values with no time axis."""
     if isinstance(t, MaskType):
         return fmt_dim(t.time)
-    if isinstance(t, TensorType) and (t.rank >= 3 or (t.rank == 2 and t.dtype not in ("f32", "f64"))):
+    if isinstance(t, TensorType) and (
+        t.rank >= 3 or (t.rank == 2 and t.dtype not in ("f32", "f64"))
+    ):
         return fmt_dim(t.time)
     return "-"
 
@@ -46,7 +48,9 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
     for inp in m.model.inputs:
         t = m.types.get(inp.name)
         kind = "Mask" if inp.is_mask else "Input"
-        rows.append(([f"{inp.name} ({kind})", inp.name, _type_str(t), time_of(t), mask_of(t), "0"], None))
+        rows.append(
+            ([f"{inp.name} ({kind})", inp.name, _type_str(t), time_of(t), mask_of(t), "0"], None)
+        )
     for i, op in enumerate(m.model.ops):
         info = by_op.get(i)
         if isinstance(op, DropMaskOp):
@@ -56,10 +60,19 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
         else:
             assert isinstance(op, ApplyOp)
             label = f"{op.layer.name} ({op.layer.kind})"
-        params = f"{info.params:,}" if info is not None else "?"
+        params = (
+            f"{info.params:,}" if info is not None else ("0" if isinstance(op, DropMaskOp) else "?")
+        )
         for j, res in enumerate(op.results):
             t = m.types.get(res)
-            cells = [label if j == 0 else "", res, _type_str(t), time_of(t), mask_of(t), params if j == 0 else ""]
+            cells = [
+                label if j == 0 else "",
+                res,
+                _type_str(t),
+                time_of(t),
+                mask_of(t),
+                params if j == 0 else "",
+            ]
             rows.append((cells, info if j == 0 else None))
     return rows
 
@@ -75,13 +88,17 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
             for t in TARGETS:
                 reason = info.kernels[t].reason
                 if reason:
-                    notes.append(f"  {info.name} ({info.kind}) on {t}: {info.kernels[t].kernel} - {reason}")
+                    notes.append(
+                        f"  {info.name} ({info.kind}) on {t}: {info.kernels[t].kernel} - {reason}"
+                    )
         table.append(cells + ks)
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     right = {5}
 
     def fmt(row: Sequence[str]) -> str:
-        parts = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)
+        ]
         return " " + "  ".join(parts).rstrip()
 
     rule = "─" * (sum(widths) + 2 * (len(widths) - 1) + 1)
@@ -101,11 +118,16 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
         out.append(" Padding:")
         for name, p in m.pads.items():
             extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen is not None else ""
-            out.append(f"  {name}: pad({p.side}, value={_num(p.value)}{extra})" + (", nonempty" if p.nonempty else ""))
+            out.append(
+                f"  {name}: pad({p.side}, value={_num(p.value)}{extra})"
+                + (", nonempty" if p.nonempty else "")
+            )
     if notes:
         out.append(" Kernel notes:")
         out += notes
-    out.append(" Parameter counts follow Keras (count_params()); torch's fixed-zero bias_hh is not counted.")
+    out.append(
+        " Parameter counts follow Keras (count_params()); torch's fixed-zero bias_hh is not counted."
+    )
     return "\n".join(out) + "\n"
 
 
@@ -115,6 +137,8 @@ def _num(v: float) -> str:
 
 def _kb(n: int) -> str:
     b = n * 4
+    if b >= 1024**5:  # integer arithmetic: huge counts overflow a float
+        return f"{b // 1024**4:,} TB"
     if b >= 1024 * 1024:
         return f"{b / 1024 / 1024:.2f} MB"
     if b >= 1024:
@@ -126,7 +150,11 @@ def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
     doc = []
     for m in models:
         values = {
-            name: {"type": str(t), "time": time_of(t), "mask": None if mask_of(t) == "-" else mask_of(t)}
+            name: {
+                "type": str(t),
+                "time": time_of(t),
+                "mask": None if mask_of(t) == "-" else mask_of(t),
+            }
             for name, t in m.types.items()
         }
         layers = [

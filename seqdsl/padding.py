@@ -1,0 +1,73 @@
+"""``pad(...)``: keras.utils.pad_sequences semantics, in the declared dtype.
+
+Returns the padded batch and each row's length after truncation (the lengths
+a ``masked`` input takes). Shared by the reference interpreter and, as data,
+by every emitted model's ``pad()`` (emitted code carries its own copy so that
+it stays standalone; tests compare both with Keras).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["pad_sequences", "lengths_to_mask"]
+
+_NP_DTYPES = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64", "bool": "bool"}
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[object]] | Sequence[np.ndarray],
+    *,
+    side: str = "pre",
+    value: float = 0.0,
+    maxlen: int | None = None,
+    truncate: str = "pre",
+    dtype: str = "int32",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ragged ``sequences`` to ``[N, maxlen, ...]``; return ``(batch, lengths)``.
+
+    ``dtype`` is a NumPy name or a seqdsl dtype (``i32``...). Raises ValueError
+    on an empty outer list, ``maxlen=0``, bad sides or ragged feature shapes,
+    as Keras does.
+    """
+    np_dtype = np.dtype(_NP_DTYPES.get(dtype, dtype))
+    if side not in ("pre", "post"):
+        raise ValueError(f'padding side must be "pre" or "post", got {side!r}')
+    if truncate not in ("pre", "post"):
+        raise ValueError(f'truncating side must be "pre" or "post", got {truncate!r}')
+    if len(sequences) == 0:
+        raise ValueError("pad_sequences needs at least one sequence")
+    if maxlen is not None and maxlen < 1:
+        raise ValueError(f"maxlen must be positive, got {maxlen}")
+    arrays = [np.asarray(s) for s in sequences]
+    lens = [len(a) for a in arrays]
+    feat: tuple[int, ...] = ()
+    for a in arrays:
+        if len(a):
+            feat = a.shape[1:]
+            break
+    n = maxlen if maxlen is not None else max(lens)
+    out = np.full((len(arrays), n, *feat), np.asarray(value).astype(np_dtype), dtype=np_dtype)
+    lengths = np.zeros(len(arrays), dtype=np.int64)
+    for i, a in enumerate(arrays):
+        if not len(a):
+            continue
+        trunc = a[-n:] if truncate == "pre" else a[:n]
+        if trunc.shape[1:] != feat:
+            raise ValueError(f"sequence {i} has feature shape {trunc.shape[1:]}, expected {feat}")
+        k = len(trunc)
+        lengths[i] = k
+        if side == "post":
+            out[i, :k] = trunc.astype(np_dtype)
+        else:
+            out[i, n - k :] = trunc.astype(np_dtype)
+    return out, lengths
+
+
+def lengths_to_mask(lengths: np.ndarray, t: int, side: str = "post") -> np.ndarray:
+    """A boolean ``[B, T]`` mask from lengths, right (``post``) or left (``pre``) aligned."""
+    steps = np.arange(t)[None, :]
+    lens = np.asarray(lengths)[:, None]
+    return steps < lens if side == "post" else steps >= (t - lens)

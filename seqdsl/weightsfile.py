@@ -1,0 +1,83 @@
+"""The weights file: safetensors, written and read with NumPy alone.
+
+Format (https://github.com/huggingface/safetensors): an 8-byte little-endian
+header length, a JSON header mapping each key to its dtype, shape and byte
+offsets (plus ``__metadata__``), then the raw little-endian data. Keys are the
+canonical ``"{layer}/{weight}"`` names (docs/semantics.md §1).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save_weights", "load_weights", "WeightsFileError"]
+
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "BOOL": "|b1"}
+_NAMES = {np.dtype(v).str: k for k, v in _DTYPES.items()}
+
+
+class WeightsFileError(ValueError):
+    pass
+
+
+def save_weights(
+    path: str | Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
+    header: dict[str, object] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for key in sorted(weights):
+        arr = np.asarray(weights[key])
+        le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        name = _NAMES.get(le.dtype.str)
+        if name is None:
+            raise WeightsFileError(f"{key}: dtype {arr.dtype} cannot be stored")
+        data = np.ascontiguousarray(le).tobytes()
+        header[key] = {
+            "dtype": name,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    header["__metadata__"] = {"format": "seqdsl", **dict(metadata or {})}
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for c in chunks:
+            f.write(c)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``(weights, metadata)``; raises WeightsFileError on a malformed file."""
+    blob = Path(path).read_bytes()
+    if len(blob) < 8:
+        raise WeightsFileError(f"{path}: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if 8 + n > len(blob):
+        raise WeightsFileError(f"{path}: header length {n} exceeds the file")
+    try:
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsFileError(f"{path}: bad header: {e}") from None
+    meta = header.pop("__metadata__", {}) or {}
+    data = memoryview(blob)[8 + n :]
+    out: dict[str, np.ndarray] = {}
+    for key, info in header.items():
+        dt = _DTYPES.get(info.get("dtype"))
+        if dt is None:
+            raise WeightsFileError(f"{path}: {key}: unsupported dtype {info.get('dtype')}")
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        arr = np.frombuffer(data[begin:end], dtype=dt)
+        if arr.size != int(np.prod(shape, dtype=np.int64)):
+            raise WeightsFileError(f"{path}: {key}: {arr.size} values for shape {shape}")
+        out[key] = arr.reshape(shape).copy()
+    return out, {str(k): str(v) for k, v in meta.items()}

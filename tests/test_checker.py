@@ -1,0 +1,338 @@
+"""The checker's typing rules: shapes, time dimensions and mask kinds.
+
+Every expectation here is derived by hand from docs/language.md §4-§7 (and
+LANGUAGE.md §6), not from the checker's output.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import seqdsl
+from seqdsl.dims import Dim, sym
+from seqdsl.types import MaskKind, MaskType, TensorType
+
+T = sym("T")
+B = sym("B")
+
+
+def model(body: str, inputs: str = "input x: f32[B, T, 8] pad(post) masked") -> seqdsl.Program:
+    src = f"model M {{\n{inputs}\n{body}\n}}"
+    return seqdsl.loads(src, name="t.seq")
+
+
+def types(body: str, inputs: str = "input x: f32[B, T, 8] pad(post) masked") -> dict[str, object]:
+    return dict(model(body, inputs).model().types)
+
+
+def tt(body: str, name: str, inputs: str = "input x: f32[B, T, 8] pad(post) masked") -> TensorType:
+    t = types(body, inputs)[name]
+    assert isinstance(t, TensorType)
+    return t
+
+
+def codes(src: str) -> list[str]:
+    _, diags = seqdsl.analyze(src, "t.seq")
+    return sorted(d.code for d in diags)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_masked_input_has_the_pad_side_and_is_maybe_empty() -> None:
+    t = tt("y = x -> Dense(4)\noutput y", "x")
+    assert t.mask == MaskKind("post", nonempty=False, declared=False)
+    assert t.shape == (B, T, Dim.of(8))
+
+
+def test_nonempty_pad_option_makes_nonempty_kinds() -> None:
+    t = tt(
+        "y = x -> Dense(4)\noutput y", "y", "input x: f32[B, T, 8] pad(pre, nonempty=true) masked"
+    )
+    assert t.mask == MaskKind("pre", nonempty=True)
+
+
+def test_explicit_mask_input_kinds() -> None:
+    ty = types(
+        "y = LSTM(4)(x, mask=m)\nz = LSTM(4)(x, mask=m2)\noutput y, z",
+        "input x: f32[B, T, 8]\ninput m: mask[B, T]\ninput m2: mask(post, nonempty)[B, T]",
+    )
+    m, m2 = ty["m"], ty["m2"]
+    assert isinstance(m, MaskType) and isinstance(m2, MaskType)
+    assert m.kind == MaskKind("any", False, True)
+    assert m2.kind == MaskKind("post", True, True)
+
+
+def test_embedding_mask_is_declared_only_for_pad_value_zero() -> None:
+    ok = tt(
+        "e = t -> Embedding(10, 4, mask_zero=true)\ny = e -> LSTM(3)\noutput y",
+        "e",
+        "input t: i32[B, T] pad(pre, value=0)",
+    )
+    assert ok.mask == MaskKind("pre", False, True)
+    src = "model M {\ninput t: i32[B, T] pad(post, value=5)\ne = t -> Embedding(10, 4, mask_zero=true)\ny = e -> LSTM(3)\noutput y\n}"
+    prog, diags = seqdsl.analyze(src, "t.seq")
+    assert [d.code for d in diags] == ["SEQ803"]
+    assert prog is not None
+    e = prog.model().types["e"]
+    assert isinstance(e, TensorType) and e.mask == MaskKind("any", False, False)
+
+
+def test_masking_matches_pad_value() -> None:
+    t = tt(
+        "y = x -> Masking(mask_value=-1.0)\nz = y -> LSTM(3)\noutput z",
+        "y",
+        "input x: f32[B, T, 8] pad(post, value=-1)",
+    )
+    assert t.mask == MaskKind("post", False, True)
+
+
+# ------------------------------------------------------------------ recurrent
+
+
+def test_return_sequences_keeps_mask_and_go_backwards_flips_it() -> None:
+    ty = types(
+        "a = x -> LSTM(5, return_sequences=true)\n"
+        "b = x -> GRU(6, return_sequences=true, go_backwards=true)\n"
+        "c = x -> SimpleRNN(7)\n"
+        "output a, b, c"
+    )
+    a, b, c = ty["a"], ty["b"], ty["c"]
+    assert isinstance(a, TensorType) and isinstance(b, TensorType) and isinstance(c, TensorType)
+    assert a.shape == (B, T, Dim.of(5)) and a.mask == MaskKind("post")
+    assert b.shape == (B, T, Dim.of(6)) and b.mask == MaskKind("pre")
+    assert c.shape == (B, Dim.of(7)) and c.mask is None
+
+
+def test_return_state_results_and_bidirectional_widths() -> None:
+    ty = types(
+        "o, h, c = LSTM(5, return_state=true)(x)\n"
+        'bo, hf, cf, hb, cb = Bidirectional(LSTM(3, return_sequences=true, return_state=true), merge_mode=concat, name="bi")(x)\n'
+        "s = Bidirectional(GRU(4), merge_mode=sum)(x)\n"
+        "f, g = Bidirectional(SimpleRNN(2), merge_mode=none)(x)\n"
+        "output o, h, c, bo, hf, cf, hb, cb, s, f, g"
+    )
+    for n in ("o", "h", "c"):
+        assert ty[n] == TensorType("f32", (B, Dim.of(5)))
+    bo = ty["bo"]
+    assert isinstance(bo, TensorType)
+    assert bo.shape == (B, T, Dim.of(6)) and bo.mask == MaskKind("post")  # not flipped
+    for n in ("hf", "cf", "hb", "cb"):
+        assert ty[n] == TensorType("f32", (B, Dim.of(3)))
+    assert ty["s"] == TensorType("f32", (B, Dim.of(4)))
+    assert ty["f"] == ty["g"] == TensorType("f32", (B, Dim.of(2)))
+
+
+def test_explicit_mask_replaces_input_mask_kind() -> None:
+    t = tt(
+        "y = LSTM(4, return_sequences=true)(x, mask=m)\noutput y",
+        "y",
+        "input x: f32[B, T, 8]\ninput m: mask(pre)[B, T]",
+    )
+    assert t.mask == MaskKind("pre", False, True)
+
+
+def test_initial_state_from_bidirectional_encoder_merged_by_concat() -> None:
+    prog = model(
+        "e, hf, cf, hb, cb = Bidirectional(LSTM(8, return_state=true))(x)\n"
+        "h = concat(hf, hb)\nc = concat(cf, cb)\n"
+        "d = LSTM(16)(y, initial_state=[h, c])\n"
+        "output e, d",
+        "input x: f32[B, T, 4] pad(post) masked\ninput y: f32[B, S, 4] pad(post) masked",
+    )
+    assert prog.model().types["d"] == TensorType("f32", (B, Dim.of(16)))
+
+
+def test_bidirectional_states_into_unidirectional_decoder_hint() -> None:
+    src = (
+        "model M {\ninput x: f32[B, T, 4] pad(post) masked\n"
+        "e, hf, cf, hb, cb = Bidirectional(LSTM(8, return_state=true))(x)\n"
+        "d = LSTM(8)(x, initial_state=[hf, cf, hb, cb])\noutput e, d\n}"
+    )
+    _, diags = seqdsl.analyze(src, "t.seq")
+    (d,) = diags
+    assert d.code == "SEQ304"
+    assert d.hint is not None and "concat" in d.hint and "add" in d.hint and "units=16" in d.hint
+
+
+# ------------------------------------------------------------------ merges and time
+
+
+def test_merge_and_of_masks() -> None:
+    ins = "input x: f32[B, T, 8] pad(post) masked\ninput y: f32[B, T, 8] pad(pre) masked\ninput z: f32[B, T, 8]"
+    ty = types(
+        "a = add(x, x)\nb = add(x, y)\nc = multiply(x, z)\nd = concat(x, z)\noutput a, b, c, d", ins
+    )
+    assert ty["a"] == TensorType("f32", (B, T, Dim.of(8)), MaskKind("post"), "x")
+    b = ty["b"]
+    assert isinstance(b, TensorType) and b.mask == MaskKind("any")
+    c = ty["c"]
+    assert isinstance(c, TensorType) and c.mask == MaskKind(
+        "post"
+    )  # unmasked input imposes nothing
+    d = ty["d"]
+    assert (
+        isinstance(d, TensorType) and d.shape == (B, T, Dim.of(16)) and d.mask == MaskKind("post")
+    )
+
+
+def test_nonempty_survives_and_of_two_nonempty_prefixes() -> None:
+    ins = "input x: f32[B, T, 8] pad(post, nonempty=true) masked\ninput y: f32[B, T, 8] pad(post, nonempty=true) masked"
+    t = tt("a = add(x, y)\noutput a", "a", ins)
+    assert t.mask == MaskKind("post", True)
+
+
+def test_concat_on_time_sums_lengths_and_joins_masks() -> None:
+    ins = (
+        "input x: f32[B, T, 8] pad(post) masked\ninput u: f32[B, S, 8]\n"
+        "input p: f32[B, S, 8] pad(pre) masked"
+    )
+    ty = types(
+        "a = concat(u, x, axis=time)\nb = concat(p, u, axis=time)\nc = concat(x, u, axis=time)\noutput a, b, c",
+        ins,
+    )
+    S = sym("S")
+    a, b, c = ty["a"], ty["b"], ty["c"]
+    assert isinstance(a, TensorType) and isinstance(b, TensorType) and isinstance(c, TensorType)
+    assert a.shape == (B, S + T, Dim.of(8))
+    assert a.mask == MaskKind("post", True)  # unmasked part: every row has valid steps
+    assert b.mask == MaskKind("pre", True)
+    assert c.mask == MaskKind("any", True)
+
+
+def test_temporal_split_halves_time_and_keeps_sides() -> None:
+    prog = model(
+        "a, b = x -> TemporalSplit(2)\nz = concat(a, b, axis=time)\noutput z",
+        "input x: f32[B, T, 8] pad(post, nonempty=true) masked",
+    )
+    m = prog.model()
+    a, b, z = m.types["a"], m.types["b"], m.types["z"]
+    assert isinstance(a, TensorType) and isinstance(b, TensorType) and isinstance(z, TensorType)
+    assert a.time == T.scaled(1, 2)
+    assert a.mask == MaskKind("post", True) and b.mask == MaskKind("post", False)
+    assert z.time == T  # T/2 + T/2 normalises to T
+    assert z.mask is not None and z.mask.side == "any"
+    (c,) = m.constraints
+    assert c.dim == T and c.divisor == 2
+
+
+def test_known_length_split_needs_no_runtime_constraint() -> None:
+    prog = model("a, b = x -> TemporalSplit(2)\noutput a, b", "input x: f32[B, 100, 8]")
+    m = prog.model()
+    a = m.types["a"]
+    assert isinstance(a, TensorType) and a.time == Dim.of(50)
+    assert m.constraints == ()
+
+
+def test_strided_conv_length_formulas() -> None:
+    ty = types(
+        "v = x -> Conv1D(4, 3, strides=2)\n"
+        "s = x -> Conv1D(4, 3, strides=2, padding=same)\n"
+        "c = x -> Conv1D(4, 3, padding=causal, dilation_rate=2)\n"
+        "p = x -> MaxPooling1D(2)\n"
+        "output v, s, c, p"
+    )
+    v, s, c, p = ty["v"], ty["s"], ty["c"], ty["p"]
+    assert isinstance(v, TensorType) and isinstance(s, TensorType)
+    assert isinstance(c, TensorType) and isinstance(p, TensorType)
+    assert v.time == (T - 3).floordiv(2) + 1
+    # normal form keeps the constant inside a floor in [0, divisor): (T - 3)//2 + 1 == (T + 1)//2 - 1
+    assert str(v.time) == "(T + 1) // 2 - 1"
+    assert s.time == T.ceildiv(2)
+    assert c.time == T
+    assert p.time == (T - 2).floordiv(2) + 1
+    assert v.mask == MaskKind("post", False) and c.mask == MaskKind("post", False)
+
+
+def test_conv_on_known_length() -> None:
+    t = tt("y = x -> Conv1D(4, 5, strides=2)\noutput y", "y", "input x: f32[B, 101, 8]")
+    assert t.time == Dim.of(49)  # (101 - 5) // 2 + 1
+
+
+def test_strided_conv_time_meets_original_time_is_an_error() -> None:
+    src = "model M {\ninput x: f32[B, T, 8]\ny = x -> Conv1D(8, 3, strides=2)\nz = add(x, y)\noutput z\n}"
+    assert codes(src) == ["SEQ401"]
+
+
+def test_same_padding_twice_equals_known_symbolic_result() -> None:
+    ty = types(
+        "a = x -> Conv1D(4, 3, strides=2, padding=same)\nb = x -> AveragePooling1D(3, strides=2, padding=same)\nc = concat(a, b)\noutput c"
+    )
+    c = ty["c"]
+    assert isinstance(c, TensorType) and c.shape == (B, T.ceildiv(2), Dim.of(12))
+
+
+def test_global_pooling_consumes_mask_and_flatten_needs_drop_mask() -> None:
+    ty = types(
+        "g = x -> GlobalMaxPooling1D()\nf = x -> drop_mask -> Flatten()\noutput g, f",
+        "input x: f32[B, 6, 8] pad(post) masked",
+    )
+    assert ty["g"] == TensorType("f32", (B, Dim.of(8)))
+    assert ty["f"] == TensorType("f32", (B, Dim.of(48)))
+
+
+def test_time_distributed_and_propagators_keep_the_mask() -> None:
+    t = tt(
+        "y = x -> TimeDistributed(Dense(3)) -> LayerNormalization() -> Dropout(0.1) -> Activation(relu)\noutput y",
+        "y",
+    )
+    assert t.shape == (B, T, Dim.of(3)) and t.mask == MaskKind("post")
+
+
+def test_repeat_stacks_layers_with_fresh_names() -> None:
+    prog = model("s = x -> repeat(3) { LSTM(4, return_sequences=true) -> Dropout(0.2) }\noutput s")
+    names = [layer.name for layer in prog.model().layers]
+    assert names == [
+        "s_r0_lstm",
+        "s_r0_dropout",
+        "s_r1_lstm",
+        "s_r1_dropout",
+        "s_r2_lstm",
+        "s_r2_dropout",
+    ]
+    # first LSTM sees 8 features, the others 4
+    counts = [layer.params for layer in prog.model().layers if layer.kind == "LSTM"]
+    assert counts == [4 * (8 * 4 + 4 * 4 + 4), 4 * (4 * 4 + 4 * 4 + 4), 4 * (4 * 4 + 4 * 4 + 4)]
+
+
+def test_errors_do_not_cascade() -> None:
+    src = "model M {\ninput x: f32[B, T, 8]\ny = x -> Nope(3)\nz = y -> LSTM(4)\nw = Dense(2)(z)\noutput w\n}"
+    assert codes(src) == ["SEQ103"]
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("y = x -> Flatten()", "SEQ501"),
+        ("y = x -> Reshape([8, -1])", "SEQ501"),
+        ("y = x -> drop_mask -> TemporalSoftmax()", "SEQ502"),
+        ("y = x -> LSTM(4, stateful=true)", "SEQ601"),
+        ("y = x -> Bidirectional(LSTM(4, stateful=true))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4, masked_output=carry, return_sequences=true))", "SEQ603"),
+        ("y = x -> @kernel(cudnn) LSTM(4, activation=relu)", "SEQ701"),
+        ("y = x -> @kernel(cudnn) LSTM(4, recurrent_dropout=0.1)", "SEQ701"),
+        ("y = x -> Embedding(10, 4)", "SEQ301"),
+        ("y = x -> LSTM(4, unroll=true)", "SEQ203"),
+    ],
+)
+def test_rule_errors(line: str, code: str) -> None:
+    src = f"model M {{\ninput x: f32[B, T, 8] pad(post) masked\n{line}\noutput y\n}}"
+    assert codes(src) == [code]
+
+
+def test_kernel_cudnn_accepts_eligible_layers_and_dropout() -> None:
+    src = (
+        "model M {\ninput x: f32[B, T, 8] pad(pre) masked\n"
+        "y = x -> @kernel(cudnn) LSTM(4, dropout=0.3, return_sequences=true) -> @kernel(cudnn) GRU(4)\n"
+        "output y\n}"
+    )
+    assert codes(src) == []
+
+
+def test_pad_input_without_mask_warns_once_at_the_rnn() -> None:
+    src = (
+        "model M {\ninput t: i32[B, T] pad(post, value=0)\n"
+        "y = t -> Embedding(10, 4) -> Dense(4) -> Conv1D(4, 3, padding=same) -> LSTM(4)\noutput y\n}"
+    )
+    _, diags = seqdsl.analyze(src, "t.seq")
+    assert [(d.code, d.span.line if d.span else 0) for d in diags] == [("SEQ801", 3)]

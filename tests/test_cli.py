@@ -1,0 +1,110 @@
+"""The command line: output formats and stable exit codes (in-process, no subprocess)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import seqdsl.cli as cli
+
+GOOD = """\
+model Sentiment {
+    input tokens: i32[B, T] pad(post, value=0)
+    x = tokens -> Embedding(5000, 16, mask_zero=true) -> LSTM(32)
+    output x
+}
+"""
+BAD = """\
+model M {
+    input x: f32[B, T, 8]
+    y = x -> LSTM(4, return_sequencs=true)
+    output y
+}
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    good, bad = tmp_path / "good.seq", tmp_path / "bad.seq"
+    good.write_text(GOOD)
+    bad.write_text(BAD)
+    return good, bad
+
+
+def test_check_ok(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", str(files[0])]) == cli.EXIT_OK
+    assert "ok: 1 file(s), 1 model(s), 0 warning(s)" in capsys.readouterr().out
+
+
+def test_check_error_full_and_concise(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check", str(files[0]), str(files[1])]) == cli.EXIT_USER
+    out = capsys.readouterr().out
+    assert f"{files[1]}:3:22: error[SEQ201]: LSTM has no argument `return_sequencs`" in out
+    assert "^^^^^^^^^^^^^^^" in out and "did you mean `return_sequences`?" in out
+    assert cli.main(["check", "--output-format", "concise", str(files[1])]) == cli.EXIT_USER
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"{files[1]}:3:22: error[SEQ201]: LSTM has no argument `return_sequencs`"]
+
+
+def test_check_json(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--output-format", "json", str(files[1])]) == cli.EXIT_USER
+    (d,) = json.loads(capsys.readouterr().out)
+    assert (d["code"], d["line"], d["col"], d["severity"]) == ("SEQ201", 3, 22, "error")
+    assert cli.main(["check", "--output-format", "json", str(files[0])]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_summary_text_and_json(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["summary", str(files[0])]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "Total params: 86,272" in out  # 5000*16 + 4*(16*32 + 32*32 + 32)
+    assert "post, maybe-empty (declared)" in out
+    assert cli.main(["summary", "--format", "json", str(files[0])]) == cli.EXIT_OK
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["total_params"] == 86272
+    lstm = next(layer for layer in doc["layers"] if layer["kind"] == "LSTM")
+    assert lstm["kernels"]["torch"]["kernel"] == "cudnn"
+
+
+def test_summary_of_bad_file_is_a_user_error(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["summary", str(files[1])]) == cli.EXIT_USER
+    assert "SEQ201" in capsys.readouterr().out
+
+
+def test_usage_and_io_errors(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["frobnicate"])
+    assert e.value.code == cli.EXIT_USAGE
+    assert cli.main(["check", str(tmp_path / "missing.seq")]) == cli.EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+    assert cli.main(["summary", "--model", "Nope", str(files[0])]) == cli.EXIT_USAGE
+    assert "no model named 'Nope'" in capsys.readouterr().err
+
+
+def test_internal_error_is_reported_without_traceback(
+    files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(text: str, name: str) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(cli, "analyze", boom)
+    assert cli.main(["check", str(files[0])]) == cli.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: simulated bug" in err and "Traceback" not in err
+    assert cli.main(["check", "--traceback", str(files[0])]) == cli.EXIT_INTERNAL
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_exit_codes_are_distinct() -> None:
+    codes = {cli.EXIT_OK, cli.EXIT_USER, cli.EXIT_USAGE, cli.EXIT_INTERNAL}
+    assert len(codes) == 4

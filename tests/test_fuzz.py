@@ -1,0 +1,421 @@
+"""Mutation fuzzing of the front end: broken programs give diagnostics, never crashes.
+
+Seed programs (``examples/*.seq`` plus a few embedded ones, so the test works
+on its own) are mutated at the token level -- delete, duplicate or swap
+tokens, replace numbers with edge values (0, -1, huge, float, overflowing
+float), misspell or swap identifiers -- with a fixed random seed. Every mutant
+must be analysed within a deadline without an exception escaping
+``seqdsl.analyze`` (the CLI's internal-error path), and enough mutants must
+get past the parser for the checker to be exercised too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import re
+import signal
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import seqdsl
+from seqdsl.catalogue import CATALOGUE, MERGES
+from seqdsl.cli import EXIT_INTERNAL, main
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = 20240917
+MUTANTS_PER_SEED = 14
+DEADLINE_S = 2.0
+SYNTAX_CODES = {"SEQ001", "SEQ002"}
+
+EMBEDDED: dict[str, str] = {
+    "embedded_sentiment.seq": """\
+# the masking guide's sentiment model
+model Sentiment {
+    input tokens: i32[B, T] pad(post, value=0, maxlen=200, truncate=pre)
+    x = tokens -> Embedding(input_dim=5000, output_dim=16, mask_zero=true)
+               -> LSTM(32)
+    logits = Dense(10)(x)
+    output logits
+}
+""",
+    "embedded_stack.seq": """\
+model Stack {
+    input frames: f32[B, T, 12] pad(pre, value=0.0) masked
+    input m: mask(post, nonempty)[B, S]
+    input other: f32[B, S, 12]
+    h = frames -> Conv1D(16, 3, strides=2, padding=same)
+               -> repeat(2) { GRU(24, return_sequences=true) -> Dropout(0.1) }
+               -> @kernel(cudnn) LSTM(24, return_sequences=true, name="top")
+    o = SimpleRNN(24, return_sequences=true)(other, mask=m)
+    a, b = o -> TemporalSplit(2)
+    j = concat(a, b, axis=time)
+    s = add(j, o -> Dense(24))
+    p = s -> GlobalAveragePooling1D()
+    output h with mask, p
+}
+""",
+    "embedded_seq2seq.seq": """\
+model Seq2Seq {
+    input src: i32[B, S] pad(post, value=0)
+    input tgt: i32[B, T] pad(post, value=0)
+    e = src -> Embedding(1000, 32, mask_zero=true)
+    _enc, h_fw, c_fw, h_bw, c_bw = Bidirectional(LSTM(32, return_state=true), merge_mode=concat)(e)
+    h = concat(h_fw, h_bw)
+    c = concat(c_fw, c_bw)
+    d = tgt -> Embedding(1200, 32, mask_zero=true)
+    dec = LSTM(64, return_sequences=true, name="decoder")(d, initial_state=[h, c])
+    logits = dec -> TimeDistributed(Dense(1200)) -> TemporalSoftmax()
+    output logits, dec with mask
+}
+""",
+    "embedded_fixed.seq": """\
+model Fixed {
+    input x: f32[32, 20, 8] pad(post, value=-1.5, nonempty=true)
+    y = x -> Masking(mask_value=-1.5)
+          -> LSTM(16, return_sequences=true, stateful=true, masked_output=carry)
+          -> MaxPooling1D(2)
+          -> drop_mask
+          -> Reshape([-1])
+          -> Dense(4, activation=relu) -> LayerNormalization() -> Activation(softmax)
+    z = RNN(GRUCell(8), go_backwards=true)(x -> Dense(8))
+    output y, z
+}
+""",
+}
+
+_TOKEN = re.compile(
+    r"""(?P<gap>(?:\s|\#[^\n]*)+)
+      | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+      | (?P<num>\d+\.\d*(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\.\d+|\d+)
+      | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<arrow>->)
+      | (?P<punct>.)""",
+    re.X | re.S,
+)
+
+LAYER_KINDS = tuple(sorted(set(CATALOGUE) | set(MERGES)))
+NUMBER_EDITS = (
+    "0",
+    "-1",
+    "1.5",
+    "0.5",
+    "2",
+    "99999999999999999999",
+    "1" + "0" * 400,
+    "1e309",
+    "3.0",
+)
+
+
+@dataclass(frozen=True)
+class Tok:
+    gap: str  # whitespace and comments before the token
+    text: str
+    kind: str
+
+
+def tokenize(text: str) -> tuple[list[Tok], str]:
+    toks: list[Tok] = []
+    gap = ""
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        assert kind is not None
+        if kind == "gap":
+            gap += m.group()
+        else:
+            toks.append(Tok(gap, m.group(), kind))
+            gap = ""
+    return toks, gap
+
+
+def untokenize(toks: list[Tok], tail: str) -> str:
+    return "".join(t.gap + t.text for t in toks) + tail
+
+
+def _typo(rng: random.Random, word: str) -> str:
+    i = rng.randrange(len(word))
+    op = rng.randrange(4)
+    if op == 0 and len(word) > 1:
+        return word[:i] + word[i + 1 :]
+    if op == 1:
+        return word[:i] + word[i] + word[i:]
+    if op == 2 and len(word) > 1:
+        j = min(i + 1, len(word) - 1)
+        lst = list(word)
+        lst[i], lst[j] = lst[j], lst[i]
+        return "".join(lst)
+    return word.swapcase()
+
+
+def mutate(rng: random.Random, text: str) -> tuple[str, str]:
+    """One mutation of ``text``; returns (mutant, description)."""
+    toks, tail = tokenize(text)
+    if not toks:
+        return text, "none"
+    ops = ["delete", "duplicate", "swap", "number", "number", "typo", "rename", "kind"]
+    op = rng.choice(ops)
+    nums = [i for i, t in enumerate(toks) if t.kind == "num"]
+    names = [i for i, t in enumerate(toks) if t.kind == "name"]
+    if op == "number" and not nums:
+        op = "delete"
+    kinds = [i for i in names if toks[i].text in LAYER_KINDS]
+    if op == "kind" and not kinds:
+        op = "rename"
+    if op in ("typo", "rename") and not names:
+        op = "delete"
+    toks = list(toks)
+    if op == "delete":
+        i = rng.randrange(len(toks))
+        desc = f"delete {toks[i].text!r} (token {i})"
+        gap = toks[i].gap
+        del toks[i]
+        if i < len(toks):
+            toks[i] = Tok(gap + toks[i].gap, toks[i].text, toks[i].kind)
+    elif op == "duplicate":
+        i = rng.randrange(len(toks))
+        desc = f"duplicate {toks[i].text!r} (token {i})"
+        toks.insert(i + 1, Tok(" ", toks[i].text, toks[i].kind))
+    elif op == "swap":
+        i = rng.randrange(max(1, len(toks) - 1))
+        j = min(i + 1, len(toks) - 1)
+        desc = f"swap {toks[i].text!r} and {toks[j].text!r} (token {i})"
+        a, b = toks[i], toks[j]
+        toks[i], toks[j] = Tok(a.gap, b.text, b.kind), Tok(b.gap, a.text, a.kind)
+    elif op == "number":
+        i = rng.choice(nums)
+        new = rng.choice(NUMBER_EDITS)
+        desc = f"number {toks[i].text!r} -> {new[:24]!r} (token {i})"
+        toks[i] = Tok(toks[i].gap, new, "num")
+    elif op == "typo":
+        i = rng.choice(names)
+        new = _typo(rng, toks[i].text)
+        desc = f"typo {toks[i].text!r} -> {new!r} (token {i})"
+        toks[i] = Tok(toks[i].gap, new, "name")
+    elif op == "kind":  # another built-in layer or merge in a layer's place
+        i = rng.choice(kinds)
+        new = rng.choice([k for k in LAYER_KINDS if k != toks[i].text])
+        desc = f"kind {toks[i].text!r} -> {new!r} (token {i})"
+        toks[i] = Tok(toks[i].gap, new, "name")
+    else:  # rename: swap one identifier for another of the same program
+        i = rng.choice(names)
+        others = sorted({toks[j].text for j in names} - {toks[i].text})
+        new = rng.choice(others) if others else toks[i].text + "_x"
+        desc = f"rename {toks[i].text!r} -> {new!r} (token {i})"
+        toks[i] = Tok(toks[i].gap, new, "name")
+    return untokenize(toks, tail), op + ": " + desc
+
+
+def seed_programs() -> dict[str, str]:
+    seeds = {
+        p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "examples").glob("*.seq"))
+    }
+    seeds.update(EMBEDDED)
+    return seeds
+
+
+@dataclass(frozen=True)
+class Mutant:
+    seed: str
+    desc: str
+    text: str
+
+
+def make_mutants() -> list[Mutant]:
+    rng = random.Random(SEED)
+    out: list[Mutant] = []
+    for name, text in seed_programs().items():
+        for _ in range(MUTANTS_PER_SEED):
+            mutant, desc = mutate(rng, text)
+            if rng.random() < 0.2:  # sometimes stack a second mutation
+                mutant, desc2 = mutate(rng, mutant)
+                desc += "; then " + desc2
+            out.append(Mutant(name, desc, mutant))
+    return out
+
+
+MUTANTS = make_mutants()
+
+
+class _Deadline(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` (SIGALRM; the main thread on Unix)."""
+
+    def fire(signum: int, frame: object) -> None:
+        raise _Deadline(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _report(m: Mutant, what: str) -> str:
+    text = re.sub(r"\d{30,}", lambda g: g.group()[:12] + f"...({len(g.group())} digits)", m.text)
+    return f"--- {m.seed}: {m.desc}\n{what}\n{text}"
+
+
+def test_seeds_check_clean_enough() -> None:
+    # The embedded seeds are valid programs, so mutants start from something meaningful.
+    for name, text in EMBEDDED.items():
+        _, diags = seqdsl.analyze(text, name)
+        errors = [f"{d.code} {d.message}" for d in diags if d.is_error]
+        assert not errors, f"{name}: {errors}"
+
+
+def test_tokenize_roundtrip() -> None:
+    for name, text in seed_programs().items():
+        toks, tail = tokenize(text)
+        assert untokenize(toks, tail) == text, name
+
+
+def test_mutants_are_deterministic() -> None:
+    again = make_mutants()
+    assert [m.text for m in again] == [m.text for m in MUTANTS]
+    assert 200 <= len(MUTANTS) <= 600
+
+
+def test_fuzz_analyze_never_crashes() -> None:
+    failures: list[str] = []
+    parsed = 0
+    slowest = 0.0
+    t_all = time.perf_counter()
+    for m in MUTANTS:
+        t0 = time.perf_counter()
+        try:
+            with deadline(DEADLINE_S):
+                prog, diags = seqdsl.analyze(m.text, "mutant.seq")
+                # what `seqdsl summary` does with a program that checks
+                if prog is not None and not any(d.is_error for d in diags):
+                    prog.summary()
+                    prog.summary(fmt="json")
+                    prog.render_diagnostics("full")
+        except _Deadline as e:
+            failures.append(_report(m, f"TIMEOUT: {e}"))
+            continue
+        except Exception:  # noqa: BLE001 - this is what the test looks for
+            failures.append(_report(m, traceback.format_exc(limit=-4)))
+            continue
+        dt = time.perf_counter() - t0
+        slowest = max(slowest, dt)
+        if dt > DEADLINE_S:
+            failures.append(_report(m, f"SLOW: {dt:.2f} s"))
+        for d in diags:
+            if d.code not in seqdsl.CODES:
+                failures.append(_report(m, f"unregistered code {d.code}"))
+        if not any(d.code in SYNTAX_CODES for d in diags):
+            parsed += 1
+    total = time.perf_counter() - t_all
+    assert not failures, f"{len(failures)} failing mutant(s) of {len(MUTANTS)}:\n\n" + "\n\n".join(
+        failures[:10]
+    )
+    ratio = parsed / len(MUTANTS)
+    assert ratio >= 0.30, (
+        f"only {parsed}/{len(MUTANTS)} mutants parse; the mutations are too destructive"
+    )
+    assert total < 60, f"fuzzing took {total:.1f} s (slowest mutant {slowest:.2f} s)"
+
+
+CLI_SAMPLE = 20
+
+
+@pytest.mark.parametrize("command", ["check", "summary"])
+def test_fuzz_cli_never_internal_error(command: str, tmp_path: Path) -> None:
+    rng = random.Random(SEED + 1)
+    sample = rng.sample(MUTANTS, CLI_SAMPLE)
+    failures: list[str] = []
+    for i, m in enumerate(sample):
+        f = tmp_path / f"mutant_{i}.seq"
+        f.write_text(m.text, encoding="utf-8")
+        for fmt in ("full", "json"):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main([command, str(f), "--output-format", fmt])
+            if code == EXIT_INTERNAL or code not in (0, 1):
+                failures.append(
+                    _report(m, f"exit {code} ({command} --output-format {fmt})\n{err.getvalue()}")
+                )
+    assert not failures, "\n\n".join(failures)
+
+
+# Edge values found by fuzzing (each once crashed or hung the checker).
+_HUGE = "1" + "0" * 400
+EDGE_CASES: dict[str, tuple[str, str | None]] = {
+    "pad value overflowing float": (
+        "model M { input t: i32[B, T] pad(post, value=1e309)\n"
+        " y = t -> Embedding(10, 4, mask_zero=true) -> LSTM(4)\n output y }",
+        "SEQ207",
+    ),
+    "huge int for a float argument": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Dropout({_HUGE}) -> LSTM(4)\n output y }}",
+        "SEQ207",
+    ),
+    "huge int pad value": (
+        f"model M {{ input t: f32[B, T, 3] pad(post, value={_HUGE})\n"
+        " y = t -> Masking(0.0) -> LSTM(4)\n output y }",
+        "SEQ207",
+    ),
+    "huge Masking value": (
+        f"model M {{ input t: f32[B, T, 3] pad(post, value=0)\n y = t -> Masking({_HUGE}) -> LSTM(4)\n output y }}",
+        "SEQ207",
+    ),
+    "huge TemporalSplit": (
+        "model M { input x: f32[B, T, 8]\n a, b = x -> TemporalSplit(99999999999)\n"
+        " y = concat(a, b)\n output y }",
+        "SEQ207",
+    ),
+    "huge repeat": (
+        "model M { input x: f32[B, T, 8]\n y = x -> repeat(99999999999) { Dense(8) }\n output y }",
+        "SEQ207",
+    ),
+    "nested huge repeat": (
+        "model M { input x: f32[B, T, 8]\n"
+        " y = x -> repeat(1000) { repeat(1000) { Dense(8) } -> Dropout(0.1) }\n output y }",
+        "SEQ207",
+    ),
+    "RNN of a layer that is not a cell": (
+        "model M { input x: f32[B, T, 8]\n y = x -> Bidirectional(RNN(MaxPooling1D(8)))\n output y }",
+        "SEQ203",
+    ),
+    "huge parameter count in the summary": (
+        f"model M {{ input x: i32[B, T]\n y = x -> Embedding({_HUGE}, {_HUGE})\n output y }}",
+        None,
+    ),
+    "huge dims": (
+        f"model M {{ input x: f32[{_HUGE}, {_HUGE}, 8]\n"
+        f" y = x -> Conv1D(4, 3, strides={_HUGE}) -> LSTM(3, stateful=true)\n output y }}",
+        None,
+    ),
+    "huge flatten": (
+        f"model M {{ input x: f32[B, {_HUGE}, {_HUGE}]\n y = x -> Flatten() -> Dense(3)\n output y }}",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_edge_values(case: str) -> None:
+    text, code = EDGE_CASES[case]
+    with deadline(DEADLINE_S):
+        prog, diags = seqdsl.analyze(text, "edge.seq")
+        if prog is not None and not any(d.is_error for d in diags):
+            prog.summary()
+            prog.summary(fmt="json")
+    codes = [d.code for d in diags]
+    if code is None:
+        assert not any(d.is_error for d in diags), codes
+    else:
+        assert code in codes, codes
