@@ -334,8 +334,24 @@ def _embedding_rule(
             where="input",
         )
     shape = (*t.shape, Dim.of(_int(cfg, "output_dim")))
-    mask = None
-    if _bool(cfg, "mask_zero") and t.rank >= 2:
+    mask = t.mask  # without mask_zero, a `masked` id input's mask passes through
+    if _bool(cfg, "mask_zero") and t.rank != 2:
+        raise RuleError(
+            "SEQ303",
+            f"Embedding(mask_zero=true) masks steps of `[B, T]` ids, got {t.dtype}{fmt_shape(t.shape)}",
+            "give it token ids of shape `[B, T]`, or drop `mask_zero=true`",
+            where="input",
+        )
+    if _bool(cfg, "mask_zero") and t.mask is not None:
+        raise RuleError(
+            "SEQ501",
+            f"Embedding(mask_zero=true) makes a new mask, and the mask its input carries ({t.mask}) "
+            "would be dropped",
+            "keep one mask: remove `mask_zero=true` to keep the input's mask, or remove `masked` "
+            "from the input declaration",
+            arg="mask_zero",
+        )
+    if _bool(cfg, "mask_zero"):
         pad = ctx.pad_of(t)
         if pad is not None and pad.value == 0:
             mask = MaskKind(pad.side, pad.nonempty, declared=True)
@@ -360,6 +376,14 @@ def _masking_rule(
     (t,) = ins
     _need_float("Masking", t)
     _need_rank("Masking", t, (3,), "a sequence `[B, T, F]`")
+    if t.mask is not None:
+        raise RuleError(
+            "SEQ501",
+            f"Masking makes a new mask, and the mask its input carries ({t.mask}) would be dropped",
+            "keep one mask: remove `Masking`, or remove `masked` from the input declaration "
+            "(or write `drop_mask` before `Masking` to replace it on purpose)",
+            where="input",
+        )
     pad = ctx.pad_of(t)
     mv = _float(cfg, "mask_value")
     if pad is not None and pad.value == mv:

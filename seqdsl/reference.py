@@ -1,0 +1,904 @@
+"""The reference interpreter: what a checked model computes, in NumPy float64.
+
+Written from ``docs/semantics.md`` (and the Keras closed forms of
+``shared/spec/BACKENDS.md``) as plain loops, for clarity, not speed: recurrent
+layers step through time one step at a time. Every numeric test of the project
+compares against it, so it shares no code with the emitters (``seqdsl/emit``):
+it reads only the IR, the checker's results, the catalogue's configuration and
+weight specs, the initializers and the padding helpers.
+
+    >>> import seqdsl, numpy as np
+    >>> from seqdsl.reference import reference_weights, run_reference
+    >>> m = seqdsl.loads('''
+    ... model M {
+    ...     input tokens: i32[B, T] pad(post, value=0)
+    ...     x = tokens -> Embedding(10, 3, mask_zero=true) -> LSTM(2)
+    ...     output x
+    ... }''').model()
+    >>> r = run_reference(m, reference_weights(m, 0), [np.array([[1, 2, 0], [0, 0, 0]])])
+    >>> r.outputs[0].shape, float(np.abs(r.outputs[0][1]).max())
+    ((2, 2), 0.0)
+
+Conventions of :func:`run_reference`:
+
+- ``weights``: canonical ``"layer/weight"`` keys, Keras shapes (section 1).
+- ``inputs``: one array per ``input`` declaration, in declaration order; mask
+  inputs are boolean ``[B, T]``.
+- ``lengths`` / ``masks``: the mask of each ``masked`` input, as per-row
+  lengths (aligned by the input's ``pad`` side) or an explicit boolean mask.
+  Caller-given masks must honour the declared kind (side and ``nonempty``).
+- ``training``: the default training flag; a call's own ``training=`` wins.
+- ``dropout_masks``: keep-masks (1 = keep), divided by ``1 - rate`` when
+  applied. Keys: ``"{layer}"`` for ``Dropout`` and ``TimeDistributed(Dropout)``
+  (the shape of the layer's input); ``"{layer}/input"`` ``[B, F]`` and
+  ``"{layer}/recurrent"`` ``[B, U]`` for a recurrent layer's ``dropout`` and
+  ``recurrent_dropout``; ``"{layer}/forward/input"``, ``"{layer}/backward/recurrent"``
+  ... inside ``Bidirectional``. A mask needed in training and not given is an
+  error: the reference never draws random numbers.
+- ``states``: the initial states of ``stateful`` layers by layer name (zeros
+  when absent); :attr:`ReferenceResult.states` gives their final states, to
+  pass to the next call.
+
+Bad arguments raise :class:`ReferenceError`. Every value is checked against
+its static type (shape, mask presence): a mismatch is an ``AssertionError``,
+a disagreement between the checker and this interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalogue import BoundLayer, _cell_of
+from .checker import CheckedModel, LayerInfo
+from .dims import Dim
+from .initializers import initial_weights
+from .ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
+from .padding import lengths_to_mask
+from .types import MaskKind, MaskType, TensorType
+
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "ReferenceError",
+    "ReferenceResult",
+    "mask_fits_kind",
+    "reference_weights",
+    "run_reference",
+]
+
+Array = np.ndarray
+Mask = np.ndarray | None
+
+
+class ReferenceError(ValueError):
+    """Bad arguments to :func:`run_reference` (missing weights, masks, shapes...)."""
+
+
+@dataclass
+class ReferenceResult:
+    #: in ``output`` order; an ``output x with mask`` entry is ``(value, mask)``
+    outputs: tuple[object, ...]
+    #: every SSA value: ``(array, mask or None)`` (a mask input: ``(mask, None)``)
+    values: dict[str, tuple[Array, Mask]] = field(default_factory=dict)
+    #: final states of every stateful recurrent layer, by layer name
+    states: dict[str, list[Array]] = field(default_factory=dict)
+    #: BatchNormalization moving statistics updated in training, canonical keys
+    updated: dict[str, Array] = field(default_factory=dict)
+
+
+def reference_weights(model: CheckedModel, seed: int) -> dict[str, Array]:
+    """The model's initial weights (``seqdsl.initializers``), in float64."""
+    return initial_weights(
+        ((layer.name, layer.weights) for layer in model.layers), seed, dtype="float64"
+    )
+
+
+def _cint(cfg: Mapping[str, object], key: str) -> int:
+    v = cfg[key]
+    assert isinstance(v, int)
+    return v
+
+
+def _cfloat(cfg: Mapping[str, object], key: str) -> float:
+    v = cfg[key]
+    assert isinstance(v, (int, float))
+    return float(v)
+
+
+def _float(x: object) -> Array:
+    return np.asarray(x, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# activations (Keras 3 definitions)
+
+
+def _sigmoid(x: Array) -> Array:
+    return _float(np.exp(-np.logaddexp(0.0, -x)))
+
+
+def _softplus(x: Array) -> Array:
+    return _float(np.logaddexp(x, 0.0))
+
+
+def _softmax(x: Array) -> Array:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return _float(e / e.sum(axis=-1, keepdims=True))
+
+
+def _log_softmax(x: Array) -> Array:
+    s = x - x.max(axis=-1, keepdims=True)
+    return _float(s - np.log(np.exp(s).sum(axis=-1, keepdims=True)))
+
+
+def _elu(x: Array, alpha: float = 1.0) -> Array:
+    return _float(np.where(x >= 0, x, alpha * np.expm1(np.minimum(x, 0.0))))
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "softmax": _softmax,  # over the last axis
+    "log_softmax": _log_softmax,
+    "softplus": _softplus,
+    "softsign": lambda x: x / (1.0 + np.abs(x)),
+    "elu": _elu,
+    "selu": lambda x: _SELU_SCALE * _elu(x, _SELU_ALPHA),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),  # keras: approximate=False
+    "silu": lambda x: x * _sigmoid(x),
+    "swish": lambda x: x * _sigmoid(x),
+    "exponential": np.exp,
+    "hard_sigmoid": lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,  # keras 3: relu6(x + 3) / 6
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.2 * x),  # keras: negative_slope=0.2
+    "mish": lambda x: x * np.tanh(_softplus(x)),
+}
+
+
+def _act(name: object) -> Callable[[Array], Array]:
+    assert isinstance(name, str)
+    return ACTIVATION_FUNCTIONS[name]
+
+
+# --------------------------------------------------------------------------
+# masks
+
+
+def mask_fits_kind(mask: Array, kind: MaskKind) -> bool:
+    """Whether a boolean ``[B, T]`` mask has the declared side and emptiness."""
+    m = np.asarray(mask, dtype=bool)
+    lens = m.sum(axis=1)
+    t = m.shape[1]
+    if kind.nonempty and (lens == 0).any():
+        return False
+    if kind.side == "post":
+        return bool((lengths_to_mask(lens, t, "post") == m).all())
+    if kind.side == "pre":
+        return bool((lengths_to_mask(lens, t, "pre") == m).all())
+    return True
+
+
+def _and_masks(masks: Sequence[Mask]) -> Mask:
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out: Array = np.asarray(present[0], dtype=bool).copy()
+    for m in present[1:]:
+        out &= m
+    return out
+
+
+# --------------------------------------------------------------------------
+# recurrent cells
+
+
+@dataclass
+class _Cell:
+    """One recurrent cell: its type, config and weights (``kernel``...)."""
+
+    cell: str  # lstm | gru | simple_rnn
+    cfg: Mapping[str, object]
+    kernel: Array
+    recurrent_kernel: Array
+    bias: Array | None
+
+    @property
+    def units(self) -> int:
+        u = self.cfg["units"]
+        assert isinstance(u, int)
+        return u
+
+    @property
+    def n_states(self) -> int:
+        return 2 if self.cell == "lstm" else 1
+
+    def step(self, x: Array, states: list[Array], h_rec: Array) -> tuple[Array, list[Array]]:
+        """One step on every row. ``x`` is the (dropped-out) input, ``h_rec`` the
+        (dropped-out) previous ``h`` fed to the recurrent kernel; the state
+        update itself uses the undropped ``states`` (as Keras)."""
+        act = _act(self.cfg["activation"])
+        u = self.units
+        K, R, b = self.kernel, self.recurrent_kernel, self.bias
+        if self.cell == "simple_rnn":
+            z = x @ K + h_rec @ R
+            if b is not None:
+                z = z + b
+            h = act(z)
+            return h, [h]
+        ract = _act(self.cfg["recurrent_activation"])
+        if self.cell == "lstm":
+            z = x @ K + h_rec @ R
+            if b is not None:
+                z = z + b
+            i = ract(z[:, :u])
+            f = ract(z[:, u : 2 * u])
+            c = f * states[1] + i * act(z[:, 2 * u : 3 * u])
+            o = ract(z[:, 3 * u :])
+            h = o * act(c)
+            return h, [h, c]
+        # GRU: gates z, r, h
+        h_tm1 = states[0]
+        mx = x @ K
+        if self.cfg["reset_after"]:
+            mh = h_rec @ R
+            if b is not None:
+                mx = mx + b[0]
+                mh = mh + b[1]
+            zg = ract(mx[:, :u] + mh[:, :u])
+            r = ract(mx[:, u : 2 * u] + mh[:, u : 2 * u])
+            hh = act(mx[:, 2 * u :] + r * mh[:, 2 * u :])
+        else:
+            if b is not None:
+                mx = mx + b
+            mh = h_rec @ R[:, : 2 * u]
+            zg = ract(mx[:, :u] + mh[:, :u])
+            r = ract(mx[:, u : 2 * u] + mh[:, u : 2 * u])
+            hh = act(mx[:, 2 * u :] + (r * h_rec) @ R[:, 2 * u :])
+        h = zg * h_tm1 + (1.0 - zg) * hh
+        return h, [h]
+
+
+@dataclass
+class _RnnRun:
+    sequence: Array  # [B, T, U], in processing order (reversed for go_backwards)
+    last: Array  # [B, U]: the output at the last valid step, 0 for an empty row
+    states: list[Array]
+
+
+def _run_cell(
+    cell: _Cell,
+    x: Array,
+    mask: Array,
+    init: list[Array],
+    masked_output: str,
+    in_keep: Array | None,
+    rec_keep: Array | None,
+) -> _RnnRun:
+    """Run ``cell`` over ``x`` [B, T, F] in time order, skipping masked steps."""
+    b, t, _ = x.shape
+    u = cell.units
+    states = [s.copy() for s in init]
+    seq = np.zeros((b, t, u))
+    carried = np.zeros((b, u))  # the last valid output, 0 before the first
+    for step in range(t):
+        xt = x[:, step, :]
+        if in_keep is not None:
+            xt = xt * in_keep
+        h_rec = states[0] if rec_keep is None else states[0] * rec_keep
+        out, new = cell.step(xt, states, h_rec)
+        m = mask[:, step][:, None]
+        states = [np.where(m, n, s) for n, s in zip(new, states, strict=True)]
+        carried = np.where(m, out, carried)
+        seq[:, step, :] = np.where(m, out, 0.0 if masked_output == "zero" else carried)
+    return _RnnRun(seq, carried, states)
+
+
+# --------------------------------------------------------------------------
+# the interpreter
+
+
+@dataclass
+class _Interp:
+    model: CheckedModel
+    weights: Mapping[str, Array]
+    training: bool
+    dropout_masks: Mapping[str, Array]
+    init_states: Mapping[str, Sequence[Array]]
+    values: dict[str, tuple[Array, Mask]] = field(default_factory=dict)
+    final_states: dict[str, list[Array]] = field(default_factory=dict)
+    updated: dict[str, Array] = field(default_factory=dict)
+    env: dict[str, int] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ helpers
+    def weight(self, layer: str, name: str, shape: tuple[int, ...] | None = None) -> Array:
+        key = f"{layer}/{name}"
+        if key not in self.weights:
+            raise ReferenceError(f"missing weight {key!r}")
+        w = _float(self.weights[key])
+        if shape is not None and w.shape != shape:
+            raise ReferenceError(f"weight {key!r} has shape {w.shape}, expected {shape}")
+        return w
+
+    def layer_weights(self, info: LayerInfo) -> dict[str, Array]:
+        return {w.name: self.weight(info.name, w.name, w.shape) for w in info.weights}
+
+    def keep(self, key: str, shape: tuple[int, ...], rate: float) -> Array:
+        if key not in self.dropout_masks:
+            raise ReferenceError(
+                f"training with dropout: no keep-mask {key!r} of shape {shape} was given "
+                "(the reference draws no random numbers; pass dropout_masks={...})"
+            )
+        k = _float(self.dropout_masks[key])
+        if k.shape != shape:
+            raise ReferenceError(f"dropout mask {key!r} has shape {k.shape}, expected {shape}")
+        return k / (1.0 - rate)
+
+    # ------------------------------------------------------------ inputs
+    def bind_inputs(
+        self,
+        inputs: Sequence[Array],
+        lengths: Mapping[str, Array],
+        masks: Mapping[str, Array],
+    ) -> None:
+        decls = self.model.model.inputs
+        if len(inputs) != len(decls):
+            names = ", ".join(d.name for d in decls)
+            raise ReferenceError(
+                f"model {self.model.name} takes {len(decls)} input(s) ({names}), got {len(inputs)}"
+            )
+        for extra in set(lengths) | set(masks):
+            if not any(d.name == extra and d.masked for d in decls):
+                raise ReferenceError(
+                    f"lengths/masks given for {extra!r}, which is not a `masked` input"
+                )
+        for decl, raw in zip(decls, inputs, strict=True):
+            self.bind_input(decl, np.asarray(raw), lengths, masks)
+
+    def bind_dims(self, name: str, shape: tuple[int, ...], dims: Sequence[object]) -> None:
+        if len(shape) != len(dims):
+            raise ReferenceError(f"input {name!r} has rank {len(shape)}, declared {len(dims)}")
+        for n, d in zip(shape, dims, strict=True):
+            if d is None:
+                continue
+            assert isinstance(d, Dim)
+            if d.value is not None:
+                if n != d.value:
+                    raise ReferenceError(
+                        f"input {name!r} has shape {shape}, declared {d.value} at one axis"
+                    )
+                continue
+            (sym,) = d.symbols()
+            if sym in self.env and self.env[sym] != n:
+                raise ReferenceError(
+                    f"input {name!r}: `{sym}` is {n} here but {self.env[sym]} elsewhere"
+                )
+            self.env[sym] = n
+
+    def bind_input(
+        self, decl: InputDecl, x: Array, lengths: Mapping[str, Array], masks: Mapping[str, Array]
+    ) -> None:
+        t = self.model.types[decl.name]
+        if isinstance(t, MaskType):
+            m = np.asarray(x)
+            if m.dtype != np.bool_:
+                raise ReferenceError(
+                    f"mask input {decl.name!r} must be a bool array, got {m.dtype}"
+                )
+            self.bind_dims(decl.name, m.shape, (t.batch, t.time))
+            if not mask_fits_kind(m, t.kind):
+                raise ReferenceError(
+                    f"mask input {decl.name!r} does not fit its declared kind {t.kind}"
+                )
+            self.values[decl.name] = (m, None)
+            return
+        assert isinstance(t, TensorType)
+        self.bind_dims(decl.name, x.shape, t.shape)
+        if t.dtype in ("f32", "f64"):
+            arr = _float(x)
+        elif t.dtype in ("i32", "i64"):
+            if not np.issubdtype(x.dtype, np.integer):
+                raise ReferenceError(f"input {decl.name!r} is declared {t.dtype}, got {x.dtype}")
+            arr = x.astype(np.int64)
+        else:
+            arr = x.astype(bool)
+        mask: Mask = None
+        if decl.masked:
+            assert t.mask is not None
+            bt = arr.shape[:2]
+            if decl.name in lengths and decl.name in masks:
+                raise ReferenceError(f"give lengths or a mask for {decl.name!r}, not both")
+            if decl.name in lengths:
+                pad = self.model.pads.get(decl.name)
+                if pad is None:
+                    raise ReferenceError(
+                        f"input {decl.name!r} is `masked` without `pad(...)` (kind any): "
+                        "lengths have no side; pass masks={name: bool [B, T]}"
+                    )
+                lens = np.asarray(lengths[decl.name])
+                if lens.shape != (bt[0],) or (lens < 0).any() or (lens > bt[1]).any():
+                    raise ReferenceError(
+                        f"lengths of {decl.name!r} must be {bt[0]} values in [0, {bt[1]}]"
+                    )
+                mask = lengths_to_mask(lens, bt[1], pad.side)
+            elif decl.name in masks:
+                mask = np.asarray(masks[decl.name])
+                if mask.dtype != np.bool_ or mask.shape != bt:
+                    raise ReferenceError(
+                        f"the mask of {decl.name!r} must be bool {bt}, got {mask.dtype} {mask.shape}"
+                    )
+            else:
+                raise ReferenceError(
+                    f"input {decl.name!r} is `masked`: pass lengths={{...}} or masks={{...}}"
+                )
+            if not mask_fits_kind(mask, t.mask):
+                raise ReferenceError(
+                    f"the mask of {decl.name!r} does not fit its declared kind {t.mask}"
+                )
+        self.values[decl.name] = (arr, mask)
+
+    # ------------------------------------------------------------ ops
+    def run(self) -> None:
+        infos = {info.op_index: info for info in self.model.layers}
+        for index, op in enumerate(self.model.model.ops):
+            if isinstance(op, DropMaskOp):
+                x, _ = self.values[op.input.name]
+                outs: list[tuple[Array, Mask]] = [(x, None)]
+            elif isinstance(op, MergeOp):
+                outs = self.merge(infos[index], op)
+            else:
+                outs = self.apply(infos[index], op)
+            assert len(outs) == len(op.results), (op.results, len(outs))
+            for name, (arr, m) in zip(op.results, outs, strict=True):
+                self.check_static(name, arr, m)
+                self.values[name] = (arr, m)
+
+    def check_static(self, name: str, arr: Array, mask: Mask) -> None:
+        """The value agrees with its static type: shape and mask presence."""
+        t = self.model.types.get(name)
+        if not isinstance(t, TensorType):
+            return
+        if arr.ndim != t.rank:
+            raise AssertionError(f"{name}: rank {arr.ndim}, static type {t}")
+        for n, d in zip(arr.shape, t.shape, strict=True):
+            if d is None:
+                continue
+            v = d.evaluate(self.env)
+            if v is not None and v != n:
+                raise AssertionError(f"{name}: shape {arr.shape}, static type {t} ({d} = {v})")
+        if (mask is None) != (t.mask is None):
+            raise AssertionError(
+                f"{name}: mask {'absent' if mask is None else 'present'}, static type {t.mask}"
+            )
+        if mask is not None and mask.shape != arr.shape[:2]:
+            raise AssertionError(f"{name}: mask shape {mask.shape} for value {arr.shape}")
+
+    def merge(self, info: LayerInfo, op: MergeOp) -> list[tuple[Array, Mask]]:
+        vals = [self.values[u.name] for u in op.inputs]
+        xs = [v[0] for v in vals]
+        ms = [v[1] for v in vals]
+        fn = op.fn
+        if fn == "concat":
+            rank = xs[0].ndim
+            axis_cfg = info.config.get("axis", "features")
+            if axis_cfg == "features":
+                axis = rank - 1
+            elif axis_cfg == "time":
+                axis = 1
+            else:
+                axis = _cint(info.config, "axis") % rank
+            out = np.concatenate(xs, axis=axis)
+            if axis == 1 and rank >= 3:
+                if all(m is None for m in ms):
+                    return [(out, None)]
+                parts = [
+                    m if m is not None else np.ones(x.shape[:2], bool)
+                    for x, m in zip(xs, ms, strict=True)
+                ]
+                return [(out, np.concatenate(parts, axis=1))]
+            return [(out, _and_masks(ms))]
+        if fn == "add":
+            out = sum(xs[1:], xs[0])
+        elif fn == "subtract":
+            out = xs[0] - xs[1]
+        elif fn == "multiply":
+            out = xs[0]
+            for x in xs[1:]:
+                out = out * x
+        elif fn == "average":
+            out = sum(xs[1:], xs[0]) / len(xs)
+        elif fn == "maximum":
+            out = np.maximum.reduce(xs)
+        elif fn == "minimum":
+            out = np.minimum.reduce(xs)
+        else:  # pragma: no cover - catalogue/IR mismatch
+            raise AssertionError(fn)
+        return [(out, _and_masks(ms))]
+
+    def apply(self, info: LayerInfo, op: ApplyOp) -> list[tuple[Array, Mask]]:
+        x, mask = self.values[op.inputs[0].name]
+        if op.mask is not None:
+            mask = self.values[op.mask.name][0]  # an explicit mask replaces the incoming one
+        training = self.training if op.training is None else bool(op.training.value)
+        init = (
+            [self.values[s.name][0] for s in op.initial_state]
+            if op.initial_state is not None
+            else None
+        )
+        kind = info.kind
+        cfg = info.config
+        if kind in ("LSTM", "GRU", "SimpleRNN", "RNN"):
+            return self.recurrent(info, x, mask, init, training)
+        if kind == "Bidirectional":
+            return self.bidirectional(info, x, mask, init, training)
+        if kind == "Embedding":
+            out, made = self.embedding(info, x)
+            # without mask_zero an incoming mask (a `masked` id input) passes through
+            return [(out, made if made is not None else mask)]
+        if kind == "Masking":
+            mv = _cfloat(cfg, "mask_value")
+            m = (x != mv).any(axis=-1)
+            return [(np.where(m[..., None], x, 0.0), m)]
+        if kind in ("Dense", "Activation", "Dropout", "LayerNormalization"):
+            return [(self.per_step(kind, cfg, info.name, x, training), mask)]
+        if kind == "TimeDistributed":
+            inner = cfg["layer"]
+            assert isinstance(inner, BoundLayer)
+            return [(self.per_step(inner.kind, inner.config, info.name, x, training), mask)]
+        if kind == "BatchNormalization":
+            return [(self.batch_norm(info, x, mask, training), mask)]
+        if kind == "Conv1D":
+            return [self.conv1d(info, x, mask)]
+        if kind in ("MaxPooling1D", "AveragePooling1D"):
+            return [self.pool1d(info, x, mask)]
+        if kind in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+            return [(self.global_pool(kind, bool(cfg["keepdims"]), x, mask), None)]
+        if kind == "Flatten":
+            return [(x.reshape(x.shape[0], -1), None)]
+        if kind == "Reshape":
+            target = cfg["target_shape"]
+            assert isinstance(target, tuple)
+            return [(x.reshape(x.shape[0], *target), None)]
+        if kind == "TemporalSoftmax":
+            assert mask is not None
+            return [(self.temporal_softmax(x, mask), None)]
+        if kind == "TemporalSplit":
+            n = cfg["parts"]
+            assert isinstance(n, int)
+            if x.shape[1] % n:
+                raise ReferenceError(
+                    f"TemporalSplit({n}): time length {x.shape[1]} is not divisible by {n}"
+                )
+            k = x.shape[1] // n
+            return [
+                (x[:, i * k : (i + 1) * k], None if mask is None else mask[:, i * k : (i + 1) * k])
+                for i in range(n)
+            ]
+        raise NotImplementedError(f"the reference has no rule for layer {kind}")
+
+    # ------------------------------------------------------------ layers
+    def embedding(self, info: LayerInfo, ids: Array) -> tuple[Array, Mask]:
+        emb = self.layer_weights(info)["embeddings"]
+        if ids.size and (ids.min() < 0 or ids.max() >= emb.shape[0]):
+            raise ReferenceError(
+                f"{info.name}: ids must lie in [0, {emb.shape[0]}), got {ids.min()}..{ids.max()}"
+            )
+        out = emb[ids]
+        mask = ids != 0 if info.config["mask_zero"] and ids.ndim >= 2 else None
+        return out, mask
+
+    def per_step(
+        self, kind: str, cfg: Mapping[str, object], name: str, x: Array, training: bool
+    ) -> Array:
+        """Dense, Activation, Dropout and LayerNormalization (alone or in TimeDistributed)."""
+        if kind == "Dense":
+            units = cfg["units"]
+            assert isinstance(units, int)
+            y = x @ self.weight(name, "kernel", (x.shape[-1], units))
+            if cfg["use_bias"]:
+                y = y + self.weight(name, "bias", (units,))
+            return _act(cfg["activation"])(y)
+        if kind == "Activation":
+            return _act(cfg["activation"])(x)
+        if kind == "Dropout":
+            rate = _cfloat(cfg, "rate")
+            if not training or rate == 0.0:
+                return x
+            return _float(x * self.keep(name, x.shape, rate))
+        if kind == "LayerNormalization":
+            f = x.shape[-1]
+            mean = x.mean(axis=-1, keepdims=True)
+            var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+            y = (x - mean) / np.sqrt(var + _cfloat(cfg, "epsilon"))
+            if cfg["scale"]:
+                y = y * self.weight(name, "gamma", (f,))
+            if cfg["center"]:
+                y = y + self.weight(name, "beta", (f,))
+            return _float(y)
+        raise NotImplementedError(f"the reference has no per-step rule for {kind}")
+
+    def batch_norm(self, info: LayerInfo, x: Array, mask: Mask, training: bool) -> Array:
+        cfg = info.config
+        w = self.layer_weights(info)
+        eps = _cfloat(cfg, "epsilon")
+        if training and cfg.get("trainable", True):
+            # moments over every axis but the last, at the valid steps only
+            valid = (
+                np.ones(x.shape[:-1], bool)
+                if mask is None
+                else np.broadcast_to(
+                    mask.reshape(mask.shape + (1,) * (x.ndim - 1 - mask.ndim)), x.shape[:-1]
+                )
+            )
+            n = valid.sum()
+            flat = x[valid]  # [n, F]
+            if n == 0:  # no valid step in the whole batch: 0 and 0, as Keras
+                mean = np.zeros(x.shape[-1])
+                var = np.zeros(x.shape[-1])
+            else:
+                mean = flat.mean(axis=0)
+                var = ((flat - mean) ** 2).mean(axis=0)
+            mom = _cfloat(cfg, "momentum")
+            self.updated[f"{info.name}/moving_mean"] = mom * w["moving_mean"] + (1.0 - mom) * mean
+            self.updated[f"{info.name}/moving_variance"] = (
+                mom * w["moving_variance"] + (1.0 - mom) * var
+            )
+        else:
+            mean, var = w["moving_mean"], w["moving_variance"]
+        y = (x - mean) / np.sqrt(var + eps)
+        if "gamma" in w:
+            y = y * w["gamma"]
+        if "beta" in w:
+            y = y + w["beta"]
+        return y
+
+    def conv_windows(self, t: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
+        """(output length, zeros before) of a window layer, TensorFlow's padding."""
+        k_eff = d * (k - 1) + 1
+        if padding == "valid":
+            return (t - k_eff) // s + 1, 0
+        t_out = -(-t // s)
+        if padding == "causal":
+            return t_out, k_eff - 1
+        total = max((t_out - 1) * s + k_eff - t, 0)  # same: TF puts the odd zero after
+        return t_out, total // 2
+
+    def window_mask(
+        self, mask: Mask, t_out: int, k: int, s: int, d: int, before: int, padding: str
+    ) -> Mask:
+        if mask is None:
+            return None
+        out = np.zeros((mask.shape[0], t_out), bool)
+        for j in range(t_out):
+            if padding == "valid":
+                pos = [j * s + i * d for i in range(k)]
+                out[:, j] = mask[:, pos].all(axis=1)
+            else:  # same, causal: the anchor step j * s
+                out[:, j] = mask[:, j * s]
+        return out
+
+    def conv1d(self, info: LayerInfo, x: Array, mask: Mask) -> tuple[Array, Mask]:
+        cfg = info.config
+        k, s, d = (_cint(cfg, n) for n in ("kernel_size", "strides", "dilation_rate"))
+        padding = str(cfg["padding"])
+        w = self.layer_weights(info)
+        if mask is not None:
+            x = np.where(mask[..., None], x, 0.0)  # masked steps are zeroed first
+        b, t, _ = x.shape
+        t_out, before = self.conv_windows(t, k, s, d, padding)
+        kernel = w["kernel"]
+        y = np.zeros((b, t_out, kernel.shape[2]))
+        for j in range(t_out):
+            for i in range(k):
+                p = j * s - before + i * d
+                if 0 <= p < t:
+                    y[:, j] += x[:, p] @ kernel[i]
+        if "bias" in w:
+            y = y + w["bias"]
+        y = _act(cfg["activation"])(y)
+        return y, self.window_mask(mask, t_out, k, s, d, before, padding)
+
+    def pool1d(self, info: LayerInfo, x: Array, mask: Mask) -> tuple[Array, Mask]:
+        cfg = info.config
+        p = _cint(cfg, "pool_size")
+        s = p if cfg["strides"] is None else _cint(cfg, "strides")
+        padding = str(cfg["padding"])
+        b, t, f = x.shape
+        t_out, before = self.conv_windows(t, p, s, 1, padding)
+        valid_in = np.ones((b, t), bool) if mask is None else mask
+        y = np.zeros((b, t_out, f))
+        for j in range(t_out):
+            pos = [q for q in range(j * s - before, j * s - before + p) if 0 <= q < t]
+            win = x[:, pos, :]  # [B, n, F]
+            ok = valid_in[:, pos][..., None]  # [B, n, 1]
+            count = ok.sum(axis=1)  # [B, 1]
+            if info.kind == "MaxPooling1D":
+                mx = np.where(ok, win, -np.inf).max(axis=1)
+                y[:, j] = np.where(count > 0, mx, 0.0)
+            else:
+                y[:, j] = np.where(
+                    count > 0, np.where(ok, win, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0
+                )
+        return y, self.window_mask(mask, t_out, p, s, 1, before, padding)
+
+    def global_pool(self, kind: str, keepdims: bool, x: Array, mask: Mask) -> Array:
+        valid = np.ones(x.shape[:2], bool) if mask is None else mask
+        ok = valid[..., None]
+        count = ok.sum(axis=1)  # [B, 1]
+        if kind == "GlobalMaxPooling1D":
+            y = np.where(count > 0, np.where(ok, x, -np.inf).max(axis=1), 0.0)
+        else:
+            y = np.where(count > 0, np.where(ok, x, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
+        return y[:, None, :] if keepdims else y
+
+    def temporal_softmax(self, x: Array, mask: Array) -> Array:
+        ok = mask[..., None]  # [B, T, 1]
+        mx = np.where(ok, x, -np.inf).max(axis=1, keepdims=True)  # [B, 1, F]
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        e = np.where(ok, np.exp(np.where(ok, x - mx, 0.0)), 0.0)
+        total = e.sum(axis=1, keepdims=True)
+        return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+
+    # ------------------------------------------------------------ recurrent
+    def cell_of(
+        self, layer: str, prefix: str, kind: str, cfg: Mapping[str, object], features: int
+    ) -> _Cell:
+        cell, c = _cell_of(cfg, kind)
+        u = c["units"]
+        assert isinstance(u, int)
+        g = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
+        bias = None
+        if c["use_bias"]:
+            shape = (2, 3 * u) if cell == "gru" and c["reset_after"] else (g * u,)
+            bias = self.weight(layer, prefix + "bias", shape)
+        return _Cell(
+            cell,
+            c,
+            self.weight(layer, prefix + "kernel", (features, g * u)),
+            self.weight(layer, prefix + "recurrent_kernel", (u, g * u)),
+            bias,
+        )
+
+    def run_direction(
+        self,
+        key: str,
+        cell: _Cell,
+        x: Array,
+        mask: Mask,
+        init: list[Array] | None,
+        training: bool,
+        go_backwards: bool,
+        masked_output: str,
+    ) -> _RnnRun:
+        b, t, f = x.shape
+        m = np.ones((b, t), bool) if mask is None else mask
+        states = (
+            init if init is not None else [np.zeros((b, cell.units)) for _ in range(cell.n_states)]
+        )
+        for i, s in enumerate(states):
+            if s.shape != (b, cell.units):
+                raise ReferenceError(
+                    f"{key}: state {i} has shape {s.shape}, expected {(b, cell.units)}"
+                )
+        in_keep = rec_keep = None
+        rate = _cfloat(cell.cfg, "dropout")
+        rrate = _cfloat(cell.cfg, "recurrent_dropout")
+        if training and rate > 0.0:
+            in_keep = self.keep(f"{key}/input", (b, f), rate)
+        if training and rrate > 0.0:
+            rec_keep = self.keep(f"{key}/recurrent", (b, cell.units), rrate)
+        if go_backwards:
+            x, m = x[:, ::-1], m[:, ::-1]
+        return _run_cell(cell, x, m, [_float(s) for s in states], masked_output, in_keep, rec_keep)
+
+    def recurrent(
+        self, info: LayerInfo, x: Array, mask: Mask, init: list[Array] | None, training: bool
+    ) -> list[tuple[Array, Mask]]:
+        cfg = info.config
+        cell = self.cell_of(info.name, "", info.kind, cfg, x.shape[2])
+        stateful = bool(cfg["stateful"])
+        go_back = bool(cfg["go_backwards"])
+        if init is None and stateful and info.name in self.init_states:
+            init = [_float(s) for s in self.init_states[info.name]]
+            if len(init) != cell.n_states:
+                raise ReferenceError(
+                    f"{info.name}: {cell.n_states} state(s) expected, got {len(init)}"
+                )
+        run = self.run_direction(
+            info.name, cell, x, mask, init, training, go_back, str(cfg["masked_output"])
+        )
+        if stateful:
+            self.final_states[info.name] = [s.copy() for s in run.states]
+        outs: list[tuple[Array, Mask]] = []
+        if cfg["return_sequences"]:
+            out_mask = None if mask is None else (mask[:, ::-1].copy() if go_back else mask)
+            outs.append((run.sequence, out_mask))
+        else:
+            outs.append((run.last, None))
+        if cfg["return_state"]:
+            outs += [(s, None) for s in run.states]
+        return outs
+
+    def bidirectional(
+        self, info: LayerInfo, x: Array, mask: Mask, init: list[Array] | None, training: bool
+    ) -> list[tuple[Array, Mask]]:
+        cfg = info.config
+        inner = cfg["layer"]
+        assert isinstance(inner, BoundLayer)
+        flags = inner.config
+        fw = self.cell_of(info.name, "forward/", inner.kind, inner.config, x.shape[2])
+        bw = self.cell_of(info.name, "backward/", inner.kind, inner.config, x.shape[2])
+        n = fw.n_states
+        init_fw = init[:n] if init is not None else None
+        init_bw = init[n:] if init is not None else None
+        r_fw = self.run_direction(
+            f"{info.name}/forward", fw, x, mask, init_fw, training, False, "zero"
+        )
+        r_bw = self.run_direction(
+            f"{info.name}/backward", bw, x, mask, init_bw, training, True, "zero"
+        )
+        if flags["return_sequences"]:
+            y_fw, y_bw = r_fw.sequence, r_bw.sequence[:, ::-1]
+            out_mask = mask
+        else:
+            y_fw, y_bw = r_fw.last, r_bw.last
+            out_mask = None
+        mode = cfg["merge_mode"]
+        if mode == "none":
+            outs = [(y_fw, out_mask), (y_bw.copy(), out_mask)]
+        else:
+            if mode == "concat":
+                y = np.concatenate([y_fw, y_bw], axis=-1)
+            elif mode == "sum":
+                y = y_fw + y_bw
+            elif mode == "mul":
+                y = y_fw * y_bw
+            elif mode == "ave":
+                y = (y_fw + y_bw) / 2.0
+            else:  # pragma: no cover
+                raise AssertionError(mode)
+            outs = [(y, out_mask)]
+        if flags["return_state"]:
+            outs += [(s, None) for s in r_fw.states + r_bw.states]
+        return outs
+
+
+def _is_stateful(info: LayerInfo) -> bool:
+    return info.kind in ("LSTM", "GRU", "SimpleRNN", "RNN") and bool(info.config.get("stateful"))
+
+
+def run_reference(
+    model: CheckedModel,
+    weights: Mapping[str, Array],
+    inputs: Sequence[Array],
+    *,
+    lengths: Mapping[str, Array] | None = None,
+    masks: Mapping[str, Array] | None = None,
+    training: bool = False,
+    dropout_masks: Mapping[str, Array] | None = None,
+    states: Mapping[str, Sequence[Array]] | None = None,
+) -> ReferenceResult:
+    """Run a checked model on NumPy inputs in float64 (see the module docstring)."""
+    stateful = {info.name for info in model.layers if _is_stateful(info)}
+    for name in states or {}:
+        if name not in stateful:
+            raise ReferenceError(
+                f"states given for {name!r}, which is not a stateful layer of {model.name}"
+            )
+    interp = _Interp(model, weights, training, dropout_masks or {}, states or {})
+    interp.bind_inputs(inputs, lengths or {}, masks or {})
+    interp.run()
+    outs: list[object] = []
+    for out in model.model.outputs:
+        arr, m = interp.values[out.name]
+        outs.append((arr, m) if out.with_mask else arr)
+    return ReferenceResult(tuple(outs), interp.values, interp.final_states, interp.updated)
