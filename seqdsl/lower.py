@@ -16,6 +16,7 @@ statement gets ``_1``, then ``_2``; inside ``repeat`` the index comes first:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from lark import Token, Tree
@@ -116,6 +117,7 @@ class _Lowerer:
         stmts = [c for c in node.children[1:] if isinstance(c, Tree)]
         user_names: set[str] = set()
         explicit: set[str] = set()
+        referenced: set[str] = set()
         for st in stmts:
             if st.data == "input_decl":
                 user_names.add(str(st.children[0]))
@@ -123,10 +125,13 @@ class _Lowerer:
                 targets = st.children[0]
                 assert isinstance(targets, Tree)
                 user_names.update(str(t) for t in targets.children)
-                for kw in st.find_data("kwarg"):
-                    key, val = kw.children
-                    if str(key) == "name" and isinstance(val, Tree) and val.data == "str_lit":
-                        explicit.add(_unquote(str(val.children[0])))
+                for sub in _subtrees(st):
+                    if sub.data == "kwarg":
+                        key, val = sub.children
+                        if str(key) == "name" and isinstance(val, Tree) and val.data == "str_lit":
+                            explicit.add(_unquote(str(val.children[0])))
+                    elif sub.data == "ref":
+                        referenced.add(str(sub.children[0]))
         scope = _Scope(self.file, user_names, explicit)
         inputs: list[InputDecl] = []
         outputs: list[OutputDecl] = []
@@ -152,12 +157,7 @@ class _Lowerer:
             span=self.span(node),
             name_span=self.span(name_tok),
             bindings=tuple(bindings),
-            referenced=frozenset(
-                str(r.children[0])
-                for st in stmts
-                if st.data == "assign"
-                for r in st.find_data("ref")
-            ),
+            referenced=frozenset(referenced),
         )
 
     # ------------------------------------------------------------- inputs
@@ -673,6 +673,16 @@ class _Lowerer:
             )
         )
         return ValueUse(res[0], sp)
+
+
+def _subtrees(tree: Tree[Token]) -> Iterator[Tree[Token]]:
+    """Every subtree, parents first (a plain stack walk; Lark's iter_subtrees
+    also deduplicates shared nodes, which a parse tree never has)."""
+    stack = [tree]
+    while stack:
+        t = stack.pop()
+        yield t
+        stack.extend(c for c in reversed(t.children) if isinstance(c, Tree))
 
 
 def _repeat_count(args: tuple[Arg, ...]) -> int | None:
