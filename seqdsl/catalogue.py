@@ -683,6 +683,8 @@ def recurrent_kernels(cfg: Config, ins: Sequence[TensorType]) -> dict[str, Kerne
     flags = cfg if kind != "Bidirectional" else _inner(cfg).config
     t = ins[0]
     mask = t.mask
+    if mask is not None and kind != "Bidirectional" and _bool(flags, "go_backwards"):
+        mask = mask.flipped()  # the layer runs on the reversed steps: post becomes pre
     act = _str(c, "activation")
     ract = _str(c, "recurrent_activation") if cell != "simple_rnn" else "sigmoid"
     rdrop = _float(c, "recurrent_dropout") > 0

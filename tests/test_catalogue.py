@@ -109,6 +109,17 @@ def kernels(layer: str, inputs: str = "input x: f32[B, T, 10] pad(post) masked")
         ("LSTM(4, unroll=true)", "input x: f32[B, 6, 10]", ("loop", "cudnn", "cudnn")),
         ("LSTM(4)", "input x: f64[B, T, 10]", ("cudnn", "cudnn", "scan")),
         ("Bidirectional(LSTM(4))", "input x: f32[B, T, 10] pad(pre) masked", ("cudnn+roll",) * 3),
+        # reversed steps of a right-padded row are left-padded
+        (
+            "LSTM(4, go_backwards=true)",
+            "input x: f32[B, T, 10] pad(post) masked",
+            ("cudnn+roll",) * 3,
+        ),
+        (
+            "LSTM(4, go_backwards=true)",
+            "input x: f32[B, T, 10] pad(pre) masked",
+            ("cudnn", "cudnn", "cudnn"),
+        ),
     ],
 )
 def test_kernel_table(layer: str, inputs: str, expected: tuple[str, str, str]) -> None:

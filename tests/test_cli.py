@@ -108,3 +108,33 @@ def test_internal_error_is_reported_without_traceback(
 def test_exit_codes_are_distinct() -> None:
     codes = {cli.EXIT_OK, cli.EXIT_USER, cli.EXIT_USAGE, cli.EXIT_INTERNAL}
     assert len(codes) == 4
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_compile_writes_a_module(
+    backend: str, files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / f"sentiment_{backend}.py"
+    assert cli.main(["compile", str(files[0]), "--backend", backend, "-o", str(out)]) == cli.EXIT_OK
+    text = out.read_text()
+    assert "Sentiment" in text and (
+        "import torch" in text if backend == "torch" else "import jax" in text
+    )
+    compile(text, str(out), "exec")  # valid Python
+    assert cli.main(["compile", str(files[0]), "--backend", backend]) == cli.EXIT_OK
+    assert capsys.readouterr().out == text  # stdout and -o agree: deterministic
+
+
+def test_compile_errors(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["compile", str(files[1]), "--backend", "torch"]) == cli.EXIT_USER
+    assert "SEQ201" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compile", str(files[0]), "--backend", "tensorflow-lite"])
+    assert e.value.code == cli.EXIT_USAGE
+    bad_dir = tmp_path / "missing" / "out.py"
+    assert (
+        cli.main(["compile", str(files[0]), "--backend", "jax", "-o", str(bad_dir)])
+        == cli.EXIT_USAGE
+    )
