@@ -18,7 +18,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Program, analyze, load, loads  # noqa: E402
+from .api import Analysis, Program, analyze, analyze_sources, load, loads  # noqa: E402
 from .diagnostics import CODES, Diagnostic, SeqError  # noqa: E402
 
-__all__ = ["CODES", "Diagnostic", "Program", "SeqError", "analyze", "load", "loads", "__version__"]
+__all__ = [
+    "CODES",
+    "Analysis",
+    "Diagnostic",
+    "Program",
+    "SeqError",
+    "analyze",
+    "analyze_sources",
+    "load",
+    "loads",
+    "__version__",
+]

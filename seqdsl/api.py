@@ -2,23 +2,32 @@
 
 Both run the pure pipeline parse -> lower -> check and return a
 :class:`Program`; user errors raise :class:`~seqdsl.diagnostics.SeqError`
-carrying every diagnostic. :func:`analyze` is the non-raising form the CLI uses.
+carrying every diagnostic. :func:`analyze` and :func:`analyze_sources` are the
+non-raising forms (the CLI uses the latter: it also returns the text of every
+file the program uses, for the excerpts of diagnostics inside them).
+
+``use "file.seq"`` is resolved against the folder of the file that writes it.
+For a program given as text, ``name`` doubles as its location: ``loads(text,
+name="models/m.seq")`` resolves like ``load("models/m.seq")``, and the default
+``"<string>"`` resolves against the current directory. ``search_path`` adds
+folders to try after that one.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ir
 from .checker import CheckedModel, check_program
 from .diagnostics import Diagnostic, SeqError
-from .lower import lower
-from .parser import ParseFailure, parse_tree
+from .imports import SearchPath, load_sources
+from .ir import LayerBlock
+from .lower import lower_sources
 
-__all__ = ["Program", "analyze", "load", "loads"]
+__all__ = ["Analysis", "Program", "analyze", "analyze_sources", "load", "loads"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,13 @@ class Program:
     ir: ir.Program
     models: tuple[CheckedModel, ...]
     diagnostics: tuple[Diagnostic, ...]
+    #: the text of every file of the program (display name -> text), this one included
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> tuple[LayerBlock, ...]:
+        """The layer blocks of the file and of every file it uses."""
+        return self.ir.blocks
 
     @property
     def warnings(self) -> tuple[Diagnostic, ...]:
@@ -72,32 +88,58 @@ class Program:
     def render_diagnostics(self, fmt: str = "full") -> str:
         from .diagnostics import render
 
-        return render(self.diagnostics, {self.file: self.source}, fmt)
+        return render(self.diagnostics, {**self.sources, self.file: self.source}, fmt)
 
 
-def analyze(text: str, name: str = "<string>") -> tuple[Program | None, list[Diagnostic]]:
+@dataclass(frozen=True)
+class Analysis:
+    """What :func:`analyze_sources` found: the program (None after a syntax error in
+    any of its files), every diagnostic, and the text of every file it read."""
+
+    program: Program | None
+    diagnostics: tuple[Diagnostic, ...]
+    sources: Mapping[str, str]
+
+    def render(self, fmt: str = "full") -> str:
+        from .diagnostics import render
+
+        return render(self.diagnostics, self.sources, fmt)
+
+
+def analyze(
+    text: str, name: str = "<string>", *, search_path: SearchPath = None
+) -> tuple[Program | None, list[Diagnostic]]:
     """Run the pipeline; return the program (None on syntax errors) and every diagnostic."""
+    a = analyze_sources(text, name, search_path=search_path)
+    return a.program, list(a.diagnostics)
+
+
+def analyze_sources(
+    text: str, name: str = "<string>", *, search_path: SearchPath = None
+) -> Analysis:
+    """Like :func:`analyze`, and also the text of every file the program uses."""
     # The pipeline allocates many small, acyclic objects that reference counting
     # frees; pausing the cyclic collector meanwhile saves 10-30% on large programs
     # (bench/bench_check.py). Cycles made meanwhile are collected afterwards.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _analyze(text, name)
+        return _analyze(text, name, search_path)
     finally:
         if enabled:
             gc.enable()
 
 
-def _analyze(text: str, name: str) -> tuple[Program | None, list[Diagnostic]]:
-    try:
-        tree = parse_tree(text, name)
-    except ParseFailure as f:
-        return None, [f.diagnostic]
-    prog, diags = lower(tree, name, text)
+def _analyze(text: str, name: str, search_path: SearchPath) -> Analysis:
+    src = load_sources(text, name, search_path)
+    sources = src.texts()
+    if not src.parsed:
+        return Analysis(None, tuple(_dedupe(src.diagnostics)), sources)
+    prog, diags = lower_sources(src)
     models, check_diags = check_program(prog)
-    all_diags = _dedupe(diags + check_diags)
-    return Program(name, text, prog, tuple(models), tuple(all_diags)), all_diags
+    all_diags = tuple(_dedupe(src.diagnostics + diags + check_diags))
+    program = Program(name, text, prog, tuple(models), all_diags, sources)
+    return Analysis(program, all_diags, sources)
 
 
 def _dedupe(diags: Sequence[Diagnostic]) -> list[Diagnostic]:
@@ -112,21 +154,21 @@ def _dedupe(diags: Sequence[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
-def _raise_on_errors(diags: Sequence[Diagnostic], name: str, text: str) -> None:
-    if any(d.is_error for d in diags):
-        raise SeqError(diags, {name: text})
+def loads(text: str, name: str = "<string>", *, search_path: SearchPath = None) -> Program:
+    """Parse and check ``text``; raise SeqError if it has errors.
+
+    ``use`` paths resolve against the folder of ``name`` (the current directory
+    for ``"<string>"``), then against each ``search_path`` folder."""
+    a = analyze_sources(text, name, search_path=search_path)
+    if a.program is None or any(d.is_error for d in a.diagnostics):
+        raise SeqError(a.diagnostics, a.sources)
+    return a.program
 
 
-def loads(text: str, name: str = "<string>") -> Program:
-    """Parse and check ``text``; raise SeqError if it has errors."""
-    prog, diags = analyze(text, name)
-    _raise_on_errors(diags, name, text)
-    assert prog is not None
-    return prog
+def load(path: str | Path, *, search_path: SearchPath = None) -> Program:
+    """Parse and check a ``.seq`` file; raise SeqError if it has errors (OSError if unreadable).
 
-
-def load(path: str | Path) -> Program:
-    """Parse and check a ``.seq`` file; raise SeqError if it has errors (OSError if unreadable)."""
+    ``use`` paths resolve against the file's folder, then each ``search_path`` folder."""
     p = Path(path)
     text = p.read_text(encoding="utf-8")
-    return loads(text, name=str(path))
+    return loads(text, name=str(path), search_path=search_path)

@@ -34,6 +34,7 @@ from .dims import Dim, divisible, exact_div, sym
 from .ir import (
     ApplyOp,
     Arg,
+    BlockInputCheck,
     DropMaskOp,
     InputDecl,
     LayerCall,
@@ -689,7 +690,7 @@ class _ModelChecker:
             ):
                 self.diag(
                     "SEQ104",
-                    f'`name="{layer.name}"` inside `repeat` gives every copy the same name',
+                    f"`name=` inside `repeat` gives every copy the same name, `{layer.name}`",
                     _name_arg_span(layer),
                     "remove `name=`: copies inside `repeat` are named automatically with the repeat index",
                 )
@@ -997,14 +998,115 @@ class _ModelChecker:
             t = outs[i] if i < len(outs) else _ERR
             self.define(n, t, spans[i] if i < len(spans) else op_span)
 
+    # ------------------------------------------------------------------ layer blocks
+    def check_block_inputs(self, checks: Sequence[BlockInputCheck]) -> bool:
+        """The values passed to one call of a layer block against its typed inputs.
+
+        Symbols in the declared shapes bind at their first use in the call, so
+        ``input a: f32[B, T, F]`` and ``input b: f32[B, T, F]`` must agree.
+        Reported at the call's argument; False if any does not fit."""
+        ok = True
+        symbols: dict[str, Dim | None] = {}
+        for chk in checks:
+            t = self.lookup(chk.value)
+            if t is _ERR:
+                continue
+            decl = chk.decl
+            related = [Related(decl.name_span, f"`{decl.name}` declared here")]
+            head = f"`{chk.block}` declares its input `{decl.name}` as"
+            if decl.is_mask:
+                if not isinstance(t, MaskType):
+                    self.diag("SEQ203", f"{head} a mask, and `{chk.value.name}` is a tensor",
+                              chk.value.span, "pass a mask value (an explicit mask input)", related)  # fmt: skip
+                    ok = False
+                    continue
+                shape: tuple[Dim | None, ...] = (t.batch, t.time)
+            else:
+                if isinstance(t, MaskType):
+                    self.mask_as_data(chk.value)
+                    ok = False
+                    continue
+                assert isinstance(t, TensorType)
+                if t.dtype != decl.dtype:
+                    self.diag("SEQ301", f"{head} {decl.dtype}, but `{chk.value.name}` is {t.dtype}",
+                              chk.value.span, f"pass a {decl.dtype} value, or change the declaration",
+                              related)  # fmt: skip
+                    ok = False
+                    continue
+                if t.rank != len(decl.dims):
+                    self.diag(
+                        "SEQ303",
+                        f"{head} rank {len(decl.dims)}, but `{chk.value.name}` is {t}",
+                        chk.value.span,
+                        "pass a value of the declared rank, or change the declaration",
+                        related,
+                    )
+                    ok = False
+                    continue
+                shape = t.shape
+            for axis, (d, actual) in enumerate(zip(decl.dims, shape, strict=True)):
+                want: Dim | None
+                if d.value is None:
+                    continue
+                if isinstance(d.value, int):
+                    want = Dim.of(d.value)
+                elif d.value in symbols:
+                    want = symbols[d.value]
+                else:
+                    symbols[d.value] = actual
+                    continue
+                if _same(want, actual):
+                    continue
+                shown = (
+                    "["
+                    + ", ".join("_" if x.value is None else str(x.value) for x in decl.dims)
+                    + "]"
+                )
+                code = (
+                    "SEQ307"
+                    if axis == 0
+                    else "SEQ401"
+                    if axis == 1 and len(shape) >= 3 or decl.is_mask
+                    else "SEQ302"
+                )
+                self.diag(
+                    code,
+                    f"{head} {decl.dtype}{shown}, but `{chk.value.name}` has `{_f(actual)}` "
+                    f"where `{d.value}` {'is bound to' if isinstance(d.value, str) else 'is'} "
+                    f"`{_f(want)}` (axis {axis})",
+                    chk.value.span,
+                    "pass a value of the declared shape: a symbol means the same size "
+                    "everywhere in one call",
+                    related,
+                )
+                ok = False
+                break
+        return ok
+
     # ------------------------------------------------------------------ model
     def run(self) -> CheckedModel:
         m = self.model
         produced = {r for op in m.ops for r in op.results}
-        self.failed = {n for n, _ in m.bindings} - produced
+        self.failed = ({n for n, _ in m.bindings} | m.internal) - produced
         for inp in m.inputs:
             self.check_input(inp)
-        for i, op in enumerate(m.ops):
+        calls: dict[int, list[BlockInputCheck]] = {}  # one list per call of a block
+        for chk in m.block_checks:
+            calls.setdefault(chk.call, []).append(chk)
+        starting: dict[int, list[list[BlockInputCheck]]] = {}
+        for group in sorted(calls.values(), key=lambda g: g[0].call):
+            starting.setdefault(min(group[0].start, len(m.ops)), []).append(group)
+        skip_to = 0
+        for i in range(len(m.ops) + 1):
+            for group in starting.get(i, ()):
+                if not self.check_block_inputs(group):
+                    skip_to = max(skip_to, group[0].end)
+            if i == len(m.ops):
+                break
+            op = m.ops[i]
+            if i < skip_to:  # the expansion of a block called with a value of the wrong type
+                self.bind_results(op.results, [_ERR] * len(op.results), (), op.span, silent=True)
+                continue
             self.check_op(i, op)
         seen: dict[str, Span] = {}
         if not m.outputs:

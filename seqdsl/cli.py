@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
-from .api import Program, analyze
+from .api import Program, analyze_sources
 from .diagnostics import Diagnostic, render
 
 EXIT_OK = 0
@@ -75,31 +75,33 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _emit(diags: Sequence[Diagnostic], sources: dict[str, str], fmt: str) -> None:
+def _emit(diags: Sequence[Diagnostic], sources: Mapping[str, str], fmt: str) -> None:
     if fmt == "json" or diags:
         sys.stdout.write(render(diags, sources, fmt))
 
 
 def _check(args: argparse.Namespace) -> int:
     all_diags: list[Diagnostic] = []
-    sources: dict[str, str] = {}
+    sources: dict[str, str] = {}  # every file read, the ones that others use included
     io_error = False
+    n_files = 0
     n_models = 0
     for f in args.files:
         text = _read(f)
         if text is None:
             io_error = True
             continue
-        sources[f] = text
-        prog, diags = analyze(text, f)
-        all_diags += diags
-        if prog is not None:
-            n_models += len(prog.models)
+        n_files += 1
+        a = analyze_sources(text, f)
+        sources.update(a.sources)
+        all_diags += a.diagnostics
+        if a.program is not None:
+            n_models += len(a.program.models)
     _emit(all_diags, sources, args.output_format)
     errors = sum(1 for d in all_diags if d.is_error)
     if args.output_format == "full" and not errors and not io_error:
         warns = len(all_diags)
-        print(f"ok: {len(sources)} file(s), {n_models} model(s), {warns} warning(s)")
+        print(f"ok: {n_files} file(s), {n_models} model(s), {warns} warning(s)")
     if errors:
         return EXIT_USER
     return EXIT_USAGE if io_error else EXIT_OK
@@ -109,10 +111,11 @@ def _summary(args: argparse.Namespace) -> int:
     text = _read(args.file)
     if text is None:
         return EXIT_USAGE
-    prog, diags = analyze(text, args.file)
+    a = analyze_sources(text, args.file)
+    prog, diags, sources = a.program, a.diagnostics, a.sources
     errors = [d for d in diags if d.is_error]
     if errors or prog is None:
-        _emit(diags, {args.file: text}, args.output_format)
+        _emit(diags, sources, args.output_format)
         return EXIT_USER
     assert isinstance(prog, Program)
     if args.model is not None and args.model not in {m.name for m in prog.models}:
@@ -123,7 +126,7 @@ def _summary(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     if diags and args.output_format != "json":
-        sys.stderr.write(render(diags, {args.file: text}, args.output_format))
+        sys.stderr.write(render(diags, sources, args.output_format))
     sys.stdout.write(prog.summary(args.model, "json" if args.format == "json" else "text"))
     return EXIT_OK
 
@@ -132,9 +135,10 @@ def _compile(args: argparse.Namespace) -> int:
     text = _read(args.file)
     if text is None:
         return EXIT_USAGE
-    prog, diags = analyze(text, args.file)
+    a = analyze_sources(text, args.file)
+    prog, diags, sources = a.program, a.diagnostics, a.sources
     if prog is None or any(d.is_error for d in diags):
-        _emit(diags, {args.file: text}, args.output_format)
+        _emit(diags, sources, args.output_format)
         return EXIT_USER
     if args.model is not None and args.model not in {m.name for m in prog.models}:
         names = ", ".join(m.name for m in prog.models)
@@ -144,7 +148,7 @@ def _compile(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     if diags and args.output_format != "json":
-        sys.stderr.write(render(diags, {args.file: text}, args.output_format))
+        sys.stderr.write(render(diags, sources, args.output_format))
     code = prog.compile(args.backend, args.model)
     if args.output:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +23,7 @@ __all__ = [
     "Related",
     "SeqError",
     "did_you_mean",
+    "expansion_notes",
     "render",
     "render_json",
 ]
@@ -51,6 +52,9 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ007", "error", "unknown dtype"),
     ("SEQ008", "error", "model has no output"),
     ("SEQ009", "error", "invalid decorator"),
+    ("SEQ010", "error", "invalid layer block"),
+    ("SEQ011", "error", "imported file not found"),
+    ("SEQ012", "error", "import cycle"),
     # names
     ("SEQ101", "error", "undefined name"),
     ("SEQ102", "error", "name defined twice"),
@@ -60,6 +64,10 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ106", "error", "mask value used as data"),
     ("SEQ107", "error", "output declared twice"),
     ("SEQ108", "error", "`with mask` on an output that has no mask"),
+    ("SEQ109", "error", "layer block shadows a built-in name"),
+    ("SEQ110", "error", "layer block defined twice"),
+    ("SEQ111", "error", "layer blocks call each other in a cycle"),
+    ("SEQ112", "error", "two files define a layer block of the same name"),
     # arguments
     ("SEQ201", "error", "unknown argument"),
     ("SEQ202", "error", "unsupported Keras argument"),
@@ -68,6 +76,7 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ205", "error", "argument given twice or too many positional arguments"),
     ("SEQ206", "error", "data argument in a constructor, or configuration in a call"),
     ("SEQ207", "error", "argument out of range"),
+    ("SEQ208", "error", "layer block called with the wrong inputs"),
     # shapes and dtypes
     ("SEQ301", "error", "dtype mismatch"),
     ("SEQ302", "error", "feature size mismatch"),
@@ -125,8 +134,13 @@ class Diagnostic:
         hint: str | None = None,
         related: Sequence[Related] = (),
     ) -> Diagnostic:
+        """A diagnostic of ``code``; a span inside an expanded ``layer`` block adds
+        one note per call site, innermost first ("in expansion of `Encoder`")."""
         info = CODES[code]
-        return Diagnostic(code, message, span, hint, tuple(related), info.severity)
+        notes = tuple(related)
+        if span is not None and span.via:
+            notes += expansion_notes(span)
+        return Diagnostic(code, message, span, hint, notes, info.severity)
 
     @property
     def is_error(self) -> bool:
@@ -159,10 +173,17 @@ class Diagnostic:
         return d
 
 
+def expansion_notes(span: Span) -> tuple[Related, ...]:
+    """The call sites a span inside an expanded ``layer`` block came through, innermost first."""
+    return tuple(
+        Related(e.call, f"in expansion of `{e.block}` called here") for e in reversed(span.via)
+    )
+
+
 class SeqError(Exception):
     """Raised by the Python API when a program has errors; carries every diagnostic."""
 
-    def __init__(self, diagnostics: Sequence[Diagnostic], sources: dict[str, str] | None = None):
+    def __init__(self, diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None = None):
         self.diagnostics = tuple(diagnostics)
         self.sources = dict(sources or {})
         errors = [d for d in self.diagnostics if d.is_error]
@@ -185,7 +206,7 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return lower[hits[0]] if hits else None
 
 
-def _excerpt(span: Span, sources: dict[str, str]) -> list[str]:
+def _excerpt(span: Span, sources: Mapping[str, str]) -> list[str]:
     text = sources.get(span.file)
     if text is None:
         return []
@@ -214,7 +235,7 @@ def _sort_key(d: Diagnostic) -> tuple[str, int, int, str]:
     return (d.span.file, d.span.line, d.span.col, d.code)
 
 
-def render(diags: Sequence[Diagnostic], sources: dict[str, str], fmt: str = "full") -> str:
+def render(diags: Sequence[Diagnostic], sources: Mapping[str, str], fmt: str = "full") -> str:
     """Render diagnostics as ``full`` (with excerpts), ``concise`` (one line each) or ``json``."""
     ordered = sorted(diags, key=_sort_key)
     if fmt == "json":

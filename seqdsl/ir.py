@@ -5,14 +5,19 @@ sees a Lark object. A model body is in SSA form: a tuple of operations, each
 producing named values. Pipes and nested expressions are flattened into
 operations whose intermediate values are named after the layer that made them;
 ``repeat`` blocks are unrolled with the repeat index in each layer's name.
+Calls of ``layer`` blocks (composites) are expanded into the operations of
+their bodies; spans inside an expansion carry the chain of call sites
+(:attr:`Span.via`), so a diagnostic there can say where the block was called.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = [
     "Span",
+    "Expansion",
     "Literal",
     "Arg",
     "LayerCall",
@@ -25,6 +30,9 @@ __all__ = [
     "DimDecl",
     "InputDecl",
     "OutputDecl",
+    "BlockInputCheck",
+    "ParamDecl",
+    "LayerBlock",
     "Model",
     "Program",
     "MERGE_FUNCTIONS",
@@ -41,9 +49,20 @@ class Span:
     col: int
     end_line: int
     end_col: int
+    #: for a span inside an expanded ``layer`` block: the calls that expanded it,
+    #: outermost first (empty elsewhere)
+    via: tuple[Expansion, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """One step of an expansion chain: ``block`` was called at ``call``."""
+
+    block: str
+    call: Span
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,46 @@ class OutputDecl:
 
 
 @dataclass(frozen=True)
+class BlockInputCheck:
+    """A typed input of a ``layer`` block, checked against the value passed at a call.
+
+    ``ops[start:end]`` are the operations of that expansion: when the value does
+    not fit the declared type, the checker reports it at the call and skips them.
+    """
+
+    block: str
+    value: ValueUse
+    decl: InputDecl
+    start: int
+    end: int
+    #: which call (one number per expansion): symbols bind per call
+    call: int = 0
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    type: str
+    default: Literal | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class LayerBlock:
+    """A ``layer Name(params) { ... }`` definition (its body is expanded at each call)."""
+
+    name: str
+    file: str
+    params: tuple[ParamDecl, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    span: Span
+    name_span: Span
+    #: False when the definition has errors (its calls are then not expanded)
+    ok: bool = True
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     inputs: tuple[InputDecl, ...]
@@ -193,6 +252,10 @@ class Model:
     bindings: tuple[tuple[str, Span], ...] = ()
     #: every name a statement refers to, including statements that failed to lower
     referenced: frozenset[str] = frozenset()
+    #: typed inputs of the layer blocks expanded into this model
+    block_checks: tuple[BlockInputCheck, ...] = ()
+    #: values bound inside expanded layer blocks (not user names: never "unused")
+    internal: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -200,3 +263,7 @@ class Program:
     file: str
     source: str
     models: tuple[Model, ...]
+    #: the layer blocks of the file and of every file it uses
+    blocks: tuple[LayerBlock, ...] = ()
+    #: the text of every file of the program (display name -> text), this one included
+    sources: Mapping[str, str] = field(default_factory=dict)

@@ -16,7 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from .diagnostics import Diagnostic
 from .ir import Span
 
-__all__ = ["grammar_text", "parse_tree", "ParseFailure"]
+__all__ = ["grammar_text", "parse_tree", "ParseFailure", "unquote"]
 
 
 def grammar_text() -> str:
@@ -39,6 +39,12 @@ def _parser() -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
     )
+
+
+def unquote(s: str) -> str:
+    """The value of a STRING token (quotes removed, escapes decoded)."""
+    body = s[1:-1]
+    return body.encode("utf-8").decode("unicode_escape") if "\\" in body else body
 
 
 class ParseFailure(Exception):
@@ -70,7 +76,7 @@ _EXAMPLES: dict[str, tuple[str, str, list[str]]] = {
         ["model M { x = a -> LSTM(3)(m) }", "model M { x = a -> LSTM(3)(mask=m) }"],
     ),
     "statement-outside-model": (
-        "statements must be inside a `model Name { ... }` block",
+        "statements must be inside a `model Name { ... }` or `layer Name(...) { ... }` block",
         "wrap the statements in `model MyModel { ... }`",
         ["x = a", "input x: f32[B, T, 3]", "output x"],
     ),
@@ -149,12 +155,14 @@ def parse_tree(text: str, file: str) -> Tree[Token]:
 
 
 def _variants(examples: list[str]) -> list[str]:
-    """Each example, also after a first statement: the parser states differ there."""
+    """Each example, also after a first statement and inside a layer block: the
+    parser states differ there."""
     out = list(examples)
     head = "model M { "
     for e in examples:
         if e.startswith(head):
             out.append(head + "input a: f32[B, T, 3] " + e[len(head) :])
+            out.append("layer L(p: int) { input a " + e[len(head) :])
     return out
 
 

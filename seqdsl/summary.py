@@ -172,6 +172,8 @@ def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
                     else None
                 ),
                 "line": layer.span.line,
+                # a layer of an expanded `layer` block: the file that defines the block
+                "source": layer.span.file,
             }
             for layer in m.layers
         ]

@@ -97,7 +97,7 @@ def test_internal_error_is_reported_without_traceback(
     def boom(text: str, name: str) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(cli, "analyze", boom)
+    monkeypatch.setattr(cli, "analyze_sources", boom)
     assert cli.main(["check", str(files[0])]) == cli.EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: simulated bug" in err and "Traceback" not in err

@@ -7,11 +7,17 @@
 giving every diagnostic the checker must report (code and the 1-based position
 of the offending token), no more and no fewer. ``tests/valid/<stem>.seq`` is
 the same program with the mistake fixed: it must check with no diagnostic at all.
+
+Only the top-level files are programs: a subfolder holds the files they
+``use``. A diagnostic located in such a file is expected as
+``# expect: SEQnnn path/to/other.seq:line:col``, the path relative to the
+program's folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,9 +34,10 @@ ROOT = HERE.parent
 INVALID = sorted((HERE / "invalid").glob("*.seq"))
 VALID = sorted((HERE / "valid").glob("*.seq"))
 
-_EXPECT = re.compile(r"^#\s*expect:\s*(SEQ\d{3})\s+(\d+):(\d+)\s*$")
+_EXPECT = re.compile(r"^#\s*expect:\s*(SEQ\d{3})\s+(?:([\w./-]+\.seq):)?(\d+):(\d+)\s*$")
 
-Key = tuple[str, int, int]
+#: (code, file relative to the program's folder or "" for the program, line, col)
+Key = tuple[str, str, int, int]
 
 
 def _name(path: Path) -> str:
@@ -43,20 +50,34 @@ def expectations(path: Path) -> set[Key]:
         if re.match(r"\s*#\s*expect\b", line):
             m = _EXPECT.match(line.strip())
             assert m, f"{path.name}: malformed expectation line: {line!r}"
-            out.add((m.group(1), int(m.group(2)), int(m.group(3))))
+            out.add((m.group(1), m.group(2) or "", int(m.group(3)), int(m.group(4))))
     return out
 
 
+def _analysis(path: Path) -> seqdsl.Analysis:
+    # the folder is also on the search path: the names stay relative to the
+    # checkout, and `use` still resolves when the tests run from another folder
+    return seqdsl.analyze_sources(
+        path.read_text(encoding="utf-8"), _name(path), search_path=[path.parent]
+    )
+
+
 def _analyze(path: Path) -> list[seqdsl.Diagnostic]:
-    _, diags = seqdsl.analyze(path.read_text(encoding="utf-8"), _name(path))
-    return diags
+    return list(_analysis(path).diagnostics)
 
 
-def _keys(diags: list[seqdsl.Diagnostic]) -> set[Key]:
+def _file_key(path: Path, file: str) -> str:
+    """How an expectation names the file a diagnostic is in ("" for the program itself)."""
+    if file == _name(path):
+        return ""
+    return Path(os.path.relpath(Path(file).resolve(), path.parent.resolve())).as_posix()
+
+
+def _keys(path: Path, diags: list[seqdsl.Diagnostic]) -> set[Key]:
     keys = set()
     for d in diags:
         assert d.span is not None, f"{d.code} has no location: {d.message}"
-        keys.add((d.code, d.span.line, d.span.col))
+        keys.add((d.code, _file_key(path, d.span.file), d.span.line, d.span.col))
     return keys
 
 
@@ -64,11 +85,12 @@ def _keys(diags: list[seqdsl.Diagnostic]) -> set[Key]:
 def test_invalid_program(path: Path) -> None:
     expected = expectations(path)
     assert expected, f"{path.name} has no `# expect:` line"
-    diags = _analyze(path)
-    got = _keys(diags)
+    a = _analysis(path)
+    diags = list(a.diagnostics)
+    got = _keys(path, diags)
     assert got == expected, (
         f"\nmissing: {sorted(expected - got)}\nunexpected: {sorted(got - expected)}\n"
-        + render(diags, {_name(path): path.read_text(encoding="utf-8")}, "concise")
+        + a.render("concise")
     )
     assert len(diags) == len(got), "a diagnostic is reported twice at one place"
     for d in diags:
@@ -78,8 +100,8 @@ def test_invalid_program(path: Path) -> None:
 @pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
 def test_valid_twin(path: Path) -> None:
     assert not expectations(path), f"{path.name}: a valid program expects nothing"
-    diags = _analyze(path)
-    assert diags == [], render(diags, {_name(path): path.read_text(encoding="utf-8")}, "concise")
+    a = _analysis(path)
+    assert a.program is not None and a.diagnostics == (), a.render("concise")
 
 
 def test_every_valid_file_is_a_twin() -> None:
@@ -97,7 +119,7 @@ def test_every_code_has_an_invalid_program_and_a_twin() -> None:
     twins = {p.stem for p in VALID}
     by_code: dict[str, set[str]] = {}
     for p in INVALID:
-        for code, _, _ in expectations(p):
+        for code, _, _, _ in expectations(p):
             assert code in CODES, f"{p.name} expects an unregistered code {code}"
             by_code.setdefault(code, set()).add(p.stem)
     no_program = sorted(set(CODES) - set(by_code))
@@ -108,14 +130,15 @@ def test_every_code_has_an_invalid_program_and_a_twin() -> None:
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_full_rendering(path: Path) -> None:
-    text = path.read_text(encoding="utf-8")
-    name = _name(path)
-    diags = _analyze(path)
-    out = render(diags, {name: text}, "full")
+    a = _analysis(path)
+    diags = list(a.diagnostics)
+    out = render(diags, a.sources, "full")
     lines = out.splitlines()
     for d in diags:
         assert d.span is not None
-        head = f"{name}:{d.span.line}:{d.span.col}: {d.severity}[{d.code}]: {d.message}"
+        # a diagnostic in a file the program uses shows that file's line
+        text = a.sources[d.span.file]
+        head = f"{d.span.file}:{d.span.line}:{d.span.col}: {d.severity}[{d.code}]: {d.message}"
         assert head in lines, out
         block = lines[lines.index(head) :]
         end = block.index("") if "" in block else len(block)

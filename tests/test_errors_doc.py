@@ -2,7 +2,8 @@
 
 Each ``## SEQnnn — title`` section holds a "Bad" ```seq block that must produce
 that code and a "Fixed" ```seq block that must check clean (no diagnostics at
-all, warnings included).
+all, warnings included). A block labelled "File `lib.seq`:" is a file the
+examples ``use``: it is written to a temporary folder on their search path.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Section:
     body: str
     bad: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def _sections() -> list[Section]:
@@ -50,12 +52,15 @@ def _sections() -> list[Section]:
         cur.body = "".join(lines)
         out.append(cur)
     for s in out:
-        # a block belongs to the nearest "Bad:" / "Fixed:" label before it
+        # a block belongs to the nearest "Bad:" / "Fixed:" / "File `x.seq`:" label before it
         for fm in _FENCE.finditer(s.body):
             before = s.body[: fm.start()]
-            labels = re.findall(r"^(Bad|Fixed):\s*$", before, re.M)
+            labels = re.findall(r"^(Bad|Fixed|File `[\w./-]+`):\s*$", before, re.M)
             assert labels, f"{s.code}: a ```seq block without a Bad:/Fixed: label"
-            (s.bad if labels[-1] == "Bad" else s.fixed).append(fm.group(1))
+            if labels[-1].startswith("File"):
+                s.files[labels[-1][6:-1]] = fm.group(1)
+            else:
+                (s.bad if labels[-1] == "Bad" else s.fixed).append(fm.group(1))
     return out
 
 
@@ -63,9 +68,11 @@ SECTIONS = _sections()
 BY_CODE = {s.code: s for s in SECTIONS}
 
 
-def _codes(text: str, name: str) -> list[str]:
-    _, diags = seqdsl.analyze(text, name)
-    return [d.code for d in diags]
+def _analyze(s: Section, text: str, name: str, tmp: Path) -> seqdsl.Analysis:
+    for rel, body in s.files.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(body, encoding="utf-8")
+    return seqdsl.analyze_sources(text, name, search_path=[tmp] if s.files else None)
 
 
 def test_every_code_is_documented_in_order() -> None:
@@ -105,19 +112,21 @@ def test_section_has_explanation_and_examples(code: str) -> None:
 
 
 @pytest.mark.parametrize("code", list(CODES))
-def test_bad_example_produces_its_code(code: str) -> None:
+def test_bad_example_produces_its_code(code: str, tmp_path: Path) -> None:
     s = BY_CODE[code]
     for i, text in enumerate(s.bad):
-        codes = _codes(text, f"errors.md:{code}:bad{i}")
+        codes = [
+            d.code for d in _analyze(s, text, f"errors.md:{code}:bad{i}", tmp_path).diagnostics
+        ]
         assert code in codes, f"{code}: the Bad example gives {codes}"
 
 
 @pytest.mark.parametrize("code", list(CODES))
-def test_fixed_example_checks_clean(code: str) -> None:
+def test_fixed_example_checks_clean(code: str, tmp_path: Path) -> None:
     s = BY_CODE[code]
     for i, text in enumerate(s.fixed):
-        prog, diags = seqdsl.analyze(text, f"errors.md:{code}:fixed{i}")
-        assert prog is not None
-        assert not diags, f"{code}: the Fixed example gives " + ", ".join(
-            f"{d.code} {d.message}" for d in diags
+        a = _analyze(s, text, f"errors.md:{code}:fixed{i}", tmp_path)
+        assert a.program is not None
+        assert not a.diagnostics, f"{code}: the Fixed example gives " + ", ".join(
+            f"{d.code} {d.message}" for d in a.diagnostics
         )

@@ -272,6 +272,23 @@ def _masked_floats(keras: Any) -> Any:
     return keras.Model(feats, L.LSTM(32, name="x_lstm")(x))
 
 
+def _composite_encoder(keras: Any) -> Any:
+    # the expansion of the layer blocks, written out: the names pin the naming scheme
+    L = keras.layers
+    source = keras.Input((None,), dtype="int32")
+    target = keras.Input((None,), dtype="int32")
+    x = L.Embedding(1000, 64, mask_zero=True, name="src_embedding")(source)
+    for i in range(2):
+        x = L.LSTM(64, return_sequences=True, name=f"encoder_h_r{i}_lstm")(x)
+        x = L.Dropout(0.1, name=f"encoder_h_r{i}_dropout")(x)
+    _, h, c = L.LSTM(64, return_state=True, name="encoder_out_lstm")(x)
+    y = L.Embedding(2000, 64, mask_zero=True, name="logits_decoder_e_embedding")(target)
+    y = L.LSTM(64, return_sequences=True, name="logits_decoder_y_lstm")(y, initial_state=[h, c])
+    head = "logits_decoder_probs_step_classifier_y_time_distributed"
+    y = L.TimeDistributed(L.Dense(10, activation="softmax"), name=head)(y)
+    return keras.Model([source, target], y)
+
+
 #: example -> Keras twin; layers the twin cannot express (TemporalSoftmax,
 #: TemporalSplit, drop_mask) have no parameters and are left out of it.
 TWINS: dict[str, Twin] = {
@@ -291,6 +308,7 @@ TWINS: dict[str, Twin] = {
     "stacked_lstm_repeat": _stacked,
     "masking_temporal_softmax": _temporal_softmax,
     "masking_layer_float": _masked_floats,
+    "composite_encoder": _composite_encoder,
 }
 
 #: the numbers printed in the seed guides: total and per layer
