@@ -1,0 +1,572 @@
+"""The code the Keras emitter copies into generated modules, as text.
+
+Each snippet is a piece of standalone Python that uses only ``numpy``,
+``keras`` and ``keras.ops`` (so it runs on Keras' TensorFlow, JAX and torch
+backends). The emitter includes the snippets a model needs, with their
+dependencies, in the order of :data:`SNIPPETS`. This module only holds text:
+it imports no framework.
+
+docs/backend-keras.md explains each custom layer and why Keras' own layer does
+not do (Keras' deviations from docs/semantics.md, cuDNN eligibility).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SNIPPETS", "Snippet", "closure", "class_names"]
+
+
+@dataclass(frozen=True)
+class Snippet:
+    name: str
+    text: str
+    deps: tuple[str, ...] = ()
+    #: the class or function names the snippet defines at module level
+    defines: tuple[str, ...] = ()
+
+
+SNIPPETS: dict[str, Snippet] = {}
+
+
+def _add(name: str, text: str, deps: tuple[str, ...] = (), defines: tuple[str, ...] = ()) -> None:
+    SNIPPETS[name] = Snippet(name, text.strip("\n") + "\n", deps, defines or (name,))
+
+
+# --------------------------------------------------------------------------
+# masks
+
+_add(
+    "_MaskLayer",
+    '''
+class _MaskLayer(keras.layers.Layer):
+    """Base of the layers that compute masks: boolean outputs, which carry no
+    Keras mask themselves. (Overriding compute_mask also makes Keras accept
+    masked inputs here without warning that the mask is dropped.)"""
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
+''',
+)
+
+_add(
+    "LengthsToMask",
+    '''
+@_register
+class LengthsToMask(_MaskLayer):
+    """The mask of a `masked` input from its lengths: mask[b, t] = t < lengths[b]
+    for side "post", t >= T - lengths[b] for side "pre"."""
+
+    def __init__(self, side="post", **kwargs):
+        super().__init__(**kwargs)
+        self.side = side
+
+    def call(self, inputs, lengths):
+        steps = ops.shape(inputs)[1]
+        t = ops.arange(steps, dtype="int32")[None, :]
+        n = ops.cast(lengths, "int32")[:, None]
+        if self.side == "post":
+            return ops.less(t, n)
+        return ops.greater_equal(t, steps - n)
+
+    def get_config(self):
+        return {**super().get_config(), "side": self.side}
+''',
+    ("_MaskLayer",),
+)
+
+_add(
+    "NonZeroMask",
+    '''
+@_register
+class NonZeroMask(_MaskLayer):
+    """The mask of Embedding(mask_zero=true): ids != 0."""
+
+    def call(self, ids):
+        return ops.not_equal(ids, 0)
+''',
+    ("_MaskLayer",),
+)
+
+_add(
+    "MaskingMask",
+    '''
+@_register
+class MaskingMask(_MaskLayer):
+    """The mask of Masking(mask_value): a step is valid when any of its features
+    differs from mask_value (NaN never masks)."""
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = mask_value
+
+    def call(self, inputs):
+        return ops.any(ops.not_equal(inputs, self.mask_value), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
+''',
+    ("_MaskLayer",),
+)
+
+_add(
+    "MaskAnd",
+    '''
+@_register
+class MaskAnd(_MaskLayer):
+    """The mask of a merge: a step is valid where every masked input is valid.
+    (Keras' merge layers OR the masks, and drop them when one input is unmasked.)"""
+
+    def call(self, masks):
+        out = masks[0]
+        for m in masks[1:]:
+            out = ops.logical_and(out, m)
+        return out
+''',
+    ("_MaskLayer",),
+)
+
+_add(
+    "ConcatMasks",
+    '''
+@_register
+class ConcatMasks(_MaskLayer):
+    """The mask of concat(..., axis=time): the parts' masks joined in time. An
+    unmasked part is passed as its value (masked[i] false) and counts as all valid."""
+
+    def __init__(self, masked=(), **kwargs):
+        super().__init__(**kwargs)
+        self.masked = tuple(masked)
+
+    def call(self, parts):
+        masks = [
+            p if is_mask else ops.ones(ops.shape(p)[:2], dtype="bool")
+            for p, is_mask in zip(parts, self.masked, strict=True)
+        ]
+        return ops.concatenate(masks, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "masked": list(self.masked)}
+''',
+    ("_MaskLayer",),
+)
+
+_add(
+    "FlipTime",
+    '''
+@_register
+class FlipTime(_MaskLayer):
+    """The output mask of a go_backwards layer: its outputs are in reversed time
+    order, and so is their mask (Keras keeps the input mask unflipped)."""
+
+    def call(self, mask):
+        return ops.flip(mask, axis=1)
+''',
+    ("_MaskLayer",),
+)
+
+_add(
+    "_window_mask",
+    '''
+def _window_mask(mask, size, strides, dilation, padding):
+    """The output mask of a convolution or pooling window: with padding "valid" a
+    step is valid iff its whole window is; with "same" and "causal" iff its
+    anchor input step j * strides is (docs/semantics.md, section 3)."""
+    if padding != "valid":
+        return mask[:, ::strides]
+    count = ops.conv(
+        ops.cast(mask, "float32")[:, :, None],
+        ops.ones((size, 1, 1), dtype="float32"),
+        strides=strides,
+        padding="valid",
+        dilation_rate=dilation,
+    )
+    return ops.greater(count[:, :, 0], size - 0.5)
+''',
+)
+
+_add(
+    "WindowMask",
+    '''
+@_register
+class WindowMask(_MaskLayer):
+    """The output mask of Conv1D / MaxPooling1D / AveragePooling1D on a masked input."""
+
+    def __init__(self, size=1, strides=1, dilation=1, padding="valid", **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.strides, self.dilation, self.padding = size, strides, dilation, padding
+
+    def call(self, mask):
+        return _window_mask(mask, self.size, self.strides, self.dilation, self.padding)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "size": self.size,
+            "strides": self.strides,
+            "dilation": self.dilation,
+            "padding": self.padding,
+        }
+''',
+    ("_MaskLayer", "_window_mask"),
+)
+
+_add(
+    "DropMask",
+    '''
+@_register
+class DropMask(keras.layers.Layer):
+    """drop_mask: the same values, with no Keras mask attached (so that no later
+    layer picks one up implicitly)."""
+
+    def call(self, inputs):
+        return ops.copy(inputs)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
+''',
+)
+
+_add(
+    "WithMask",
+    '''
+@_register
+class WithMask(keras.layers.Layer):
+    """The same values, carrying the given mask as their Keras mask: an output
+    whose Keras mask would differ from its seqdsl mask (after a merge, a custom
+    layer...) gets the right one, e.g. for the loss masking of fit()."""
+
+    def call(self, inputs, mask=None):
+        return ops.copy(inputs)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+''',
+)
+
+# --------------------------------------------------------------------------
+# layers that use the mask where Keras does not
+
+_add(
+    "MaskedConv1D",
+    '''
+@_register
+class MaskedConv1D(keras.layers.Conv1D):
+    """keras.layers.Conv1D that zeroes the masked input steps first (Keras drops
+    the mask with a warning and convolves the padding). Same weights and config."""
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            inputs = ops.where(mask[:, :, None], inputs, ops.zeros_like(inputs))
+        return super().call(inputs)
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # the output mask is computed by WindowMask
+''',
+)
+
+_add(
+    "_window_sum",
+    '''
+def _window_sum(x, size, strides, padding):
+    """The sum over each pooling window of x [B, T, C], TensorFlow's windows (the
+    padding of "same" adds zeros), as a depthwise convolution with a kernel of ones:
+    Keras' torch backend repeats the edge value into asymmetric "same" padding."""
+    kernel = ops.ones((size, x.shape[-1], 1), dtype=x.dtype)
+    return ops.depthwise_conv(x, kernel, strides=strides, padding=padding)
+''',
+)
+
+_add(
+    "MaskedMaxPooling1D",
+    '''
+@_register
+class MaskedMaxPooling1D(keras.layers.MaxPooling1D):
+    """MaxPooling1D over the valid steps of each window, 0 where a window has none
+    (Keras pools over the padding)."""
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return super().call(inputs)
+        valid = ops.cast(mask, inputs.dtype)[:, :, None]
+        low = ops.where(mask[:, :, None], inputs, ops.full_like(inputs, -np.inf))
+        top = ops.max_pool(low, self.pool_size, self.strides, self.padding, self.data_format)
+        count = _window_sum(valid, self.pool_size[0], self.strides[0], self.padding)
+        return ops.where(ops.greater(count, 0), top, ops.zeros_like(top))
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # the output mask is computed by WindowMask
+''',
+    ("_window_sum",),
+)
+
+_add(
+    "MaskedAveragePooling1D",
+    '''
+@_register
+class MaskedAveragePooling1D(keras.layers.AveragePooling1D):
+    """AveragePooling1D over the valid steps of each window, 0 where a window has
+    none (Keras averages over the padding). Also used without a mask for
+    padding="same", which it computes as TensorFlow does on every backend."""
+
+    def call(self, inputs, mask=None):
+        if mask is None and self.padding == "valid":
+            return super().call(inputs)
+        if mask is None:
+            valid = ops.ones_like(inputs[:, :, :1])
+        else:
+            valid = ops.cast(mask, inputs.dtype)[:, :, None]
+        args = (self.pool_size[0], self.strides[0], self.padding)
+        total = _window_sum(inputs * valid, *args)
+        count = _window_sum(valid, *args)
+        some = ops.greater(count, 0)
+        return ops.where(
+            some, total / ops.where(some, count, ops.ones_like(count)), ops.zeros_like(total)
+        )
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # the output mask is computed by WindowMask
+''',
+    ("_window_sum",),
+)
+
+_add(
+    "MaskedGlobalMaxPooling1D",
+    '''
+@_register
+class MaskedGlobalMaxPooling1D(keras.layers.GlobalMaxPooling1D):
+    """GlobalMaxPooling1D over the valid steps, 0 for an empty row (Keras'
+    GlobalMaxPooling1D takes no mask and lets the padding into the max)."""
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return super().call(inputs)
+        low = ops.where(mask[:, :, None], inputs, ops.full_like(inputs, -np.inf))
+        top = ops.max(low, axis=1, keepdims=self.keepdims)
+        some = (
+            ops.any(mask, axis=1)[:, None, None]
+            if self.keepdims
+            else ops.any(mask, axis=1)[:, None]
+        )
+        return ops.where(some, top, ops.zeros_like(top))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+''',
+)
+
+_add(
+    "MaskedGlobalAveragePooling1D",
+    '''
+@_register
+class MaskedGlobalAveragePooling1D(keras.layers.GlobalAveragePooling1D):
+    """GlobalAveragePooling1D over the valid steps, 0 for an empty row (Keras
+    gives NaN there: 0 / 0)."""
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return super().call(inputs)
+        valid = ops.cast(mask, inputs.dtype)[:, :, None]
+        total = ops.sum(inputs * valid, axis=1, keepdims=self.keepdims)
+        count = ops.sum(valid, axis=1, keepdims=self.keepdims)
+        some = ops.greater(count, 0)
+        return ops.where(
+            some, total / ops.where(some, count, ops.ones_like(count)), ops.zeros_like(total)
+        )
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+''',
+)
+
+_add(
+    "TemporalSoftmax",
+    '''
+@_register
+class TemporalSoftmax(keras.layers.Layer):
+    """Softmax over time at the valid steps of each row, per feature
+    (max-subtracted); 0 at masked steps and for an empty row. The masking
+    guide's TemporalSoftmax as it was meant (its version sums over the last
+    axis, giving ones and NaN)."""
+
+    def call(self, inputs, mask=None):
+        valid = mask[:, :, None]
+        top = ops.max(
+            ops.where(valid, inputs, ops.full_like(inputs, -np.inf)), axis=1, keepdims=True
+        )
+        top = ops.where(ops.isfinite(top), top, ops.zeros_like(top))
+        shifted = ops.where(valid, inputs - top, ops.zeros_like(inputs))
+        e = ops.where(valid, ops.exp(shifted), ops.zeros_like(inputs))
+        total = ops.sum(e, axis=1, keepdims=True)
+        some = ops.greater(total, 0)
+        return ops.where(some, e / ops.where(some, total, ops.ones_like(total)), ops.zeros_like(e))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+''',
+)
+
+_add(
+    "TemporalSplit",
+    '''
+@_register
+class TemporalSplit(keras.layers.Layer):
+    """Splits the time axis into `parts` equal parts (the masking guide's layer).
+    A mask is split by a second TemporalSplit applied to it."""
+
+    def __init__(self, parts=2, **kwargs):
+        super().__init__(**kwargs)
+        self.parts = parts
+
+    def call(self, inputs):
+        return ops.split(inputs, self.parts, axis=1)
+
+    def compute_output_spec(self, inputs):
+        steps = inputs.shape[1]
+        shape = (inputs.shape[0], None if steps is None else steps // self.parts, *inputs.shape[2:])
+        return [keras.KerasTensor(shape, dtype=inputs.dtype) for _ in range(self.parts)]
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None  # the masks are split explicitly
+
+    def get_config(self):
+        return {**super().get_config(), "parts": self.parts}
+''',
+)
+
+# --------------------------------------------------------------------------
+# recurrent layers
+
+_add(
+    "_steps_to_front",
+    '''
+def _steps_to_front(mask, side):
+    """Per row, the source step of each position once the valid steps are moved
+    to the front (in order) and the masked steps after them: [B, T] int32.
+    Left padding ("pre") is rolled; gaps ("any") are compacted."""
+    steps = ops.shape(mask)[1]
+    t = ops.arange(steps, dtype="int32")[None, :]
+    n = ops.sum(ops.cast(mask, "int32"), axis=1, keepdims=True)
+    if side == "pre":
+        return ops.mod(t + (steps - n), steps)
+    count = ops.cumsum(ops.cast(mask, "int32"), axis=1)
+    target = ops.where(mask, count - 1, n + t - count)  # where each step moves to
+    return ops.cast(ops.argsort(target, axis=1), "int32")
+''',
+)
+
+_add(
+    "_MaskedRecurrent",
+    '''
+class _MaskedRecurrent:
+    """seqdsl's mask semantics around a Keras recurrent layer (docs/semantics.md).
+
+    With a mask, the Keras layer always runs forwards on right-padded rows with
+    no empty row, the only masks cuDNN accepts: the steps are read in reverse
+    first for go_backwards, left padding is rolled to the right (mask_side
+    "pre"), gaps are compacted (mask_side "any"), an empty row gets length 1.
+    Its outputs are then put back in place: zeros at masked steps
+    (masked_output "zero") or the last valid output ("carry"), on every device;
+    an empty row gives 0 and keeps its initial state (also the state a stateful
+    layer keeps). Without a mask it is the Keras layer itself. Weights and
+    config are the Keras layer's, plus mask_side and masked_output."""
+
+    def __init__(self, *args, mask_side="any", masked_output="zero", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_side = mask_side
+        self.masked_output = masked_output
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        if mask is None:
+            return super().call(sequences, initial_state=initial_state, training=training)
+        mask = ops.cast(mask, "bool")
+        side, backwards, return_state = self.mask_side, self.go_backwards, self.return_state
+        if backwards:  # read the steps in reverse order: flip them, then run forwards
+            sequences, mask = ops.flip(sequences, axis=1), ops.flip(mask, axis=1)
+            side = {"post": "pre", "pre": "post"}.get(side, side)
+        lengths = ops.sum(ops.cast(mask, "int32"), axis=1)
+        nonempty = ops.greater(lengths, 0)
+        if side != "post":
+            index = _steps_to_front(mask, side)
+            sequences = ops.take_along_axis(sequences, index[:, :, None], axis=1)
+        steps = ops.shape(mask)[1]
+        right_padded = ops.less(
+            ops.arange(steps, dtype="int32")[None, :], ops.maximum(lengths, 1)[:, None]
+        )
+        if initial_state is None:
+            if self.stateful:
+                initial_state = [ops.copy(v.value) for v in self.states]  # a snapshot
+            else:
+                initial_state = self.get_initial_state(ops.shape(sequences)[0])
+        if not isinstance(initial_state, (list, tuple)):
+            initial_state = [initial_state]
+        self.go_backwards, self.return_state = False, True
+        try:
+            outputs, *states = super().call(
+                sequences, initial_state=list(initial_state), mask=right_padded, training=training
+            )
+        finally:
+            self.go_backwards, self.return_state = backwards, return_state
+        if self.return_sequences:  # output t is the output after count[t] valid steps
+            count = ops.cumsum(ops.cast(mask, "int32"), axis=1)
+            index = ops.maximum(count - 1, 0)
+            outputs = ops.take_along_axis(outputs, index[:, :, None], axis=1)
+            keep = mask if self.masked_output == "zero" else ops.greater(count, 0)
+            outputs = ops.where(keep[:, :, None], outputs, ops.zeros_like(outputs))
+        else:
+            outputs = ops.where(nonempty[:, None], outputs, ops.zeros_like(outputs))
+        states = [
+            ops.where(nonempty[:, None], s, ops.cast(s0, s.dtype))
+            for s, s0 in zip(states, initial_state, strict=True)
+        ]
+        if self.stateful:
+            for variable, s in zip(self.states, states, strict=True):
+                variable.assign(s)
+        return (outputs, *states) if return_state else outputs
+
+    def compute_mask(self, inputs, mask=None):
+        out = super().compute_mask(inputs, mask)
+        if not (self.go_backwards and self.return_sequences):
+            return out
+        if isinstance(out, (list, tuple)):  # with return_state
+            return [None if out[0] is None else ops.flip(out[0], axis=1), *out[1:]]
+        return None if out is None else ops.flip(out, axis=1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mask_side": self.mask_side,
+            "masked_output": self.masked_output,
+        }
+''',
+    ("_steps_to_front",),
+)
+
+for _cls in ("LSTM", "GRU", "SimpleRNN", "RNN"):
+    _add(
+        f"Masked{_cls}",
+        f'''
+@_register
+class Masked{_cls}(_MaskedRecurrent, keras.layers.{_cls}):
+    """keras.layers.{_cls} with seqdsl's mask handling (see _MaskedRecurrent)."""
+''',
+        ("_MaskedRecurrent",),
+    )
+
+
+def closure(names: set[str]) -> list[str]:
+    """``names`` and their dependencies, in :data:`SNIPPETS` order."""
+    todo = list(names)
+    seen: set[str] = set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo.extend(SNIPPETS[n].deps)
+    return [n for n in SNIPPETS if n in seen]
+
+
+def class_names() -> set[str]:
+    """Every module-level name a snippet may define."""
+    return {d for s in SNIPPETS.values() for d in s.defines}
