@@ -13,7 +13,6 @@ runs without JAX installed).
 from __future__ import annotations
 
 import builtins
-import json
 import keyword
 import math
 import re
@@ -22,12 +21,16 @@ from types import ModuleType
 
 import numpy as np
 
-from ..catalogue import REQUIRED, BoundLayer, spec_for
+from ..catalogue import BoundLayer
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
-from ..ir import ApplyOp, Arg, DropMaskOp, InputDecl, MergeOp
+from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
+from .common import decl_text as _decl_text
+from .common import describe_layer as _describe
+from .common import py_literal as _lit
+from .common import seq_value as _fmt_value
 from .jax_snippets import ACTIVATION_EXPR, SECTIONS, SNIPPETS, closure, defined_names
 
 __all__ = ["emit_model", "instantiate", "class_name"]
@@ -78,74 +81,6 @@ def _num(cfg: Mapping[str, object], key: str) -> float:
     v = cfg[key]
     assert isinstance(v, (int, float))
     return float(v)
-
-
-def _lit(v: object) -> str:
-    """A Python literal for a config value."""
-    if isinstance(v, bool) or v is None:
-        return repr(v)
-    if isinstance(v, float):
-        if math.isinf(v) or math.isnan(v):
-            return f'float("{v}")'
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, int):
-        return repr(v)
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    raise TypeError(f"no literal for {_lit(v)}")
-
-
-def _fmt_value(v: object) -> str:
-    """A config value as written in .seq source (for comments)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, BoundLayer):
-        return _describe(v.kind, v.config)
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_fmt_value(x) for x in v) + "]"
-    return str(v)
-
-
-def _describe(kind: str, cfg: Mapping[str, object]) -> str:
-    """``LSTM(32, return_sequences=true)``: the layer with its non-default arguments."""
-    spec = spec_for(kind)
-    if spec is None:
-        return kind
-    args: list[str] = []
-    for p in spec.params:
-        if p.name in ("name", "trainable") or p.name not in cfg:
-            continue
-        v = cfg[p.name]
-        if v == p.default and isinstance(v, bool) == isinstance(p.default, bool):
-            continue
-        required = p.default is REQUIRED
-        args.append(_fmt_value(v) if required else f"{p.name}={_fmt_value(v)}")
-    if cfg.get("trainable") is False:
-        args.append("trainable=false")
-    return f"{kind}({', '.join(args)})"
-
-
-def _decl_text(inp: InputDecl) -> str:
-    """``tokens: i32[B, T] pad(post, value=0)``, rebuilt from the declaration."""
-    dims = ", ".join("_" if d.value is None else str(d.value) for d in inp.dims)
-    if inp.is_mask:
-        kind = ", ".join(w for w, _ in inp.mask_words)
-        return f"{inp.name}: mask{'(' + kind + ')' if kind else ''}[{dims}]"
-    out = f"{inp.name}: {inp.dtype}[{dims}]"
-    if inp.pad is not None:
-        out += " pad(" + ", ".join(_arg_text(a) for a in inp.pad) + ")"
-    if inp.masked:
-        out += " masked"
-    return out
-
-
-def _arg_text(a: Arg) -> str:
-    v = a.value.describe()
-    return v if a.name is None else f"{a.name}={v}"
 
 
 def _dim_code(d: Dim) -> tuple[str, int]:

@@ -16,9 +16,7 @@ without Keras installed).
 from __future__ import annotations
 
 import builtins
-import json
 import keyword
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +29,9 @@ from ..checker import CheckedModel, LayerInfo
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
+from .common import decl_text as _decl_text
+from .common import describe_layer as _describe
+from .common import py_literal as _lit
 from .keras_runtime import SNIPPETS, class_names, closure
 
 __all__ = ["emit_model", "instantiate", "class_name", "twin_order"]
@@ -89,75 +90,6 @@ def emit_model(model: CheckedModel, source: str) -> str:
 
 # --------------------------------------------------------------------------
 # small helpers
-
-
-def _lit(v: object) -> str:
-    """A Python literal."""
-    if isinstance(v, bool) or v is None:
-        return repr(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return 'float("nan")'
-        if math.isinf(v):
-            return 'float("inf")' if v > 0 else '-float("inf")'
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, int):
-        return repr(v)
-    if isinstance(v, (tuple, list)):
-        return "(" + ", ".join(_lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    raise TypeError(f"no literal for {v!r}")
-
-
-def _seq_value(v: object) -> str:
-    """A config value as written in .seq source (for comments)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, BoundLayer):
-        return _describe(v.kind, v.config)
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_seq_value(x) for x in v) + "]"
-    if isinstance(v, str) and v not in ("post", "pre") and not v.isidentifier():
-        return json.dumps(v)
-    return str(v)
-
-
-def _describe(kind: str, cfg: Mapping[str, object]) -> str:
-    """``LSTM(32, return_sequences=true)``: a layer with its non-default arguments."""
-    spec = spec_for(kind)
-    if spec is None:  # pragma: no cover - checked models only hold known layers
-        return kind
-    args: list[str] = []
-    for p in spec.params:
-        if p.name in ("name", "trainable") or p.name not in cfg:
-            continue
-        v = cfg[p.name]
-        if p.default is not REQUIRED and v == p.default and type(v) is type(p.default):
-            continue
-        args.append(_seq_value(v) if p.default is REQUIRED else f"{p.name}={_seq_value(v)}")
-    if cfg.get("trainable") is False:
-        args.append("trainable=false")
-    return f"{kind}({', '.join(args)})"
-
-
-def _decl_text(inp: InputDecl) -> str:
-    dims = ", ".join("_" if d.value is None else str(d.value) for d in inp.dims)
-    if inp.is_mask:
-        kind = ", ".join(w for w, _ in inp.mask_words)
-        return f"{inp.name}: mask{'(' + kind + ')' if kind else ''}[{dims}]"
-    out = f"{inp.name}: {inp.dtype}[{dims}]"
-    if inp.pad is not None:
-        parts = [
-            a.value.describe() if a.name is None else f"{a.name}={a.value.describe()}"
-            for a in inp.pad
-        ]
-        out += " pad(" + ", ".join(parts) + ")"
-    if inp.masked:
-        out += " masked"
-    return out
 
 
 def _identifier(base: str) -> str:
