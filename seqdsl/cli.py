@@ -107,31 +107,10 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_USAGE if io_error else EXIT_OK
 
 
-def _summary(args: argparse.Namespace) -> int:
-    text = _read(args.file)
-    if text is None:
-        return EXIT_USAGE
-    a = analyze_sources(text, args.file)
-    prog, diags, sources = a.program, a.diagnostics, a.sources
-    errors = [d for d in diags if d.is_error]
-    if errors or prog is None:
-        _emit(diags, sources, args.output_format)
-        return EXIT_USER
-    assert isinstance(prog, Program)
-    if args.model is not None and args.model not in {m.name for m in prog.models}:
-        names = ", ".join(m.name for m in prog.models)
-        print(
-            f"seqdsl: no model named {args.model!r} in {args.file} (models: {names})",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    if diags and args.output_format != "json":
-        sys.stderr.write(render(diags, sources, args.output_format))
-    sys.stdout.write(prog.summary(args.model, "json" if args.format == "json" else "text"))
-    return EXIT_OK
-
-
-def _compile(args: argparse.Namespace) -> int:
+def _checked_program(args: argparse.Namespace) -> Program | int:
+    """Read and check ``args.file`` for a command that needs a clean program
+    (summary, compile): the program, or the exit code after printing why not.
+    Warnings go to standard error so that standard output stays the result."""
     text = _read(args.file)
     if text is None:
         return EXIT_USAGE
@@ -149,6 +128,21 @@ def _compile(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if diags and args.output_format != "json":
         sys.stderr.write(render(diags, sources, args.output_format))
+    return prog
+
+
+def _summary(args: argparse.Namespace) -> int:
+    prog = _checked_program(args)
+    if isinstance(prog, int):
+        return prog
+    sys.stdout.write(prog.summary(args.model, "json" if args.format == "json" else "text"))
+    return EXIT_OK
+
+
+def _compile(args: argparse.Namespace) -> int:
+    prog = _checked_program(args)
+    if isinstance(prog, int):
+        return prog
     code = prog.compile(args.backend, args.model)
     if args.output:
         try:
