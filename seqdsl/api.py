@@ -16,7 +16,7 @@ folders to try after that one.
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,13 +77,21 @@ class Program:
         return emit(self.model(model), backend, self.file)
 
     def build(
-        self, backend: str, seed: int = 0, model: str | None = None, dtype: str = "float32"
+        self,
+        backend: str,
+        seed: int = 0,
+        model: str | None = None,
+        dtype: str = "float32",
+        externs: Mapping[str, Callable[..., object]] | None = None,
     ) -> object:
         """A runnable model for ``backend`` (the emitted module, executed), with
-        the initial weights drawn from ``seed`` in the canonical layout."""
+        the initial weights drawn from ``seed`` in the canonical layout.
+        ``externs`` maps extern layer names to implementations (else the registry)."""
         from .emit import build
 
-        return build(self.model(model), backend, seed=seed, source=self.file, dtype=dtype)
+        return build(
+            self.model(model), backend, seed=seed, source=self.file, dtype=dtype, externs=externs
+        )
 
     def render_diagnostics(self, fmt: str = "full") -> str:
         from .diagnostics import render

@@ -448,6 +448,8 @@ def _cell_of(cfg: Config, kind: str) -> tuple[str, Config]:
     if kind == "RNN":
         cell = cfg["cell"]
         assert isinstance(cell, BoundLayer)
+        if "__cell__" in cell.config:  # a cell block
+            return "custom", cell.config
         if cell.kind not in _CELL_LAYER:
             raise RuleError(
                 "SEQ203",
@@ -482,7 +484,49 @@ def rnn_weights(cell: str, c: Config, features: int, prefix: str = "") -> list[W
 
 def _rnn_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
     cell, c = _cell_of(cfg, str(cfg["__kind__"]))
+    if cell == "custom":
+        return list(bound_cell(c, ins).weights)
     return rnn_weights(cell, c, _feat(ins[0]))
+
+
+def bound_cell(c: Config, ins: Sequence[TensorType]) -> BoundCellLike:
+    """The cell block of ``RNN(MyCell(...))`` bound at this call (see ``cells.bind_cell``)."""
+    from .cells import bind_cell
+
+    cdef = c["__cell__"]
+    return bind_cell(cdef, c, ins)  # type: ignore[arg-type]
+
+
+class BoundCellLike(Protocol):
+    @property
+    def weights(self) -> tuple[WeightSpec, ...]: ...
+
+    @property
+    def states(self) -> tuple[tuple[str, tuple[int, ...]], ...]: ...
+
+    @property
+    def outputs(self) -> tuple[tuple[str, tuple[int, ...]], ...]: ...
+
+
+def _step_mask(kind: str, ins: Sequence[TensorType]) -> TensorType:
+    """One value standing for several inputs of a cell: the first, with the AND of the masks."""
+    t = ins[0]
+    for i, x in enumerate(ins[1:], 1):
+        if not (_same(x.batch, t.batch) and _same(x.time, t.time)):
+            raise RuleError(
+                "SEQ401",
+                f"the inputs of {kind} must share batch and time: {fmt_shape(t.shape)} and "
+                f"{fmt_shape(x.shape)}",
+                "a cell reads one step of every input at a time",
+                where="input",
+                index=i,
+            )
+    masks = [x.mask for x in ins if x.mask is not None]
+    if len(masks) > 1:
+        return t.with_mask(_and_kind(masks))
+    if masks:
+        return t.with_mask(masks[0])
+    return t
 
 
 def recurrent_outputs(
@@ -495,11 +539,21 @@ def recurrent_outputs(
     merge_mode: str,
 ) -> list[TensorType]:
     """Shape and mask rule shared by LSTM, GRU, SimpleRNN, RNN and Bidirectional."""
+    cell, c = _cell_of(cfg, kind)
+    if cell == "custom":
+        return _custom_outputs(kind, cfg, c, ins, call, ctx, directions, merge_mode)
+    if len(ins) != 1:
+        raise RuleError(
+            "SEQ205",
+            f"{kind} takes one input, got {len(ins)}",
+            "merge values first with `concat(...)`; only a cell block with several "
+            "`input` declarations reads several sequences",
+            where="input",
+        )
     (t,) = ins
     _need_float(kind, t)
     _need_rank(kind, t, (3,), "a sequence `[B, T, F]`")
     _need_features(kind, t)
-    cell, c = _cell_of(cfg, kind)
     flags = cfg if kind != "Bidirectional" else _inner(cfg).config
     units = _int(c, "units")
     n_states = _N_STATES[cell]
@@ -596,6 +650,107 @@ def recurrent_outputs(
     return outs
 
 
+def _custom_outputs(
+    kind: str,
+    cfg: Config,
+    c: Config,
+    ins: Sequence[TensorType],
+    call: CallInfo,
+    ctx: RuleContext,
+    directions: int,
+    merge_mode: str,
+) -> list[TensorType]:
+    """The recurrent rule for a cell block: several inputs, states and outputs of any shape."""
+    for i, x in enumerate(ins):
+        if x.rank < 3:
+            raise RuleError(
+                "SEQ303",
+                f"{kind} expects sequences `[B, T, ...]`, got {x.dtype}{fmt_shape(x.shape)}",
+                "check the layers before it",
+                where="input",
+                index=i,
+            )
+    t = _step_mask(kind, ins)
+    bc = bound_cell(c, ins)
+    flags = cfg if kind != "Bidirectional" else _inner(cfg).config
+    b = t.batch
+    if t.mask is None and t.padded_from is not None:
+        ctx.warn(
+            "SEQ801",
+            f"{kind} reads `{t.padded_from}`, which is padded, but no mask reaches it: "
+            "the padded steps are processed as data",
+            "mask the padding, or declare the input `masked` and pass lengths",
+        )
+    if _bool(flags, "stateful") and (b is None or b.value is None):
+        raise RuleError(
+            "SEQ601",
+            f"stateful {kind} needs a fixed batch size, but the batch dimension is `{_fmt(b)}`",
+            "declare the input with an integer batch, e.g. `f32[32, T, 8]`",
+            arg="stateful",
+        )
+    if _bool(flags, "unroll") and (t.time is None or t.time.value is None):
+        raise RuleError("SEQ203", "unroll=true needs a known time length",
+                        "declare the time dimension as an integer, or drop `unroll=true`", arg="unroll")  # fmt: skip
+    if directions == 2 and (len(ins) != 1 or len(bc.outputs) != 1 or len(bc.outputs[0][1]) != 1):
+        raise RuleError(
+            "SEQ203",
+            "Bidirectional runs a cell block with one input and one output of shape `[n]`",
+            "use RNN(...) twice (one with go_backwards=true) and merge the results yourself",
+            arg="layer",
+        )
+    expected = len(bc.states) * directions
+    state_types = [
+        TensorType(t.dtype, (b, *(Dim.of(n) for n in shape))) for _, shape in bc.states
+    ] * directions
+    if call.initial_state is not None:
+        got = len(call.initial_state)
+        if got != expected:
+            names = ", ".join(n for n, _ in bc.states)
+            raise RuleError(
+                "SEQ304",
+                f"{kind} expects {expected} initial state(s), got {got}",
+                f"the cell's states, in order: {names}"
+                + (" (forward, then backward)" if directions == 2 else ""),
+                where="initial_state",
+            )
+        for i, (s, want) in enumerate(zip(call.initial_state, state_types, strict=True)):
+            ok = s.rank == want.rank and all(
+                _same(x, y) for x, y in zip(s.shape, want.shape, strict=True)
+            )
+            if not ok:
+                raise RuleError(
+                    "SEQ305",
+                    f"initial state {i} of {kind} must be `{fmt_shape(want.shape)}`, got "
+                    f"{s.dtype}{fmt_shape(s.shape)}",
+                    "a state has the layer's batch and the cell's declared state shape",
+                    where="initial_state",
+                )
+    outs: list[TensorType] = []
+    seq = _bool(flags, "return_sequences")
+    mask = t.mask
+    if mask is not None and directions == 1 and _bool(flags, "go_backwards"):
+        mask = mask.flipped()
+    for _, shape in bc.outputs:
+        dims = tuple(Dim.of(n) for n in shape)
+        if directions == 2:
+            (u,) = shape
+            width = u * (2 if merge_mode == "concat" else 1)
+            dims = (Dim.of(width),)
+            n_out = 2 if merge_mode == "none" else 1
+            if merge_mode == "none":
+                dims = (Dim.of(u),)
+        else:
+            n_out = 1
+        for _ in range(n_out):
+            if seq:
+                outs.append(TensorType(t.dtype, (b, t.time, *dims), mask, None))
+            else:
+                outs.append(TensorType(t.dtype, (b, *dims)))
+    if _bool(flags, "return_state"):
+        outs += state_types
+    return outs
+
+
 def _fmt(d: Dim | None) -> str:
     return "_" if d is None else str(d)
 
@@ -658,6 +813,9 @@ def _bidirectional_rule(
 
 def _bidirectional_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
     cell, c = _cell_of(cfg, "Bidirectional")
+    if cell == "custom":
+        ws = bound_cell(c, ins).weights
+        return [replace(w, name=f"{d}/{w.name}") for d in ("forward", "backward") for w in ws]
     f = _feat(ins[0])
     return rnn_weights(cell, c, f, "forward/") + rnn_weights(cell, c, f, "backward/")
 
@@ -680,6 +838,13 @@ def recurrent_kernels(cfg: Config, ins: Sequence[TensorType]) -> dict[str, Kerne
     """Kernel per target for a recurrent layer (see docs/language.md, "Kernels")."""
     kind = str(cfg["__kind__"])
     cell, c = _cell_of(cfg, kind)
+    if cell == "custom":
+        why = "a cell block runs its equations step by step"
+        return {
+            "keras": KernelChoice("scan", why + " (keras.layers.RNN)"),
+            "torch": KernelChoice("loop", why),
+            "jax": KernelChoice("scan", why + " (lax.scan)"),
+        }
     flags = cfg if kind != "Bidirectional" else _inner(cfg).config
     t = ins[0]
     mask = t.mask
@@ -1142,6 +1307,17 @@ def _temporal_split_rule(
     return outs
 
 
+#: rules and mask helpers extern declarations reuse (``cells.extern_spec``)
+concat_time_kind = _concat_time_kind
+
+
+def pad_mask_kind(pad: PadInfo | None, value: float) -> MaskKind:
+    """The kind of a mask ``x != value`` on ids: declared by a matching ``pad(...)``, else any."""
+    if pad is not None and pad.value == value:
+        return MaskKind(pad.side, pad.nonempty, declared=True)
+    return MaskKind("any")
+
+
 # --------------------------------------------------------------------------
 # the table
 
@@ -1247,11 +1423,11 @@ _LAYERS: list[LayerSpec] = [
     _rnn_layer("SimpleRNN", "simple_rnn", "fully connected recurrent layer"),
     _spec(
         name="RNN", category="recurrent",
-        params=(Param("cell", "layer", doc="SimpleRNNCell, GRUCell or LSTMCell"),) + _RNN_FLAGS,
+        params=(Param("cell", "layer", doc="SimpleRNNCell, GRUCell, LSTMCell or a cell block"),) + _RNN_FLAGS,
         rule=_rnn_rule, weights=_rnn_weights, mask_rule="consume", padding_invariant=True,
-        doc="a recurrent layer around a cell",
+        doc="a recurrent layer around a cell (a cell block may read several sequences)",
         unsupported=_UNSUPPORTED_RNN, kernels=recurrent_kernels,
-        data_args=frozenset({"mask", "initial_state", "training"}),
+        data_args=frozenset({"mask", "initial_state", "training"}), n_inputs=(1, 16),
     ),
     _cell("LSTMCell", "lstm"),
     _cell("GRUCell", "gru"),

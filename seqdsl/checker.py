@@ -35,7 +35,9 @@ from .ir import (
     ApplyOp,
     Arg,
     BlockInputCheck,
+    CellDef,
     DropMaskOp,
+    ExternDef,
     InputDecl,
     LayerCall,
     Literal,
@@ -94,6 +96,12 @@ class CheckedModel:
     layers: tuple[LayerInfo, ...]
     constraints: tuple[Constraint, ...]
     pads: Mapping[str, PadInfo]
+    #: the extern layer declarations of the program (name -> declaration)
+    externs: Mapping[str, ExternDef] = field(default_factory=dict)
+    #: ``use "python.module"`` modules of the program (they register extern implementations)
+    python_modules: tuple[str, ...] = ()
+    #: the file the model was read from ("" for text): its folder is searched for those modules
+    file: str = ""
 
     @property
     def name(self) -> str:
@@ -164,6 +172,10 @@ class _ModelChecker:
     pads: dict[str, PadInfo] = field(default_factory=dict)
     #: names assigned by statements that failed to lower (already reported): silently erroneous
     failed: set[str] = field(default_factory=set)
+    #: catalogue entries of the program's cell blocks and extern layers
+    custom: Mapping[str, LayerSpec] = field(default_factory=dict)
+    #: cell block definitions by name (bound into ``RNN(cell)`` configurations)
+    cells: Mapping[str, CellDef] = field(default_factory=dict)
 
     def diag(
         self,
@@ -588,10 +600,14 @@ class _ModelChecker:
         cfg = self.bind(spec, call.args, call.span, call.kind)
         if cfg is None:
             return None
-        return BoundLayer(call.kind, call.name, {**cfg, "__kind__": call.kind})
+        cfg["__kind__"] = call.kind
+        cdef = self.cells.get(call.kind)
+        if cdef is not None:
+            cfg["__cell__"] = cdef
+        return BoundLayer(call.kind, call.name, cfg)
 
     def spec(self, call: LayerCall) -> LayerSpec | None:
-        spec = CATALOGUE.get(call.kind)
+        spec = CATALOGUE.get(call.kind) or self.custom.get(call.kind)
         if spec is not None:
             return spec
         if call.kind in MERGES:
@@ -738,12 +754,18 @@ class _ModelChecker:
                 self.diag("SEQ203", "`training=` expects `true` or `false`", op.training.span,
                           "write `training=true` or `training=false`")  # fmt: skip
                 ok = False
-        if ins is not None and len(op.inputs) != 1:
+        lo, hi = spec.n_inputs
+        if ins is not None and not lo <= len(op.inputs) <= hi:
+            want = (
+                "one input" if hi == 1 else f"{lo} inputs" if lo == hi else f"{lo} to {hi} inputs"
+            )
             self.diag(
                 "SEQ205",
-                f"{layer.kind} takes one input, got {len(op.inputs)}",
+                f"{layer.kind} takes {want}, got {len(op.inputs)}",
                 op.span,
-                "merge values first with `concat(...)` or `add(...)`",
+                "merge values first with `concat(...)` or `add(...)`"
+                if hi == 1
+                else f"pass {want}: `{layer.kind}(...)({', '.join(f'x{i + 1}' for i in range(lo))})`",
             )
             ok = False
         mask_t = self._explicit_mask(op, ins)
@@ -752,9 +774,8 @@ class _ModelChecker:
             self.bind_results(op.results, fail, op.result_spans, op.span, silent=True)
             return
         assert isinstance(states, tuple) or states is None
-        t = ins[0]
         if isinstance(mask_t, MaskType):
-            t = t.with_mask(mask_t.kind)
+            ins = [x.with_mask(mask_t.kind) for x in ins]
         call = CallInfo(
             layer.kind,
             initial_state=states,
@@ -763,14 +784,21 @@ class _ModelChecker:
         )
         ctx = _Ctx(self, layer.span, layer.kind)
         try:
-            outs: list[object] = list(spec.rule(cfg, [t], call, ctx))
+            outs: list[object] = list(spec.rule(cfg, ins, call, ctx))
         except RuleError as e:
             self.rule_error(
                 e, layer.span, op.inputs, layer, op.initial_state, op.initial_state_span
             )
             self.bind_results(op.results, fail, op.result_spans, op.span, silent=True)
             return
-        kernels = self.record_layer(index, layer.name, layer.kind, cfg, spec, [t], op, layer)
+        try:
+            kernels = self.record_layer(index, layer.name, layer.kind, cfg, spec, ins, op, layer)
+        except RuleError as e:  # a weight rule of an extern or cell block
+            self.rule_error(
+                e, layer.span, op.inputs, layer, op.initial_state, op.initial_state_span
+            )
+            self.bind_results(op.results, fail, op.result_spans, op.span, silent=True)
+            return
         if kernels is not None and any(d.name == "kernel" for d in layer.decorators):
             self.require_cudnn(layer, cfg, kernels)
         if len(outs) != len(op.results):
@@ -1220,9 +1248,19 @@ def _arg_span(layer: LayerCall, path: str) -> Span | None:
 
 
 def check_program(program: Program) -> tuple[list[CheckedModel], list[Diagnostic]]:
+    from .cells import cell_spec, extern_spec
+
     diags: list[Diagnostic] = []
     models: list[CheckedModel] = []
     seen: dict[str, Span] = {}
+    custom: dict[str, LayerSpec] = {}
+    for cname, cdef in program.cells.items():
+        if cdef.ok:
+            custom[cname] = cell_spec(cdef)
+    for ename, edef in program.externs.items():
+        if edef.ok:
+            custom[ename] = extern_spec(edef)
+    cells = {n: c for n, c in program.cells.items() if c.ok}
     for m in program.models:
         if m.name in seen:
             diags.append(
@@ -1235,5 +1273,13 @@ def check_program(program: Program) -> tuple[list[CheckedModel], list[Diagnostic
                 )
             )
         seen.setdefault(m.name, m.name_span)
-        models.append(_ModelChecker(m, diags).run())
+        cm = _ModelChecker(m, diags, custom=custom, cells=cells).run()
+        models.append(
+            replace(
+                cm,
+                externs={n: e for n, e in program.externs.items() if e.ok},
+                python_modules=program.python_modules,
+                file=program.file,
+            )
+        )
     return models, diags

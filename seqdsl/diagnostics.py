@@ -55,6 +55,8 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ010", "error", "invalid layer block"),
     ("SEQ011", "error", "imported file not found"),
     ("SEQ012", "error", "import cycle"),
+    ("SEQ013", "error", "invalid cell block"),
+    ("SEQ014", "error", "invalid extern layer declaration"),
     # names
     ("SEQ101", "error", "undefined name"),
     ("SEQ102", "error", "name defined twice"),
@@ -87,6 +89,8 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ307", "error", "batch dimension mismatch"),
     ("SEQ308", "error", "reshape size mismatch"),
     ("SEQ309", "error", "feature size must be known"),
+    ("SEQ310", "error", "shape error in a cell equation"),
+    ("SEQ311", "error", "cell state or output does not match its declaration"),
     # time
     ("SEQ401", "error", "time dimensions disagree"),
     ("SEQ402", "error", "exact division fails on a known length"),

@@ -13,6 +13,7 @@ import cycle (SEQ012, naming the cycle), a syntax error in an imported file
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,8 @@ class Use:
     path: str
     span: Span
     target: str | None  # the key of the file it brings in
+    #: ``use "python.module"``: a module that registers extern implementations (no file)
+    python: bool = False
 
 
 @dataclass
@@ -70,6 +73,10 @@ class Sources:
 
     def texts(self) -> dict[str, str]:
         return {f.name: f.text for f in self.files.values()}
+
+
+#: a dotted Python module name: ``use "my_pkg.externs"``
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _search_dirs(search_path: SearchPath) -> list[Path]:
@@ -133,6 +140,8 @@ class _Loader:
     def use(self, f: SourceFile, tok: Token) -> Use:
         written = unquote(str(tok))
         span = token_span(f.name, tok)
+        if not written.endswith(".seq") and _MODULE.fullmatch(written):
+            return Use(written, span, None, python=True)
         tried = self.candidates(f, written)
         found: tuple[Path, str] | None = None
         for path, shown in tried:
@@ -150,9 +159,8 @@ class _Loader:
                 if self.search:
                     hint += ", then from the search path (" + ", ".join(map(str, self.search)) + ")"
             if not written.endswith(".seq"):
-                hint += (
-                    "; `use` takes the path of a .seq file (Python modules are not supported yet)"
-                )
+                hint += '; `use` takes the path of a .seq file, or a Python module name ("my_pkg.externs")'
+
             self.error("SEQ011", f'cannot find the file "{written}"', span, hint)
             return Use(written, span, None)
         path, shown = found

@@ -35,6 +35,14 @@ __all__ = [
     "LayerBlock",
     "Model",
     "Program",
+    "DimExpr",
+    "CExpr",
+    "CellTensor",
+    "CellWeight",
+    "CellStmt",
+    "CellDef",
+    "MaskContract",
+    "ExternDef",
     "MERGE_FUNCTIONS",
 ]
 
@@ -241,6 +249,144 @@ class LayerBlock:
 
 
 @dataclass(frozen=True)
+class DimExpr:
+    """A dimension expression of a cell or extern declaration: ``4 * units``, ``T / parts``.
+
+    ``op`` is ``int`` (value: int), ``name`` (value: str), or one of ``+ - * / //``
+    over ``args``.
+    """
+
+    op: str
+    value: int | str | None
+    args: tuple[DimExpr, ...]
+    span: Span
+
+    def __str__(self) -> str:
+        if self.op in ("int", "name"):
+            return str(self.value)
+        a, b = self.args
+        inner = f"{a} {self.op} {b}"
+        return inner if self.op in ("+", "-") else inner
+
+
+@dataclass(frozen=True)
+class CExpr:
+    """A node of the cell equation language.
+
+    ``op``: ``num`` (value: int | float), ``name`` (value: str), ``str``
+    (value: str, only as einsum's equation), ``neg``, ``+ - * / @`` (two args),
+    ``call`` (value: function name, args, kwargs), ``index`` (args[0] indexed by
+    args[1:], each an ``at``, ``slice`` or ``ellipsis`` node), ``at`` (args[0]),
+    ``slice`` (args: start, stop; a missing bound is a ``none`` node),
+    ``ellipsis``, ``none``.
+    """
+
+    op: str
+    value: object
+    args: tuple[CExpr, ...]
+    span: Span
+    kwargs: tuple[tuple[str, CExpr], ...] = ()
+
+
+@dataclass(frozen=True)
+class CellTensor:
+    """An ``input`` or ``state`` of a cell: per-step shape without the batch axis."""
+
+    name: str
+    dtype: str
+    dims: tuple[DimExpr, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class CellWeight:
+    name: str
+    dims: tuple[DimExpr, ...]
+    initializer: str
+    span: Span
+    name_span: Span
+    init_span: Span | None = None
+
+
+@dataclass(frozen=True)
+class CellStmt:
+    """``a, b = expr`` (``update=False``) or ``state <- expr`` (``update=True``)."""
+
+    targets: tuple[str, ...]
+    expr: CExpr
+    update: bool
+    span: Span
+    target_spans: tuple[Span, ...]
+
+
+@dataclass(frozen=True)
+class CellDef:
+    """A ``cell Name(params) { ... }`` definition.
+
+    In equations a state's name reads the state at the start of the step; in
+    ``output`` it names the updated state (see docs/custom.md).
+    """
+
+    name: str
+    file: str
+    params: tuple[ParamDecl, ...]
+    inputs: tuple[CellTensor, ...]
+    states: tuple[CellTensor, ...]
+    weights: tuple[CellWeight, ...]
+    body: tuple[CellStmt, ...]
+    outputs: tuple[tuple[str, Span], ...]
+    span: Span
+    name_span: Span
+    #: False when the definition has errors (a call then reports nothing more)
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class MaskContract:
+    """The declared mask behaviour of an extern layer (static ``compute_mask``).
+
+    ``kind``: ``propagate`` (each output keeps the input's mask), ``generate``
+    (``x != value`` on the input, optionally only ``if`` a bool parameter),
+    ``consume`` (uses the mask, outputs none; ``required``: a mask must reach
+    it), ``drop`` (ignores and removes it), ``split`` (the outputs are time
+    slices, each with its slice of the mask), ``concat`` (the inputs are
+    concatenated in time, and so are their masks).
+    """
+
+    kind: str
+    span: Span
+    required: bool = False
+    value: float | None = None
+    cond: str | None = None
+
+
+@dataclass(frozen=True)
+class ExternDef:
+    """An ``extern layer Name(params) { clause; ... }`` declaration."""
+
+    name: str
+    file: str
+    params: tuple[ParamDecl, ...]
+    #: declared input and output types (dtype, dims incl. batch and time), if given
+    in_types: tuple[tuple[str, tuple[DimExpr, ...], Span], ...]
+    out_types: tuple[tuple[str, tuple[DimExpr, ...], Span], ...]
+    #: ``shape: same``
+    same_shape: bool
+    #: ``outputs: n`` (default 1)
+    outputs: DimExpr | None
+    #: ``time: T / parts`` (``T`` is the input's time)
+    time: DimExpr | None
+    #: ``inputs: n`` (default 1)
+    inputs: DimExpr | None
+    mask: MaskContract
+    weights: tuple[CellWeight, ...]
+    span: Span
+    name_span: Span
+    ok: bool = True
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     inputs: tuple[InputDecl, ...]
@@ -267,3 +413,8 @@ class Program:
     blocks: tuple[LayerBlock, ...] = ()
     #: the text of every file of the program (display name -> text), this one included
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: the cell blocks and extern layers of the program (name -> definition)
+    cells: Mapping[str, CellDef] = field(default_factory=dict)
+    externs: Mapping[str, ExternDef] = field(default_factory=dict)
+    #: ``use "python.module"`` declarations: modules that register extern implementations
+    python_modules: tuple[str, ...] = ()

@@ -44,10 +44,12 @@ from .ir import (
     ApplyOp,
     Arg,
     BlockInputCheck,
+    CellDef,
     Decorator,
     DimDecl,
     DropMaskOp,
     Expansion,
+    ExternDef,
     InputDecl,
     LayerBlock,
     LayerCall,
@@ -61,11 +63,16 @@ from .ir import (
     Span,
     ValueUse,
 )
+from .lower_custom import lower_cell, lower_extern
 from .parser import unquote
 
 __all__ = ["lower", "lower_sources", "snake_case", "PARAM_TYPES"]
 
 _DATA_ARGS = ("mask", "initial_state", "training")
+
+#: top-level blocks that define a callable name, and what diagnostics call them
+_BLOCK_KINDS = {"layer_block": "layer", "cell_block": "cell", "extern_block": "extern"}
+_WHAT = {"layer": "layer block", "cell": "cell block", "extern": "extern layer"}
 
 #: The most layers one statement may unroll to (``repeat`` blocks multiplied out).
 MAX_UNROLLED = 4096
@@ -171,6 +178,8 @@ class _Block:
     header_ok: bool = True
     ok: bool = True
     recursive: bool = False
+    #: ``layer``, or ``cell``/``extern`` for the blocks ``lower_custom`` lowers
+    what: str = "layer"
 
 
 @dataclass
@@ -212,6 +221,8 @@ class _Lowerer:
         self.frame = _Frame(root.name, root.key)
         #: every layer block that can be called, in definition order
         self.blocks: list[_Block] = []
+        #: cell blocks and extern layers, in definition order
+        self.customs: list[_Block] = []
         #: file key -> the layer blocks visible there (its own and those it uses)
         self.visible: dict[str, dict[str, _Block]] = {}
         #: files missing some import: an unknown layer there may be from it (not reported)
@@ -258,6 +269,17 @@ class _Lowerer:
         for b in self.blocks:
             self.block_body(b)
         self.find_cycles()
+        cells: dict[str, CellDef] = {}
+        externs: dict[str, ExternDef] = {}
+        for b in self.customs:
+            self.frame = _Frame(b.src.name, b.src.key)
+            if b.what == "cell":
+                cells.setdefault(b.name, lower_cell(self, b.node, b.src.name))
+            else:
+                externs.setdefault(b.name, lower_extern(self, b.node, b.src.name))
+        python_modules = tuple(
+            dict.fromkeys(u.path for f in src.files.values() for u in f.uses if u.python)
+        )
         root = src.root
         assert root.tree is not None
         self.frame = _Frame(root.name, root.key)
@@ -279,7 +301,9 @@ class _Lowerer:
             )
             for b in self.blocks
         )
-        return Program(root.name, root.text, tuple(models), blocks, src.texts())
+        return Program(
+            root.name, root.text, tuple(models), blocks, src.texts(), cells, externs, python_modules
+        )
 
     def model(self, node: Tree[Token]) -> Model:
         name_tok = node.children[0]
@@ -336,23 +360,24 @@ class _Lowerer:
         self.frame = _Frame(f.name, f.key)
         out: dict[str, _Block] = {}
         for node in f.tree.children:
-            if not (isinstance(node, Tree) and node.data == "layer_block"):
+            if not (isinstance(node, Tree) and node.data in _BLOCK_KINDS):
                 continue
+            what = _BLOCK_KINDS[node.data]
             name_tok = node.children[0]
             assert isinstance(name_tok, Token)
             name = str(name_tok)
             nspan = self.span(name_tok)
             if name in CATALOGUE or name in MERGES or name in _RESERVED:
-                what = (
-                    "merge function"
-                    if name in MERGES
-                    else "keyword"
-                    if name in _RESERVED
-                    else "layer"
-                )
                 self.error(
                     "SEQ109",
-                    f"layer block `{name}` has the name of a built-in {what}",
+                    f"{_WHAT[what]} `{name}` has the name of a built-in "
+                    + (
+                        "merge function"
+                        if name in MERGES
+                        else "keyword"
+                        if name in _RESERVED
+                        else "layer"
+                    ),
                     nspan,
                     f"rename it, e.g. `My{name[:1].upper()}{name[1:]}`: a call `{name}(...)` "
                     f"always means the built-in",
@@ -361,15 +386,15 @@ class _Lowerer:
             if name in out:
                 self.error(
                     "SEQ110",
-                    f"layer block `{name}` is defined twice in this file",
+                    f"`{name}` is defined twice in this file",
                     nspan,
                     "rename one of them, or delete the copy",
                     [Related(out[name].name_span, "first defined here")],
                 )
                 continue
-            b = _Block(name, f, node, nspan, self.span(node))
+            b = _Block(name, f, node, nspan, self.span(node), what=what)
             out[name] = b
-            self.blocks.append(b)
+            (self.blocks if what == "layer" else self.customs).append(b)
         return out
 
     def namespace(self, key: str, own: dict[str, dict[str, _Block]]) -> dict[str, _Block]:
@@ -382,6 +407,8 @@ class _Lowerer:
         origin: dict[str, str | None] = {n: None for n in ns}  # None: this file
         incomplete = f.tree is None
         for u in f.uses:
+            if u.python:
+                continue
             if u.target is None:
                 incomplete = True
                 continue
@@ -1198,7 +1225,8 @@ class _Lowerer:
     # ------------------------------------------------------------- layer blocks: calls
     def block_for(self, kind: str) -> _Block | None:
         """The layer block a constructor names here, if any (built-ins are never blocks)."""
-        return self.visible.get(self.frame.key, {}).get(kind)
+        b = self.visible.get(self.frame.key, {}).get(kind)
+        return b if b is not None and b.what == "layer" else None
 
     def unknown_kind(self, kind: str, kind_tok: Token) -> bool:
         """Handle a constructor of no built-in layer and no block; True if it was handled.
@@ -1208,6 +1236,9 @@ class _Lowerer:
         when the likely fix is a layer block, it is reported here with that hint.
         Otherwise the checker reports it, as for any model."""
         if kind in CATALOGUE or kind in MERGES:
+            return False
+        custom = self.visible.get(self.frame.key, {}).get(kind)
+        if custom is not None and custom.what != "layer":  # a cell or extern: the checker's
             return False
         if self.frame.key in self.incomplete:
             self._fail()

@@ -290,6 +290,14 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark)
                 span = _offset_span(file, text, k, j)
         return Diagnostic.make("SEQ001", message, span, hint)
 
+    if isinstance(err, UnexpectedToken) and str(err.token) == ";":
+        return Diagnostic.make(
+            "SEQ001",
+            "unexpected `;`",
+            span,
+            "statements end at the end of the line: remove it (`;` only separates the clauses "
+            "of an `extern layer`)",
+        )
     if isinstance(err, UnexpectedToken):
         got = _token_text(err.token)
         expected = _describe_expected(set(err.expected), parser)

@@ -19,8 +19,9 @@ import importlib.util
 import itertools
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,13 +108,25 @@ def build(
     seed: int = 0,
     source: str = "<string>",
     dtype: str = "float32",
+    externs: Mapping[str, Callable[..., object]] | None = None,
 ) -> Any:
     """A runnable model for ``backend``, built from the emitted code, with the
-    initial weights drawn from ``seed`` in the canonical layout."""
+    initial weights drawn from ``seed`` in the canonical layout.
+
+    Extern layers take their implementations from ``externs`` (name -> function),
+    then from the registry (``@seqdsl.extern``), after importing the modules the
+    program names with ``use "python.module"`` (see ``seqdsl/externs.py``)."""
+    if model.python_modules:
+        from ..externs import import_modules
+
+        folder = Path(model.file).parent if model.file else Path(".")
+        import_modules(model.python_modules, [folder])
     backend_mod = module_for(backend)
     text = emit(model, backend, source)
     mod = load_source(text, model.name)
     weights: dict[str, np.ndarray] = initial_weights(
         ((layer.name, layer.weights) for layer in model.layers), seed, dtype
     )
+    if model.externs:
+        return backend_mod.instantiate(mod, model, weights, externs=externs)
     return backend_mod.instantiate(mod, model, weights)
