@@ -73,13 +73,21 @@ FUNCTIONS = (*UNARY, *BINARY, *REDUCTIONS, "softmax", "concat", "split", "einsum
 _B = "__batch__"  # the symbol the batch axis gets inside einsum
 
 
+_DEFAULT_HINTS = {
+    "SEQ310": "shapes here are per step, without the batch axis; see docs/custom.md for the "
+    "rules of `@`, einsum, broadcasting and subscripts",
+    "SEQ205": "see docs/custom.md for the functions of the equation language and their arguments",
+    "SEQ203": "see docs/custom.md for the equation language",
+}
+
+
 class CellTypeError(Exception):
     def __init__(self, code: str, message: str, span: Span, hint: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.span = span
-        self.hint = hint
+        self.hint = hint or _DEFAULT_HINTS.get(code, "see docs/custom.md")
 
 
 @dataclass(frozen=True)
@@ -706,11 +714,9 @@ def infer_cell(
                 env.values[n] = v
                 env.kinds[n] = "local"
     for name, span in cdef.outputs:
-        v = (
-            updated.get(name, env.values.get(name))
-            if env.kinds.get(name) == "state"
-            else env.values.get(name)
-        )
+        if env.kinds.get(name) == "state":
+            continue  # its update is checked against the declaration above
+        v = env.values.get(name)
         if v is not None and not v.batched:
             errors.append(
                 CellTypeError(
@@ -744,7 +750,7 @@ def _split(e: CExpr, env: _Env, n_targets: int) -> list[_V | None]:
             "SEQ306",
             f"split(..., {n}) gives {n} values, but {n_targets} name(s) are assigned",
             e.span,
-            None,
+            f"assign {n} names, e.g. `{', '.join('abcdefgh'[: min(n, 8)])} = split(...)`",
         )
     if v is None:
         return [None] * n
@@ -1032,7 +1038,6 @@ def extern_spec(edef: ExternDef) -> LayerSpec:
                 f"{edef.name} requires a mask (`mask: consume(required)`), and none reaches it",
                 "mask the padding upstream (`Embedding(..., mask_zero=true)`, `Masking(...)`, a `masked` "
                 "input), or pass one: `" + edef.name + "(...)(x, mask=m)`",
-                where="input",
             )
         if kind == "split":
             if t.rank < 2:

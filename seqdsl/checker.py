@@ -176,6 +176,8 @@ class _ModelChecker:
     custom: Mapping[str, LayerSpec] = field(default_factory=dict)
     #: cell block definitions by name (bound into ``RNN(cell)`` configurations)
     cells: Mapping[str, CellDef] = field(default_factory=dict)
+    #: cells and externs whose definitions have errors (already reported): calls are silent
+    broken: frozenset[str] = frozenset()
 
     def diag(
         self,
@@ -610,6 +612,8 @@ class _ModelChecker:
         spec = CATALOGUE.get(call.kind) or self.custom.get(call.kind)
         if spec is not None:
             return spec
+        if call.kind in self.broken:
+            return None
         if call.kind in MERGES:
             self.diag(
                 "SEQ005",
@@ -1261,6 +1265,10 @@ def check_program(program: Program) -> tuple[list[CheckedModel], list[Diagnostic
         if edef.ok:
             custom[ename] = extern_spec(edef)
     cells = {n: c for n, c in program.cells.items() if c.ok}
+    broken = frozenset(
+        [n for n, c in program.cells.items() if not c.ok]
+        + [n for n, e in program.externs.items() if not e.ok]
+    )
     for m in program.models:
         if m.name in seen:
             diags.append(
@@ -1273,7 +1281,7 @@ def check_program(program: Program) -> tuple[list[CheckedModel], list[Diagnostic
                 )
             )
         seen.setdefault(m.name, m.name_span)
-        cm = _ModelChecker(m, diags, custom=custom, cells=cells).run()
+        cm = _ModelChecker(m, diags, custom=custom, cells=cells, broken=broken).run()
         models.append(
             replace(
                 cm,

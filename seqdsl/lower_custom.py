@@ -159,7 +159,7 @@ def _weight(lw: _Lowerer, st: Tree[Token]) -> CellWeight | None:
         dym = did_you_mean(init_name, list(INITIALIZERS))
         lw.error("SEQ203", f"unknown initializer `{init_name}`", init,
                  f"did you mean `{dym}`?" if dym else "initializers: " + ", ".join(INITIALIZERS))  # fmt: skip
-        return None
+        init_name = "glorot_uniform"  # reported: keep the weight (its uses are not unknown)
     return CellWeight(
         str(ntok), _shape(lw, shape), init_name, lw.span(st), lw.span(ntok),
         lw.span(init) if init is not None else None,
@@ -234,6 +234,9 @@ def lower_cell(lw: _Lowerer, node: Tree[Token], file: str) -> CellDef:
                 lw.error("SEQ013", f"`{n}` is {'a ' + kind_of if kind_of else 'not declared'}; only a state is updated with `<-`",
                          sp, f"write `{n} = ...` for a new value" if kind_of is None else
                          "declare it with `state` to carry it from step to step")  # fmt: skip
+                if kind_of is None:  # reported: read on as `n = ...` (no cascade on its uses)
+                    declare(n, sp, "value")
+                    body.append(CellStmt((n,), _cexpr(lw, expr), False, lw.span(st), (sp,)))
                 continue
             if n in updated:
                 lw.error("SEQ013", f"state `{n}` is updated twice", sp,
@@ -377,7 +380,7 @@ def lower_extern(lw: _Lowerer, node: Tree[Token], file: str) -> ExternDef:
             continue
         if val.data != "ext_dim":
             lw.error("SEQ014", f"`{key}:` takes a " + ("word: `shape: same`" if key == "shape" else "size, e.g. `parts` or `T / parts`"),
-                     val, None)  # fmt: skip
+                     val, "see docs/custom.md for the clauses of an extern declaration")  # fmt: skip
             continue
         d = _dim(lw, val.children[0])
         if key == "shape":
@@ -451,7 +454,8 @@ def _contract(lw: _Lowerer, val: Tree[Token], owner: str, cond: str | None) -> M
         word = str(val.children[0])
         args = [a for a in val.children[1:] if a is not None]
     else:
-        lw.error("SEQ014", "`mask:` takes a contract: " + ", ".join(_CONTRACTS), val, None)
+        lw.error("SEQ014", "`mask:` takes a contract: " + ", ".join(_CONTRACTS), val,
+                 "e.g. `mask: propagate` or `mask: consume(required)`")  # fmt: skip
         return MaskContract("none", sp)
     if word not in _CONTRACTS:
         dym = did_you_mean(word, list(_CONTRACTS))
