@@ -38,6 +38,13 @@ Conventions of :func:`run_reference`:
 - ``states``: the initial states of ``stateful`` layers by layer name (zeros
   when absent); :attr:`ReferenceResult.states` gives their final states, to
   pass to the next call.
+- ``externs``: extern layer implementations by name (a function or a
+  :class:`seqdsl.externs.Impl`), tried before the ``"numpy"`` ones of the
+  registry (the program's ``use "python.module"`` modules are imported first).
+
+Cell blocks and extern layers: ``docs/semantics.md`` section 5. An extern
+implementation that breaks its declaration (outputs, shapes, a returned mask)
+raises :class:`seqdsl.externs.ExternError`, as does a missing one.
 
 Bad arguments raise :class:`ReferenceError`. Every value is checked against
 its static type (shape, mask presence): a mismatch is an ``AssertionError``,

@@ -600,3 +600,152 @@ model M {
         ExternError, match=r"NoNumpyImplHere has no numpy implementation.*@seqdsl\.extern"
     ):
         run_reference(m, {}, [np.zeros((2, 3, 3))])
+
+
+# --------------------------------------------------------------------------
+# the equation language by hand: every construct, batched and not
+
+GADGET = """
+cell Gadget(n: int, scale: float = 0.5) {
+    input x: f32[k, n]
+    input v: f32[n]
+    state s: f32[k, n]
+    state q: f32[n]
+    weight w: [n, n] = glorot_uniform
+    weight g: [2, n] = zeros
+
+    a = x @ w
+    c = softmax(a + v, axis=0)
+    d = sum(c * s, axis=0)
+    e = mean(s, axis=-1)
+    f1, f2 = split(concat(q, d, axis=0), 2, axis=0)
+    m2 = maximum(f1, g[0]) - minimum(f2, g[1])
+    r = x[0] * scale + x[..., 0:1] * relu(q)
+    t = einsum("bkn,bn->bk", s, q)
+    p = x @ einsum("bkn->bnk", x)
+    s <- tanh(s + c - r / n) + sum(t, axis=-1) * 0.1
+    u = s * 2.0
+    q <- sigmoid(m2) + exp(-abs(q)) + softsign(d) + softplus(e[0]) + sqrt(square(q) + 1.0) - log(1.0 + square(d)) + mean(p @ s, axis=0) * 0.01
+    output s, u, q
+}
+
+model G {
+    input x: f64[B, T, 3, 4]
+    input v: f64[B, T, 4]
+    input m: mask[B, T]
+    s_seq, u_seq, q_seq, s_fin, q_fin = RNN(Gadget(4), return_sequences=true, return_state=true, name="fw")(x, v, mask=m)
+    s_last, u_last, q_last = RNN(Gadget(4, scale=1.5), go_backwards=true, name="bw")(x, v, mask=m)
+    output s_seq, u_seq, q_seq, s_fin, q_fin, s_last, u_last, q_last
+}
+"""
+
+
+def _gadget_step(
+    x: np.ndarray, v: np.ndarray, s: np.ndarray, q: np.ndarray, w: np.ndarray, g: np.ndarray,
+    scale: float,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    """Gadget's step written out with explicit NumPy axes (batch first)."""
+    n = 4
+    a = x @ w  # [B, k, n]
+    z = a + v[:, None, :]
+    c = np.exp(z - z.max(axis=1, keepdims=True))
+    c = c / c.sum(axis=1, keepdims=True)
+    d = (c * s).sum(axis=1)  # [B, n]
+    e = s.mean(axis=2)  # [B, k]
+    f = np.concatenate([q, d], axis=1)
+    f1, f2 = f[:, :n], f[:, n:]
+    m2 = np.maximum(f1, g[0]) - np.minimum(f2, g[1])
+    r = x[:, 0][:, None, :] * scale + x[:, :, 0:1] * np.maximum(q, 0.0)[:, None, :]
+    t = np.einsum("bkn,bn->bk", s, q)
+    p = np.einsum("bkn,bjn->bkj", x, x)  # x @ x^T per row
+    s_new = np.tanh(s + c - r / n) + t.sum(axis=1)[:, None, None] * 0.1
+    u = s * 2.0
+    q_new = (
+        1.0 / (1.0 + np.exp(-m2))
+        + np.exp(-np.abs(q))
+        + d / (1.0 + np.abs(d))
+        + np.log1p(np.exp(e[:, 0]))[:, None]
+        + np.sqrt(q**2 + 1.0)
+        - np.log(1.0 + d**2)
+        + np.einsum("bkj,bjn->bkn", p, s).mean(axis=1) * 0.01
+    )
+    return [s_new, u, q_new], [s_new, q_new]
+
+
+def test_cell_equations_by_hand() -> None:
+    m = model_of(GADGET)
+    w = rand_weights(m, 11, scale=0.4)
+    rng = np.random.default_rng(12)
+    b, t = 3, 4
+    x = rng.normal(0.0, 1.0, (b, t, 3, 4))
+    v = rng.normal(0.0, 1.0, (b, t, 4))
+    mask = np.array([[1, 1, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
+    outs = plain(run_reference(m, w, [x, v, mask]))
+    err = 0.0
+    for name, scale, backwards in (("fw", 0.5, False), ("bw", 1.5, True)):
+        ww, gg = w[f"{name}/w"], w[f"{name}/g"]
+        s, q = np.zeros((b, 3, 4)), np.zeros((b, 4))
+        seq = [np.zeros((b, t, 3, 4)), np.zeros((b, t, 3, 4)), np.zeros((b, t, 4))]
+        last = [np.zeros((b, 3, 4)), np.zeros((b, 3, 4)), np.zeros((b, 4))]
+        for j in range(t):
+            step = t - 1 - j if backwards else j
+            (y_s, y_u, y_q), (s_new, q_new) = _gadget_step(
+                x[:, step], v[:, step], s, q, ww, gg, scale
+            )
+            for row in range(b):
+                if mask[row, step]:
+                    s[row], q[row] = s_new[row], q_new[row]
+                    for k, y in enumerate((y_s, y_u, y_q)):
+                        seq[k][row, j] = y[row]
+                        last[k][row] = y[row]
+        if name == "fw":
+            for k, want in enumerate([*seq, s, q]):
+                err = max(err, close(outs[k], want, f"fw output {k}"))
+        else:
+            for k, want in enumerate(last):
+                err = max(err, close(outs[5 + k], want, f"bw output {k}"))
+        nontrivial(*last)
+    MAX_ERR["by hand"] = err
+
+
+def test_extern_mask_contracts_by_hand() -> None:
+    """concat (an unmasked input counts as all valid), generate only `if` its flag, drop."""
+    m = model_of("""
+extern layer TimeCat { inputs: 2; time: T + T; mask: concat }
+extern layer Gen(flag: bool = false) { shape: same; mask: generate(x != 0) if flag }
+extern layer Drop { shape: same; mask: drop }
+model M {
+    input a: f64[B, T, 3] masked
+    input b: f64[B, T, 3]
+    input ids: i32[B, T]
+    c = TimeCat()(a, b)
+    g = ids -> Gen()
+    g2 = ids -> Gen(flag=true)
+    d = c -> Drop()
+    output c, g, g2, d
+}""")
+    seen: dict[str, Any] = {}
+
+    def timecat(a: Any, b: Any, *, mask: Any, **kw: Any) -> Any:
+        seen["masks"] = mask
+        return np.concatenate([a, b], axis=1)
+
+    ex = {
+        "TimeCat": timecat,
+        "Gen": lambda x, **kw: x * 2,
+        "Drop": lambda x, **kw: -x,
+    }
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 3, 3))
+    ids = np.array([[1, 0, 2], [0, 0, 3]])
+    ma = np.array([[1, 1, 0], [0, 0, 0]], bool)
+    r = run_reference(m, {}, [a, b, ids], masks={"a": ma}, externs=ex)
+    c, g, g2, d = plain(r)
+    np.testing.assert_array_equal(c, np.concatenate([a, b], axis=1))
+    assert seen["masks"][0] is not None and seen["masks"][1] is None  # a tuple, one per input
+    np.testing.assert_array_equal(r.values["c"][1], np.concatenate([ma, np.ones((2, 3), bool)], 1))
+    assert r.values["g"][1] is None
+    np.testing.assert_array_equal(r.values["g2"][1], ids != 0)
+    np.testing.assert_array_equal(g2, ids * 2)
+    assert r.values["d"][1] is None
+    np.testing.assert_array_equal(d, -c)
