@@ -38,6 +38,13 @@ Conventions of :func:`run_reference`:
 - ``states``: the initial states of ``stateful`` layers by layer name (zeros
   when absent); :attr:`ReferenceResult.states` gives their final states, to
   pass to the next call.
+- ``externs``: extern layer implementations by name (a function or a
+  :class:`seqdsl.externs.Impl`), tried before the ``"numpy"`` ones of the
+  registry (the program's ``use "python.module"`` modules are imported first).
+
+Cell blocks and extern layers: ``docs/semantics.md`` section 5. An extern
+implementation that breaks its declaration (outputs, shapes, a returned mask)
+raises :class:`seqdsl.externs.ExternError`, as does a missing one.
 
 Bad arguments raise :class:`ReferenceError`. Every value is checked against
 its static type (shape, mask presence): a mismatch is an ``AssertionError``,
@@ -49,14 +56,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .catalogue import BoundLayer, _cell_of
+from .cells import BoundCell, bound_cell_of, is_cell_layer
 from .checker import CheckedModel, LayerInfo
 from .dims import Dim
+from .externs import ExternError, Impl, check_output_shapes, get_extern, import_modules
 from .initializers import initial_weights
-from .ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
+from .ir import ApplyOp, CExpr, DropMaskOp, InputDecl, MaskContract, MergeOp
 from .padding import lengths_to_mask
 from .types import MaskKind, MaskType, TensorType
 
@@ -270,9 +281,53 @@ class _Cell:
 
 @dataclass
 class _RnnRun:
-    sequence: Array  # [B, T, U], in processing order (reversed for go_backwards)
-    last: Array  # [B, U]: the output at the last valid step, 0 for an empty row
+    #: per cell output: [B, T, *shape], in processing order (reversed for go_backwards)
+    sequences: list[Array]
+    #: per cell output: the output at the last valid step, 0 for an empty row
+    lasts: list[Array]
     states: list[Array]
+
+    @property
+    def sequence(self) -> Array:
+        return self.sequences[0]
+
+    @property
+    def last(self) -> Array:
+        return self.lasts[0]
+
+
+#: one step of a cell: (step index, states) -> (outputs, new states)
+_StepFn = Callable[[int, list[Array]], tuple[list[Array], list[Array]]]
+
+
+def _rows(m: Array, like: Array) -> Array:
+    """A per-row flag ``[B]`` shaped to broadcast against ``like`` ``[B, ...]``."""
+    return m.reshape(m.shape + (1,) * (like.ndim - 1))
+
+
+def _scan(
+    step_fn: _StepFn,
+    t: int,
+    mask: Array,
+    init: list[Array],
+    out_shapes: Sequence[tuple[int, ...]],
+    masked_output: str,
+) -> _RnnRun:
+    """Run a cell over ``t`` steps in order, skipping masked steps: at a masked
+    step every state keeps its value and the output is 0 (``zero``) or the
+    last valid output (``carry``; 0 before the first)."""
+    b = mask.shape[0]
+    states = [s.copy() for s in init]
+    seqs = [np.zeros((b, t, *shape)) for shape in out_shapes]
+    carried = [np.zeros((b, *shape)) for shape in out_shapes]  # the last valid outputs
+    for step in range(t):
+        outs, new = step_fn(step, states)
+        m = mask[:, step]
+        states = [np.where(_rows(m, s), n, s) for n, s in zip(new, states, strict=True)]
+        carried = [np.where(_rows(m, c), o, c) for o, c in zip(outs, carried, strict=True)]
+        for seq, o, c in zip(seqs, outs, carried, strict=True):
+            seq[:, step] = np.where(_rows(m, o), o, 0.0 if masked_output == "zero" else c)
+    return _RnnRun(seqs, carried, states)
 
 
 def _run_cell(
@@ -284,23 +339,171 @@ def _run_cell(
     in_keep: Array | None,
     rec_keep: Array | None,
 ) -> _RnnRun:
-    """Run ``cell`` over ``x`` [B, T, F] in time order, skipping masked steps."""
-    b, t, _ = x.shape
-    u = cell.units
-    states = [s.copy() for s in init]
-    seq = np.zeros((b, t, u))
-    carried = np.zeros((b, u))  # the last valid output, 0 before the first
-    for step in range(t):
+    """Run a built-in ``cell`` over ``x`` [B, T, F] in time order, skipping masked steps."""
+
+    def step_fn(step: int, states: list[Array]) -> tuple[list[Array], list[Array]]:
         xt = x[:, step, :]
         if in_keep is not None:
             xt = xt * in_keep
         h_rec = states[0] if rec_keep is None else states[0] * rec_keep
         out, new = cell.step(xt, states, h_rec)
-        m = mask[:, step][:, None]
-        states = [np.where(m, n, s) for n, s in zip(new, states, strict=True)]
-        carried = np.where(m, out, carried)
-        seq[:, step, :] = np.where(m, out, 0.0 if masked_output == "zero" else carried)
-    return _RnnRun(seq, carried, states)
+        return [out], new
+
+    return _scan(step_fn, x.shape[1], mask, init, [(cell.units,)], masked_output)
+
+
+# --------------------------------------------------------------------------
+# cell blocks: the equations of `cell Name(...) { ... }`, evaluated per step
+
+#: a per-step value of a cell block and whether it has the batch axis first
+_Val = tuple[Array, bool]
+
+_CELL_UNARY: dict[str, Callable[[Array], Array]] = {
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "exp": np.exp,
+    "log": np.log,
+    "abs": np.abs,
+    "sqrt": np.sqrt,
+    "square": np.square,
+    "softplus": _softplus,
+    "softsign": lambda x: x / (1.0 + np.abs(x)),
+}
+
+
+def _align(a: _Val, b: _Val) -> tuple[Array, Array]:
+    """Two operands of an elementwise op or ``@``: per-step shapes broadcast from
+    the last axis, so a batched value of lower rank gets its new axes after the
+    batch axis (NumPy alone would pair the batch axis with a per-step one)."""
+    x, xb = a
+    y, yb = b
+    if xb and yb and x.ndim != y.ndim:
+        if x.ndim < y.ndim:
+            x = x.reshape(x.shape[:1] + (1,) * (y.ndim - x.ndim) + x.shape[1:])
+        else:
+            y = y.reshape(y.shape[:1] + (1,) * (x.ndim - y.ndim) + y.shape[1:])
+    return x, y
+
+
+@dataclass
+class _BlockCell:
+    """A bound cell block and its weights: one step of its equations on every row."""
+
+    bc: BoundCell
+    weights: Mapping[str, Array]
+
+    def axis(self, call: CExpr, v: _Val) -> int:
+        """The array axis of a call's ``axis=`` (per-step axes count after the batch)."""
+        ax = self.bc.axis(call)
+        return ax + 1 if v[1] and ax >= 0 else ax
+
+    def expr(self, e: CExpr, env: Mapping[str, _Val]) -> _Val:
+        op = e.op
+        if op == "num":
+            assert isinstance(e.value, (int, float))
+            return np.float64(e.value), False
+        if op == "name":
+            n = str(e.value)
+            if n in env:
+                return env[n]
+            v = self.bc.params.get(n, self.bc.dims.get(n))
+            assert isinstance(v, (int, float)) and not isinstance(v, bool), n
+            return np.float64(v), False
+        if op == "neg":
+            x, xb = self.expr(e.args[0], env)
+            return -x, xb
+        if op in ("+", "-", "*", "/", "@"):
+            a, b = (self.expr(x, env) for x in e.args)
+            x, y = _align(a, b)
+            fns: dict[str, Callable[[Array, Array], Array]] = {
+                "+": np.add,
+                "-": np.subtract,
+                "*": np.multiply,
+                "/": np.divide,
+                "@": np.matmul,
+            }
+            return _float(fns[op](x, y)), a[1] or b[1]
+        if op == "index":
+            x, xb = self.expr(e.args[0], env)
+            index: list[Any] = [slice(None)] if xb else []
+            for it in e.args[1:]:
+                if it.op == "ellipsis":
+                    index.append(Ellipsis)
+                elif it.op == "at":
+                    index.append(int(self.bc.const(it.args[0])))
+                else:
+                    lo, hi = (None if b.op == "none" else int(self.bc.const(b)) for b in it.args)
+                    index.append(slice(lo, hi))
+            return x[tuple(index)], xb
+        if op == "call":
+            return self.call(e, env)
+        raise AssertionError(f"cell expression {op!r}")  # pragma: no cover
+
+    def call(self, e: CExpr, env: Mapping[str, _Val]) -> _Val:
+        fn = str(e.value)
+        if fn == "einsum":
+            eq = str(e.args[0].value).replace(" ", "")
+            vals = [self.expr(a, env) for a in e.args[1:]]
+            return _float(np.einsum(eq, *(v for v, _ in vals))), any(b for _, b in vals)
+        vals = [self.expr(a, env) for a in e.args]
+        if fn in _CELL_UNARY:
+            ((x, xb),) = vals
+            return _float(_CELL_UNARY[fn](x)), xb
+        if fn in ("maximum", "minimum"):
+            x, y = _align(*vals)
+            f = np.maximum if fn == "maximum" else np.minimum
+            return _float(f(x, y)), vals[0][1] or vals[1][1]
+        if fn == "softmax":
+            ((x, xb),) = vals
+            ax = self.axis(e, vals[0])
+            z = np.exp(x - x.max(axis=ax, keepdims=True))
+            return _float(z / z.sum(axis=ax, keepdims=True)), xb
+        if fn in ("sum", "mean"):
+            ((x, xb),) = vals
+            ax = self.axis(e, vals[0])
+            return _float(x.sum(axis=ax) if fn == "sum" else x.mean(axis=ax)), xb
+        if fn == "concat":
+            ax = self.axis(e, vals[0])
+            return np.concatenate([v for v, _ in vals], axis=ax), True
+        raise AssertionError(f"cell function {fn!r}")  # pragma: no cover
+
+    def step(self, xs: Sequence[Array], states: Sequence[Array]) -> tuple[list[Array], list[Array]]:
+        """(outputs, new states) of one step; ``xs`` and ``states`` in declaration order."""
+        bc = self.bc
+        env: dict[str, _Val] = {}
+        for (name, _), x in zip(bc.inputs, xs, strict=True):
+            env[name] = (x, True)
+        for (name, _), s in zip(bc.states, states, strict=True):
+            env[name] = (s, True)
+        for w in bc.weights:
+            env[w.name] = (self.weights[w.name], False)
+        updated: dict[str, Array] = {}
+        for st in bc.cdef.body:
+            if st.expr.op == "call" and st.expr.value == "split":
+                v = self.expr(st.expr.args[0], env)
+                n = int(bc.const(st.expr.args[1]))
+                parts = np.split(v[0], n, axis=self.axis(st.expr, v))
+                vals = [(p, v[1]) for p in parts]
+            else:
+                vals = [self.expr(st.expr, env)]
+            if st.update:  # a state's name keeps reading the old value in this step
+                ((new, _),) = vals
+                updated[st.targets[0]] = new
+            else:
+                env.update(zip(st.targets, vals, strict=True))
+        b = xs[0].shape[0]
+        new_states = []
+        for name, shape in bc.states:
+            s = updated[name]
+            assert s.shape == (b, *shape), (bc.cdef.name, name, s.shape, shape)
+            new_states.append(s)
+        outs = []
+        for name, shape in bc.outputs:
+            o = updated[name] if name in updated else env[name][0]
+            assert o.shape == (b, *shape), (bc.cdef.name, name, o.shape, shape)
+            outs.append(o)
+        return outs, new_states
 
 
 # --------------------------------------------------------------------------
@@ -314,6 +517,8 @@ class _Interp:
     training: bool
     dropout_masks: Mapping[str, Array]
     init_states: Mapping[str, Sequence[Array]]
+    #: the numpy implementation of every extern layer the model uses
+    impls: Mapping[str, Impl] = field(default_factory=dict)
     values: dict[str, tuple[Array, Mask]] = field(default_factory=dict)
     final_states: dict[str, list[Array]] = field(default_factory=dict)
     updated: dict[str, Array] = field(default_factory=dict)
@@ -525,9 +730,11 @@ class _Interp:
         return [(out, _and_masks(ms))]
 
     def apply(self, info: LayerInfo, op: ApplyOp) -> list[tuple[Array, Mask]]:
-        x, mask = self.values[op.inputs[0].name]
-        if op.mask is not None:
-            mask = self.values[op.mask.name][0]  # an explicit mask replaces the incoming one
+        xs = [self.values[u.name][0] for u in op.inputs]
+        ms = [self.values[u.name][1] for u in op.inputs]
+        if op.mask is not None:  # an explicit mask replaces the incoming ones
+            ms = [self.values[op.mask.name][0]] * len(xs)
+        x, mask = xs[0], ms[0]
         training = self.training if op.training is None else bool(op.training.value)
         init = (
             [self.values[s.name][0] for s in op.initial_state]
@@ -536,6 +743,14 @@ class _Interp:
         )
         kind = info.kind
         cfg = info.config
+        if kind in self.model.externs:
+            return self.extern(info, op.results, xs, ms, training)
+        if kind in ("RNN", "Bidirectional") and is_cell_layer(cfg):
+            # a cell block reads every input; a step is valid where all inputs are
+            mask = _and_masks(ms)
+            if kind == "RNN":
+                return self.recurrent(info, x, mask, init, training, xs)
+            return self.bidirectional(info, x, mask, init, training)
         if kind in ("LSTM", "GRU", "SimpleRNN", "RNN"):
             return self.recurrent(info, x, mask, init, training)
         if kind == "Bidirectional":
@@ -800,30 +1015,76 @@ class _Interp:
             x, m = x[:, ::-1], m[:, ::-1]
         return _run_cell(cell, x, m, [_float(s) for s in states], masked_output, in_keep, rec_keep)
 
+    def block_cell(self, info: LayerInfo, prefix: str) -> _BlockCell:
+        """The cell block of ``RNN(MyCell(...))`` (or of one direction of
+        ``Bidirectional``) with its weights ``{layer}/{prefix}{weight}``."""
+        bc = bound_cell_of(info, self.model.types)
+        ws = {w.name: self.weight(info.name, prefix + w.name, w.shape) for w in bc.weights}
+        return _BlockCell(bc, ws)
+
+    def run_block(
+        self,
+        key: str,
+        cell: _BlockCell,
+        xs: Sequence[Array],
+        mask: Mask,
+        init: list[Array] | None,
+        go_backwards: bool,
+        masked_output: str,
+    ) -> _RnnRun:
+        b, t = xs[0].shape[:2]
+        m = np.ones((b, t), bool) if mask is None else mask
+        shapes = [(b, *shape) for _, shape in cell.bc.states]
+        states = init if init is not None else [np.zeros(shape) for shape in shapes]
+        if len(states) != len(shapes):
+            raise ReferenceError(f"{key}: {len(shapes)} state(s) expected, got {len(states)}")
+        for (name, _), s, want in zip(cell.bc.states, states, shapes, strict=True):
+            if s.shape != want:
+                raise ReferenceError(f"{key}: state {name!r} has shape {s.shape}, expected {want}")
+        if go_backwards:
+            xs, m = [x[:, ::-1] for x in xs], m[:, ::-1]
+
+        def step_fn(step: int, st: list[Array]) -> tuple[list[Array], list[Array]]:
+            return cell.step([x[:, step] for x in xs], st)
+
+        out_shapes = [shape for _, shape in cell.bc.outputs]
+        return _scan(step_fn, t, m, [_float(s) for s in states], out_shapes, masked_output)
+
     def recurrent(
-        self, info: LayerInfo, x: Array, mask: Mask, init: list[Array] | None, training: bool
+        self,
+        info: LayerInfo,
+        x: Array,
+        mask: Mask,
+        init: list[Array] | None,
+        training: bool,
+        xs: Sequence[Array] | None = None,
     ) -> list[tuple[Array, Mask]]:
         cfg = info.config
-        cell = self.cell_of(info.name, "", info.kind, cfg, x.shape[2])
+        block = self.block_cell(info, "") if is_cell_layer(cfg) else None
+        cell = None if block else self.cell_of(info.name, "", info.kind, cfg, x.shape[2])
+        n_states = len(block.bc.states) if block else cell.n_states if cell else 0
         stateful = bool(cfg["stateful"])
         go_back = bool(cfg["go_backwards"])
+        masked_output = str(cfg["masked_output"])
         if init is None and stateful and info.name in self.init_states:
             init = [_float(s) for s in self.init_states[info.name]]
-            if len(init) != cell.n_states:
-                raise ReferenceError(
-                    f"{info.name}: {cell.n_states} state(s) expected, got {len(init)}"
-                )
-        run = self.run_direction(
-            info.name, cell, x, mask, init, training, go_back, str(cfg["masked_output"])
-        )
+            if len(init) != n_states:
+                raise ReferenceError(f"{info.name}: {n_states} state(s) expected, got {len(init)}")
+        if block is not None:
+            run = self.run_block(info.name, block, xs or [x], mask, init, go_back, masked_output)
+        else:
+            assert cell is not None
+            run = self.run_direction(
+                info.name, cell, x, mask, init, training, go_back, masked_output
+            )
         if stateful:
             self.final_states[info.name] = [s.copy() for s in run.states]
         outs: list[tuple[Array, Mask]] = []
         if cfg["return_sequences"]:
             out_mask = None if mask is None else (mask[:, ::-1].copy() if go_back else mask)
-            outs.append((run.sequence, out_mask))
+            outs += [(seq, out_mask) for seq in run.sequences]
         else:
-            outs.append((run.last, None))
+            outs += [(last, None) for last in run.lasts]
         if cfg["return_state"]:
             outs += [(s, None) for s in run.states]
         return outs
@@ -835,17 +1096,22 @@ class _Interp:
         inner = cfg["layer"]
         assert isinstance(inner, BoundLayer)
         flags = inner.config
-        fw = self.cell_of(info.name, "forward/", inner.kind, inner.config, x.shape[2])
-        bw = self.cell_of(info.name, "backward/", inner.kind, inner.config, x.shape[2])
-        n = fw.n_states
-        init_fw = init[:n] if init is not None else None
-        init_bw = init[n:] if init is not None else None
-        r_fw = self.run_direction(
-            f"{info.name}/forward", fw, x, mask, init_fw, training, False, "zero"
-        )
-        r_bw = self.run_direction(
-            f"{info.name}/backward", bw, x, mask, init_bw, training, True, "zero"
-        )
+        key_fw, key_bw = f"{info.name}/forward", f"{info.name}/backward"
+        if is_cell_layer(cfg):
+            bfw, bbw = self.block_cell(info, "forward/"), self.block_cell(info, "backward/")
+            n = len(bfw.bc.states)
+            init_fw = init[:n] if init is not None else None
+            init_bw = init[n:] if init is not None else None
+            r_fw = self.run_block(key_fw, bfw, [x], mask, init_fw, False, "zero")
+            r_bw = self.run_block(key_bw, bbw, [x], mask, init_bw, True, "zero")
+        else:
+            fw = self.cell_of(info.name, "forward/", inner.kind, inner.config, x.shape[2])
+            bw = self.cell_of(info.name, "backward/", inner.kind, inner.config, x.shape[2])
+            n = fw.n_states
+            init_fw = init[:n] if init is not None else None
+            init_bw = init[n:] if init is not None else None
+            r_fw = self.run_direction(key_fw, fw, x, mask, init_fw, training, False, "zero")
+            r_bw = self.run_direction(key_bw, bw, x, mask, init_bw, training, True, "zero")
         if flags["return_sequences"]:
             y_fw, y_bw = r_fw.sequence, r_bw.sequence[:, ::-1]
             out_mask = mask
@@ -871,9 +1137,145 @@ class _Interp:
             outs += [(s, None) for s in r_fw.states + r_bw.states]
         return outs
 
+    # ------------------------------------------------------------ extern layers
+    def extern(
+        self,
+        info: LayerInfo,
+        results: Sequence[str],
+        xs: Sequence[Array],
+        ms: Sequence[Mask],
+        training: bool,
+    ) -> list[tuple[Array, Mask]]:
+        """Call the layer's numpy implementation; the output masks follow the
+        declared contract; the outputs (and a returned mask) must fit the declaration."""
+        edef = self.model.externs[info.kind]
+        impl = self.impls[info.kind]
+        who = f"{info.kind} (layer `{info.name}`)"
+        decl = f"declared at {edef.span}"
+        config = {p.name: info.config.get(p.name) for p in edef.params}
+        mask_arg: object = ms[0] if len(xs) == 1 else tuple(ms)
+        res = impl.fn(
+            *xs, mask=mask_arg, weights=self.layer_weights(info), config=config, training=training
+        )
+        got_mask: object = None
+        if impl.returns_mask:
+            if not (isinstance(res, (tuple, list)) and len(res) == 2):
+                raise ExternError(
+                    f"extern layer {who} is registered with returns_mask=True, so it must "
+                    f"return (outputs, mask); it returned {type(res).__name__} ({decl})"
+                )
+            res, got_mask = res
+        raw = list(res) if isinstance(res, (tuple, list)) else [res]
+        arrays = [np.asarray(o) for o in raw]
+        declared: list[tuple[str, list[int | None]]] = []
+        for name in results:
+            t = self.model.types[name]
+            assert isinstance(t, TensorType)
+            shape: list[int | None] = []
+            for d in t.shape:
+                v = None if d is None else d.evaluate(self.env)
+                shape.append(None if v is None or v.denominator != 1 else int(v))
+            declared.append((t.dtype, shape))
+        got = [(str(a.dtype), a.shape) for a in arrays]
+        check_output_shapes(who, declared, got, decl)
+        outs = [
+            _float(a) if dt in ("f32", "f64") else a
+            for a, (dt, _) in zip(arrays, declared, strict=True)
+        ]
+        masks = self.extern_masks(info, edef.mask, xs, ms, outs)
+        if impl.returns_mask:
+            self.compare_extern_mask(who, decl, edef.mask.kind, got_mask, masks)
+        return list(zip(outs, masks, strict=True))
+
+    def extern_masks(
+        self,
+        info: LayerInfo,
+        contract: MaskContract,
+        xs: Sequence[Array],
+        ms: Sequence[Mask],
+        outs: Sequence[Array],
+    ) -> list[Mask]:
+        """The output masks an extern layer's declaration gives (cell_contract.md)."""
+        active = contract.cond is None or bool(info.config.get(contract.cond))
+        kind = contract.kind if active else "none"
+        n = len(outs)
+        in_mask = next((m for m in ms if m is not None), None)
+        if kind == "propagate":
+            return [in_mask if in_mask is not None and o.ndim >= 2 else None for o in outs]
+        if kind == "generate":
+            assert contract.value is not None
+            x = xs[0]
+            m = x != contract.value
+            if m.ndim > 2:  # a step is valid where any of its values differs (as Masking)
+                m = m.any(axis=tuple(range(2, m.ndim)))
+            return [m if o.ndim >= 2 else None for o in outs]
+        if kind == "split":
+            if in_mask is None:
+                return [None] * n
+            k = in_mask.shape[1] // n
+            return [in_mask[:, i * k : (i + 1) * k] for i in range(n)]
+        if kind == "concat":
+            if all(m is None for m in ms):
+                return [None] * n
+            parts = [
+                m if m is not None else np.ones(x.shape[:2], bool)
+                for x, m in zip(xs, ms, strict=True)
+            ]
+            return [np.concatenate(parts, axis=1)] * n
+        return [None] * n  # consume, drop, none
+
+    @staticmethod
+    def compare_extern_mask(
+        who: str, decl: str, kind: str, got: object, want: Sequence[Mask]
+    ) -> None:
+        """A mask returned by the implementation must be the declaration's."""
+        n = len(want)
+        if got is None:
+            gots: list[object] = [None] * n
+        elif isinstance(got, (tuple, list)) and len(got) == n and n > 1:
+            gots = list(got)
+        else:
+            gots = [got] * n
+        for i, (g, w) in enumerate(zip(gots, want, strict=True)):
+            if g is None and w is None:
+                continue
+            where = f"output {i + 1}: " if n > 1 else ""
+            if g is None or w is None:
+                raise ExternError(
+                    f"extern layer {who}: {where}the implementation returned "
+                    f"{'no mask' if g is None else 'a mask'}, but the declaration "
+                    f"(`mask: {kind}`, {decl}) gives {'none' if w is None else 'one'}"
+                )
+            ga = np.asarray(g)
+            if ga.shape != w.shape or not np.array_equal(ga.astype(bool), w):
+                bad = (
+                    "shape " + str(ga.shape) + " instead of " + str(w.shape)
+                    if ga.shape != w.shape
+                    else f"{int((ga.astype(bool) != w).sum())} step(s) differ"
+                )
+                raise ExternError(
+                    f"extern layer {who}: {where}the mask the implementation returned differs "
+                    f"from the declaration's (`mask: {kind}`, {decl}): {bad}"
+                )
+
 
 def _is_stateful(info: LayerInfo) -> bool:
     return info.kind in ("LSTM", "GRU", "SimpleRNN", "RNN") and bool(info.config.get("stateful"))
+
+
+def _extern_impls(
+    model: CheckedModel, overrides: Mapping[str, Callable[..., object] | Impl] | None
+) -> dict[str, Impl]:
+    """The numpy implementation of every extern layer the model uses (``overrides``
+    first, then the registry, after importing the ``use "python.module"`` modules,
+    as ``seqdsl.emit.build`` does). A missing one raises ExternError."""
+    used = sorted({info.kind for info in model.layers if info.kind in model.externs})
+    if not used:
+        return {}
+    if model.python_modules:
+        folder = Path(model.file).parent if model.file else Path(".")
+        import_modules(model.python_modules, [folder])
+    return {name: get_extern(name, "numpy", overrides) for name in used}
 
 
 def run_reference(
@@ -886,15 +1288,17 @@ def run_reference(
     training: bool = False,
     dropout_masks: Mapping[str, Array] | None = None,
     states: Mapping[str, Sequence[Array]] | None = None,
+    externs: Mapping[str, Callable[..., object] | Impl] | None = None,
 ) -> ReferenceResult:
     """Run a checked model on NumPy inputs in float64 (see the module docstring)."""
+    impls = _extern_impls(model, externs)
     stateful = {info.name for info in model.layers if _is_stateful(info)}
     for name in states or {}:
         if name not in stateful:
             raise ReferenceError(
                 f"states given for {name!r}, which is not a stateful layer of {model.name}"
             )
-    interp = _Interp(model, weights, training, dropout_masks or {}, states or {})
+    interp = _Interp(model, weights, training, dropout_masks or {}, states or {}, impls)
     interp.bind_inputs(inputs, lengths or {}, masks or {})
     interp.run()
     outs: list[object] = []
