@@ -713,6 +713,43 @@ def test_debug_compares_a_returned_mask(seed_model: Any) -> None:
         ).debug(tokens)
 
 
+def test_extern_mask_contracts() -> None:
+    """concat (an unmasked input counts as valid), generate on [B, T, F] and
+    switched off by its parameter, propagate with two inputs."""
+    prog = seqdsl.loads("""
+extern layer Join { inputs: 2; shape: same; mask: concat }
+extern layer Gen(on: bool = true) { shape: same; mask: generate(x != 0.5) if on }
+extern layer Pair { inputs: 2; shape: same; mask: propagate }
+model M {
+    input a: f32[B, T, 3] pad(post) masked
+    input b: f32[B, S, 3]
+    j = Join()(a, b)
+    g = b -> Gen()
+    g2 = b -> Gen(on=false)
+    p = Pair()(a, a)
+    output j with mask, g with mask, g2, p with mask
+}
+""")
+    seen: dict[str, Any] = {}
+
+    def pair(x: Any, y: Any, *, mask: Any, **kw: Any) -> Any:
+        seen["pair"] = mask
+        return x + y
+
+    impls = {"Join": lambda x, y, **kw: jnp.concatenate([x, y], axis=1),
+             "Gen": lambda x, **kw: x, "Pair": pair}  # fmt: skip
+    jm = prog.build("jax", externs=impls)
+    a, b = np.ones((2, 3, 3), np.float32), np.full((2, 2, 3), 0.5, np.float32)
+    b[0, 0, 1] = 2.0
+    (j, jm_), (g, gm), g2, (p, pm) = jm.debug(a, b, lengths=np.array([3, 1]))
+    a_mask = np.array([[1, 1, 1], [1, 0, 0]], bool)
+    np.testing.assert_array_equal(jm_, np.concatenate([a_mask, np.ones((2, 2), bool)], axis=1))
+    np.testing.assert_array_equal(gm, [[True, False], [False, False]])
+    np.testing.assert_array_equal(pm, a_mask)
+    assert len(seen["pair"]) == 2 and np.array_equal(seen["pair"][1], a_mask)
+    np.testing.assert_allclose(p, 2.0)
+
+
 # --------------------------------------------------------------------------
 # golden files
 
