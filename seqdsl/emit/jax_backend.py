@@ -18,10 +18,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..catalogue import BoundLayer
+from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
@@ -31,7 +33,18 @@ from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
 from .common import py_literal as _lit
 from .common import seq_value as _fmt_value
+from .jax_cells import (
+    EXTERN_NAMES,
+    cell_step_function,
+    emit_cell_rnn,
+    emit_extern,
+    externs_section,
+    snake_case,
+)
 from .jax_snippets import ACTIVATION_EXPR, SECTIONS, SNIPPETS, closure, defined_names
+
+if TYPE_CHECKING:
+    from ..cells import BoundCell
 
 __all__ = ["emit_model", "instantiate", "class_name"]
 
@@ -62,10 +75,18 @@ def class_name(model: CheckedModel) -> str:
 
 
 def instantiate(
-    module: ModuleType, model: CheckedModel, weights: Mapping[str, np.ndarray]
+    module: ModuleType,
+    model: CheckedModel,
+    weights: Mapping[str, np.ndarray],
+    externs: Mapping[str, object] | None = None,
 ) -> object:
-    """The emitted module's model class, loaded with canonical ``weights``."""
+    """The emitted module's model class, loaded with canonical ``weights``.
+
+    ``externs``: implementations of extern layers (name -> function), before the
+    registry; a missing implementation raises ``ExternError`` here."""
     cls = getattr(module, class_name(model))
+    if model.externs:
+        return cls(module.from_canonical(dict(weights)), externs=externs)
     return cls(module.from_canonical(dict(weights)))
 
 
@@ -146,6 +167,8 @@ class _Emitter:
             | defined_names()
             | {class_name(model)}
         )
+        if model.externs:
+            reserved |= EXTERN_NAMES | {m.split(".")[0] for m in model.python_modules}
         self.names = _Namer(reserved)
         self.mask: dict[str, str | None] = {}
         self.by_op = {layer.op_index: layer for layer in model.layers}
@@ -156,6 +179,9 @@ class _Emitter:
         self.bn_layers: list[str] = []
         self.pending: list[str] = []
         self.force_lax = False
+        #: cell blocks: step function text (named __STEP__) -> its name; stateful cell layers
+        self.cell_fns: dict[str, str] = {}
+        self.cell_states: dict[str, tuple[int, tuple[tuple[int, ...], ...], tuple[str, ...]]] = {}
 
     def flush_debug(self) -> None:
         """The run-time checks of the last statement, under one ``if debug:``."""
@@ -213,11 +239,28 @@ class _Emitter:
                 w("")
                 for line in s.text.rstrip("\n").split("\n"):
                     w(line)
+        if self.cell_fns:
+            w("")
+            w("")
+            w(f"# {'-' * 74}")
+            w("# cell blocks: one step function each, the cell's equations (lax.scan runs them)")
+            for template, name in self.cell_fns.items():
+                w("")
+                w("")
+                w.lines.extend(fit(template.replace("__STEP__", name, 1).split("\n")))
+        if m.externs:
+            w("")
+            w("")
+            w(f"# {'-' * 74}")
+            w("# extern layers")
+            w("")
+            w.lines.extend(fit(externs_section(self)))
         w("")
         w("")
         w(f"# {'-' * 74}")
         w("# variables: init, canonical weights")
-        for line in _VARIABLES_TEXT.strip("\n").split("\n"):
+        variables_text = _stateful_shapes(_VARIABLES_TEXT, bool(self.cell_states))
+        for line in variables_text.strip("\n").split("\n"):
             w(line)
         w("")
         w("")
@@ -244,7 +287,10 @@ class _Emitter:
             w(line)
         w("")
         w("")
-        for line in _CLASS_TEXT.strip("\n").replace("{Model}", class_name(m)).split("\n"):
+        cls = _stateful_shapes(_CLASS_TEXT, bool(self.cell_states))
+        if m.externs:
+            cls = _extern_class(cls)
+        for line in cls.strip("\n").replace("{Model}", class_name(m)).split("\n"):
             w(line)
         return w.text()
 
@@ -282,6 +328,8 @@ class _Emitter:
         w("")
         w("from __future__ import annotations")
         w("")
+        if m.externs:
+            w("import functools")
         w("import zlib")
         if "_RNN" in closure(self.used):
             w("from typing import Any, NamedTuple")
@@ -289,10 +337,16 @@ class _Emitter:
         w("import jax")
         if "_lstm_fused" in closure(self.used):
             w("import jax.experimental.rnn")
-        w("import jax.numpy as jnp")
-        w("import numpy as np")
+        third = ["import jax.numpy as jnp", "import numpy as np"]
+        if m.externs:  # the modules of `use "..."` register the implementations
+            third += [f"import {mod}  # noqa: F401" for mod in m.python_modules]
+        for line in sorted(third, key=lambda s: s.split()[1].lower()):
+            w(line)
         if self.uses_lax:
             w("from jax import lax")
+        if m.externs:
+            w("")
+            w("from seqdsl.externs import ExternError, check_output_shapes, get_extern")
 
     def tables(self, w: CodeWriter) -> None:
         m = self.m
@@ -336,10 +390,24 @@ class _Emitter:
         if any(layer.weights for layer in m.layers):
             w("}")
         w("")
-        w("#: stateful recurrent layers: layer -> (batch, units, state names)")
-        if not self.stateful:
+        if self.cell_states:
+            w("#: stateful recurrent layers: layer -> (batch, state shapes, state names)")
+            w("STATEFUL = {")
+            for layer in m.layers:
+                if layer.name in self.stateful:
+                    b, u, names = self.stateful[layer.name]
+                    shapes: tuple[tuple[int, ...], ...] = ((u,),) * len(names)
+                elif layer.name in self.cell_states:
+                    b, shapes, names = self.cell_states[layer.name]
+                else:
+                    continue
+                w(f"    {_lit(layer.name)}: ({b}, {_lit(shapes)}, {_lit(names)}),")
+            w("}")
+        elif not self.stateful:
+            w("#: stateful recurrent layers: layer -> (batch, units, state names)")
             w("STATEFUL = {}")
         else:
+            w("#: stateful recurrent layers: layer -> (batch, units, state names)")
             w("STATEFUL = {")
             for name, (b, u, names) in self.stateful.items():
                 w(f"    {_lit(name)}: ({b}, {u}, {_lit(names)}),")
@@ -405,6 +473,8 @@ class _Emitter:
         b = self.body
         b("params, state = variables['params'], variables['state']".replace("'", '"'))
         b("new_state = dict(state)")
+        if m.externs:
+            b("externs = _externs(externs)  # the given implementations, else seqdsl's registry")
         masked = [inp.name for inp in m.model.inputs if inp.masked]
         if masked:
             self.use("_named")
@@ -464,7 +534,8 @@ class _Emitter:
         params = ", ".join(v for _, v in inputs)
         w(
             f"def apply(variables, {params}, *, training=False, rng=None, lengths=None, masks=None, "
-            "dropout_masks=None, return_state=False, debug=False):"
+            "dropout_masks=None, return_state=False, debug=False"
+            + (", externs=None):" if m.externs else "):")
         )
         w.lines = fit(w.lines)
         w(f'    """Run {m.name}: inputs in declaration order, then keyword options.')
@@ -483,6 +554,10 @@ class _Emitter:
         w("    return_state: also return the new state (BatchNormalization moving")
         w("        statistics, final states of stateful layers): (outputs, new_state).")
         w("    debug: verify declared mask kinds and lengths (concrete values, no jit).")
+        if m.externs:
+            w("        Extern layers: their outputs against the declarations (also under jit).")
+            w("    externs: implementations of extern layers by name (function or")
+            w("        seqdsl.externs.Impl), before seqdsl's registry.")
         w("")
         descr = []
         for o in m.model.outputs:
@@ -611,6 +686,10 @@ class _Emitter:
         b = self.body
         kind = layer.kind
         cfg = layer.config
+        if kind in self.m.externs:
+            return emit_extern(self, op, layer)
+        if kind in ("RNN", "Bidirectional") and is_cell_layer(cfg):
+            return emit_cell_rnn(self, op, layer)
         src_name = op.inputs[0].name
         x = self.names.value(src_name)
         mask: str | None
@@ -787,6 +866,13 @@ class _Emitter:
         self.pending.append(
             f"_check_mask({mk}, {_lit(kind.side)}, {_lit(kind.nonempty)}, {_lit(where)}, {_lit(hint)})"
         )
+
+    def cell_function(self, bc: BoundCell) -> str:
+        """The name of the step function of a bound cell (one per distinct text)."""
+        template = "\n".join(cell_step_function(bc, "__STEP__"))
+        if template not in self.cell_fns:
+            self.cell_fns[template] = self.names.fresh(f"_{snake_case(bc.cdef.name)}")
+        return self.cell_fns[template]
 
     # ------------------------------------------------------------ recurrent
     def emit_recurrent(self, op: ApplyOp, layer: LayerInfo, x: str, mask: str | None,
@@ -1071,6 +1157,46 @@ _SECTION_TITLES = {
     "time": "time-changing layers (windows use the mask: docs/semantics.md section 3)",
     "recurrent": "recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA",
 }
+
+
+def _stateful_shapes(text: str, on: bool) -> str:
+    """With stateful cell blocks, STATEFUL gives each state's shape (not units)."""
+    if not on:
+        return text
+    old_loop = "for layer, (batch, units, names) in STATEFUL.items():"
+    old_zeros = "{n: jnp.zeros((batch, units), dtype) for n in names}"
+    assert old_loop in text and old_zeros in text
+    return text.replace(old_loop, "for layer, (batch, shapes, names) in STATEFUL.items():").replace(
+        old_zeros, "{n: jnp.zeros((batch, *s), dtype) for n, s in zip(names, shapes, strict=True)}"
+    )
+
+
+def _extern_class(text: str) -> str:
+    """The class of a model with extern layers: implementations resolved at build."""
+    edits = [
+        (
+            "def __init__(self, variables=None, rng_key=None):",
+            "def __init__(self, variables=None, rng_key=None, externs=None):",
+        ),
+        (
+            "        self.variables = variables\n"
+            '        self._jitted = jax.jit(apply, static_argnames=("training", "return_state", "debug"))',
+            "        self.variables = variables\n"
+            "        self.externs = _externs(externs)  # now: a missing implementation raises here\n"
+            "        self._jitted = jax.jit(\n"
+            "            functools.partial(apply, externs=self.externs),\n"
+            '            static_argnames=("training", "return_state", "debug"),\n'
+            "        )",
+        ),
+        (
+            "apply(self.variables, *inputs, return_state=True, debug=True, **options)",
+            "apply(\n            self.variables, *inputs, return_state=True, debug=True, externs=self.externs, **options\n        )",
+        ),
+    ]
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
 
 
 _VARIABLES_TEXT = '''

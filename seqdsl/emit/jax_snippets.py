@@ -1053,6 +1053,169 @@ def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
     section="recurrent",
 )
 
+# --------------------------------------------------------------------------
+# cell blocks (one generated step function each) and extern layers
+
+_add(
+    "_cell_states",
+    """
+def _cell_states(x, shapes):
+    return tuple(jnp.zeros((x.shape[0], *shape), x.dtype) for shape in shapes)
+""",
+    section="recurrent",
+)
+
+_add(
+    "_cell_rnn",
+    '''
+def _valid_where(m_t, new, old):
+    """where(mask, new, old) for a per-step value of any rank (mask [B])."""
+    return jnp.where(m_t.reshape(m_t.shape + (1,) * (jnp.ndim(new) - 1)), new, old)
+
+
+def _cell_rnn(
+    step,
+    p,
+    xs,
+    mask,
+    states,
+    outputs,
+    *,
+    go_backwards=False,
+    return_sequences=False,
+    masked_output="zero",
+):
+    """A cell block over time with lax.scan: one compiled loop body, whatever T.
+
+    step(p, inputs_t, states) -> (outputs, new states), all tuples; xs: the input
+    sequences [B, T, ...]; outputs: the output shapes (without the batch). The
+    mask is handled in the loop body, exactly for every mask kind (post, pre,
+    gaps, empty rows), as for the built-in layers (_scan): at a masked step every
+    state keeps its value, the outputs there are 0 (masked_output="zero") or the
+    last valid ones ("carry"); `last` holds the outputs of the last valid step (0
+    for a row with none). go_backwards: the flipped sequences and mask (outputs
+    stay in that reversed order). Returns _RNN with tuples of outputs.
+    """
+    if go_backwards:
+        xs, mask = tuple(_flip_time(x) for x in xs), _flip_time(mask)
+    last = tuple(jnp.zeros((xs[0].shape[0], *shape), xs[0].dtype) for shape in outputs)
+    seqs = tuple(jnp.swapaxes(x, 0, 1) for x in xs)  # [T, B, ...]: scan runs over time
+    if mask is None:
+
+        def body(carry, x_t):
+            ys, new = step(p, x_t, carry[0])
+            return (new, ys), (ys if return_sequences else None)
+
+        (states, last), ys = lax.scan(body, (tuple(states), last), seqs)
+    else:
+
+        def body(carry, inputs):
+            states, last = carry
+            x_t, m_t = inputs
+            ys, new = step(p, x_t, states)
+            states = tuple(_valid_where(m_t, n, s) for n, s in zip(new, states, strict=True))
+            last = tuple(_valid_where(m_t, y, prev) for y, prev in zip(ys, last, strict=True))
+            out = None
+            if return_sequences:
+                out = last  # masked_output="carry"
+                if masked_output == "zero":
+                    out = tuple(_valid_where(m_t, y, 0.0) for y in ys)
+            return (states, last), out
+
+        (states, last), ys = lax.scan(body, (tuple(states), last), (seqs, mask.T))
+    sequence = None if ys is None else tuple(jnp.swapaxes(y, 0, 1) for y in ys)
+    return _RNN(sequence, last, states)
+''',
+    deps=("_RNN", "_flip_time"),
+    section="recurrent",
+)
+
+_add(
+    "_cell_bidirectional",
+    '''
+def _cell_bidirectional(
+    step, p, xs, mask, states_fw, states_bw, outputs, *, merge_mode, return_sequences
+):
+    """Bidirectional(RNN(cell)) for a cell with one output [n]: the forward run on
+    xs; the backward run reads the valid steps in reverse (go_backwards) and its
+    outputs are flipped back to input order; merged by merge_mode (two arrays for
+    "none"). States: forward then backward."""
+    fw_p = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
+    bw_p = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
+    run = dict(outputs=outputs, return_sequences=return_sequences)
+    fw = _cell_rnn(step, fw_p, xs, mask, states_fw, **run)
+    bw = _cell_rnn(step, bw_p, xs, mask, states_bw, go_backwards=True, **run)
+    sequence = None
+    if return_sequences:
+        sequence = _merge_directions(fw.sequence[0], _flip_time(bw.sequence[0]), merge_mode)
+    last = _merge_directions(fw.last[0], bw.last[0], merge_mode)
+    return _RNN(sequence, last, tuple(fw.states) + tuple(bw.states))
+''',
+    deps=("_cell_rnn", "_merge_directions", "_flip_time", "_RNN"),
+    section="recurrent",
+)
+
+_add(
+    "_extern",
+    '''
+def _extern(impl, inputs, mask, weights, config, training):
+    """Call an extern layer's implementation. Returns (its outputs as a tuple, the
+    mask it returned or None); the layer's output masks come from its
+    declaration, a returned mask is only compared with them (debug)."""
+    out = impl.fn(*inputs, mask=mask, weights=weights, config=config, training=training)
+    returned = None
+    if impl.returns_mask:
+        out, returned = out
+    return (tuple(out) if isinstance(out, (tuple, list)) else (out,)), returned
+''',
+)
+
+_add(
+    "_check_extern",
+    '''
+def _check_extern(layer, declaration, outputs, declared, returned, expected):
+    """debug: an extern layer against its declaration. The number, dtypes and
+    shapes of its outputs are static (checked at trace time, so also under
+    jax.jit); a mask the implementation returns is compared with the masks the
+    declared contract gives (concrete values)."""
+    got = [(str(jnp.asarray(o).dtype), tuple(jnp.shape(o))) for o in outputs]
+    check_output_shapes(layer, declared, got, declaration)
+    if returned is None:
+        return
+    masks = tuple(returned) if isinstance(returned, (tuple, list)) else (returned,) * len(expected)
+    if len(masks) != len(expected):
+        raise ExternError(
+            f"extern layer {layer} returned {len(masks)} masks for {len(expected)} outputs "
+            f"(declaration: {declaration})"
+        )
+    for i, (m, want) in enumerate(zip(masks, expected, strict=True)):
+        if m is None and want is None:
+            continue
+        if m is None or want is None:
+            raise ExternError(
+                f"extern layer {layer}: output {i + 1} has "
+                + ("no mask" if m is None else "a mask")
+                + f" from the implementation, but its declaration ({declaration}) gives "
+                + ("one" if m is None else "none")
+            )
+        m, want = _concrete(m).astype(bool), _concrete(want)
+        if m.shape != want.shape or (m != want).any():
+            rows = (
+                np.nonzero((m != want).any(axis=tuple(range(1, m.ndim))))[0]
+                if m.shape == want.shape
+                else None
+            )
+            raise ExternError(
+                f"extern layer {layer}: the mask it returned for output {i + 1} "
+                + (f"has shape {m.shape}, " if rows is None else f"differs in row {int(rows[0])}, ")
+                + f"but its declaration ({declaration}) gives "
+                + (f"shape {want.shape}" if rows is None else "another mask")
+            )
+''',
+    deps=("_concrete",),
+    section="inputs",
+)
+
 
 SNIPPETS: dict[str, Snippet] = {s.name: s for s in _S}
 ORDER: list[str] = [s.name for s in _S]
