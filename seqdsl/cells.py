@@ -626,7 +626,8 @@ class BoundCell:
     locals: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def axis(self, call: CExpr, default: int = -1) -> int:
-        """The axis of a call (concat/split/softmax/sum/mean) on the batched value (>= 1)."""
+        """The axis a call (concat/split/softmax/sum/mean) names, as written: counted from
+        the first axis after the batch axis (negative: from the end)."""
         for k, e in call.kwargs:
             if k == "axis":
                 v = const_value(e, self.params)
@@ -948,7 +949,12 @@ def check_extern(edef: ExternDef) -> list[Diagnostic]:
                 "or `mask: consume`",
             )
         )
-    if not edef.out_types and not edef.same_shape and edef.time is None:
+    if (
+        not edef.out_types
+        and not edef.same_shape
+        and edef.time is None
+        and k not in ("concat", "split")
+    ):
         out.append(
             Diagnostic.make(
                 "SEQ014",

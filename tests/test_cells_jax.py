@@ -409,7 +409,7 @@ def minimal_np(w: dict[str, np.ndarray], x: np.ndarray, mask: np.ndarray, go_bac
     last, seq = np.zeros_like(h), []
     for t in reversed(range(x.shape[1])) if go_backwards else range(x.shape[1]):
         m = mask[:, t][:, None]
-        new = np.tanh(x[:, t] @ w["kernel"] + h @ w["recurrent_kernel"])
+        new = x[:, t] @ w["kernel"] + h @ w["recurrent_kernel"]  # Keras' MinimalRNNCell: linear
         h = np.where(m, new, h)
         last = np.where(m, new, last)
         seq.append(np.where(m, new, 0.0))
@@ -436,13 +436,12 @@ def test_minimal_rnn_cell_example_matches_numpy() -> None:
     logits = last @ w["logits_dense"]["kernel"] + w["logits_dense"]["bias"]
     assert err(out, logits) <= F32_TOL and np.max(np.abs(logits)) > 1e-3
     np.testing.assert_allclose(np.asarray(out)[3], w["logits_dense"]["bias"], atol=1e-6)
-    # init draws the cell weights by their initializers (glorot_uniform, orthogonal)
+    # init draws the cell weights by their initializer (Keras' `uniform`: U(-0.05, 0.05))
     fresh = module_of(jm).to_canonical(jax.jit(module_of(jm).init)(jax.random.key(0)))
     assert all(fresh[k].shape == cw[k].shape for k in cw)
-    r = fresh["seq_rnn/recurrent_kernel"]
-    np.testing.assert_allclose(r @ r.T, np.eye(32), atol=1e-5)
-    k = fresh["seq_rnn/kernel"]
-    assert 0.5 * np.sqrt(6 / 48) < np.abs(k).max() <= np.sqrt(6 / 48)
+    for name in ("seq_rnn/kernel", "seq_rnn/recurrent_kernel"):
+        k = np.asarray(fresh[name])
+        assert 0.04 < np.abs(k).max() <= 0.05 and abs(float(k.mean())) < 0.01, name
 
 
 SINK = """
