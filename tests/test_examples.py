@@ -188,6 +188,13 @@ def _stateful(keras: Any) -> Any:
     return keras.Model(paragraph, out)
 
 
+def _stateful_paragraphs(keras: Any) -> Any:
+    L = keras.layers
+    paragraph = keras.Input(batch_shape=(20, None, 50))
+    outs = L.LSTM(64, stateful=True, return_state=True, name="lstm_layer")(paragraph)
+    return keras.Model(paragraph, outs)
+
+
 def _bilstm_tagger(keras: Any) -> Any:
     L = keras.layers
     frames = keras.Input((None, 40))
@@ -300,6 +307,7 @@ TWINS: dict[str, Twin] = {
     "rnn_guide_mnist_lstm": _mnist(cell=False),
     "rnn_guide_mnist_rnn_cell": _mnist(cell=True),
     "rnn_guide_stateful": _stateful,
+    "stateful_paragraphs": _stateful_paragraphs,
     "bilstm_tagger": _bilstm_tagger,
     "seq2seq_bidir_encoder": _seq2seq,
     "conv_frontend_lstm": _conv_frontend,
@@ -531,3 +539,15 @@ def test_stateful_fixed_batch() -> None:
     out = _tensor(prog, "output_state")
     assert out.batch is not None and out.batch.value == 20
     assert prog.model().layer("output_state_lstm").config["stateful"] is True
+
+
+def test_stateful_paragraphs_masked_states() -> None:
+    prog = _load("stateful_paragraphs")
+    t = _tensor(prog, "paragraph")
+    assert t.batch is not None and t.batch.value == 20 and t.time == sym("T")
+    assert t.mask is not None and (t.mask.side, t.mask.nonempty) == ("post", False)
+    for name in ("output_state", "state_h", "state_c"):
+        out = _tensor(prog, name)
+        assert out.rank == 2 and out.mask is None
+    assert prog.model().layer("lstm_layer").config["stateful"] is True
+    assert set(_kernels(prog, "lstm_layer").values()) == {"cudnn"}

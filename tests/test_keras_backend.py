@@ -47,6 +47,7 @@ GOLDEN = ROOT / "tests" / "golden" / "keras"
 GOLDEN_EXAMPLES = (
     "sentiment_lstm", "gru_pre_padding", "masking_explicit_mask", "masking_temporal_split",
     "conv_frontend_lstm", "bilstm_tagger", "rnn_guide_stateful",
+    "stateful_paragraphs",
 )  # fmt: skip
 CASES = all_cases()
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -597,6 +598,14 @@ def _stateful(k: Any) -> Any:
     return k.Model(paragraph, out)
 
 
+def _stateful_paragraphs(k: Any) -> Any:
+    paragraph = k.Input(batch_shape=(20, None, 50))
+    # the padding is zeros: Masking gives the mask that the lengths give
+    x = k.layers.Masking(0.0)(paragraph)
+    outs = k.layers.LSTM(64, stateful=True, return_state=True, name="lstm_layer")(x)
+    return k.Model(paragraph, outs)
+
+
 def _bilstm_tagger(k: Any) -> Any:
     L = k.layers
     frames = k.Input((None, 40))
@@ -780,6 +789,7 @@ TWINS: dict[str, Twin] = {
     "sentiment_lstm": Twin(_sentiment),
     "seq2seq_bidir_encoder": Twin(_seq2seq),
     "stacked_lstm_repeat": Twin(_stacked),
+    "stateful_paragraphs": Twin(_stateful_paragraphs),
 }
 
 
@@ -807,7 +817,8 @@ def test_keras_twin(stem: str) -> None:
         np.asarray(x, np.float32) if np.asarray(x).dtype == np.float64 else np.asarray(x)
         for x in inputs
     ]
-    for _ in range(2 if stem == "rnn_guide_stateful" else 1):  # stateful: the second call continues
+    stateful = stem in ("rnn_guide_stateful", "stateful_paragraphs")
+    for _ in range(2 if stateful else 1):  # stateful: the second call continues
         ours = flat(as_outputs(call(net, keras_inputs(m, inputs, lengths, masks)), m))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not support masking.*")
