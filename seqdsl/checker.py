@@ -538,6 +538,27 @@ class _ModelChecker:
             if lit.kind != "int":
                 return bad("an integer or `none`")
             out = v
+        elif t == "ints_or_none":
+            if lit.kind == "name" and v in ("none", "None"):
+                return None
+            if lit.kind == "list" and isinstance(v, tuple) and len(v) == 1 and v[0].kind == "int":
+                out = v[0].value
+            elif lit.kind == "int":
+                out = v
+            else:
+                return bad("an integer or `none`")
+        elif t == "axes":
+            if lit.kind == "name" and v in ("none", "None"):
+                return None
+            if lit.kind == "name" and v == "time" or lit.kind == "int":
+                return v
+            if (
+                lit.kind == "list"
+                and isinstance(v, tuple)
+                and all(isinstance(i, Literal) and i.kind == "int" for i in v)
+            ):
+                return tuple(i.value for i in v)
+            return bad("`none`, `time`, an integer axis or a list of them")
         elif t == "shape":
             items = v if lit.kind == "list" else (lit,) if lit.kind == "int" else None
             if not isinstance(items, tuple) or not all(
@@ -717,7 +738,10 @@ class _ModelChecker:
                 "SEQ504",
                 f"{layer.kind} does not take a `mask=` argument",
                 op.mask.span,
-                "generators make their own mask and reshaping layers have none; "
+                "each of its inputs brings its own mask: mask the query, value or key itself "
+                "(`Embedding(mask_zero=true)`, `Masking`, a `masked` input)"
+                if spec.n_inputs[1] > 1
+                else "generators make their own mask and reshaping layers have none; "
                 "pass the mask to the layer that consumes it",
             )
             ok = False
@@ -732,19 +756,31 @@ class _ModelChecker:
         if op.training is not None:
             if "training" not in spec.data_args:
                 self.diag("SEQ206", f"{layer.kind} does not take `training=`", op.training.span,
-                          "only Dropout, BatchNormalization, TimeDistributed and recurrent layers do")  # fmt: skip
+                          "only Dropout, BatchNormalization, TimeDistributed, recurrent and "
+                          "attention layers do")  # fmt: skip
                 ok = False
             elif op.training.kind != "bool":
                 self.diag("SEQ203", "`training=` expects `true` or `false`", op.training.span,
                           "write `training=true` or `training=false`")  # fmt: skip
                 ok = False
-        if ins is not None and len(op.inputs) != 1:
-            self.diag(
-                "SEQ205",
-                f"{layer.kind} takes one input, got {len(op.inputs)}",
-                op.span,
-                "merge values first with `concat(...)` or `add(...)`",
-            )
+        lo, hi = spec.n_inputs
+        if ins is not None and not lo <= len(op.inputs) <= hi:
+            if hi == 1:
+                self.diag(
+                    "SEQ205",
+                    f"{layer.kind} takes one input, got {len(op.inputs)}",
+                    op.span,
+                    "merge values first with `concat(...)` or `add(...)`",
+                )
+            else:
+                self.diag(
+                    "SEQ205",
+                    f"{layer.kind} takes {lo} to {hi} inputs (query, value[, key]), "
+                    f"got {len(op.inputs)}",
+                    op.span,
+                    f"call it on its inputs: `{layer.kind}(...)(query, value)`, "
+                    "or `(query, value, key)`",
+                )
             ok = False
         mask_t = self._explicit_mask(op, ins)
         states = self._states(op)
@@ -755,6 +791,7 @@ class _ModelChecker:
         t = ins[0]
         if isinstance(mask_t, MaskType):
             t = t.with_mask(mask_t.kind)
+        ins = [t, *ins[1:]]
         call = CallInfo(
             layer.kind,
             initial_state=states,
@@ -763,14 +800,14 @@ class _ModelChecker:
         )
         ctx = _Ctx(self, layer.span, layer.kind)
         try:
-            outs: list[object] = list(spec.rule(cfg, [t], call, ctx))
+            outs: list[object] = list(spec.rule(cfg, ins, call, ctx))
         except RuleError as e:
             self.rule_error(
                 e, layer.span, op.inputs, layer, op.initial_state, op.initial_state_span
             )
             self.bind_results(op.results, fail, op.result_spans, op.span, silent=True)
             return
-        kernels = self.record_layer(index, layer.name, layer.kind, cfg, spec, [t], op, layer)
+        kernels = self.record_layer(index, layer.name, layer.kind, cfg, spec, ins, op, layer)
         if kernels is not None and any(d.name == "kernel" for d in layer.decorators):
             self.require_cudnn(layer, cfg, kernels)
         if len(outs) != len(op.results):
@@ -925,7 +962,8 @@ class _ModelChecker:
                 non_trainable_params=non_trainable,
                 weights=weights,
                 kernels=kernels,
-                padding_invariant=spec.padding_invariant,
+                padding_invariant=spec.padding_invariant
+                and (spec.invariant is None or spec.invariant(cfg)),
                 span=layer.span if layer is not None else op.span,
             )
         )
@@ -1184,6 +1222,8 @@ def _type_hint(p: Param) -> str | None:
         "float": "write a number, e.g. `0.5`",
         "ints": "write an integer, e.g. `3`",
         "int_or_none": "write an integer, or `none`",
+        "ints_or_none": "write an integer, or `none`",
+        "axes": "write `none` or `time`",
         "str": 'write a string in quotes, e.g. "encoder"',
         "shape": "write a list of integers, e.g. `[4, -1]`",
         "axis": "write `time`, `features` or an integer axis",
