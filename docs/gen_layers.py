@@ -41,7 +41,8 @@ def _section(spec: LayerSpec) -> list[str]:
     facts = [
         f"category: {spec.category}",
         f"mask rule: {spec.mask_rule}",
-        f"padding invariant: {'yes' if spec.padding_invariant else 'no'}",
+        f"padding invariant: {'yes' if spec.padding_invariant else 'no'}"
+        + (f" ({spec.invariant_note})" if spec.invariant_note else ""),
         "data arguments: " + (", ".join(f"`{a}=`" for a in sorted(spec.data_args)) or "none"),
     ]
     if spec.kernels is not None:

@@ -70,7 +70,9 @@ class Param:
     (a bare name or string among ``choices``), ``activation``,
     ``initializer``, ``layer`` (a nested layer constructor), ``ints`` (an int
     or a one-element list, Keras' ``kernel_size=3`` or ``(3,)``), ``int_or_none``,
-    ``shape`` (a list of ints), ``axis`` (``time``/``features`` or an int).
+    ``ints_or_none`` (``ints`` or ``none``), ``shape`` (a list of ints), ``axis``
+    (``time``/``features`` or an int), ``axes`` (``none``, ``time``, an int or a
+    list of ints).
     """
 
     name: str
@@ -191,6 +193,10 @@ class LayerSpec:
     kernels: KernelFn | None = None
     data_args: frozenset[str] = frozenset({"mask"})
     n_inputs: tuple[int, int] = (1, 1)
+    #: whether a configuration keeps the layer padding invariant (None: always, when
+    #: ``padding_invariant`` is set), and the exception in words, for the docs
+    invariant: Callable[[Config], bool] | None = None
+    invariant_note: str = ""
 
     def param(self, name: str) -> Param | None:
         for p in self.params:
@@ -1319,6 +1325,194 @@ def pad_mask_kind(pad: PadInfo | None, value: float) -> MaskKind:
 
 
 # --------------------------------------------------------------------------
+# attention layers
+
+
+def _attention_masks_hint(kind: str) -> str:
+    return (
+        f"{kind} takes its masks from its inputs: each value brings its own "
+        "(`Embedding(mask_zero=true)`, `Masking`, a `masked` input)"
+    )
+
+
+def _attention_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
+    """Attention and MultiHeadAttention: ``(query, value[, key])``, each a sequence."""
+    kind = call.layer_kind
+    roles = ("query", "value", "key")
+    q = ins[0]
+    for i, t in enumerate(ins):
+        role = roles[i]
+        if t.dtype not in FLOAT_DTYPES:
+            hint = (
+                "integer ids need an `Embedding` first"
+                if t.dtype in INT_DTYPES
+                else "declare the input as `f32`"
+            )
+            raise RuleError("SEQ301", f"{kind} expects a float {role}, got {t.dtype}", hint,
+                            where="input", index=i)  # fmt: skip
+        if t.rank != 3:
+            raise RuleError(
+                "SEQ303",
+                f"{kind} expects its {role} to be a sequence `[B, T, F]`, got "
+                f"{t.dtype}{fmt_shape(t.shape)} (rank {t.rank})",
+                "attention reads sequences: keep `return_sequences=true` on a recurrent layer "
+                "before it, or add a time axis to the input declaration",
+                where="input",
+                index=i,
+            )
+        if i and t.dtype != q.dtype:
+            raise RuleError("SEQ301", f"{kind}: the {role} is {t.dtype} but the query is {q.dtype}",
+                            "attend over values of the query's dtype", where="input", index=i)  # fmt: skip
+        if i and not _same(t.batch, q.batch):
+            raise RuleError(
+                "SEQ307",
+                f"{kind}: batch dimensions differ: `{_fmt(q.batch)}` (query) and "
+                f"`{_fmt(t.batch)}` ({role})",
+                "attend over values of the same batch",
+                where="input",
+                index=i,
+            )
+    v = ins[1]
+    k = ins[2] if len(ins) > 2 else v
+    if len(ins) > 2 and not _same(k.time, v.time):
+        raise RuleError(
+            "SEQ401",
+            f"{kind}: the key has time `{_fmt(k.time)}` but the value has time `{_fmt(v.time)}`; "
+            "key step j scores value step j",
+            "pass a key computed from the value's sequence (e.g. `Dense(...)(value)`), "
+            "or leave the key out: the value is then the key",
+            where="input",
+            index=2,
+        )
+    for i, t in enumerate(ins[1:], start=1):
+        if t.mask is None and t.padded_from is not None:
+            ctx.warn(
+                "SEQ801",
+                f"{kind} attends over `{t.padded_from}` (its {roles[i]}), which is padded, but no "
+                "mask reaches it: the padded steps get attention weight",
+                "mask the padding: `Embedding(..., mask_zero=true)` or `Masking(mask_value=...)`, "
+                "or declare the input `masked` and pass lengths",
+            )
+    b = q.batch
+    if kind == "Attention":
+        if not _same(q.features, k.features):
+            which = "keys" if len(ins) > 2 else "keys (the value is the key)"
+            raise RuleError(
+                "SEQ302",
+                f"Attention scores queries of {_fmt(q.features)} features against {which} of "
+                f"{_fmt(k.features)}: they must be the same size",
+                "Attention compares query and key vectors directly: project one with "
+                f"`Dense({_fmt(k.features)})` first, or use `MultiHeadAttention`, which "
+                "projects both",
+                where="input",
+                index=2 if len(ins) > 2 else 1,
+            )
+        out_f = v.features
+        scores = TensorType(q.dtype, (b, q.time, v.time))
+    else:
+        for t in ins:
+            _need_features(kind, t)
+        axes = cfg["attention_axes"]
+        if axes not in (None, 1, -2, (1,), (-2,), "time"):
+            raise RuleError(
+                "SEQ202",
+                f"MultiHeadAttention: attention_axes={_axes_text(axes)} is not supported in v1",
+                "attention runs over the time axis (Keras' default, `attention_axes=none`); "
+                "remove the argument",
+                arg="attention_axes",
+            )
+        if cfg["kernel_initializer"] == "identity":
+            raise RuleError(
+                "SEQ203",
+                "MultiHeadAttention: the identity initializer needs 2D kernels; its kernels "
+                "are 3D ([features, heads, size])",
+                "choose another initializer, e.g. glorot_uniform",
+                arg="kernel_initializer",
+            )
+        shape = cfg["output_shape"]
+        out_f = Dim.of(shape) if isinstance(shape, int) else q.features
+        scores = TensorType(q.dtype, (b, Dim.of(_int(cfg, "num_heads")), q.time, v.time))
+    out = TensorType(q.dtype, (b, q.time, out_f), q.mask, q.padded_from)
+    return [out, scores] if _bool(cfg, "return_attention_scores") else [out]
+
+
+def _axes_text(v: object) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return str(v)
+
+
+def _attention_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    ws = []
+    if _bool(cfg, "use_scale"):
+        ws.append(WeightSpec("scale", (), "ones"))
+    if cfg["score_mode"] == "concat":
+        ws.append(WeightSpec("concat_score_weight", (), "ones"))
+    return ws
+
+
+def mha_sizes(cfg: Config, ins: Sequence[TensorType]) -> tuple[int, int, int, int]:
+    """(heads, key_dim, value_dim, output features) of a MultiHeadAttention."""
+    vd = cfg["value_dim"]
+    shape = cfg["output_shape"]
+    return (
+        _int(cfg, "num_heads"),
+        _int(cfg, "key_dim"),
+        vd if isinstance(vd, int) else _int(cfg, "key_dim"),
+        shape if isinstance(shape, int) else _feat(ins[0]),
+    )
+
+
+def _mha_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
+    """Keras' four EinsumDense sub-layers: query, key, value, attention_output."""
+    n, kd, vd, out_f = mha_sizes(cfg, ins)
+    key = ins[2] if len(ins) > 2 else ins[1]
+    kinit, binit = _str(cfg, "kernel_initializer"), _str(cfg, "bias_initializer")
+    bias = _bool(cfg, "use_bias")
+    ws: list[WeightSpec] = []
+    for part, t, size in (("query", ins[0], kd), ("key", key, kd), ("value", ins[1], vd)):
+        ws.append(WeightSpec(f"{part}/kernel", (_feat(t), n, size), kinit))
+        if bias:
+            ws.append(WeightSpec(f"{part}/bias", (n, size), binit))
+    ws.append(WeightSpec("attention_output/kernel", (n, vd, out_f), kinit))
+    if bias:
+        ws.append(WeightSpec("attention_output/bias", (out_f,), binit))
+    return ws
+
+
+def _attention_invariant(cfg: Config) -> bool:
+    # a causal mask compares absolute positions of two sequences: padding one of them on
+    # the other side moves its steps relative to the other's
+    return not _bool(cfg, "use_causal_mask")
+
+
+_CAUSAL_NOTE = "not with use_causal_mask=true, which compares positions across two sequences"
+_ATTENTION_CALL_FLAGS = (
+    Param("use_causal_mask", "bool", False,
+          doc="query step i attends to key steps j <= i only (Keras' call argument)"),
+    Param("return_attention_scores", "bool", False,
+          doc="also return the attention weights (Keras' call argument)"),
+)  # fmt: skip
+_UNSUPPORTED_ATTENTION = {
+    **_UNSUPPORTED_COMMON,
+    "query_mask": "masks come with the values: mask the query itself",
+    "value_mask": "masks come with the values: mask the value itself",
+    "key_mask": "masks come with the values: mask the key itself",
+    "attention_mask": "an explicit [B, Tq, Tv] attention mask is not supported in v1; masks come "
+    "with the values, and `use_causal_mask=true` adds the causal one",
+}
+_UNSUPPORTED_MHA = {
+    **_UNSUPPORTED_ATTENTION,
+    "flash_attention": "kernels are chosen by the compiler (PyTorch's fused attention where it "
+    "computes the same numbers)",
+    "sliding_window": "sliding-window attention is not supported in v1",
+    "use_gate": "gated attention is not supported in v1",
+}
+
+
+# --------------------------------------------------------------------------
 # the table
 
 _ACT_INIT_DENSE = (
@@ -1559,6 +1753,41 @@ _LAYERS: list[LayerSpec] = [
         name="TemporalSplit", category="time", params=(Param("parts", "int", 2, lo=1, hi=1024),),
         rule=_temporal_split_rule, weights=_no_weights, mask_rule="split", padding_invariant=False,
         doc="splits the time axis into equal parts, masks too", unsupported=_UNSUPPORTED_COMMON,
+    ),
+    _spec(
+        name="Attention", category="attention",
+        params=(
+            Param("use_scale", "bool", False, doc="learn a scalar `scale` that multiplies the scores"),
+            Param("score_mode", "choice", "dot", choices=("dot", "concat"),
+                  doc="dot: query . key; concat: sum(tanh(query + key))"),
+            Param("dropout", "float", 0.0, lo=0.0, hi=1.0, hi_open=True,
+                  doc="on the attention weights, in training"),
+        ) + _ATTENTION_CALL_FLAGS,
+        rule=_attention_rule, weights=_attention_weights, mask_rule="attend",
+        padding_invariant=True, invariant=_attention_invariant, invariant_note=_CAUSAL_NOTE,
+        doc="dot-product (Luong) attention: `Attention()(query, value)` or `(query, value, key)`",
+        unsupported=_UNSUPPORTED_ATTENTION, data_args=frozenset({"training"}), n_inputs=(2, 3),
+    ),
+    _spec(
+        name="MultiHeadAttention", category="attention",
+        params=(
+            Param("num_heads", "int", lo=1),
+            Param("key_dim", "int", lo=1, doc="size of each head for query and key"),
+            Param("value_dim", "int_or_none", None, lo=1,
+                  doc="size of each head for value (none: key_dim)"),
+            Param("dropout", "float", 0.0, lo=0.0, hi=1.0, hi_open=True,
+                  doc="on the attention weights, in training"),
+            Param("use_bias", "bool", True),
+            Param("output_shape", "ints_or_none", None, lo=1,
+                  doc="output features (none: the query's)"),
+            Param("attention_axes", "axes", None, doc="none (time) only"),
+            Param("kernel_initializer", "initializer", "glorot_uniform"),
+            Param("bias_initializer", "initializer", "zeros"),
+        ) + _ATTENTION_CALL_FLAGS,
+        rule=_attention_rule, weights=_mha_weights, mask_rule="attend",
+        padding_invariant=True, invariant=_attention_invariant, invariant_note=_CAUSAL_NOTE,
+        doc="multi-head attention: `MultiHeadAttention(num_heads, key_dim)(query, value[, key])`",
+        unsupported=_UNSUPPORTED_MHA, data_args=frozenset({"training"}), n_inputs=(2, 3),
     ),
 ]  # fmt: skip
 

@@ -552,6 +552,27 @@ class _ModelChecker:
             if lit.kind != "int":
                 return bad("an integer or `none`")
             out = v
+        elif t == "ints_or_none":
+            if lit.kind == "name" and v in ("none", "None"):
+                return None
+            if lit.kind == "list" and isinstance(v, tuple) and len(v) == 1 and v[0].kind == "int":
+                out = v[0].value
+            elif lit.kind == "int":
+                out = v
+            else:
+                return bad("an integer or `none`")
+        elif t == "axes":
+            if lit.kind == "name" and v in ("none", "None"):
+                return None
+            if lit.kind == "name" and v == "time" or lit.kind == "int":
+                return v
+            if (
+                lit.kind == "list"
+                and isinstance(v, tuple)
+                and all(isinstance(i, Literal) and i.kind == "int" for i in v)
+            ):
+                return tuple(i.value for i in v)
+            return bad("`none`, `time`, an integer axis or a list of them")
         elif t == "shape":
             items = v if lit.kind == "list" else (lit,) if lit.kind == "int" else None
             if not isinstance(items, tuple) or not all(
@@ -737,7 +758,10 @@ class _ModelChecker:
                 "SEQ504",
                 f"{layer.kind} does not take a `mask=` argument",
                 op.mask.span,
-                "generators make their own mask and reshaping layers have none; "
+                "each of its inputs brings its own mask: mask the query, value or key itself "
+                "(`Embedding(mask_zero=true)`, `Masking`, a `masked` input)"
+                if spec.n_inputs[1] > 1
+                else "generators make their own mask and reshaping layers have none; "
                 "pass the mask to the layer that consumes it",
             )
             ok = False
@@ -752,7 +776,8 @@ class _ModelChecker:
         if op.training is not None:
             if "training" not in spec.data_args:
                 self.diag("SEQ206", f"{layer.kind} does not take `training=`", op.training.span,
-                          "only Dropout, BatchNormalization, TimeDistributed and recurrent layers do")  # fmt: skip
+                          "only Dropout, BatchNormalization, TimeDistributed, recurrent and "
+                          "attention layers do")  # fmt: skip
                 ok = False
             elif op.training.kind != "bool":
                 self.diag("SEQ203", "`training=` expects `true` or `false`", op.training.span,
@@ -760,17 +785,30 @@ class _ModelChecker:
                 ok = False
         lo, hi = spec.n_inputs
         if ins is not None and not lo <= len(op.inputs) <= hi:
-            want = (
-                "one input" if hi == 1 else f"{lo} inputs" if lo == hi else f"{lo} to {hi} inputs"
-            )
-            self.diag(
-                "SEQ205",
-                f"{layer.kind} takes {want}, got {len(op.inputs)}",
-                op.span,
-                "merge values first with `concat(...)` or `add(...)`"
-                if hi == 1
-                else f"pass {want}: `{layer.kind}(...)({', '.join(f'x{i + 1}' for i in range(lo))})`",
-            )
+            if hi == 1:
+                self.diag(
+                    "SEQ205",
+                    f"{layer.kind} takes one input, got {len(op.inputs)}",
+                    op.span,
+                    "merge values first with `concat(...)` or `add(...)`",
+                )
+            elif layer.kind in ("Attention", "MultiHeadAttention"):
+                self.diag(
+                    "SEQ205",
+                    f"{layer.kind} takes {lo} to {hi} inputs (query, value[, key]), "
+                    f"got {len(op.inputs)}",
+                    op.span,
+                    f"call it on its inputs: `{layer.kind}(...)(query, value)`, "
+                    "or `(query, value, key)`",
+                )
+            else:
+                want = f"{lo} inputs" if lo == hi else f"{lo} to {hi} inputs"
+                self.diag(
+                    "SEQ205",
+                    f"{layer.kind} takes {want}, got {len(op.inputs)}",
+                    op.span,
+                    f"pass {want}: `{layer.kind}(...)({', '.join(f'x{i + 1}' for i in range(lo))})`",
+                )
             ok = False
         mask_t = self._explicit_mask(op, ins)
         states = self._states(op)
@@ -957,7 +995,8 @@ class _ModelChecker:
                 non_trainable_params=non_trainable,
                 weights=weights,
                 kernels=kernels,
-                padding_invariant=spec.padding_invariant,
+                padding_invariant=spec.padding_invariant
+                and (spec.invariant is None or spec.invariant(cfg)),
                 span=layer.span if layer is not None else op.span,
             )
         )
@@ -1216,6 +1255,8 @@ def _type_hint(p: Param) -> str | None:
         "float": "write a number, e.g. `0.5`",
         "ints": "write an integer, e.g. `3`",
         "int_or_none": "write an integer, or `none`",
+        "ints_or_none": "write an integer, or `none`",
+        "axes": "write `none` or `time`",
         "str": 'write a string in quotes, e.g. "encoder"',
         "shape": "write a list of integers, e.g. `[4, -1]`",
         "axis": "write `time`, `features` or an integer axis",

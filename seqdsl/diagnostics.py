@@ -107,7 +107,7 @@ CODES: dict[str, CodeInfo] = _codes(
     # kernels
     ("SEQ701", "error", "layer is not eligible for the requested kernel"),
     # warnings
-    ("SEQ801", "warning", "padded input reaches a recurrent or pooling layer without a mask"),
+    ("SEQ801", "warning", "padded input reaches a recurrent, pooling or attention layer unmasked"),
     ("SEQ802", "warning", "value is never used"),
     ("SEQ803", "warning", "mask does not match the declared padding value"),
     ("SEQ804", "warning", "drop_mask on a value that has no mask"),

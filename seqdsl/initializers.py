@@ -115,7 +115,8 @@ def initial_weights(
     for layer_name, specs in layers:
         rng = layer_rng(seed, layer_name)
         for w in specs:
-            out[f"{layer_name}/{w.name}"] = np.ascontiguousarray(
-                initialize(w.initializer, w.shape, rng), dtype=dtype
+            # (np.ascontiguousarray would turn a scalar weight, shape (), into shape (1,))
+            out[f"{layer_name}/{w.name}"] = np.array(
+                initialize(w.initializer, w.shape, rng), dtype=dtype, order="C"
             )
     return out

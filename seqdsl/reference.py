@@ -33,7 +33,8 @@ Conventions of :func:`run_reference`:
   (the shape of the layer's input); ``"{layer}/input"`` ``[B, F]`` and
   ``"{layer}/recurrent"`` ``[B, U]`` for a recurrent layer's ``dropout`` and
   ``recurrent_dropout``; ``"{layer}/forward/input"``, ``"{layer}/backward/recurrent"``
-  ... inside ``Bidirectional``. A mask needed in training and not given is an
+  ... inside ``Bidirectional``; ``"{layer}"`` for the weights of ``Attention``
+  ``[B, Tq, Tk]`` and ``MultiHeadAttention`` ``[B, heads, Tq, Tk]``. A mask needed in training and not given is an
   error: the reference never draws random numbers.
 - ``states``: the initial states of ``stateful`` layers by layer name (zeros
   when absent); :attr:`ReferenceResult.states` gives their final states, to
@@ -206,6 +207,38 @@ def _and_masks(masks: Sequence[Mask]) -> Mask:
     out: Array = np.asarray(present[0], dtype=bool).copy()
     for m in present[1:]:
         out &= m
+    return out
+
+
+# --------------------------------------------------------------------------
+# attention
+
+
+def _allowed_keys(
+    b: int, tq: int, tv: int, key_valid: Mask, query_valid: Mask, causal: bool
+) -> Array:
+    """[B, Tq, Tv]: whether query step i may attend to key step j."""
+    allowed = np.ones((b, tq, tv), bool)
+    if key_valid is not None:
+        allowed &= key_valid[:, None, :]
+    if query_valid is not None:
+        allowed &= query_valid[:, :, None]
+    if causal:  # j <= i, in padded positions
+        for i in range(tq):
+            allowed[:, i, i + 1 :] = False
+    return allowed
+
+
+def _masked_softmax(scores: Array, allowed: Array) -> Array:
+    """Softmax over the last axis among the allowed entries; 0 elsewhere, and 0 for a
+    row with no allowed entry."""
+    out = np.zeros(scores.shape)
+    for idx in np.ndindex(*scores.shape[:-1]):
+        ok = allowed[idx]
+        if ok.any():
+            s = scores[idx][ok]
+            e = np.exp(s - s.max())
+            out[idx + (ok,)] = e / e.sum()
     return out
 
 
@@ -730,6 +763,9 @@ class _Interp:
         return [(out, _and_masks(ms))]
 
     def apply(self, info: LayerInfo, op: ApplyOp) -> list[tuple[Array, Mask]]:
+        if info.kind in ("Attention", "MultiHeadAttention"):
+            training = self.training if op.training is None else bool(op.training.value)
+            return self.attention(info, [self.values[u.name] for u in op.inputs], training)
         xs = [self.values[u.name][0] for u in op.inputs]
         ms = [self.values[u.name][1] for u in op.inputs]
         if op.mask is not None:  # an explicit mask replaces the incoming ones
@@ -962,6 +998,61 @@ class _Interp:
         e = np.where(ok, np.exp(np.where(ok, x - mx, 0.0)), 0.0)
         total = e.sum(axis=1, keepdims=True)
         return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+
+    # ------------------------------------------------------------ attention
+    def attention(
+        self, info: LayerInfo, ins: Sequence[tuple[Array, Mask]], training: bool
+    ) -> list[tuple[Array, Mask]]:
+        """Attention / MultiHeadAttention on ``(query, value[, key])``, each with its mask."""
+        cfg = info.config
+        (q, q_mask), (v, v_mask) = ins[0], ins[1]
+        k, k_mask = ins[2] if len(ins) > 2 else ins[1]
+        # a key step is valid where the value's and the key's masks both say so
+        key_valid = _and_masks([v_mask, k_mask] if len(ins) > 2 else [v_mask])
+        b, tq, tv = q.shape[0], q.shape[1], v.shape[1]
+        if k.shape[1] != tv:
+            raise ReferenceError(f"{info.name}: key has {k.shape[1]} steps, value {tv}")
+        causal = bool(cfg["use_causal_mask"])
+        rate = _cfloat(cfg, "dropout")
+        w = self.layer_weights(info)
+        if info.kind == "Attention":
+            scale = float(w["scale"]) if "scale" in w else 1.0
+            if cfg["score_mode"] == "dot":
+                scores = np.einsum("bif,bjf->bij", q, k) * scale
+            else:  # concat: the sum over features of tanh(scale * (q_i + k_j))
+                pair = q[:, :, None, :] + k[:, None, :, :]
+                scores = float(w["concat_score_weight"]) * np.tanh(scale * pair).sum(axis=-1)
+            # the query mask takes no part in the weights; it zeroes the output
+            allowed = _allowed_keys(b, tq, tv, key_valid, None, causal)
+            weights = _masked_softmax(scores, allowed)
+            used = weights
+            if training and rate > 0.0:
+                used = weights * self.keep(info.name, weights.shape, rate)
+            out = np.einsum("bij,bjf->bif", used, v)
+            if q_mask is not None:
+                out = np.where(q_mask[:, :, None], out, 0.0)
+        else:
+            qp = np.einsum("btf,fnh->btnh", q, w["query/kernel"])
+            kp = np.einsum("bsf,fnh->bsnh", k, w["key/kernel"])
+            vp = np.einsum("bsf,fnh->bsnh", v, w["value/kernel"])
+            if "query/bias" in w:
+                qp, kp, vp = qp + w["query/bias"], kp + w["key/bias"], vp + w["value/bias"]
+            key_dim = qp.shape[-1]
+            scores = np.einsum("btnh,bsnh->bnts", qp, kp) / math.sqrt(key_dim)
+            # the query mask is part of the attention mask: a masked query step attends to nothing
+            allowed = _allowed_keys(b, tq, tv, key_valid, q_mask, causal)
+            weights = _masked_softmax(scores, np.broadcast_to(allowed[:, None], scores.shape))
+            used = weights
+            if training and rate > 0.0:
+                used = weights * self.keep(info.name, weights.shape, rate)
+            context = np.einsum("bnts,bsnh->btnh", used, vp)
+            out = np.einsum("btnh,nho->bto", context, w["attention_output/kernel"])
+            if "attention_output/bias" in w:
+                out = out + w["attention_output/bias"]
+        outs: list[tuple[Array, Mask]] = [(_float(out), q_mask)]
+        if cfg["return_attention_scores"]:
+            outs.append((weights, None))
+        return outs
 
     # ------------------------------------------------------------ recurrent
     def cell_of(

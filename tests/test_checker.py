@@ -336,3 +336,84 @@ def test_pad_input_without_mask_warns_once_at_the_rnn() -> None:
     )
     _, diags = seqdsl.analyze(src, "t.seq")
     assert [(d.code, d.span.line if d.span else 0) for d in diags] == [("SEQ801", 3)]
+
+
+# ------------------------------------------------------------------ attention
+
+ATT_INPUTS = (
+    "input q: f32[B, T, 8] pad(pre, nonempty=true) masked\n"
+    "input v: f32[B, S, 8] pad(post) masked\n"
+    "input k: f32[B, S, 5]"
+)
+
+
+def test_attention_output_has_the_query_time_and_mask() -> None:
+    S = sym("S")
+    ty = types(
+        "y, w = Attention(return_attention_scores=true)(q, v)\n"
+        "z, zw = MultiHeadAttention(3, 4, value_dim=2, return_attention_scores=true)(q, v, k)\n"
+        "o = MultiHeadAttention(2, 4, output_shape=[6])(v, q)\n"
+        "p = Attention()(q, k, v)\n"
+        "output y, w, z, zw, o, p",
+        ATT_INPUTS,
+    )
+    y, w, z, zw, o = (ty[n] for n in ("y", "w", "z", "zw", "o"))
+    for t in (y, w, z, zw, o):
+        assert isinstance(t, TensorType)
+    # the query's batch, time and mask (kind preserved, declaration included); the
+    # value's features for Attention, the query's for MultiHeadAttention
+    assert y.shape == (B, T, Dim.of(8)) and y.mask == MaskKind("pre", nonempty=True)
+    assert z.shape == (B, T, Dim.of(8)) and z.mask == MaskKind("pre", nonempty=True)
+    assert o.shape == (B, S, Dim.of(6)) and o.mask == MaskKind("post")
+    # the weights: [B, Tq, Tv] and [B, heads, Tq, Tv], no mask
+    assert w.shape == (B, T, S) and w.mask is None
+    assert zw.shape == (B, Dim.of(3), T, S) and zw.mask is None
+    # the key (8 features, as the query's) scores, the value (5 features) is averaged
+    p = ty["p"]
+    assert isinstance(p, TensorType) and p.shape == (B, T, Dim.of(5))
+
+
+def test_attention_parameters_and_padding_invariance() -> None:
+    m = model(
+        "a = MultiHeadAttention(3, 4, value_dim=2, output_shape=7)(q, v, k)\n"
+        "b = Attention(use_scale=true, use_causal_mask=true)(q, q)\n"
+        "c = Attention(score_mode=concat)(v, v)\n"
+        "output a, b, c",
+        ATT_INPUTS,
+    ).model()
+    a, b, c = m.layer("a_multi_head_attention"), m.layer("b_attention"), m.layer("c_attention")
+    # query 8*3*4 + 12, key 5*3*4 + 12, value 8*3*2 + 6, output 3*2*7 + 7
+    assert a.params == (96 + 12) + (60 + 12) + (48 + 6) + (42 + 7)
+    assert (b.params, c.params) == (1, 1)
+    assert a.padding_invariant and c.padding_invariant and not b.padding_invariant
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ("y = Attention()(q, v, k)", "SEQ302"),  # dot scores: 8 against 5 features
+        ("y = Attention()(k, v)", "SEQ302"),  # (the value is the key)
+        ("y = MultiHeadAttention(2, 4)(q, k, q)", "SEQ401"),  # key time T, value time S
+        ("y = Attention()(q)", "SEQ205"),
+        ("y = Attention()(q, v, k, v)", "SEQ205"),
+        ("y = MultiHeadAttention(2, 4, output_shape=[2, 3])(q, v)", "SEQ203"),
+        ("y = MultiHeadAttention(2, 4, attention_axes=2)(q, v)", "SEQ202"),
+        ("y = MultiHeadAttention(2, 4, kernel_initializer=identity)(q, v)", "SEQ203"),
+        ("y = MultiHeadAttention(0, 4)(q, v)", "SEQ207"),
+        ("y = Attention(dropout=1.0)(q, v)", "SEQ207"),
+        ("y = Attention(score_mode=additive)(q, v)", "SEQ203"),
+        ("y = Attention()(q, v, training=1)", "SEQ203"),
+        ("y = Attention(seed=3)(q, v)", "SEQ202"),
+        ("y = MultiHeadAttention(2, 4, use_gate=true)(q, v)", "SEQ202"),
+    ],
+)
+def test_attention_rule_errors(body: str, code: str) -> None:
+    found = codes(f"model M {{\n{ATT_INPUTS}\n{body}\noutput y\n}}")
+    assert [c for c in found if c != "SEQ802"] == [code]  # (some inputs are unused)
+
+
+def test_attention_batch_and_dtype_must_agree() -> None:
+    src = "model M {{\ninput q: {q}\ninput v: {v}\ny = Attention()(q, v)\noutput y\n}}"
+    assert codes(src.format(q="f32[4, T, 8]", v="f32[3, S, 8]")) == ["SEQ307"]
+    assert codes(src.format(q="f32[B, T, 8]", v="f64[B, S, 8]")) == ["SEQ301"]
+    assert codes(src.format(q="f32[B, T, 8]", v="f32[B, S, 8, 2]")) == ["SEQ303"]

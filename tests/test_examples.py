@@ -296,6 +296,19 @@ def _composite_encoder(keras: Any) -> Any:
     return keras.Model([source, target], y)
 
 
+def _attention_seq2seq(keras: Any) -> Any:
+    L = keras.layers
+    source = keras.Input((None,), dtype="int32")
+    target = keras.Input((None,), dtype="int32")
+    src = L.Embedding(1000, 32, mask_zero=True, name="src_embedding")(source)
+    enc, h, c = L.LSTM(64, return_sequences=True, return_state=True, name="encoder")(src)
+    tgt = L.Embedding(2000, 32, mask_zero=True, name="tgt_embedding")(target)
+    dec = L.LSTM(64, return_sequences=True, name="decoder")(tgt, initial_state=[h, c])
+    context = L.Attention(name="context_attention")([dec, enc])
+    x = L.Concatenate(name="logits_concat")([dec, context])
+    return keras.Model([source, target], L.Dense(2000, name="logits_dense")(x))
+
+
 #: example -> Keras twin; layers the twin cannot express (TemporalSoftmax,
 #: TemporalSplit, drop_mask) have no parameters and are left out of it.
 TWINS: dict[str, Twin] = {
@@ -317,6 +330,7 @@ TWINS: dict[str, Twin] = {
     "masking_temporal_softmax": _temporal_softmax,
     "masking_layer_float": _masked_floats,
     "composite_encoder": _composite_encoder,
+    "attention_seq2seq": _attention_seq2seq,
 }
 
 #: the numbers printed in the seed guides: total and per layer

@@ -48,6 +48,7 @@ GOLDEN_EXAMPLES = (
     "sentiment_lstm", "gru_pre_padding", "masking_explicit_mask", "masking_temporal_split",
     "conv_frontend_lstm", "bilstm_tagger", "rnn_guide_stateful",
     "stateful_paragraphs",
+    "attention_seq2seq",
 )  # fmt: skip
 CASES = all_cases()
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -124,6 +125,20 @@ model ZooMaskedIds {
     z1, z2 = Bidirectional(SimpleRNN(2, return_sequences=true), merge_mode=none)(e)
     k, h, c = LSTM(3, return_sequences=true, return_state=true, unroll=true)(y)
     output e with mask, y with mask, z1 with mask, z2, k with mask, h, c
+}
+""",
+    "attention": """
+model ZooAttention {
+    input q: f32[B, T, 4] pad(pre) masked
+    input v: f32[B, S, 4] pad(post) masked
+    input k: f32[B, S, 4] masked
+    input u: f32[B, S, 3]
+    a, w = Attention(use_scale=true, use_causal_mask=true, return_attention_scores=true)(q, v, k)
+    b = MultiHeadAttention(2, 3, value_dim=2, dropout=0.2)(a, v, k)
+    c, cw = MultiHeadAttention(2, 2, use_causal_mask=true, return_attention_scores=true)(q, q)
+    d = MultiHeadAttention(2, 2, output_shape=5, use_causal_mask=true)(u, u)
+    e = Attention(score_mode=concat)(u, u)
+    output a with mask, w, b with mask, c with mask, cw, d, e
 }
 """,
 }
@@ -742,6 +757,24 @@ def _composite(k: Any) -> Any:
     return k.Model([source, target], head(y))
 
 
+def _attention_seq2seq(k: Any) -> Any:
+    L = k.layers
+    source = k.Input((None,), dtype="int32")
+    target = k.Input((None,), dtype="int32")
+    src = L.Embedding(1000, 32, mask_zero=True, name="src_embedding")(source)
+    enc, h, c = L.LSTM(
+        64, return_sequences=True, return_state=True, zero_output_for_mask=True, name="encoder"
+    )(src)
+    embed = L.Embedding(2000, 32, mask_zero=True, name="tgt_embedding")
+    dec = L.LSTM(64, return_sequences=True, zero_output_for_mask=True, name="decoder")(
+        embed(target), initial_state=[h, c], mask=embed.compute_mask(target)
+    )
+    # Keras' own Attention: the masks of dec and enc reach it implicitly
+    context = L.Attention(name="context_attention")([dec, enc])
+    x = L.Concatenate(name="logits_concat")([dec, context])
+    return k.Model([source, target], L.Dense(2000, name="logits_dense")(x))
+
+
 def _softmax_over_time(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """TemporalSoftmax in NumPy (the part of the example that Keras has no layer for)."""
     ok = (ids != 0)[:, :, None]
@@ -761,6 +794,8 @@ class Twin:
 
 
 TWINS: dict[str, Twin] = {
+    # the example inputs' empty source row is also an empty target row (no deviation)
+    "attention_seq2seq": Twin(_attention_seq2seq),
     "bilstm_tagger": Twin(_bilstm_tagger),
     "composite_encoder": Twin(_composite),
     "conv_frontend_lstm": Twin(
@@ -850,6 +885,7 @@ def test_twin_order_matches_keras_for_branching_models() -> None:
         "masking_temporal_split",
         "rnn_guide_encoder_decoder",
         "composite_encoder",
+        "attention_seq2seq",
     ):
         m = seqdsl.load(ROOT / "examples" / f"{stem}.seq").model()
         twin = TWINS[stem].build(keras)

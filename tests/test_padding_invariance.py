@@ -44,6 +44,13 @@ BODIES = {
     seq = add(a, b)
     fin = Bidirectional(LSTM(2), merge_mode=sum)(concat(a, b))
     """,
+    "attention": """
+    h = x -> Dense(4, activation=tanh)
+    k = x -> Dense(4)
+    a = Attention(use_scale=true)(h, x, k)
+    seq = MultiHeadAttention(2, 3)(a, h)
+    fin = MultiHeadAttention(2, 2)(h, seq) -> GlobalAveragePooling1D()
+    """,
 }
 
 
@@ -202,6 +209,42 @@ def _split(side: str, t: int) -> tuple[np.ndarray, np.ndarray | None]:
     x[0, : len(ROW)] = ROW
     ((y, mask),) = run_reference(m, {}, [x], lengths={"x": np.array([len(ROW)])}).outputs
     return y, mask
+
+
+def _cross_attention(causal: bool, side: str, steps: int) -> np.ndarray:
+    """The query's valid outputs when the value is padded on ``side`` to ``steps``."""
+    src = (
+        f"model M {{\n    input q: f32[B, T, {F}] pad(post) masked\n"
+        f"    input v: f32[B, S, {F}] pad({side}) masked\n"
+        f"    y = Attention(use_causal_mask={'true' if causal else 'false'})(q, v)\n"
+        "    output y with mask\n}\n"
+    )
+    m = seqdsl.loads(src, "x.seq").model()
+    assert m.layers[0].padding_invariant is not causal
+    q = np.zeros((1, 4, F))
+    q[0, :3] = ROW
+    v = np.zeros((1, steps, F))
+    rows = ROW[::-1] * 0.5
+    if side == "post":
+        v[0, : len(rows)] = rows
+    else:
+        v[0, steps - len(rows) :] = rows
+    ((y, mask),) = run_reference(
+        m, {}, [q, v], lengths={"q": np.array([3]), "v": np.array([3])}
+    ).outputs
+    return y[0][mask[0]]
+
+
+def test_causal_cross_attention_is_not_padding_invariant() -> None:
+    """use_causal_mask compares the absolute positions of two sequences: padding the
+    value on the left moves its steps relative to the query's. Without it the layer
+    is padding invariant (the value's padding gets no weight)."""
+    base = _cross_attention(False, "post", 3)
+    assert np.abs(base).max() > 1e-3
+    np.testing.assert_allclose(_cross_attention(False, "pre", 6), base, atol=1e-12)
+    np.testing.assert_allclose(_cross_attention(False, "post", 5), base, atol=1e-12)
+    causal = _cross_attention(True, "post", 3)
+    assert not np.allclose(_cross_attention(True, "pre", 6), causal, atol=1e-9)
 
 
 def test_every_non_invariant_layer_has_a_counterexample() -> None:

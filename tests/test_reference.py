@@ -952,6 +952,254 @@ def test_reference_weights_are_the_initializers() -> None:
 
 
 # --------------------------------------------------------------------------
+# attention against Keras
+
+TV = 6  # the value's length (the query's is T)
+# per kind: full row, padded row, EMPTY row (under a valid query row), padded row
+V_MASKS = {
+    "post": lengths_to_mask(np.array([6, 2, 0, 4]), TV, "post"),
+    "pre": lengths_to_mask(np.array([6, 2, 0, 4]), TV, "pre"),
+    "gap": np.array(
+        [[1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 1, 1, 0, 1]], bool
+    ),
+}
+
+
+def _attention_model(ctor: str, key_feats: int | None = None, v_feats: int = 4) -> CheckedModel:
+    key = [f"    input k: f64[B, S, {key_feats}]"] if key_feats else []
+    return model_of(
+        "\n".join([
+            "model M {",
+            "    input q: f64[B, T, 4] masked",
+            f"    input v: f64[B, S, {v_feats}] masked",
+            *key,
+            f"    y, w = {ctor}(q, v{', k' if key_feats else ''})",
+            "    output y with mask, w",
+            "}",
+        ])
+    )  # fmt: skip
+
+
+def _attention_inputs(
+    qkind: str, vkind: str, key_feats: int | None = None, v_feats: int = 4, seed: int = 0
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(B, T, 4)), rng.normal(size=(B, TV, v_feats))]
+    if key_feats:
+        xs.append(rng.normal(size=(B, TV, key_feats)))
+    return xs, {"q": MASKS[qkind], "v": V_MASKS[vkind]}
+
+
+def _allowed(qm: np.ndarray | None, vm: np.ndarray, causal: bool) -> np.ndarray:
+    """[B, T, TV]: may query step i attend to key step j (written out for the tests)."""
+    out = np.zeros((B, T, TV), bool)
+    for b in range(B):
+        for i in range(T):
+            for j in range(TV):
+                out[b, i, j] = vm[b, j] and (not causal or j <= i) and (qm is None or qm[b, i])
+    return out
+
+
+ATTENTION_KERAS = [
+    ("Attention()", {}, {}),
+    ("Attention(use_scale=true)", {"use_scale": True}, {}),
+    ("Attention(score_mode=concat)", {"score_mode": "concat"}, {}),
+    ("Attention(score_mode=concat, use_scale=true, use_causal_mask=true)",
+     {"score_mode": "concat", "use_scale": True}, {"use_causal_mask": True}),
+    ("Attention(use_scale=true, use_causal_mask=true)", {"use_scale": True},
+     {"use_causal_mask": True}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kinds", [("post", "post"), ("pre", "gap"), ("gap", "pre")])
+@pytest.mark.parametrize("config", range(len(ATTENTION_KERAS)))
+@pytest.mark.parametrize("with_key", [False, True])
+def test_attention_matches_keras(
+    keras: ModuleType, config: int, kinds: tuple[str, str], with_key: bool
+) -> None:
+    """keras.layers.Attention, same weights and masks: equal wherever a query step has a
+    valid key. A query step with none (the value's empty row, causal steps before a
+    pre-padded value starts): ours gives weights 0 and output 0; Keras gives the
+    uniform weights 1/Tv and the mean of the values (deviation, docs/semantics.md)."""
+    ctor, ctor_kw, call_kw = ATTENTION_KERAS[config]
+    causal = bool(call_kw)
+    ctor = ctor[:-1] + (", " if ctor[-2] != "(" else "") + 'return_attention_scores=true, name="a")'
+    kf = 4 if with_key else None
+    m = _attention_model(ctor, kf)
+    xs, masks = _attention_inputs(*kinds, key_feats=kf, seed=config)
+    w = rand_weights(m, config, scale=1.0)
+    (y, ym), scores = run_reference(m, w, xs, masks=masks).outputs
+    layer = keras.layers.Attention(**ctor_kw)
+    x32 = [x.astype(np.float32) for x in xs]
+    qm, vm = masks["q"], masks["v"]
+    layer(x32, mask=[qm, vm])
+    layer.set_weights(keras_list(m, "a", w))
+    ky, ks = layer(x32, mask=[qm, vm], return_attention_scores=True, **call_kw)
+    ky, ks = np.asarray(ky), np.asarray(ks)
+    np.testing.assert_array_equal(ym, qm)
+    some = _allowed(None, vm, causal).any(axis=-1)  # [B, T]: the query step has a valid key
+    assert some.any() and not some.all()
+    close(y[some], ky[some])
+    close(scores[some], ks[some])
+    # no valid key: ours 0; Keras the uniform average over all Tv steps
+    none = ~some
+    assert not y[none].any() and not scores[none].any()
+    close(ks[none], np.full((int(none.sum()), TV), 1.0 / TV))
+    valid_none = none & qm
+    if valid_none.any():  # Keras zeroes masked query steps too: compare at the valid ones
+        v = xs[1].astype(np.float32)
+        expect = np.broadcast_to(v.mean(axis=1)[:, None, :], (B, T, 4))[valid_none]
+        close(ky[valid_none], expect)
+    assert not y[~qm].any() and not ky[~qm].any()  # 0 at masked query steps (as Keras)
+    nontrivial(y, scores)
+
+
+def test_attention_key_mask_and_dropout_by_hand(keras: ModuleType) -> None:
+    """A key's own mask is ANDed with the value's (Keras' Attention reads only the value's
+    mask: given the AND, it agrees); dropout multiplies the weights by the injected
+    keep-mask / (1 - rate), and the returned weights are those before dropout (Keras
+    returns them after: its random dropout is replaced by the same keep-mask here)."""
+    m = model_of("""model M {
+    input q: f64[B, T, 4] masked
+    input v: f64[B, S, 3] masked
+    input k: f64[B, S, 4] masked
+    y, w = Attention(dropout=0.25, return_attention_scores=true, name="a")(q, v, k)
+    output y with mask, w
+}""")
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(B, T, 4)), rng.normal(size=(B, TV, 3)), rng.normal(size=(B, TV, 4))]
+    km = rng.random((B, TV)) > 0.3
+    masks = {"q": MASKS["gap"], "v": V_MASKS["post"], "k": km}
+    kv = V_MASKS["post"] & km
+    keep = (rng.random((B, T, TV)) > 0.25).astype(np.float64)
+    (y, _), weights = run_reference(m, {}, xs, masks=masks).outputs
+    (yt, _), wt = run_reference(m, {}, xs, masks=masks, training=True,
+                                dropout_masks={"a": keep}).outputs  # fmt: skip
+    # by hand: softmax of q . k over the valid key steps
+    s = np.einsum("bif,bjf->bij", xs[0], xs[2])
+    e = np.where(kv[:, None, :], np.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
+    tot = e.sum(axis=-1, keepdims=True)
+    hand = np.where(tot > 0, e / np.where(tot > 0, tot, 1.0), 0.0)
+    qm = MASKS["gap"][..., None]
+    close(weights, hand)
+    close(y, np.where(qm, hand @ xs[1], 0.0))
+    close(wt, hand)  # the weights before dropout
+    close(yt, np.where(qm, (hand * keep / 0.75) @ xs[1], 0.0))
+    # Keras, given the AND of the masks, and the same keep-mask for its dropout
+    layer = keras.layers.Attention(dropout=0.25)
+    x32 = [x.astype(np.float32) for x in (xs[0], xs[1], xs[2])]
+    rows = kv.any(axis=1)  # Keras agrees where a row has a valid key
+    ky, _ = layer(x32, mask=[MASKS["gap"], kv], return_attention_scores=True)
+    close(np.asarray(ky)[rows], y[rows])
+    from keras.src import backend
+
+    orig = backend.random.dropout
+    backend.random.dropout = lambda x, rate, **kw: x * (keep / (1.0 - rate)).astype(np.float32)
+    try:
+        ky, kw = layer(x32, mask=[MASKS["gap"], kv], return_attention_scores=True, training=True)
+    finally:
+        backend.random.dropout = orig
+    close(np.asarray(ky)[rows], yt[rows])
+    close(np.asarray(kw)[rows], (wt * keep / 0.75)[rows])  # Keras: after dropout
+    nontrivial(y, yt)
+
+
+MHA_KERAS = [
+    ("MultiHeadAttention(2, 3)", {"num_heads": 2, "key_dim": 3}, {}, None, 4),
+    ("MultiHeadAttention(num_heads=2, key_dim=3, value_dim=2, output_shape=5)",
+     {"num_heads": 2, "key_dim": 3, "value_dim": 2, "output_shape": 5}, {}, 5, 3),
+    ("MultiHeadAttention(3, 2, use_bias=false, use_causal_mask=true)",
+     {"num_heads": 3, "key_dim": 2, "use_bias": False}, {"use_causal_mask": True}, None, 4),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kinds", [("post", "post"), ("pre", "gap"), ("gap", "pre")])
+@pytest.mark.parametrize("config", range(len(MHA_KERAS)))
+def test_multi_head_attention_matches_keras(
+    keras: ModuleType, config: int, kinds: tuple[str, str]
+) -> None:
+    """keras.layers.MultiHeadAttention, same weights (Keras' order) and masks. On its
+    explicit softmax path (taken with returned scores) Keras computes ours everywhere:
+    the query mask is part of the attention mask, and a query step with nothing to
+    attend to gets weights 0, so its output is attention_output's bias. Its fused path
+    (no returned scores, no dropout) agrees where a query step attends to something
+    and gives the others the mean of the projected values (deviation)."""
+    from keras.src.backend.common.masking import set_keras_mask
+
+    ctor, ctor_kw, call_kw, kf, vf = MHA_KERAS[config]
+    causal = bool(call_kw)
+    ctor = ctor[:-1] + ', return_attention_scores=true, name="a")'
+    m = _attention_model(ctor, kf, vf)
+    xs, masks = _attention_inputs(*kinds, key_feats=kf, v_feats=vf, seed=config)
+    w = rand_weights(m, config, scale=0.7)
+    (y, ym), scores = run_reference(m, w, xs, masks=masks).outputs
+    qm, vm = masks["q"], masks["v"]
+    layer = keras.layers.MultiHeadAttention(**ctor_kw)
+    tf = pytest.importorskip("tensorflow")
+    x32 = [tf.constant(x.astype(np.float32)) for x in xs]
+
+    def run(scores_too: bool) -> Any:
+        q = tf.identity(x32[0])
+        set_keras_mask(q, tf.constant(qm))
+        return layer(q, *x32[1:], value_mask=tf.constant(vm), return_attention_scores=scores_too,
+                     **call_kw)  # fmt: skip
+
+    run(True)
+    layer.set_weights(keras_list(m, "a", w))
+    ky, ks = run(True)
+    close(y, np.asarray(ky))
+    close(scores, np.asarray(ks))
+    fused = np.asarray(run(False))
+    some = _allowed(qm, vm, causal).any(axis=-1)
+    assert some.any() and not some.all()
+    close(fused[some], y[some])
+    # nothing to attend to: ours the output bias; Keras' fused path the projected mean
+    bias = w.get("a/attention_output/bias", 0.0)
+    close(y[~some], np.broadcast_to(bias, y[~some].shape))
+    vp = np.einsum("bsf,fnh->bsnh", xs[1], w["a/value/kernel"])
+    if "a/value/bias" in w:
+        vp = vp + w["a/value/bias"]
+    mean = np.einsum("bnh,nho->bo", vp.mean(axis=1), w["a/attention_output/kernel"]) + bias
+    close(fused[~some], np.broadcast_to(mean[:, None, :], y.shape)[~some])
+    np.testing.assert_array_equal(ym, qm)
+    assert not scores.transpose(0, 2, 1, 3)[~some].any()
+    nontrivial(y[some], scores)
+
+
+def test_attention_parameter_counts_match_keras(keras: ModuleType) -> None:
+    m = model_of("""model M {
+    input q: f32[B, T, 6]
+    input v: f32[B, S, 5]
+    input k: f32[B, S, 7]
+    a = Attention(use_scale=true, score_mode=concat)(q, MultiHeadAttention(2, 4)(q, q))
+    b = MultiHeadAttention(2, 3, value_dim=4, output_shape=8)(q, v, k)
+    c = MultiHeadAttention(3, 2, use_bias=false)(v, q)
+    output a, b, c
+}""")
+    L = keras.layers
+    q, v, k = keras.Input((None, 6)), keras.Input((None, 5)), keras.Input((None, 7))
+    att = L.Attention(use_scale=True, score_mode="concat")
+    m1 = L.MultiHeadAttention(2, 4)
+    m2 = L.MultiHeadAttention(2, 3, value_dim=4, output_shape=8)
+    m3 = L.MultiHeadAttention(3, 2, use_bias=False)
+    att([q, m1(q, q)])
+    m2(q, v, k)
+    m3(v, q)
+    counts = sorted(layer.params for layer in m.layers)
+    assert counts == sorted(x.count_params() for x in (att, m1, m2, m3))
+    assert counts[0] == 2  # scale and concat_score_weight
+    twins = {"a_multi_head_attention": m1, "b_multi_head_attention": m2,
+             "c_multi_head_attention": m3}  # fmt: skip
+    assert {layer.name for layer in m.layers if layer.kind == "MultiHeadAttention"} == set(twins)
+    for name, keras_layer in twins.items():
+        layer = m.layer(name)
+        assert [w.shape for w in layer.weights] == [tuple(v.shape) for v in keras_layer.weights]
+        assert [w.name for w in layer.weights] == [
+            v.path.split("/", 1)[1] for v in keras_layer.weights
+        ], name
+
+
+# --------------------------------------------------------------------------
 # every example runs
 
 

@@ -35,6 +35,7 @@ GOLDEN_EXAMPLES = (
     "sentiment_lstm", "bilstm_tagger", "conv_frontend_lstm", "masking_temporal_split",
     "rnn_guide_stateful", "masking_explicit_mask", "gru_pre_padding",
     "stateful_paragraphs",
+    "attention_seq2seq",
 )  # fmt: skip
 F32_TOL, F64_TOL = 1e-5, 1e-10
 CASES = all_cases()

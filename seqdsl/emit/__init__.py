@@ -9,7 +9,11 @@ Each target module (``seqdsl.emit.torch_backend``, ``seqdsl.emit.jax_backend``,
 ``seqdsl.emit.keras_backend``) provides::
 
     emit_model(model: CheckedModel, source: str) -> str
-    instantiate(module: types.ModuleType, model: CheckedModel, weights: dict[str, np.ndarray]) -> object
+    instantiate(module: types.ModuleType, model: CheckedModel, weights: dict[str, np.ndarray],
+                dtype: str | None = None) -> object
+
+``dtype`` is the build's float dtype (``build(..., dtype=)``); a model without
+weights has no other way to tell it.
 """
 
 from __future__ import annotations
@@ -128,5 +132,5 @@ def build(
         ((layer.name, layer.weights) for layer in model.layers), seed, dtype
     )
     if model.externs:
-        return backend_mod.instantiate(mod, model, weights, externs=externs)
-    return backend_mod.instantiate(mod, model, weights)
+        return backend_mod.instantiate(mod, model, weights, dtype=dtype, externs=externs)
+    return backend_mod.instantiate(mod, model, weights, dtype=dtype)

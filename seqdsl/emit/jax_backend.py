@@ -79,8 +79,10 @@ def instantiate(
     model: CheckedModel,
     weights: Mapping[str, np.ndarray],
     externs: Mapping[str, object] | None = None,
+    dtype: str | None = None,
 ) -> object:
-    """The emitted module's model class, loaded with canonical ``weights``.
+    """The emitted module's model class, loaded with canonical ``weights`` (it
+    computes in the dtype of its weights and inputs; ``dtype`` is not needed).
 
     ``externs``: implementations of extern layers (name -> function), before the
     registry; a missing implementation raises ``ExternError`` here."""
@@ -550,7 +552,8 @@ class _Emitter:
             w("        {name: bool mask [B, T]} (a bare array when there is one).")
         w('    dropout_masks: keep-masks by key: "{layer}" for Dropout, "{layer}/input" [B, F]')
         w('        and "{layer}/recurrent" [B, U] for recurrent layers ("{layer}/forward/input"')
-        w("        ... in Bidirectional); kept values are divided by 1 - rate.")
+        w('        ... in Bidirectional), "{layer}" for the weights of an attention layer')
+        w("        ([B, Tq, Tk], [B, heads, Tq, Tk]); kept values are divided by 1 - rate.")
         w("    return_state: also return the new state (BatchNormalization moving")
         w("        statistics, final states of stateful layers): (outputs, new_state).")
         w("    debug: verify declared mask kinds and lengths (concrete values, no jit).")
@@ -815,8 +818,54 @@ class _Emitter:
                     self.mask[r] = None
         elif kind in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional"):
             self.emit_recurrent(op, layer, x, mask, in_kind, res)
+        elif kind in ("Attention", "MultiHeadAttention"):
+            self.emit_attention(op, layer, res)
         else:
             raise Unsupported(layer.name, f"the JAX backend has no implementation of {kind}")
+
+    def emit_attention(self, op: ApplyOp, layer: LayerInfo, res: list[str]) -> None:
+        """(query, value[, key]): each brings its own mask; a key step is valid where
+        the value's and the key's masks both are."""
+        b = self.body
+        cfg = layer.config
+        kind = layer.kind
+        xs = [self.names.value(u.name) for u in op.inputs]
+        q_mask = self.mask.get(op.inputs[0].name)
+        key_masks = list(
+            dict.fromkeys(m for m in (self.mask.get(u.name) for u in op.inputs[1:]) if m)
+        )
+        key_mask = " & ".join(key_masks) if key_masks else "None"
+        causal = bool(cfg["use_causal_mask"])
+        rate = _num(cfg, "dropout")
+        tr = self.training_expr(op)
+        keep = "None"
+        if rate > 0 and tr != "False":
+            q, v = xs[0], xs[1]
+            heads = "" if kind == "Attention" else f"{cfg['num_heads']}, "
+            shape = f"({q}.shape[0], {heads}{q}.shape[1], {v}.shape[1])"
+            keep = self.names.fresh(f"{layer.name}_keep")
+            expr = self.keep(layer.name, shape, rate)
+            b("# dropout on the attention weights: keep-mask / (1 - rate)")
+            b(f"{keep} = {expr}" if tr == "True" else f"{keep} = {expr} if training else None")
+        p = f"params[{_lit(layer.name)}]" if layer.weights else "{}"
+        args = [p, *xs]
+        if q_mask:
+            args.append(f"query_mask={q_mask}")
+        if key_mask != "None":
+            args.append(f"key_mask={key_mask}")
+        fn = "_attention" if kind == "Attention" else "_multi_head_attention"
+        self.use(fn)
+        if kind == "Attention" and cfg["score_mode"] != "dot":
+            args.append(f"score_mode={_lit(cfg['score_mode'])}")
+        if causal:
+            args.append("causal=True")
+        if keep != "None":
+            args.append(f"keep={keep}")
+        lhs = f"{res[0]}, {res[1]}" if len(res) > 1 else f"{res[0]}, _"
+        b(f"{lhs} = {fn}({', '.join(args)})")
+        self.mask[op.results[0]] = q_mask if self.kind_of(op.results[0]) is not None else None
+        for r in op.results[1:]:
+            self.mask[r] = None
 
     def emit_per_step(self, kind: str, cfg: Mapping[str, object], x: str, out: str, p: str, name: str,
                       op: ApplyOp) -> None:  # fmt: skip
@@ -1156,6 +1205,7 @@ _SECTION_TITLES = {
     "layers": "per-step layers",
     "time": "time-changing layers (windows use the mask: docs/semantics.md section 3)",
     "recurrent": "recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA",
+    "attention": "attention layers: masked softmax weights (docs/semantics.md section 3)",
 }
 
 

@@ -1217,9 +1217,118 @@ def _check_extern(layer, declaration, outputs, declared, returned, expected):
 )
 
 
+# --------------------------------------------------------------------------
+# attention
+
+_add(
+    "_attention_allowed",
+    '''
+def _attention_allowed(query, key, key_mask, query_mask, causal):
+    """Which key steps each query step attends to, bool [B, Tq, Tk] (None: all): the
+    valid key steps, the valid query steps (MultiHeadAttention: a masked query step
+    attends to nothing) and, with causal, the steps j <= i."""
+    allowed = None if key_mask is None else key_mask[:, None, :]
+    if query_mask is not None:
+        allowed = query_mask[:, :, None] if allowed is None else allowed & query_mask[:, :, None]
+    if causal:
+        steps = jnp.tril(jnp.ones((query.shape[1], key.shape[1]), bool))[None]
+        allowed = steps if allowed is None else allowed & steps
+    if allowed is None:
+        return None
+    return jnp.broadcast_to(allowed, (query.shape[0], query.shape[1], key.shape[1]))
+''',
+    section="attention",
+)
+
+_add(
+    "_masked_softmax",
+    '''
+def _masked_softmax(scores, allowed):
+    """Softmax over the last axis among the allowed entries: 0 elsewhere, and 0 for a
+    row with none (Keras gives such a row a uniform average)."""
+    if allowed is None:
+        return jax.nn.softmax(scores, axis=-1)
+    top = jnp.max(jnp.where(allowed, scores, -jnp.inf), axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    e = jnp.exp(jnp.where(allowed, scores - top, -jnp.inf))
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(total > 0, total, 1.0)
+''',
+    section="attention",
+)
+
+_add(
+    "_attention",
+    '''
+def _attention(
+    p,
+    query,
+    value,
+    key=None,
+    *,
+    query_mask=None,
+    key_mask=None,
+    score_mode="dot",
+    causal=False,
+    keep=None,
+):
+    """Keras' Attention (Luong); returns (output, weights). The weights are a softmax
+    of the scores over the valid key steps (query . key, times p["scale"] with
+    use_scale; "concat": concat_score_weight * sum(tanh(scale * (query + key)))); a
+    query step with none gets weights 0. keep: the dropout keep-mask (training)
+    or None. The output is 0 at the masked query steps."""
+    key = value if key is None else key
+    scale = p.get("scale", 1.0)
+    if score_mode == "dot":
+        scores = jnp.einsum("bif,bjf->bij", query, key) * scale
+    else:
+        pairs = query[:, :, None, :] + key[:, None, :, :]
+        scores = p["concat_score_weight"] * jnp.sum(jnp.tanh(scale * pairs), axis=-1)
+    weights = _masked_softmax(scores, _attention_allowed(query, key, key_mask, None, causal))
+    out = jnp.einsum("bij,bjf->bif", weights if keep is None else weights * keep, value)
+    if query_mask is not None:
+        out = jnp.where(query_mask[..., None], out, 0.0)
+    return out, weights
+''',
+    deps=("_attention_allowed", "_masked_softmax"),
+    section="attention",
+)
+
+_add(
+    "_multi_head_attention",
+    '''
+def _multi_head_attention(
+    p, query, value, key=None, *, query_mask=None, key_mask=None, causal=False, keep=None
+):
+    """Keras' MultiHeadAttention; returns (output, weights [B, heads, Tq, Tk]).
+    query, key and value are projected to heads (Keras' EinsumDense kernels
+    [F, heads, size]); the weights are softmax(q . k / sqrt(key_dim)) over the
+    allowed key steps. As in Keras, the query mask is part of the attention mask: a
+    query step that attends to nothing gets weights 0, so its output is
+    attention_output's bias. keep: the dropout keep-mask (training) or None."""
+    key = value if key is None else key
+
+    def heads(x, part):
+        y = jnp.einsum("btf,fnh->btnh", x, p[part + "/kernel"])
+        return y + p[part + "/bias"] if part + "/bias" in p else y
+
+    q, k, v = heads(query, "query"), heads(key, "key"), heads(value, "value")
+    scores = jnp.einsum("btnh,bsnh->bnts", q * q.shape[-1] ** -0.5, k)  # Keras scales q first
+    allowed = _attention_allowed(query, key, key_mask, query_mask, causal)
+    weights = _masked_softmax(scores, None if allowed is None else allowed[:, None])
+    context = jnp.einsum("bnts,bsnh->btnh", weights if keep is None else weights * keep, v)
+    out = jnp.einsum("btnh,nho->bto", context, p["attention_output/kernel"])
+    if "attention_output/bias" in p:
+        out = out + p["attention_output/bias"]
+    return out, weights
+''',
+    deps=("_attention_allowed", "_masked_softmax"),
+    section="attention",
+)
+
 SNIPPETS: dict[str, Snippet] = {s.name: s for s in _S}
 ORDER: list[str] = [s.name for s in _S]
-SECTIONS = ("activations", "inputs", "layers", "time", "recurrent")
+SECTIONS = ("activations", "inputs", "layers", "time", "recurrent", "attention")
 
 
 def closure(names: set[str]) -> list[str]:

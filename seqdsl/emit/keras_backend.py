@@ -57,7 +57,11 @@ _PLAIN_CLASS = {
 #: arguments emitted even at their seqdsl default (Keras requires them)
 _ALWAYS = {"pool_size"}
 #: config keys that are seqdsl's own, not Keras arguments
-_NOT_KERAS = {"masked_output", "name", "layer", "cell"}
+_NOT_KERAS = {
+    "masked_output", "name", "layer", "cell",
+    # Keras call arguments, and attention_axes (the time axis only: Keras' default)
+    "use_causal_mask", "return_attention_scores", "attention_axes",
+}  # fmt: skip
 _MODULE_NAMES = {
     "MODEL", "INPUTS", "OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING", "PADS",
     "build_model", "pad", "dropout_masks", "keras", "layers", "ops", "np", "contextlib",
@@ -76,9 +80,13 @@ def class_name(model: CheckedModel) -> str:
 
 
 def instantiate(
-    module: ModuleType, model: CheckedModel, weights: Mapping[str, np.ndarray]
+    module: ModuleType,
+    model: CheckedModel,
+    weights: Mapping[str, np.ndarray],
+    dtype: str | None = None,
 ) -> object:
-    """``module.build_model()`` with the canonical ``weights`` loaded."""
+    """``module.build_model()`` with the canonical ``weights`` loaded (its layers' dtypes
+    come from the .seq types; ``dtype`` is not needed)."""
     built = module.build_model()
     built.load_canonical(dict(weights))
     return built
@@ -691,7 +699,7 @@ class _Emitter:
             training = bool(op.training.value)
             self.fixed_training.append(info.name)
         dtype = self.dtype_kw(x, *results)
-        src = [x]
+        src = [u.name for u in op.inputs]
         if op.mask is not None:
             src.append(f"mask={op.mask.name}")
         if op.initial_state is not None:
@@ -704,6 +712,9 @@ class _Emitter:
         call_args = [self.var[x]]
         if kind in _RECURRENT or kind == "Bidirectional":
             self.emit_recurrent(op, info, vars_, mask_var, mask_kind, training, dtype)
+            return
+        if kind in ("Attention", "MultiHeadAttention"):
+            self.emit_attention(op, info, vars_, training, name_kw)
             return
         takes_mask = kind in (
             "BatchNormalization", "TimeDistributed", "TemporalSoftmax", "GlobalAveragePooling1D",
@@ -813,6 +824,92 @@ class _Emitter:
         raise Unsupported(
             info.name, f"the Keras backend has no rule for {kind}"
         )  # pragma: no cover
+
+    # ------------------------------------------------------------ attention
+    def emit_attention(
+        self,
+        op: ApplyOp,
+        info: LayerInfo,
+        vars_: list[str],
+        training: bool | None,
+        name_kw: list[str],
+    ) -> None:
+        """Keras' Attention / MultiHeadAttention with explicit masks: the query's, and
+        for the key steps the AND of the value's and the key's. Keras' own layer where
+        no query step can be left without a valid key (and, for Attention, without
+        dropout); a small subclass otherwise (docs/backend-keras.md)."""
+        kind, cfg = info.kind, info.config
+        names = [u.name for u in op.inputs]
+        xs = [self.var[n] for n in names]
+        q_mask = self.mask[names[0]]
+        key_names = list(dict.fromkeys(n for n in names[1:] if self.mask[n] is not None))
+        key_masks = list(dict.fromkeys(m for m in (self.mask[n] for n in key_names) if m))
+        kinds = [k for k in (self.seq_mask(n) for n in key_names) if k is not None]
+        causal = bool(cfg["use_causal_mask"])
+        dropout = _rate(cfg, "dropout")
+        if dropout > 0:
+            self.has_dropout = True
+        key_mask: str | None = key_masks[0] if key_masks else None
+        if len(key_masks) > 1:
+            key_mask = self.mask_layer(f"{info.name}_keys", f"{info.name}_keys", "MaskAnd", [],
+                                       ["[" + ", ".join(key_masks) + "]"],
+                                       "a key step is valid where the value and the key are")  # fmt: skip
+        # can a query step be left with no valid key step?
+        sides = {k.side for k in kinds}
+        nonempty = all(k.nonempty for k in kinds) and (len(sides) <= 1 and "any" not in sides)
+        safe = not kinds or (nonempty and (not causal or sides == {"post"}))
+        fixed = [f"training={training}"] if training is not None else []
+        flags = ["use_causal_mask=True"] if causal else []
+        if cfg["return_attention_scores"]:
+            flags.append("return_attention_scores=True")
+        if kind == "Attention":
+            plain = safe and dropout == 0
+            cls = "layers.Attention" if plain else self.use("MaskedAttention")
+            if not safe:
+                self.comment(
+                    "a query step with no valid key gets 0 (Keras: the mean of the values)"
+                )
+            ctor = _Call(cls, (*self.keras_args(kind, cfg), *name_kw))
+            call = ["[" + ", ".join(xs) + "]"]
+            if q_mask is not None or key_mask is not None:
+                call.append(f"mask=[{q_mask or 'None'}, {key_mask or 'None'}]")
+            self.assign(vars_, ctor, call + flags + fixed)
+        else:
+            plain = safe and q_mask is None
+            cls = "layers.MultiHeadAttention" if plain else self.use("MaskedMultiHeadAttention")
+            if not plain:
+                self.comment("a query step with nothing to attend to gets weights 0")
+                self.comment("(Keras' fused path gives it the mean of the values)")
+            ctor = _Call(cls, (*self.keras_args(kind, cfg), *name_kw))
+            # MultiHeadAttention takes the query's mask from its Keras mask and removes the
+            # Keras masks of its inputs: it gets copies, the query's carrying its mask
+            call = list(xs)
+            if q_mask is not None:
+                v = self.py.fresh(f"{names[0]}_query")
+                kname = self.kn.fresh(f"{info.name}_query", python=False)
+                self.assign([v], _Call(self.use("WithMask"), (f"name={_lit(kname)}",)),
+                            [xs[0], f"mask={q_mask}"])  # fmt: skip
+                call[0] = v
+            for i, n in enumerate(names[1:], start=1):
+                if self.mask[n] is not None:
+                    v = self.py.fresh(f"{n}_{'value' if i == 1 else 'key'}")
+                    kname = self.kn.fresh(
+                        f"{info.name}_{'value' if i == 1 else 'key'}", python=False
+                    )
+                    self.assign([v], _Call(self.use("DropMask"), (f"name={_lit(kname)}",)), [xs[i]])
+                    call[i] = v
+            if key_mask is not None:
+                call.append(f"value_mask={key_mask}")
+                if len(names) > 2:
+                    call.append(f"key_mask={key_mask}")
+            self.assign(vars_, ctor, call + flags + fixed)
+            if len(vars_) > 1:  # the weights: Keras' inner Softmax leaves its mask on them
+                kname = self.kn.fresh(f"{info.name}_scores", python=False)
+                self.assign([vars_[1]], _Call(self.use("DropMask"), (f"name={_lit(kname)}",)),
+                            [vars_[1]])  # fmt: skip
+        for r in op.results:
+            self.mask[r] = q_mask if self.tensor(r).mask is not None else None
+            self.ok[r] = True
 
     # ------------------------------------------------------------ recurrent
     def emit_recurrent(
@@ -1061,9 +1158,11 @@ def dropout_masks(model, masks):
     """Within the block, training calls use the given keep-masks (1 = keep) instead
     of random ones (reproducible runs, comparisons across backends). Keys:
     "{layer}" for Dropout and TimeDistributed(Dropout) (the shape of the layer's
-    input); "{layer}/input" [B, F] and "{layer}/recurrent" [B, U] for a recurrent
-    layer's dropout and recurrent_dropout ("{layer}/forward/input", ... inside
-    Bidirectional); one mask serves every gate. Kept values are divided by 1 - rate."""
+    input) and for the attention weights of Attention [B, Tq, Tk] and
+    MultiHeadAttention [B, heads, Tq, Tk]; "{layer}/input" [B, F] and
+    "{layer}/recurrent" [B, U] for a recurrent layer's dropout and recurrent_dropout
+    ("{layer}/forward/input", ... inside Bidirectional); one mask serves every gate.
+    Kept values are divided by 1 - rate."""
     undo = []
     try:
         for key, keep in masks.items():
@@ -1082,7 +1181,13 @@ def dropout_masks(model, masks):
                 setattr(cell, attr, [value] * count if count else value)
                 object.__setattr__(cell, reset, lambda: None)  # keep it for every call in the block
                 undo.append((cell, reset, attr))
+            elif isinstance(layer, layers.Attention):  # MaskedAttention: its `keep`
+                value = np.asarray(keep) / (1.0 - layer.dropout)
+                object.__setattr__(layer, "keep", ops.convert_to_tensor(value, layer.compute_dtype))
+                undo.append((layer, "keep", None))
             else:
+                if isinstance(layer, layers.MultiHeadAttention):
+                    layer = layer._dropout_layer  # the Dropout on its attention weights
                 rate = layer.layer.rate if isinstance(layer, layers.TimeDistributed) else layer.rate
                 value = ops.convert_to_tensor(
                     np.asarray(keep) / (1.0 - rate), dtype=layer.compute_dtype

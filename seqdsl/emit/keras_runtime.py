@@ -542,6 +542,66 @@ class _MaskedRecurrent:
     ("_steps_to_front",),
 )
 
+# --------------------------------------------------------------------------
+# attention
+
+_add(
+    "MaskedAttention",
+    '''
+@_register
+class MaskedAttention(keras.layers.Attention):
+    """keras.layers.Attention where a query step with no valid key (value mask and
+    causal mask) gets weights 0 and output 0 (Keras gives it the mean of the values),
+    whose returned weights are those before dropout (Keras returns them after), and
+    whose dropout keep-mask can be injected (dropout_masks)."""
+
+    keep = None  # set by dropout_masks(): the keep-mask divided by 1 - rate
+
+    def _apply_scores(self, scores, value, scores_mask=None, training=False):
+        if scores_mask is not None:
+            if len(scores_mask.shape) == 2:
+                scores_mask = ops.expand_dims(scores_mask, axis=-2)
+            scores = ops.where(scores_mask, scores, -1e9)
+        weights = ops.softmax(scores, axis=-1)
+        if scores_mask is not None:  # 0 for the masked keys, and for a row with none
+            weights = ops.where(scores_mask, weights, 0.0)
+        used = weights
+        if training and self.dropout > 0:
+            if self.keep is not None:
+                used = weights * ops.cast(self.keep, weights.dtype)
+            else:
+                used = keras.random.dropout(weights, self.dropout, seed=self.seed_generator)
+        return ops.matmul(used, value), weights
+''',
+)
+
+_add(
+    "MaskedMultiHeadAttention",
+    '''
+@_register
+class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """keras.layers.MultiHeadAttention always on its explicit softmax path, which gives
+    a query step with no key to attend to (a masked query step, or no valid key)
+    weights 0, so that its output is attention_output's bias. Keras' fused path
+    (ops.dot_product_attention, taken without dropout and returned scores) gives it
+    a uniform average instead."""
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        return super()._compute_attention(
+            query, key, value, attention_mask, training, return_attention_scores=True
+        )
+''',
+)
+
 for _cls in ("LSTM", "GRU", "SimpleRNN", "RNN"):
     _add(
         f"Masked{_cls}",

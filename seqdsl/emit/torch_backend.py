@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import BoundLayer, _axis_of, _cell_of
+from ..catalogue import BoundLayer, _axis_of, _cell_of, mha_sizes
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
@@ -141,13 +141,23 @@ def emit_model(model: CheckedModel, source: str) -> str:
     return _Emitter(model, source).run()
 
 
-def instantiate(module: ModuleType, model: CheckedModel, weights: dict[str, np.ndarray]) -> object:
+def instantiate(
+    module: ModuleType,
+    model: CheckedModel,
+    weights: dict[str, np.ndarray],
+    dtype: str | None = None,
+) -> object:
     """The model's module instance, in eval mode, holding ``weights`` (canonical layout).
 
-    The module computes in float64 when the weights are float64, else in float32.
+    The module computes in ``dtype`` when given, else in float64 when the weights are
+    float64, else in float32.
     """
     torch = module.torch
-    double = any(np.asarray(w).dtype == np.float64 for w in weights.values())
+    double = (
+        dtype == "float64"
+        if dtype is not None
+        else any(np.asarray(w).dtype == np.float64 for w in weights.values())
+    )
     net = getattr(module, class_name(model))(dtype=torch.float64 if double else torch.float32)
     net.load_canonical(weights)
     return net.eval()
@@ -244,6 +254,8 @@ class _Emitter:
     mask: dict[str, str | None] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
     stateful_layers: list[str] = field(default_factory=list)
+    #: the runtime features the attention layers use (tags in torch_runtime)
+    attn_features: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ names
     def fresh(self, base: str) -> str:
@@ -494,6 +506,9 @@ class _Emitter:
     # ------------------------------------------------------------------ layers
     def emit_apply(self, op: ApplyOp, info: LayerInfo) -> None:
         kind = op.layer.kind
+        if kind in ("Attention", "MultiHeadAttention"):
+            self.emit_attention(op, info)
+            return
         x_name = op.inputs[0].name
         x = self.var[x_name]
         in_t = self.tensor(x_name)
@@ -684,6 +699,85 @@ class _Emitter:
         if propagate:
             self.mask[r] = in_mask if out_t.mask is not None else None
         elif r not in self.mask:
+            self.mask[r] = None
+
+    def emit_attention(self, op: ApplyOp, info: LayerInfo) -> None:
+        """Attention / MultiHeadAttention on (query, value[, key]): each input brings its
+        own mask; the key steps' mask is the AND of the value's and the key's."""
+        kind, cfg, name = info.kind, info.config, info.name
+        names = [u.name for u in op.inputs]
+        types = [self.tensor(n) for n in names]
+        xs = [self.var[n] for n in names]
+        q_mask = self.mask[names[0]]
+        key_masks = list(dict.fromkeys(m for m in (self.mask[n] for n in names[1:]) if m))
+        dropout = float(cfg["dropout"])  # type: ignore[arg-type]
+        causal, scores = bool(cfg["use_causal_mask"]), bool(cfg["return_attention_scores"])
+        self.snippets.add(kind)
+        if dropout:
+            self.snippets.add("keep_mask")
+            self.attn_features.add("attn_dropout")
+        if causal:
+            self.attn_features.add("attn_causal")
+        if scores:
+            self.attn_features.add("attn_scores")
+        opts: list[str] = []
+        if kind == "Attention":
+            args = [_q(name)]
+            fused = cfg["score_mode"] == "dot" and not scores
+            if cfg["use_scale"]:
+                opts.append("use_scale=True")
+            if cfg["score_mode"] == "concat":
+                opts.append('score_mode="concat"')
+                self.attn_features.add("attn_concat")
+        else:
+            heads, key_dim, value_dim, out_size = mha_sizes(cfg, types)
+            sizes = [t.features.value if t.features is not None else None for t in types]
+            key_t = types[2] if len(types) > 2 else types[1]
+            kf = key_t.features.value if key_t.features is not None else None
+            size_text = f"({sizes[0]}, {kf}, {sizes[1]}, {out_size})"
+            args = [_q(name), size_text, str(heads), str(key_dim), str(value_dim)]
+            fused = not scores
+            if not cfg["use_bias"]:
+                opts.append("use_bias=False")
+            if q_mask is not None:
+                self.attn_features.add("attn_query_mask")
+        if dropout:
+            opts.append(f"dropout={_num(dropout)}")
+        if causal:
+            opts.append("causal=True")
+        if scores:
+            opts.append("return_scores=True")
+        if not fused:
+            opts.append("sdpa=False")
+        self.register(name, kind, args + opts)
+        call = list(xs)
+        if q_mask is not None:
+            call.append(f"query_mask={q_mask}")
+        if key_masks:
+            call.append(f"key_mask={' & '.join(key_masks)}")
+        if dropout:
+            call.append("dropout_masks=dropout_masks")
+            if op.training is not None:
+                call.append(f"training={bool(op.training.value)}")
+        how = "F.scaled_dot_product_attention" if fused else "explicit softmax weights"
+        if fused and dropout:
+            how += " (explicit weights when dropping in training)"
+        keys = " and ".join(f"`{n}`" for n in dict.fromkeys(names[1:]))
+        text = f"{kind} on {how}: a query step attends to the " + (
+            f"valid steps of {keys}" if key_masks else "key steps"
+        )
+        text += " j <= i" if causal else ""
+        if q_mask is not None:
+            text += (
+                "; 0 at masked query steps"
+                if kind == "Attention"
+                else "; a masked query step attends to nothing"
+            )
+        self.comment(self.fwd, text)
+        outs = [self.bind(r) for r in op.results]
+        self.call(self.fwd, f"{', '.join(outs)} = ", self.attr(name), call)
+        self.mask[op.results[0]] = q_mask if self.tensor(op.results[0]).mask is not None else None
+        for r in op.results[1:]:
             self.mask[r] = None
 
     def window_mask(
@@ -931,7 +1025,7 @@ class _Emitter:
 
     def assemble(self, params: list[tuple[InputDecl, str]]) -> str:
         m = self.model
-        feats = self.features()
+        feats = self.features() | self.attn_features
         if "fused" not in feats:  # every recurrent layer loops: no `fused` switch to pass
             self.init.lines = [line.replace(", fused=False", "") for line in self.init.lines
                                if line.strip() != "fused=False,"]  # fmt: skip

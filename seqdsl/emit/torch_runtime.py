@@ -946,6 +946,246 @@ def temporal_softmax(x, mask):
 ''',
 )
 
+# --------------------------------------------------------------------------
+# attention
+
+_add(
+    "attention_mask",
+    '''
+def attention_mask(query, key, key_mask, query_mask=None, causal=False):
+    """Which key steps each query step attends to, bool [B, Tq, Tk], or None for all:
+    the valid key steps, the valid query steps (MultiHeadAttention: a masked query
+    step attends to nothing) and, with causal, the steps j <= i."""
+    allowed = None if key_mask is None else key_mask[:, None, :]
+    if query_mask is not None:  #@attn_query_mask
+        valid = query_mask[:, :, None]  #@attn_query_mask
+        allowed = valid if allowed is None else allowed & valid  #@attn_query_mask
+    if causal:  #@attn_causal
+        steps = torch.ones(query.shape[1], key.shape[1], dtype=torch.bool, device=query.device)  #@attn_causal
+        allowed = steps.tril()[None] if allowed is None else allowed & steps.tril()  #@attn_causal
+    if allowed is None:
+        return None
+    return allowed.expand(query.shape[0], query.shape[1], key.shape[1])
+''',
+)
+
+_add(
+    "masked_softmax",
+    '''
+def masked_softmax(scores, allowed):
+    """Softmax over the last axis among the allowed entries: 0 elsewhere, and 0 for
+    a row with none (Keras gives such a row a uniform average)."""
+    if allowed is None:
+        return torch.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~allowed, -torch.inf)
+    top = scores.amax(-1, keepdim=True)
+    e = torch.exp(scores - torch.where(torch.isfinite(top), top, 0.0))
+    total = e.sum(-1, keepdim=True)
+    return e / torch.where(total > 0, total, 1.0)
+''',
+)
+
+_add(
+    "fused_attention",
+    '''
+def fused_attention(query, key, value, allowed, scale):
+    """softmax(query . key * scale) @ value on F.scaled_dot_product_attention, with a
+    boolean mask (True: attend). SDPA gives NaN in a row with no allowed key: such
+    rows attend to every key, then get 0."""
+    if allowed is None:
+        return F.scaled_dot_product_attention(query, key, value, scale=scale)
+    some = allowed.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed | ~some, scale=scale)
+    return torch.where(some, out, 0.0)
+''',
+)
+
+_add(
+    "Attention",
+    '''
+class Attention(nn.Module):
+    """Keras' Attention (Luong): the weights are a softmax of the scores over the valid
+    key steps (and the steps j <= i with causal); the output is weights @ value, 0 at
+    the masked query steps. A query step with no valid key gets weights 0 and output
+    0 (Keras gives it the mean of the values). The scores are query . key, times
+    `scale` with use_scale.
+    score_mode="concat": concat_score_weight * sum(tanh(scale * (query + key))).  #@attn_concat
+    sdpa: F.scaled_dot_product_attention computes the output (no weights to return).
+    Dropout on the weights in training: dropout_masks["{name}"] [B, Tq, Tk] when  #@attn_dropout
+    given, else drawn; the weights are then computed explicitly.  #@attn_dropout
+    """
+
+    def __init__(
+        self,
+        name,
+        *,
+        use_scale=False,
+        score_mode="dot",  #@attn_concat
+        dropout=0.0,  #@attn_dropout
+        causal=False,  #@attn_causal
+        return_scores=False,  #@attn_scores
+        sdpa=True,
+    ):
+        super().__init__()
+        self.name = name  # its weights' canonical prefix, and its dropout mask's key
+        self.scale = nn.Parameter(torch.ones(())) if use_scale else None
+        concat = score_mode == "concat"  #@attn_concat
+        self.concat_score_weight = nn.Parameter(torch.ones(())) if concat else None  #@attn_concat
+        self.dropout = dropout  #@attn_dropout
+        self.causal = causal  #@attn_causal
+        self.return_scores = return_scores  #@attn_scores
+        self.sdpa = sdpa
+
+    def scores(self, query, key):
+        """[B, Tq, Tk]."""
+        if self.concat_score_weight is not None:  #@attn_concat
+            pairs = query[:, :, None] + key[:, None]  #@attn_concat
+            if self.scale is not None:  #@attn_concat
+                pairs = pairs * self.scale  #@attn_concat
+            return self.concat_score_weight * torch.tanh(pairs).sum(-1)  #@attn_concat
+        scores = query @ key.transpose(1, 2)
+        return scores if self.scale is None else scores * self.scale
+
+    def forward(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        key_mask=None,
+        dropout_masks=None,  #@attn_dropout
+        training=None,  #@attn_dropout
+    ):
+        key = value if key is None else key
+        allowed = attention_mask(query, key, key_mask, causal=self.causal)  #@attn_causal
+        allowed = attention_mask(query, key, key_mask)  #@!attn_causal
+        training = self.training if training is None else training  #@attn_dropout
+        dropping = training and self.dropout > 0  #@attn_dropout
+        if self.sdpa and not dropping:  #@attn_dropout
+        if self.sdpa:  #@!attn_dropout
+            scaled = query if self.scale is None else query * self.scale
+            out = fused_attention(scaled, key, value, allowed, scale=1.0)
+        else:
+            weights = masked_softmax(self.scores(query, key), allowed)
+            used = weights  #@attn_dropout
+            if dropping:  #@attn_dropout
+                keep = keep_mask(dropout_masks, self.name, weights.shape, self.dropout, weights)  #@attn_dropout
+                used = weights * keep  #@attn_dropout
+            out = used @ value  #@attn_dropout
+            out = weights @ value  #@!attn_dropout
+        if query_mask is not None:
+            out = torch.where(query_mask[..., None], out, 0.0)
+        return (out, weights) if self.return_scores else out  #@attn_scores
+        return out  #@!attn_scores
+''',
+    deps=("attention_mask", "masked_softmax", "fused_attention"),
+)
+
+_add(
+    "Projection",
+    '''
+class Projection(nn.Module):
+    """A MultiHeadAttention sub-layer's weights, Keras' EinsumDense: kernel and bias."""
+
+    def __init__(self, kernel_shape, bias_shape=None):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.zeros(kernel_shape))
+        self.bias = nn.Parameter(torch.zeros(bias_shape)) if bias_shape is not None else None
+''',
+)
+
+_add(
+    "MultiHeadAttention",
+    '''
+class MultiHeadAttention(nn.Module):
+    """Keras' MultiHeadAttention. query, key and value are projected to heads
+    (kernels [F, heads, size], biases [heads, size]); the weights are
+    softmax(q . k / sqrt(key_dim)) over the allowed key steps; the heads' context is
+    projected back by attention_output (kernel [heads, value_dim, F_out]). As in
+    Keras, the query mask is part of the attention mask: a query step that attends
+    to nothing (masked, or no valid key) gets weights 0, so its output is
+    attention_output's bias. sdpa: F.scaled_dot_product_attention computes the
+    context (no weights to return).
+    Dropout on the weights in training: dropout_masks["{name}"] [B, heads, Tq, Tk]  #@attn_dropout
+    when given, else drawn; the weights are then computed explicitly.  #@attn_dropout
+    """
+
+    def __init__(
+        self,
+        name,
+        sizes,
+        num_heads,
+        key_dim,
+        value_dim,
+        *,
+        use_bias=True,
+        dropout=0.0,  #@attn_dropout
+        causal=False,  #@attn_causal
+        return_scores=False,  #@attn_scores
+        sdpa=True,
+    ):
+        super().__init__()
+        self.name = name  # its weights' canonical prefix, and its dropout mask's key
+        query_size, key_size, value_size, output_size = sizes
+        n = num_heads
+        self.query = Projection((query_size, n, key_dim), (n, key_dim) if use_bias else None)
+        self.key = Projection((key_size, n, key_dim), (n, key_dim) if use_bias else None)
+        self.value = Projection((value_size, n, value_dim), (n, value_dim) if use_bias else None)
+        self.attention_output = Projection(
+            (n, value_dim, output_size), (output_size,) if use_bias else None
+        )
+        self.key_dim = key_dim
+        self.dropout = dropout  #@attn_dropout
+        self.causal = causal  #@attn_causal
+        self.return_scores = return_scores  #@attn_scores
+        self.sdpa = sdpa
+
+    @staticmethod
+    def heads(x, projection):
+        """[B, T, F] -> [B, heads, T, size]."""
+        y = torch.einsum("btf,fnh->bnth", x, projection.kernel)
+        return y if projection.bias is None else y + projection.bias[:, None, :]
+
+    def forward(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        key_mask=None,
+        dropout_masks=None,  #@attn_dropout
+        training=None,  #@attn_dropout
+    ):
+        key = value if key is None else key
+        allowed = attention_mask(query, key, key_mask, query_mask, self.causal)  #@attn_causal
+        allowed = attention_mask(query, key, key_mask, query_mask)  #@!attn_causal
+        allowed = None if allowed is None else allowed[:, None]  # the same for every head
+        q = self.heads(query, self.query)
+        k = self.heads(key, self.key)
+        v = self.heads(value, self.value)
+        scale = self.key_dim**-0.5
+        training = self.training if training is None else training  #@attn_dropout
+        dropping = training and self.dropout > 0  #@attn_dropout
+        if self.sdpa and not dropping:  #@attn_dropout
+        if self.sdpa:  #@!attn_dropout
+            context = fused_attention(q, k, v, allowed, scale)
+        else:
+            weights = masked_softmax((q * scale) @ k.transpose(-1, -2), allowed)
+            used = weights  #@attn_dropout
+            if dropping:  #@attn_dropout
+                keep = keep_mask(dropout_masks, self.name, weights.shape, self.dropout, weights)  #@attn_dropout
+                used = weights * keep  #@attn_dropout
+            context = used @ v  #@attn_dropout
+            context = weights @ v  #@!attn_dropout
+        out = torch.einsum("bnth,nho->bto", context, self.attention_output.kernel)
+        if self.attention_output.bias is not None:
+            out = out + self.attention_output.bias
+        return (out, weights) if self.return_scores else out  #@attn_scores
+        return out  #@!attn_scores
+''',
+    deps=("Projection", "attention_mask", "masked_softmax", "fused_attention"),
+)
+
 _add(
     "all_valid",
     '''

@@ -360,9 +360,11 @@ def dropout_masks(model, masks):
     """Within the block, training calls use the given keep-masks (1 = keep) instead
     of random ones (reproducible runs, comparisons across backends). Keys:
     "{layer}" for Dropout and TimeDistributed(Dropout) (the shape of the layer's
-    input); "{layer}/input" [B, F] and "{layer}/recurrent" [B, U] for a recurrent
-    layer's dropout and recurrent_dropout ("{layer}/forward/input", ... inside
-    Bidirectional); one mask serves every gate. Kept values are divided by 1 - rate."""
+    input) and for the attention weights of Attention [B, Tq, Tk] and
+    MultiHeadAttention [B, heads, Tq, Tk]; "{layer}/input" [B, F] and
+    "{layer}/recurrent" [B, U] for a recurrent layer's dropout and recurrent_dropout
+    ("{layer}/forward/input", ... inside Bidirectional); one mask serves every gate.
+    Kept values are divided by 1 - rate."""
     undo = []
     try:
         for key, keep in masks.items():
@@ -381,7 +383,13 @@ def dropout_masks(model, masks):
                 setattr(cell, attr, [value] * count if count else value)
                 object.__setattr__(cell, reset, lambda: None)  # keep it for every call in the block
                 undo.append((cell, reset, attr))
+            elif isinstance(layer, layers.Attention):  # MaskedAttention: its `keep`
+                value = np.asarray(keep) / (1.0 - layer.dropout)
+                object.__setattr__(layer, "keep", ops.convert_to_tensor(value, layer.compute_dtype))
+                undo.append((layer, "keep", None))
             else:
+                if isinstance(layer, layers.MultiHeadAttention):
+                    layer = layer._dropout_layer  # the Dropout on its attention weights
                 rate = layer.layer.rate if isinstance(layer, layers.TimeDistributed) else layer.rate
                 value = ops.convert_to_tensor(
                     np.asarray(keep) / (1.0 - rate), dtype=layer.compute_dtype
