@@ -88,6 +88,11 @@ def max_abs(values: Sequence[np.ndarray]) -> float:
     return max(float(np.max(np.abs(v))) for v in values if v.dtype != bool and v.size)
 
 
+def max_value_ok(values: Sequence[np.ndarray]) -> bool:
+    """Outputs large enough for the comparison to mean something."""
+    return max_abs(values) > 1e-3
+
+
 def pair(cell_model: str, builtin_model: str, dtype: str, seed: int = 7) -> tuple[Any, Any, Any]:
     """(cell net, built-in net, checked built-in model) sharing random canonical weights."""
     prog = seqdsl.loads(CELLS + cell_model + builtin_model, name="pair.seq")
@@ -169,10 +174,6 @@ def test_builtin_cells_match_builtin_layers(cell: str) -> None:
             assert max_error(got, want) <= tol, (cell, dtype, kind, max_error(got, want))
             assert max_error(want, [np.asarray(r) for r in ref]) <= tol, (cell, dtype, kind)
             assert max_error(got, [np.asarray(r) for r in ref]) <= tol, (cell, dtype, kind)
-
-
-def max_value_ok(values: Sequence[np.ndarray]) -> bool:
-    return max_abs(values) > 1e-3
 
 
 def merges(name: str, layer: Callable[[str], str]) -> str:
