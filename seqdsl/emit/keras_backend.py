@@ -25,6 +25,7 @@ from types import ModuleType
 import numpy as np
 
 from ..catalogue import REQUIRED, BoundLayer, spec_for
+from ..cells import bound_cell_of, is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
@@ -32,6 +33,14 @@ from . import CodeWriter, Unsupported
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
 from .common import py_literal as _lit
+from .keras_custom import (
+    cell_class_lines,
+    cell_is_nested,
+    custom_args,
+    custom_text,
+    extern_class_lines,
+    uses_externs,
+)
 from .keras_runtime import SNIPPETS, class_names, closure
 
 __all__ = ["emit_model", "instantiate", "class_name", "twin_order"]
@@ -65,7 +74,7 @@ _NOT_KERAS = {
 _MODULE_NAMES = {
     "MODEL", "INPUTS", "OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING", "PADS",
     "build_model", "pad", "dropout_masks", "keras", "layers", "ops", "np", "contextlib",
-    "_register", "_pad_sequences", "_dropout_key",
+    "_register", "_pad_sequences", "_dropout_key", "EXTERNS", "_register_own",
 }  # fmt: skip
 
 
@@ -84,10 +93,15 @@ def instantiate(
     model: CheckedModel,
     weights: Mapping[str, np.ndarray],
     dtype: str | None = None,
+    externs: Mapping[str, object] | None = None,
 ) -> object:
     """``module.build_model()`` with the canonical ``weights`` loaded (its layers' dtypes
-    come from the .seq types; ``dtype`` is not needed)."""
-    built = module.build_model()
+    come from the .seq types; ``dtype`` is not needed); a model with extern layers takes
+    their implementations from ``externs`` first (name -> function), then from the registry."""
+    if uses_externs(model.layers, model.externs):
+        built = module.build_model(externs=externs)
+    else:
+        built = module.build_model()
     built.load_canonical(dict(weights))
     return built
 
@@ -203,11 +217,29 @@ def _call_lines(indent: str, head: str, args: Sequence[str | _Call], tail: str =
     lines = [f"{indent}{head}("]
     for a in args:
         text = f"{inner}{a},"
-        if len(text) <= _WIDTH or not isinstance(a, _Call):
+        listed = re.fullmatch(r"(\w+=)?\[(.*)\]", a) if isinstance(a, str) else None
+        if len(text) <= _WIDTH or (not isinstance(a, _Call) and listed is None):
             lines.append(text)
+        elif listed is not None:  # a long list: one item per line
+            lines.append(f"{inner}{listed.group(1) or ''}[")
+            lines += [f"{inner}    {item}," for item in _top_level_items(listed.group(2))]
+            lines.append(f"{inner}],")
         else:
+            assert isinstance(a, _Call)
             lines += _call_lines(inner, a.callee, a.args, ",")
     return lines + [f"{indent}){tail}"]
+
+
+def _top_level_items(text: str) -> list[str]:
+    """The comma-separated items of ``text`` outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if c == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    return items + [text[start:].strip()]
 
 
 def _assign_lines(indent: str, lhs: str, ctor: _Call, call_args: Sequence[str]) -> list[str]:
@@ -258,6 +290,7 @@ class _Emitter:
         self.source = source
         self.by_op = {layer.op_index: layer for layer in model.layers}
         reserved = set(dir(builtins)) | _MODULE_NAMES | class_names() | {class_name(model)}
+        reserved |= {"l", "O", "I"}  # ambiguous names (ruff E741)
         self.py = _Namer(reserved)
         # Keras layer names: the seqdsl layer names and the input names are taken first
         self.kn = _Namer(set())
@@ -286,6 +319,17 @@ class _Emitter:
             if isinstance(op, ApplyOp):
                 uses += [*(op.initial_state or ()), *([op.mask] if op.mask else [])]
             self.used_values |= {u.name for u in uses}
+        #: cell blocks and extern layers: their classes' lines, in order of first use
+        self.custom_classes: list[list[str]] = []
+        self.cell_classes: dict[tuple[str, ...], str] = {}
+        self.extern_classes: dict[str, str] = {}
+        self.cell_ctor: _Call | None = None
+        #: extern layers: layer -> declared outputs (Keras dtype, shape with None)
+        self.extern_layers: list[tuple[str, tuple[tuple[str, tuple[int | None, ...]], ...]]] = []
+        self.externs_used = uses_externs(model.layers, model.externs)
+        if self.externs_used:
+            self.py.taken |= {"externs", "debug", "model"}
+            self.py.taken |= {m.partition(".")[0] for m in model.python_modules}
 
     # ------------------------------------------------------------ helpers
     def tensor(self, v: str) -> TensorType:
@@ -382,7 +426,21 @@ class _Emitter:
             w("")
             for ln in SNIPPETS[n].text.rstrip("\n").split("\n"):
                 w(ln)
-        for title, text in (("padding", _PAD_TEXT), ("the model", _MODEL_TEXT)):
+        if self.custom_classes:
+            w("")
+            w("")
+            w(f"# {'-' * 74}")
+            w("# the cell blocks and extern layers of the .seq program, registered under the")
+            w("# model's name (Keras clones a Bidirectional's layer through the registry, by name)")
+            w("")
+            w('_register_own = keras.saving.register_keras_serializable(package=f"seqdsl.{MODEL}")')
+            for lines in self.custom_classes:
+                w("")
+                w("")
+                for ln in lines:
+                    w(ln)
+        model_text = _MODEL_TEXT + (_DEBUG_TEXT if self.externs_used else "")
+        for title, text in (("padding", _PAD_TEXT), ("the model", model_text)):
             w("")
             w("")
             w(f"# {'-' * 74}")
@@ -423,6 +481,12 @@ class _Emitter:
         w("")
         outs = [f"({o.name}, its mask)" if o.with_mask else o.name for o in m.model.outputs]
         w(f"Outputs: {outs[0] if len(outs) == 1 else '[' + ', '.join(outs) + ']'}")
+        if self.externs_used:
+            w("")
+            w("Extern layers call Python implementations: build_model(externs={name: fn})")
+            w('first, then those registered with @seqdsl.extern(name, backend="keras") by the')
+            w("modules the .seq file `use`s (imported below). model.debug = True checks their")
+            w("outputs (and returned masks) against the declarations at every call.")
         if self.kernel_notes:
             w("")
             w("Recurrent layers (kernel for TensorFlow on a GPU; docs/backend-keras.md):")
@@ -435,13 +499,16 @@ class _Emitter:
         if self.has_dropout:
             w("import contextlib")
             w("")
-        w("import keras")
-        w("import numpy as np")
+        straight = ["keras", "numpy as np"]
+        if self.externs_used:  # their imports register the extern layers' implementations
+            straight += [f"{m}  # noqa: F401 (extern layers)" for m in self.m.python_modules]
+        for mod in sorted(straight, key=lambda m: (m.partition(" ")[0].lower(), m)):
+            w(f"import {mod}")
         names = [
             n
             for n, needed in (
                 ("layers", self.has_dropout or any("layers." in ln for ln in self.body)),
-                ("ops", self.has_dropout or bool(self.used)),
+                ("ops", self.has_dropout or bool(self.used) or bool(self.custom_classes)),
             )
             if needed
         ]
@@ -492,17 +559,34 @@ class _Emitter:
                 pads.append((inp.name, (pad.side, pad.value, pad.maxlen, pad.truncate, dtype, t)))
         for ln in _exploded_dict("PADS", pads):
             w(ln)
+        if self.externs_used:
+            w("")
+            w("#: extern layers -> their declared outputs (dtype, shape; None: known at run time)")
+            for ln in _exploded_dict("EXTERNS", self.extern_layers):
+                w(ln)
 
     def build_function(self, w: CodeWriter) -> None:
         m = self.m
-        w("def build_model():")
-        w(f'    """{m.name} as a functional keras.Model (see the module docstring)."""')
+        if self.externs_used:
+            w("def build_model(externs=None, debug=False):")
+            w(f'    """{m.name} as a functional keras.Model (see the module docstring);')
+            w("    externs: implementations of extern layers (name -> function), before the")
+            w('    registry; debug: check the extern layers\' outputs at every call."""')
+        else:
+            w("def build_model():")
+            w(f'    """{m.name} as a functional keras.Model (see the module docstring)."""')
         w.lines.extend(self.body)
         w("")
         inputs = [v for v, *_ in self.keras_inputs]
         ins = inputs[0] if len(inputs) == 1 else "[" + ", ".join(inputs) + "]"
         outputs = self.outputs[0] if len(self.outputs) == 1 else "[" + ", ".join(self.outputs) + "]"
         args = [f"inputs={ins}", f"outputs={outputs}", f"name={_lit(m.name)}"]
+        if self.externs_used:
+            for ln in _call_lines("    ", f"model = {class_name(m)}", args):
+                w(ln)
+            w("    model.debug = debug")
+            w("    return model")
+            return
         for ln in _call_lines("    ", f"return {class_name(m)}", args):
             w(ln)
 
@@ -666,6 +750,9 @@ class _Emitter:
     ) -> _Call:
         """A nested layer (inside TimeDistributed, Bidirectional, RNN)."""
         kind = bound.kind
+        if "__cell__" in bound.config:  # a cell block: its class, made by emit_recurrent
+            assert self.cell_ctor is not None
+            return self.cell_ctor
         if kind in _CELL_CLASS:
             cell_args = [*self.keras_args(kind, bound.config), *dtype]
             cell_args.append(f"name={_lit(_CELL_NAME[kind])}")
@@ -706,12 +793,15 @@ class _Emitter:
             src.append(f"initial_state=[{', '.join(s.name for s in op.initial_state)}]")
         if op.training is not None:
             src.append(f"training={'true' if training else 'false'}")
-        self.comment(f"{', '.join(results)} = {_describe(kind, cfg)}({', '.join(src)})")
+        self.comment(f"{', '.join(results)} = {self.describe(kind, cfg)}({', '.join(src)})")
         vars_ = [self.new_var(r, single=len(results) == 1) for r in results]
         name_kw = [*dtype, f"name={_lit(info.name)}"]
         call_args = [self.var[x]]
         if kind in _RECURRENT or kind == "Bidirectional":
             self.emit_recurrent(op, info, vars_, mask_var, mask_kind, training, dtype)
+            return
+        if kind in self.m.externs:
+            self.emit_extern(op, info, vars_, training, dtype)
             return
         if kind in ("Attention", "MultiHeadAttention"):
             self.emit_attention(op, info, vars_, training, name_kw)
@@ -909,6 +999,155 @@ class _Emitter:
                             [vars_[1]])  # fmt: skip
         for r in op.results:
             self.mask[r] = q_mask if self.tensor(r).mask is not None else None
+
+    # ------------------------------------------------------------ cell blocks and extern layers
+    def describe(self, kind: str, cfg: Mapping[str, object]) -> str:
+        """The .seq text of a layer call, cell blocks and extern layers included."""
+        if kind in self.m.externs:
+            return custom_text(kind, self.m.externs[kind].params, cfg)
+        text = _describe(kind, cfg)
+        if kind in ("RNN", "Bidirectional") and is_cell_layer(cfg):
+            layer = cfg.get("layer")
+            inner = layer.config if isinstance(layer, BoundLayer) else cfg
+            cell = inner["cell"]
+            assert isinstance(cell, BoundLayer)
+            cdef = cell.config["__cell__"]
+            call = custom_text(cell.kind, cdef.params, cell.config)  # type: ignore[attr-defined]
+            text = re.sub(rf"\b{re.escape(cell.kind)}\b", call, text, count=1)
+        return text
+
+    def cell_block(
+        self,
+        op: ApplyOp,
+        info: LayerInfo,
+        dtype: list[str],
+        mask_var: str | None,
+        kind_: MaskKind | None,
+    ) -> tuple[int, bool, str | None, MaskKind | None]:
+        """The cell class of ``RNN(MyCell(...))`` (one per distinct text), set as the cell
+        that inner_layer() gives; several inputs are masked by the AND of their masks.
+        Returns (the cell's outputs, whether it runs in a NestedRNN, mask, mask kind)."""
+        bc = bound_cell_of(info, self.m.types)
+        key = tuple(cell_class_lines(bc, "{Cell}"))
+        cls = self.cell_classes.get(key)
+        if cls is None:
+            cls = self.py.fresh(bc.cdef.name)
+            self.cell_classes[key] = cls
+            self.custom_classes.append(cell_class_lines(bc, cls))
+        cell = info.config.get("cell")
+        if cell is None:
+            inner = info.config["layer"]
+            assert isinstance(inner, BoundLayer)
+            cell = inner.config["cell"]
+        assert isinstance(cell, BoundLayer)
+        args = [
+            *custom_args(bc.cdef.params, cell.config),
+            *dtype,
+            f"name={_lit(_snake(cell.kind))}",
+        ]
+        self.cell_ctor = _Call(cls, tuple(args))
+        nested = cell_is_nested(bc)
+        if len(op.inputs) > 1 and op.mask is None:
+            masks = list(dict.fromkeys(m for u in op.inputs if (m := self.mask[u.name])))
+            kinds = [k for u in op.inputs if (k := self.seq_mask(u.name)) is not None]
+            if not masks:
+                return len(bc.outputs), nested, None, None
+            if len(masks) == 1:
+                mask_var = masks[0]
+            else:  # valid where every input is
+                base = op.results[0]
+                mask_var = self.mask_layer(
+                    base, info.name, "MaskAnd", [], ["[" + ", ".join(masks) + "]"]
+                )
+            sides = {k.side for k in kinds}
+            side = sides.pop() if len(sides) == 1 and "any" not in sides else "any"
+            nonempty = side != "any" and all(k.nonempty for k in kinds)
+            kind_ = MaskKind(side, nonempty, any(k.declared for k in kinds))
+        return len(bc.outputs), nested, mask_var, kind_
+
+    def emit_extern(
+        self,
+        op: ApplyOp,
+        info: LayerInfo,
+        vars_: list[str],
+        training: bool | None,
+        dtype: list[str],
+    ) -> None:
+        """An extern layer: its class (one per declaration), the call, the output masks
+        the declaration gives (explicit mask layers, as everywhere)."""
+        edef = self.m.externs[info.kind]
+        cls = self.extern_classes.get(edef.name)
+        if cls is None:
+            cls = self.py.fresh(edef.name)
+            self.extern_classes[edef.name] = cls
+            self.custom_classes.append(extern_class_lines(edef, cls))
+            if any("_and_masks(" in ln for ln in self.custom_classes[-1]):
+                self.use("_and_masks")
+        self.use("_ExternLayer")
+        ins = [u.name for u in op.inputs]
+        masks = [self.mask[i] for i in ins]
+        if op.mask is not None:
+            masks = [self.var[op.mask.name]] * len(ins)
+        args = [*custom_args(edef.params, info.config), "externs=externs", *dtype]
+        args.append(f"name={_lit(info.name)}")
+        call = [
+            self.var[ins[0]] if len(ins) == 1 else "[" + ", ".join(self.var[i] for i in ins) + "]"
+        ]
+        if any(m is not None for m in masks):
+            call.append(
+                f"mask={masks[0] if len(ins) == 1 else '[' + ', '.join(str(m) for m in masks) + ']'}"
+            )
+        if training is not None:
+            call.append(f"training={training}")
+        targets = vars_ if len(vars_) > 1 else [vars_[0]]
+        self.assign(targets, _Call(cls, tuple(args)), call)
+        declared = []
+        for r in op.results:
+            t = self.tensor(r)
+            shape = tuple(None if d is None else d.value for d in t.shape)
+            declared.append((_KERAS_DTYPE[t.dtype], shape))
+        self.extern_layers.append((info.name, tuple(declared)))
+        # the output masks, by the declaration
+        mk = edef.mask
+        kind = mk.kind if mk.cond is None or bool(info.config.get(mk.cond)) else "none"
+        in_mask = next((m for m in masks if m is not None), None)
+        out_masks: list[str | None] = [None] * len(op.results)
+        if kind == "propagate":
+            out_masks = [in_mask] * len(op.results)
+        elif kind == "generate":
+            x = self.tensor(ins[0])
+            if mk.value == 0 and x.rank == 2:
+                mv = self.mask_layer(
+                    op.results[0], info.name, "NonZeroMask", [], [self.var[ins[0]]]
+                )
+            else:
+                value = _lit(
+                    int(mk.value)
+                    if mk.value is not None and float(mk.value).is_integer()
+                    else mk.value
+                )
+                mv = self.mask_layer(
+                    op.results[0], info.name, "NotEqualMask", [value], [self.var[ins[0]]]
+                )
+            out_masks = [mv] * len(op.results)
+        elif kind == "split" and in_mask is not None:
+            mvs = [self.py.fresh(f"{r}_mask") for r in op.results]
+            mname = self.kn.fresh(f"{info.name}_mask", python=False)
+            n = _lit(len(op.results))
+            targets = mvs if len(mvs) > 1 else [mvs[0] + ","]
+            ctor = _Call(self.use("TemporalSplit"), (n, f"name={_lit(mname)}"))
+            self.lazy(targets, ctor, [in_mask], "the mask, split likewise")
+            out_masks = list(mvs)
+        elif kind == "concat" and in_mask is not None:
+            parts = [m if m is not None else self.var[i] for i, m in zip(ins, masks, strict=True)]
+            flags = _lit(tuple(m is not None for m in masks))
+            mv = self.mask_layer(
+                op.results[0], info.name, "ConcatMasks", [flags], ["[" + ", ".join(parts) + "]"]
+            )
+            out_masks = [mv] * len(op.results)
+        for r, out_mask in zip(op.results, out_masks, strict=True):
+            masked = self.tensor(r).mask is not None
+            self.mask[r] = out_mask if masked else None
             self.ok[r] = True
 
     # ------------------------------------------------------------ recurrent
@@ -935,6 +1174,11 @@ class _Emitter:
         cell = flags.get("cell")
         if isinstance(cell, BoundLayer):
             cell_cfg = cell.config
+        n_outputs, nested_cell = 1, False
+        if is_cell_layer(cfg):  # a cell block: its class, and the mask of several inputs
+            n_outputs, nested_cell, mask_var, kind_ = self.cell_block(
+                op, info, dtype, mask_var, kind_
+            )
         if _rate(cell_cfg, "dropout") > 0 or _rate(cell_cfg, "recurrent_dropout") > 0:
             self.has_dropout = True
         # Keras' own layer computes seqdsl's semantics exactly, on every backend and device,
@@ -956,6 +1200,8 @@ class _Emitter:
         if bi:
             assert isinstance(inner, BoundLayer)
             cls = None if plain else self.use(f"Masked{inner.kind}")
+            if nested_cell:
+                cls = self.use("NestedRNN" if plain else "MaskedNestedRNN")
             nested = self.inner_layer(inner, dtype, extra, cls)
             ctor = _Call(
                 "layers.Bidirectional",
@@ -968,8 +1214,14 @@ class _Emitter:
             if isinstance(cell, BoundLayer):
                 args.append(self.inner_layer(cell, dtype))
             args += [*self.keras_args(kind, cfg), *extra, *dtype, f"name={_lit(info.name)}"]
-            ctor = _Call(f"layers.{kind}" if plain else self.use(f"Masked{kind}"), tuple(args))
+            if nested_cell:
+                cls = self.use("NestedRNN" if plain else "MaskedNestedRNN")
+            else:
+                cls = f"layers.{kind}" if plain else self.use(f"Masked{kind}")
+            ctor = _Call(cls, tuple(args))
         call_args = [self.var[op.inputs[0].name]]
+        if len(op.inputs) > 1:
+            call_args = ["[" + ", ".join(self.var[u.name] for u in op.inputs) + "]"]
         if op.initial_state is not None:
             call_args.append(
                 "initial_state=[" + ", ".join(self.var[s.name] for s in op.initial_state) + "]"
@@ -992,7 +1244,8 @@ class _Emitter:
         out_mask = mask_var
         if rs and mask_var is not None and gb and not bi:  # reversed time order
             out_mask = self.mask_layer(op.results[0], info.name, "FlipTime", [], [mask_var])
-        sequences = vars_[: (2 if bi and cfg["merge_mode"] == "none" else 1)] if rs else []
+        n_seq = 2 if bi and cfg["merge_mode"] == "none" else n_outputs
+        sequences = vars_[:n_seq] if rs else []
         for r, v in zip(op.results, vars_, strict=True):
             self.mask[r] = out_mask if v in sequences else None
             self.ok[r] = True
@@ -1150,6 +1403,18 @@ class {Model}(keras.Model):
         """Zero the states of the stateful recurrent layers."""
         for layer in STATEFUL:
             self.get_layer(layer).reset_states()
+'''
+
+_DEBUG_TEXT = '''
+    @property
+    def debug(self):
+        """Debug mode: the extern layers check their outputs against their declarations."""
+        return any(self.get_layer(name).debug for name in EXTERNS)
+
+    @debug.setter
+    def debug(self, on):
+        for name in EXTERNS:
+            self.get_layer(name).debug = bool(on)
 '''
 
 _DROPOUT_TEXT = '''

@@ -614,6 +614,312 @@ class Masked{_cls}(_MaskedRecurrent, keras.layers.{_cls}):
     )
 
 
+# --------------------------------------------------------------------------
+# cell blocks with several inputs, or inputs / states / outputs of any shape
+
+_add(
+    "_and_masks",
+    """
+def _and_masks(mask):
+    \"\"\"One mask for a layer with several inputs: valid where every given mask is.\"\"\"
+    if not isinstance(mask, (list, tuple)):
+        return mask
+    out = None
+    for m in mask:
+        if m is not None:
+            out = m if out is None else ops.logical_and(out, m)
+    return out
+""",
+)
+
+_add(
+    "_FlatCell",
+    """
+def _shape(size):
+    \"\"\"A state_size / output_size entry (an int or a shape) as a shape tuple.\"\"\"
+    return tuple(size) if isinstance(size, (list, tuple)) else (size,)
+
+
+@_register
+class _FlatCell(keras.layers.Layer):
+    \"\"\"A cell with several inputs, or with inputs, states or outputs of any shape, as
+    keras.layers.RNN runs cells: one flat [B, F] input per step and flat [B, n]
+    states. Each step is unpacked for the cell (its inputs as a list, its states in
+    their shapes) and its outputs and new states are packed back. The cell's
+    output_size is a list of shapes when it has several outputs. The packed output
+    is also state 0 (Keras' JAX backend carries state 0 as the output of a masked
+    step); NestedRNN hides it.\"\"\"
+
+    def __init__(self, cell, input_shapes=None, several_inputs=False, **kwargs):
+        kwargs.setdefault("dtype", cell.dtype_policy)
+        kwargs.setdefault("name", f"flat_{cell.name}")
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.several_outputs = isinstance(cell.output_size, list)
+        outputs = cell.output_size if self.several_outputs else [cell.output_size]
+        self.output_shapes = [_shape(s) for s in outputs]
+        self.state_shapes = [_shape(s) for s in cell.state_size]
+        self.output_size = sum(int(np.prod(s)) for s in self.output_shapes)
+        self.state_size = [self.output_size, *(int(np.prod(s)) for s in self.state_shapes)]
+        self.input_shapes = input_shapes  # the inputs' per-step shapes (NestedRNN.build)
+        self.several_inputs = several_inputs
+
+    def build(self, input_shape):
+        if not self.cell.built:
+            shapes = [(input_shape[0], *s) for s in self.input_shapes]
+            self.cell.build(shapes if self.several_inputs else shapes[0])
+
+    def call(self, inputs, states):
+        sizes = np.cumsum([int(np.prod(s)) for s in self.input_shapes])[:-1].tolist()
+        parts = ops.split(inputs, sizes, axis=-1) if sizes else [inputs]
+        parts = [ops.reshape(p, (-1, *s)) for p, s in zip(parts, self.input_shapes, strict=True)]
+        shaped = zip(states[1:], self.state_shapes, strict=True)  # state 0: the last output
+        states = [ops.reshape(s, (-1, *t)) for s, t in shaped]
+        outputs, new_states = self.cell(parts if self.several_inputs else parts[0], states)
+        outputs = list(outputs) if self.several_outputs else [outputs]
+        sizes = [int(np.prod(s)) for s in self.output_shapes]
+        flat = [ops.reshape(o, (-1, n)) for o, n in zip(outputs, sizes, strict=True)]
+        flat = flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=-1)
+        sizes = self.state_size[1:]
+        new_states = [ops.reshape(s, (-1, n)) for s, n in zip(new_states, sizes, strict=True)]
+        return flat, [flat, *new_states]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "cell": keras.saving.serialize_keras_object(self.cell),
+            "input_shapes": self.input_shapes,
+            "several_inputs": self.several_inputs,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        cell = keras.saving.deserialize_keras_object(config.pop("cell"))
+        return cls(cell, **config)
+""",
+    defines=("_shape", "_FlatCell"),
+)
+
+_add(
+    "_NestedSteps",
+    """
+class _NestedSteps:
+    \"\"\"keras.layers.RNN for a cell block that Keras' RNN cannot run as it is: several
+    inputs (a list of sequences [B, T, ...]), or inputs, states or outputs of more
+    than one axis. The cell runs inside a _FlatCell; the sequences are packed into
+    one [B, T, F] tensor, the initial states flattened, and the outputs and final
+    states given back in the cell's shapes. Returns the output (a list of them when
+    the cell has several), then the final states with return_state. The layer's mask
+    is the AND of the inputs' masks.\"\"\"
+
+    def __init__(self, cell, *args, **kwargs):
+        if not isinstance(cell, _FlatCell):
+            cell = _FlatCell(cell)
+        super().__init__(cell, *args, **kwargs)
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        several = isinstance(sequences_shape[0], (list, tuple))
+        shapes = list(sequences_shape) if several else [sequences_shape]
+        self.cell.several_inputs = several
+        self.cell.input_shapes = [tuple(s[2:]) for s in shapes]
+        features = sum(int(np.prod(s[2:])) for s in shapes)
+        super().build((shapes[0][0], shapes[0][1], features))
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        parts = list(sequences) if isinstance(sequences, (list, tuple)) else [sequences]
+        batch, steps = ops.shape(parts[0])[0], ops.shape(parts[0])[1]
+        parts = [p if len(p.shape) == 3 else ops.reshape(p, (batch, steps, -1)) for p in parts]
+        flat = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+        if initial_state is not None:  # state 0 is the last output (see _FlatCell)
+            last = ops.zeros((batch, self.cell.output_size), dtype=self.cell.compute_dtype)
+            initial_state = [last, *(ops.reshape(s, (batch, -1)) for s in initial_state)]
+        result = super().call(
+            flat, initial_state=initial_state, mask=_and_masks(mask), training=training
+        )
+        outputs, *states = result if self.return_state else [result]
+        shapes = self.cell.output_shapes
+        sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1].tolist()
+        pieces = ops.split(outputs, sizes, axis=-1) if sizes else [outputs]
+        lead = tuple(ops.shape(outputs)[:-1])
+        pieces = [ops.reshape(p, (*lead, *s)) for p, s in zip(pieces, shapes, strict=True)]
+        if self.return_state:
+            shaped = zip(states[1:], self.cell.state_shapes, strict=True)
+            return (*pieces, *(ops.reshape(s, (-1, *t)) for s, t in shaped))
+        return pieces if self.cell.several_outputs else pieces[0]
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        first = sequences_shape[0] if isinstance(sequences_shape[0], (list, tuple)) else None
+        batch, steps = (first or sequences_shape)[:2]
+        lead = (batch, steps) if self.return_sequences else (batch,)
+        outputs = [(*lead, *s) for s in self.cell.output_shapes]
+        if self.return_state:
+            return (*outputs, *[(batch, *s) for s in self.cell.state_shapes])
+        return outputs if self.cell.several_outputs else outputs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        mask = _and_masks(mask)
+        out = mask if self.return_sequences else None
+        if out is not None and self.go_backwards:  # the outputs are in reversed time order
+            out = ops.flip(out, axis=1)
+        masks = [out] * len(self.cell.output_shapes)
+        if self.return_state:
+            return masks + [None] * len(self.cell.state_shapes)
+        return masks if self.cell.several_outputs else masks[0]
+""",
+    ("_FlatCell", "_and_masks"),
+)
+
+_add(
+    "NestedRNN",
+    """
+@_register
+class NestedRNN(_NestedSteps, keras.layers.RNN):
+    \"\"\"keras.layers.RNN for a cell with several inputs or shaped states and outputs.\"\"\"
+""",
+    ("_NestedSteps",),
+)
+
+_add(
+    "MaskedNestedRNN",
+    """
+@_register
+class MaskedNestedRNN(_NestedSteps, _MaskedRecurrent, keras.layers.RNN):
+    \"\"\"NestedRNN with seqdsl's mask handling (see _MaskedRecurrent).\"\"\"
+""",
+    ("_NestedSteps", "_MaskedRecurrent"),
+)
+
+# --------------------------------------------------------------------------
+# extern layers
+
+_add(
+    "NotEqualMask",
+    """
+@_register
+class NotEqualMask(_MaskLayer):
+    \"\"\"The mask an extern layer declares with `mask: generate(x != value)`: a step is
+    valid where its input differs from value (any of its values, beyond [B, T]).\"\"\"
+
+    def __init__(self, value=0, **kwargs):
+        super().__init__(**kwargs)
+        self.value = value
+
+    def call(self, inputs):
+        valid = ops.not_equal(inputs, self.value)
+        if len(valid.shape) > 2:
+            valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
+        return valid
+
+    def get_config(self):
+        return {**super().get_config(), "value": self.value}
+""",
+    ("_MaskLayer",),
+)
+
+_add(
+    "_ExternLayer",
+    """
+def _concrete(x):
+    \"\"\"x as a NumPy array, or None while tracing (no values yet).\"\"\"
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:
+        return None
+
+
+class _ExternLayer(keras.layers.Layer):
+    \"\"\"Base of the extern layers below. The implementation is resolved at
+    construction: `externs` (name -> function) first, then the functions registered
+    with @seqdsl.extern(name, backend="keras") by the modules the .seq file `use`s
+    (imported at the top of this module); none is an ExternError. It is called as
+    fn(*inputs, mask=..., weights={name: variable}, config={param: value},
+    training=bool). The output masks follow the declaration (compute_mask below);
+    the output types are the declared ones (EXTERNS) while the graph is built. With
+    debug on (model.debug = True), every call checks the outputs against the
+    declaration, and a mask the implementation returns against the declared one
+    (in eager calls, where values exist).\"\"\"
+
+    extern = ""  # the extern layer's name in the .seq file
+    declaration = ""  # where it is declared
+
+    def __init__(self, externs=None, debug=False, **kwargs):
+        from seqdsl.externs import get_extern
+
+        super().__init__(**kwargs)
+        self.impl = get_extern(self.extern, "keras", externs)
+        self.debug = debug
+
+    def run(self, inputs, mask, training, weights, config):
+        several = isinstance(inputs, (list, tuple))
+        args = list(inputs) if several else [inputs]
+        if several:
+            mask = tuple(mask) if isinstance(mask, (list, tuple)) else (mask,) * len(args)
+        result = self.impl.fn(
+            *args, mask=mask, weights=weights, config=config, training=bool(training)
+        )
+        returned_mask = None
+        if self.impl.returns_mask:
+            result, returned_mask = result
+        outputs = list(result) if isinstance(result, (list, tuple)) else [result]
+        if self.debug:
+            self.check(inputs, mask, outputs, returned_mask)
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def check(self, inputs, mask, outputs, returned_mask):
+        from seqdsl.externs import ExternError, check_output_shapes
+
+        who = f"{self.extern} (layer `{self.name}`)"
+        declared = EXTERNS.get(self.name)
+        if declared is not None:
+            got = []
+            for i, o in enumerate(outputs):
+                dims = tuple(o.shape)  # None: unknown while tracing
+                shape = declared[i][1] if i < len(declared) else ()
+                if len(dims) == len(shape):
+                    dims = tuple(d if g is None else g for g, d in zip(dims, shape, strict=True))
+                got.append((keras.backend.standardize_dtype(o.dtype), dims))
+            check_output_shapes(who, declared, got, self.declaration)
+        if not self.impl.returns_mask:
+            return
+        want = self.compute_mask(inputs, mask)
+        n = len(outputs)
+        wants = list(want) if isinstance(want, (list, tuple)) else [want] * n
+        if isinstance(returned_mask, (list, tuple)) and len(returned_mask) == n and n > 1:
+            gots = list(returned_mask)
+        else:
+            gots = [returned_mask] * n
+        for i, (g, w) in enumerate(zip(gots, wants, strict=True)):
+            where = f"output {i + 1}: " if n > 1 else ""
+            if (g is None) != (w is None):
+                raise ExternError(
+                    f"extern layer {who}: {where}the implementation returned "
+                    f"{'no mask' if g is None else 'a mask'}, but the declaration "
+                    f"({self.declaration}) gives {'none' if w is None else 'one'}"
+                )
+            g, w = _concrete(g), _concrete(w)
+            if g is None or w is None:
+                continue
+            if g.shape != w.shape or not np.array_equal(g.astype(bool), w.astype(bool)):
+                raise ExternError(
+                    f"extern layer {who}: {where}the mask the implementation returned "
+                    f"differs from the declaration's ({self.declaration})"
+                )
+
+    def compute_output_spec(self, inputs, mask=None, training=None):
+        declared = EXTERNS.get(self.name)
+        if declared is None:
+            return super().compute_output_spec(inputs, mask=mask, training=training)
+        first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        specs = [
+            keras.KerasTensor((first.shape[0], *shape[1:]), dtype=dtype)
+            for dtype, shape in declared
+        ]
+        return specs if len(specs) > 1 else specs[0]
+""",
+    defines=("_concrete", "_ExternLayer"),
+)
+
+
 def closure(names: set[str]) -> list[str]:
     """``names`` and their dependencies, in :data:`SNIPPETS` order."""
     todo = list(names)
