@@ -213,9 +213,10 @@ def mutate(rng: random.Random, text: str) -> tuple[str, str]:
 
 
 def seed_programs() -> dict[str, str]:
-    seeds = {
-        p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "examples").glob("*.seq"))
-    }
+    files = sorted((ROOT / "examples").glob("*.seq")) + sorted(
+        (ROOT / "examples" / "custom").glob("*.seq")
+    )
+    seeds = {p.name: p.read_text(encoding="utf-8") for p in files}
     seeds.update(EMBEDDED)
     return seeds
 

@@ -89,6 +89,7 @@ DRIVER = textwrap.dedent(
 
 def _programs(tmp_path: Path) -> list[str]:
     files = sorted(str(p) for p in (ROOT / "examples").glob("*.seq"))
+    files += sorted(str(p) for p in (ROOT / "examples" / "custom").glob("*.seq"))
     if files:
         return files
     out = []

@@ -999,6 +999,7 @@ class _Emitter:
                             [vars_[1]])  # fmt: skip
         for r in op.results:
             self.mask[r] = q_mask if self.tensor(r).mask is not None else None
+            self.ok[r] = True
 
     # ------------------------------------------------------------ cell blocks and extern layers
     def describe(self, kind: str, cfg: Mapping[str, object]) -> str:
