@@ -425,7 +425,7 @@ def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
 EXTERNS = {
     "MyActivation": "extern layer MyActivation { shape: same; mask: propagate } (examples/custom/seed_masking_layers.seq:18)",
     "MyEmbedding": "extern layer MyEmbedding(input_dim: int, output_dim: int, mask_zero: bool = false) { in: i32[B, T]; out: f32[B, T, output_dim]; mask: generate(x != 0) if mask_zero; weight embeddings: [input_dim, output_dim] = random_normal } (examples/custom/seed_masking_layers.seq:10)",
-    "MyTemporalSoftmax": "extern layer MyTemporalSoftmax { shape: same; mask: consume(required) } (examples/custom/seed_masking_layers.seq:24)",
+    "MyTemporalSoftmax": "extern layer MyTemporalSoftmax { shape: same; mask: consume(required) } (examples/custom/seed_masking_layers.seq:27)",
     "MyTemporalSplit": "extern layer MyTemporalSplit(parts: int) { outputs: parts; time: T / parts; mask: split } (examples/custom/seed_masking_layers.seq:21)",
 }
 

@@ -612,7 +612,8 @@ def apply(
         {name: bool mask [B, T]} (a bare array when there is one).
     dropout_masks: keep-masks by key: "{layer}" for Dropout, "{layer}/input" [B, F]
         and "{layer}/recurrent" [B, U] for recurrent layers ("{layer}/forward/input"
-        ... in Bidirectional); kept values are divided by 1 - rate.
+        ... in Bidirectional), "{layer}" for the weights of an attention layer
+        ([B, Tq, Tk], [B, heads, Tq, Tk]); kept values are divided by 1 - rate.
     return_state: also return the new state (BatchNormalization moving
         statistics, final states of stateful layers): (outputs, new_state).
     debug: verify declared mask kinds and lengths (concrete values, no jit).

@@ -413,10 +413,10 @@ class MyTemporalSplit(_ExternLayer):
 @_register_own
 class MyTemporalSoftmax(_ExternLayer):
     """extern layer MyTemporalSoftmax: mask consume(required);
-    declared at examples/custom/seed_masking_layers.seq:24:1."""
+    declared at examples/custom/seed_masking_layers.seq:27:1."""
 
     extern = "MyTemporalSoftmax"
-    declaration = "declared at examples/custom/seed_masking_layers.seq:24:1"
+    declaration = "declared at examples/custom/seed_masking_layers.seq:27:1"
 
     def call(self, inputs, mask=None, training=False):
         weights = {}

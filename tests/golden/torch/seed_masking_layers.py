@@ -331,7 +331,7 @@ class SeedMasking(nn.Module):
             weights={},
             config={},
             declared=[("f32", (None, None, 1))],
-            declaration="extern layer MyTemporalSoftmax at examples/custom/seed_masking_layers.seq:24, mask: consume(required)",
+            declaration="extern layer MyTemporalSoftmax at examples/custom/seed_masking_layers.seq:27, mask: consume(required)",
             externs=externs,
         )
         self.to(dtype)
@@ -341,7 +341,7 @@ class SeedMasking(nn.Module):
         tokens = torch.as_tensor(tokens, device=device)
         sizes = bind_sizes({"tokens": tokens}, self.SHAPES)
         if sizes["T"] % 2:  # a run-time constraint
-            raise ValueError(f"T = {sizes['T']}, but MyTemporalSplit (line 30) needs T % 2 == 0")
+            raise ValueError(f"T = {sizes['T']}, but MyTemporalSplit (line 33) needs T % 2 == 0")
         # extern layer MyEmbedding (mask: generate)
         x_my_embedding = self.x_my_embedding(tokens, training=self.training)
         x_my_embedding_mask = tokens != 0  # MyEmbedding: mask: generate(x != 0)
