@@ -57,6 +57,7 @@ __all__ = [
     "extern_spec",
     "check_extern",
     "bound_cell_of",
+    "names_read",
     "is_cell_layer",
     "eval_dim",
     "const_value",
@@ -656,20 +657,14 @@ def infer_cell(
     errors: list[CellTypeError] = []
     env = _cell_env(cdef, dims, scalars)
     wshapes: dict[str, tuple[Dim, ...]] = {}
-    for t in cdef.inputs:
-        try:
-            env.values[t.name] = _V(True, _dims(t.dims, dims))
-        except CellTypeError as err:
-            errors.append(err)
-            env.values[t.name] = None
-        env.kinds[t.name] = "input"
-    for t in cdef.states:
-        try:
-            env.values[t.name] = _V(True, _dims(t.dims, dims))
-        except CellTypeError as err:
-            errors.append(err)
-            env.values[t.name] = None
-        env.kinds[t.name] = "state"
+    for what, tensors in (("input", cdef.inputs), ("state", cdef.states)):
+        for t in tensors:
+            try:
+                env.values[t.name] = _V(True, _dims(t.dims, dims))
+            except CellTypeError as err:
+                errors.append(err)
+                env.values[t.name] = None
+            env.kinds[t.name] = what
     for w in cdef.weights:
         try:
             wshapes[w.name] = _dims(w.dims, dims)
@@ -1186,6 +1181,19 @@ def is_cell_layer(cfg: Mapping[str, object]) -> bool:
         cfg = cfg["layer"].config
     cell = cfg.get("cell")
     return isinstance(cell, BoundLayer) and "__cell__" in cell.config
+
+
+def names_read(cdef: CellDef) -> set[str]:
+    """Every name the equations of ``cdef`` read (not counting its outputs)."""
+    out: set[str] = set()
+    stack = [st.expr for st in cdef.body]
+    while stack:
+        e = stack.pop()
+        if e.op == "name":
+            out.add(str(e.value))
+        stack.extend(e.args)
+        stack.extend(v for _, v in e.kwargs)
+    return out
 
 
 def cell_kernels() -> dict[str, KernelChoice]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..catalogue import BoundLayer
-from ..cells import BoundCell, bound_cell_of
+from ..cells import BoundCell, bound_cell_of, names_read
 from ..checker import LayerInfo
 from ..ir import ApplyOp, CellDef, CExpr, ExternDef, MaskContract, ParamDecl
 from ..types import TensorType
@@ -192,7 +192,7 @@ class _StepWriter:
         w._level = 1
         for line in doc:
             w(line)
-        used = _names_used(bc.cdef)
+        used = names_read(bc.cdef)
         ins = [self.bind(n, True, len(s)) for n, s in bc.inputs]
         sts = [self.bind(n, True, len(s)) for n, s in bc.states]
         w(f"{_targets(ins)} = inputs")
@@ -356,22 +356,6 @@ def _assign(w: CodeWriter, name: str, rhs: _E, comment: str, width: int = 100) -
         for part in rhs.chain:
             w("    " + part)
     w(")")
-
-
-def _names_used(cdef: CellDef) -> set[str]:
-    out: set[str] = set()
-
-    def walk(e: CExpr) -> None:
-        if e.op == "name":
-            out.add(str(e.value))
-        for a in e.args:
-            walk(a)
-        for _, a in e.kwargs:
-            walk(a)
-
-    for st in cdef.body:
-        walk(st.expr)
-    return out
 
 
 def _targets(names: Sequence[str]) -> str:

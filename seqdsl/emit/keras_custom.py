@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..catalogue import REQUIRED
-from ..cells import BoundCell, eval_dim, infer_cell
+from ..cells import BoundCell, eval_dim, infer_cell, names_read
 from ..dims import Dim, sym
 from ..ir import CellDef, CExpr, DimExpr, ExternDef, ParamDecl
 from .common import py_literal as _lit
@@ -201,7 +201,7 @@ class _CellText:
                     self.in_dims.setdefault(str(d.value), (i, a))
         self.nested = cell_is_nested(bc)
         # Python locals of call()
-        self.used = _names_used(cdef)
+        self.used = names_read(cdef) | {n for n, _ in cdef.outputs}
         self.taken: set[str] = set(_CALL_NAMES) | set(dir(builtins))
         self.var: dict[str, str] = {}
         for t in (*cdef.inputs, *cdef.states):
@@ -541,23 +541,6 @@ def _assign_lines(indent: str, target: str, x: _Expr) -> list[str]:
             lines.append(f"{indent}    {op + ' ' if op else ''}{code}")
         return lines + [f"{indent})"]
     return [one]  # left for the reader (ruff would wrap it differently)
-
-
-def _names_used(cdef: CellDef) -> set[str]:
-    """Every name an equation reads (outputs included)."""
-    out: set[str] = {n for n, _ in cdef.outputs}
-
-    def walk(e: CExpr) -> None:
-        if e.op == "name":
-            out.add(str(e.value))
-        for a in e.args:
-            walk(a)
-        for _, a in e.kwargs:
-            walk(a)
-
-    for st in cdef.body:
-        walk(st.expr)
-    return out
 
 
 def _dim_names(e: DimExpr) -> list[str]:
