@@ -16,6 +16,7 @@ This module only writes text; it imports no framework.
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
 import textwrap
 from collections.abc import Mapping
@@ -188,6 +189,7 @@ def _dim_text(d: Dim | None) -> str:
     return "_" if d is None else str(d)
 
 
+@functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
 def _py_dim(d: Dim) -> str:
     """A Python expression for ``d`` over ``sizes['T']`` etc. (exact divisions hold by then)."""
     parts: list[str] = []
@@ -285,7 +287,7 @@ class _Emitter:
         self.freeze(layer)
 
     def freeze(self, layer: str) -> None:
-        info = next((i for i in self.model.layers if i.name == layer), None)
+        info = self.by_name.get(layer)
         if info is not None and info.config.get("trainable") is False and info.weights:
             self.init(f"{self.attr(layer)}.requires_grad_(False)  # trainable=false")
 
@@ -304,6 +306,9 @@ class _Emitter:
     def comment(w: CodeWriter, text: str) -> None:
         """A comment wrapped to 100 columns (8 columns in, inside a method)."""
         width = 100 - 8 - 4 * w._level - 2
+        if 0 < len(text) <= width and text.isprintable() and text.strip() == text:
+            w(f"# {text}")  # one line, as textwrap would leave it (and 10x faster)
+            return
         for line in textwrap.wrap(text, width):
             w(f"# {line}")
 
@@ -341,6 +346,8 @@ class _Emitter:
     def run(self) -> str:
         m = self.model
         self.layers = {info.op_index: info for info in m.layers}
+        # freeze() looks layers up by name (the first of a name, as a scan would)
+        self.by_name = {info.name: info for info in reversed(m.layers)}
         inputs = self.emit_inputs()
         for i, op in enumerate(m.model.ops):
             if isinstance(op, DropMaskOp):
@@ -348,7 +355,7 @@ class _Emitter:
                 self.var[r] = self.var[op.input.name]
                 self.mask[r] = None
             elif isinstance(op, MergeOp):
-                self.emit_merge(op)
+                self.emit_merge(op, self.layers[i])
             else:
                 self.emit_apply(op, self.layers[i])
         outs = []
@@ -443,8 +450,7 @@ class _Emitter:
         return params
 
     # ------------------------------------------------------------------ merges
-    def emit_merge(self, op: MergeOp) -> None:
-        info = next(i for i in self.model.layers if i.name == op.name and i.kind == op.fn)
+    def emit_merge(self, op: MergeOp, info: LayerInfo) -> None:
         ins = [self.var[u.name] for u in op.inputs]
         masks = [self.mask[u.name] for u in op.inputs]
         (r,) = op.results
