@@ -3,6 +3,8 @@
     python bench/run.py                     # the full suite (12-20 min on 2 CPU cores)
     python bench/run.py --quick             # a smoke run of every section (< 2 min)
     python bench/run.py --only masks,keras  # some sections (names or numbers 1-5)
+    python bench/run.py --only 1 --runtimes torch --cells lstm --sizes 32x128x256 --modes inference
+                                            # a focused subset of the rows
 
 Sections (docs/benchmarks.md explains every ratio and target):
 
@@ -20,7 +22,7 @@ Sections (docs/benchmarks.md explains every ratio and target):
 Every framework runs in its own subprocess (one per Keras backend), pinned to
 ``--threads`` intra-op threads (default 1: see docs/benchmarks.md for why).
 Writes bench/results/suite_cpu.json (--quick: suite_cpu_quick.json; --only:
-suite_cpu_only_<sections>.json; --out overrides).
+suite_cpu_only_<sections>.json, with _subset when rows are filtered; --out overrides).
 """
 
 from __future__ import annotations
@@ -278,6 +280,42 @@ def _parse_only(text: str | None) -> list[str]:
     return [s for s in SECTIONS if s in out]
 
 
+def _select(
+    plan: dict[str, dict[str, list[dict[str, Any]]]], args: argparse.Namespace
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The plan restricted to the rows that --runtimes, --cells, --sizes and --modes keep."""
+    runtimes = set(args.runtimes.split(",")) if args.runtimes else None
+    cells = set(args.cells.split(",")) if args.cells else None
+    sizes = set(args.sizes.split(",")) if args.sizes else None
+    modes = tuple(args.modes.split(",")) if args.modes else None
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for section, by_rt in plan.items():
+        out[section] = {}
+        for rt, rows in by_rt.items():
+            if section != "compile" and runtimes is not None and rt not in runtimes:
+                continue
+            kept = []
+            for row in rows:
+                if section == "compile":
+                    kept.append(row)
+                    continue
+                if cells is not None and row["cell"] not in cells:
+                    continue
+                if sizes is not None and f"{row['B']}x{row['T']}x{row['U']}" not in sizes:
+                    continue
+                if modes is not None:
+                    row = {**row, "modes": tuple(m for m in row.get("modes", MODES) if m in modes)}
+                    if not row["modes"]:
+                        continue
+                kept.append(row)
+            if kept:
+                out[section][rt] = kept
+    return out
+
+
+MODES = ("inference", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -296,6 +334,19 @@ def main(argv: list[str] | None = None) -> int:
         help="leave torch's denormal handling alone (default: flush, as XLA and TensorFlow do)",
     )
     ap.add_argument("--out", type=Path, help="JSON output path")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time samples by elapsed time (default) or by the worker's CPU time, which "
+        "leaves out the time spent waiting for a core on a machine shared with other jobs",
+    )
+    ap.add_argument(
+        "--runtimes", help=f"only these workers, comma-separated: {', '.join(RUNTIMES)}"
+    )
+    ap.add_argument("--cells", help="only these cells, comma-separated: lstm, gru, bilstm")
+    ap.add_argument("--sizes", help="only these sizes, comma-separated BxTxU, e.g. 32x128x256")
+    ap.add_argument("--modes", help="only these modes, comma-separated: inference, train")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -303,15 +354,17 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args.worker, args.job)
 
     sections = _parse_only(args.only)
-    plan = QUICK if args.quick else FULL
-    opts = QUICK_OPTS if args.quick else FULL_OPTS
+    plan = _select(QUICK if args.quick else FULL, args)
+    subset = any((args.runtimes, args.cells, args.sizes, args.modes))
+    opts = {**(QUICK_OPTS if args.quick else FULL_OPTS), "clock": args.clock}
     if args.out:
         out = args.out
-    elif args.only:
+    elif args.only or subset:
         out = (
             HERE
             / "results"
-            / f"suite_cpu_only_{'_'.join(sections)}{'_quick' if args.quick else ''}.json"
+            / f"suite_cpu_only_{'_'.join(sections)}{'_quick' if args.quick else ''}"
+            f"{'_subset' if subset else ''}.json"
         )
     else:
         out = HERE / "results" / ("suite_cpu_quick.json" if args.quick else "suite_cpu.json")
@@ -341,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = plan["compile"]["main"][0]
         print(f"== compile: {spec['sizes']} layers, median of {spec['runs']}", flush=True)
         c0 = common.CpuMeter()
-        rows = compile_jobs.run(spec["sizes"], spec["runs"])
+        rows = compile_jobs.run(spec["sizes"], spec["runs"], args.clock)
         for r in rows:
             r["load"] = c0.read()
         results["compile"] = rows

@@ -1,6 +1,11 @@
 """Post (right-padded) masks on torch's fused RNN ops: packed vs padded + gather.
 
     /work/venv/bin/python bench/torch_packed_vs_gather.py [--cell lstm] [--B 32 --T 128 --U 256]
+        [--valid-from 0.0] [--threads 1] [--clock cpu]
+
+Lengths are uniform in [1, T], or in [valid_from * T, T] (about (1 + valid_from) / 2
+of the steps valid). The numbers behind pack_rows() in the emitted modules
+(docs/backend-torch.md).
 
 A: pack_padded_sequence(enforce_sorted=False) -> torch.lstm (packed overload) ->
    pad_packed_sequence(total_length=T): final states come from the kernel.
@@ -29,7 +34,14 @@ def main() -> None:
     ap.add_argument("--F", type=int, default=256)
     ap.add_argument("--U", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--valid-from", type=float, default=0.0, help="shortest length, x T")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="elapsed or CPU time")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as bench/run.py
+    now = time.perf_counter if a.clock == "wall" else time.process_time
     torch.manual_seed(0)
     g = 4 if a.cell == "lstm" else 3
     op = torch.lstm if a.cell == "lstm" else torch.gru
@@ -40,7 +52,7 @@ def main() -> None:
         torch.zeros(g * a.U),
     ]
     x = torch.randn(a.B, a.T, a.F)
-    lengths = torch.randint(1, a.T + 1, (a.B,))
+    lengths = torch.randint(max(1, round(a.valid_from * a.T)), a.T + 1, (a.B,))
     mask = torch.arange(a.T)[None, :] < lengths[:, None]
     h0 = torch.zeros(1, a.B, a.U)
     hx = (h0, h0) if a.cell == "lstm" else h0
@@ -72,13 +84,13 @@ def main() -> None:
         return res[0].sum() + res[1][0].sum() if a.cell == "lstm" else res[0].sum() + res[1].sum()
 
     def once(fn, grad: bool) -> float:
-        t0 = time.perf_counter()
+        t0 = now()
         if grad:
             fn().backward()
         else:
             with torch.no_grad():
                 fn()
-        return (time.perf_counter() - t0) * 1e3
+        return (now() - t0) * 1e3
 
     variants = (("packed", packed), ("padded+gather", gather), ("unmasked", unmasked))
     times: dict[tuple[str, bool], list[float]] = {
@@ -96,7 +108,9 @@ def main() -> None:
         f"{a.cell} B={a.B} T={a.T} F={a.F} U={a.U} threads={torch.get_num_threads()} torch {torch.__version__}"
     )
     print(
-        f"lengths: mean {lengths.float().mean():.1f}, min {lengths.min()}, max {lengths.max()}; ms, min / median of {a.repeat}"
+        f"lengths: mean {lengths.float().mean():.1f}, min {lengths.min()}, max {lengths.max()} "
+        f"({float(lengths.sum()) / (a.B * float(lengths.max())):.0%} of the steps up to the longest "
+        f"row valid); {a.clock} ms, min / median of {a.repeat}"
     )
     for name, _ in variants:
         inf, fb = times[name, False], times[name, True]
@@ -104,6 +118,11 @@ def main() -> None:
             f"{name:>14}: inference {min(inf):7.2f} / {statistics.median(inf):7.2f}"
             f"   forward+backward {min(fb):7.2f} / {statistics.median(fb):7.2f}"
         )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"packed / padded+gather: inference {med['packed', False] / med['padded+gather', False]:.2f}"
+        f", forward+backward {med['packed', True] / med['padded+gather', True]:.2f}"
+    )
 
 
 if __name__ == "__main__":

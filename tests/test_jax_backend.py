@@ -254,6 +254,42 @@ def test_parity_full() -> None:
             check_case(c, m, jm, r, F32_TOL)
 
 
+@pytest.fixture(scope="module")
+def hoisted_results() -> list[tuple[Case, CheckedModel, Any, Any]]:
+    """Every case with the input projection done before the scan: on the CPU the
+    small test layers project inside the scan body (_hoist_projection)."""
+    built = []
+    for c in CASES:
+        model, jm = build(c.source)
+        module_of(jm)._hoist_projection = lambda x, kernel: True
+        built.append((c, model, jm))
+    results = run_all(built)
+    return [(c, m, jm, r) for (c, m, jm), r in zip(built, results, strict=True)]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[c.id for c in CASES])
+def test_parity_hoisted_projection(hoisted_results: list[Any], index: int) -> None:
+    case, model, jm, result = hoisted_results[index]
+    check_case(case, model, jm, result, F32_TOL)
+
+
+def test_projection_in_the_scan_body_by_shape() -> None:
+    """_hoist_projection follows the rule measured on XLA's CPU backend (and hoists
+    on GPUs): the projection goes in the scan body except for one-row batches,
+    kernels of 2**20 entries or more, and F >= 256 features into at most 2F gates
+    in batches under 64 rows."""
+    _, jm = build(CASES[0].source)
+    hoist = module_of(jm)._hoist_projection
+
+    def case(b: int, f: int, g: int) -> bool:
+        return bool(hoist(jnp.zeros((b, 2, f)), jnp.zeros((f, g))))
+
+    gpu = jax.default_backend() != "cpu"
+    assert case(1, 64, 256) and case(32, 1024, 4096) and case(32, 256, 512)
+    assert case(32, 256, 1024) == gpu and case(256, 256, 512) == gpu
+    assert case(8, 64, 256) == gpu and case(32, 64, 192) == gpu
+
+
 # --------------------------------------------------------------------------
 # the fused LSTM path (jax.experimental.rnn), with lstm_ref in place of cuDNN
 

@@ -313,6 +313,121 @@ def test_training_examples_with_dropout_and_batch_norm() -> None:
 
 
 # --------------------------------------------------------------------------
+# inference: packed rows or the padded batch, cached weights, stacks
+
+
+def infer(net: Any, inputs: Sequence[np.ndarray], pack: bool | None = None, **kw: Any) -> Any:
+    """The outputs under torch.no_grad() (inference: cached weights, pack_rows() may
+    pack), with pack_rows forced to `pack` unless None."""
+    module = net.forward.__globals__  # the generated module's namespace
+    rule = module.get("pack_rows")
+    if pack is not None and rule is not None:
+        module["pack_rows"] = lambda *args: pack
+    try:
+        with torch.no_grad():
+            return call(net, inputs, **kw)
+    finally:
+        if rule is not None:
+            module["pack_rows"] = rule
+
+
+INFERENCE_CASES = [c for c in CASES if not c.training]
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("case", INFERENCE_CASES, ids=[c.id for c in INFERENCE_CASES])
+def test_parity_inference_packed_and_padded(case: Case, pack: bool) -> None:
+    """Without autograd the fused layers may pack their rows (pack_rows()): both
+    strategies match the reference, forced either way."""
+    model, net = build(case.source, seed=2)
+    net.eval()
+    ref = run_reference(model, weights64(net), case.inputs, lengths=case.lengths or None)
+    got = infer(net, case.inputs, pack, lengths=case.lengths or None)
+    compare(as_outputs(got, model), ref.outputs, F32_TOL, case.id)
+
+
+STACKS = """
+model S {
+    input x: f32[B, T, 5] %s
+    a = x -> LSTM(6, return_sequences=true) -> LSTM(6, return_sequences=true) -> LSTM(6)
+    b = x -> GRU(4, return_sequences=true) -> GRU(4, return_sequences=true, masked_output=carry)
+    c = x -> SimpleRNN(3, return_sequences=true) -> SimpleRNN(3, activation=relu)
+    d = x -> LSTM(4, return_sequences=true)
+    e = d -> LSTM(4)
+    output a, b with mask, c, d with mask, e
+}"""
+
+
+@pytest.mark.parametrize("kind", ["none", "post", "pre", "any"])
+@pytest.mark.parametrize("mode", ["padded", "packed", "train"])
+def test_stacks_run_in_one_call(kind: str, mode: str) -> None:
+    """Layers of one cell reading each other's whole output sequence under one mask
+    run in one fused call (num_layers=n, as nn.LSTM): the text says so, and the
+    outputs match the reference in inference (packed or padded) and in training."""
+    decl = {"post": "pad(post) masked", "pre": "pad(pre) masked", "any": "masked"}.get(kind, "")
+    source = STACKS % decl if decl else (STACKS % "").replace(" with mask", "")
+    model, net = build(source, seed=3)
+    text = seqdsl.loads(source).compile("torch")
+    assert "below=[self.a_lstm, self.a_lstm_1])" in text  # three LSTMs: one call
+    assert "below=[self.b_gru])" in text
+    assert "below=[self.c" not in text  # tanh then relu: two ops, two calls
+    assert "below=[self.d" not in text  # d is an output too: not stacked
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 7, 5))
+    kw: dict[str, Any] = {}
+    if kind in ("post", "pre"):
+        kw["lengths"] = {"x": np.array([7, 3, 0])}
+    elif kind == "any":
+        m = rng.random((3, 7)) < 0.6
+        m[2] = False
+        kw["masks"] = {"x": m}
+    if kind != "none":
+        steps = np.arange(7)[None, :]
+        valid = kw["masks"]["x"] if kind == "any" else (
+            steps < np.array([7, 3, 0])[:, None] if kind == "post" else steps >= 7 - np.array([7, 3, 0])[:, None])  # fmt: skip
+        x = np.where(valid[..., None], x, 0.0)
+    ref = run_reference(model, weights64(net), [x], **kw)
+    if mode == "train":
+        net.train()
+        got = call(net, [x], **kw)
+    else:
+        got = infer(net, [x], mode == "packed", **kw)
+    compare(as_outputs(got, model), ref.outputs, F32_TOL, f"{kind} {mode}")
+
+
+def test_inference_weights_are_cached_until_a_parameter_changes() -> None:
+    """Without autograd the torch-layout weights are made once per layer and kept;
+    an in-place change (an optimizer step, load_canonical) or .to() remakes them."""
+    source = "model C {\n input x: f32[B, T, 3] pad(post) masked\n y = x -> GRU(4)\n output y\n}"
+    model, net = build(source)
+    x = np.random.default_rng(0).normal(size=(2, 5, 3))
+    lengths = {"x": np.array([5, 2])}
+    layer = net.y_gru
+
+    def check(what: str) -> None:
+        ref = run_reference(model, weights64(net), [x], lengths=lengths)
+        compare(as_outputs(infer(net, [x], lengths=lengths), model), ref.outputs, F32_TOL, what)
+
+    check("first call")
+    cached = layer.cached_weights[1]
+    infer(net, [x], lengths=lengths)
+    assert layer.cached_weights[1] is cached  # kept
+    weights = net.canonical_weights()
+    net.load_canonical({k: v * 0.5 for k, v in weights.items()})
+    check("after load_canonical")
+    assert layer.cached_weights[1] is not cached
+    net.train()  # a training step: autograd on, the cache is neither used nor needed
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    call(net, [x], lengths=lengths).square().sum().backward()
+    opt.step()
+    net.eval()
+    check("after an SGD step")
+    net.to(torch.float64)
+    check("after .to(float64)")
+    assert layer.cached_weights[1][0].dtype == torch.float64
+
+
+# --------------------------------------------------------------------------
 # the canary: the parity check can fail
 
 

@@ -86,6 +86,12 @@ class Measured:
         }
 
 
+#: what a sample measures: "wall" (elapsed time) or "cpu" (the CPU time of this process,
+#: all its threads: on a machine shared with other jobs it leaves out the time spent
+#: waiting for a core, but not their effect on caches and memory bandwidth)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def measure(
     variants: Mapping[str, Callable[[], object]],
     *,
@@ -95,18 +101,20 @@ def measure(
     budget_s: float = 30.0,
     min_sample_s: float = 0.02,
     max_inner: int = 200,
+    clock: str = "wall",
 ) -> Measured:
     """Time each variant (a callable that blocks until its result is ready),
-    interleaved. Stops after ``rounds`` rounds, or after ``min_rounds`` once
-    ``budget_s`` seconds have gone by (warm-up included)."""
+    interleaved, on ``clock`` (CLOCKS). Stops after ``rounds`` rounds, or after
+    ``min_rounds`` once ``budget_s`` seconds (elapsed, warm-up included) have gone by."""
+    now = CLOCKS[clock]
     names = list(variants)
     t_start = time.perf_counter()
     est: dict[str, float] = {}
     for _ in range(max(warmup, 1)):
         for n in names:
-            t0 = time.perf_counter()
+            t0 = now()
             variants[n]()
-            est[n] = time.perf_counter() - t0
+            est[n] = now() - t0
     inner = {n: max(1, min(max_inner, math.ceil(min_sample_s / max(est[n], 1e-6)))) for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
     gc.collect()
@@ -115,10 +123,10 @@ def measure(
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             fn, k = variants[n], inner[n]
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(k):
                 fn()
-            samples[n].append((time.perf_counter() - t0) * 1e3 / k)
+            samples[n].append((now() - t0) * 1e3 / k)
         done += 1
         if done >= min_rounds and time.perf_counter() - t_start > budget_s:
             break

@@ -19,6 +19,10 @@ __all__ = ["decl_text", "describe_layer", "py_literal", "seq_value"]
 
 def py_literal(v: object) -> str:
     """A Python literal for a configuration value."""
+    if isinstance(v, str):
+        if v.isascii() and v.isprintable() and '"' not in v and "\\" not in v:
+            return f'"{v}"'  # what json.dumps gives, without its cost
+        return json.dumps(v)
     if isinstance(v, bool) or v is None:
         return repr(v)
     if isinstance(v, float):
@@ -27,8 +31,6 @@ def py_literal(v: object) -> str:
         if math.isinf(v):
             return 'float("inf")' if v > 0 else '-float("inf")'
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
     if isinstance(v, int):
         return repr(v)
     if isinstance(v, (tuple, list)):

@@ -13,6 +13,7 @@ runs without JAX installed).
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
 import math
 import re
@@ -106,6 +107,7 @@ def _num(cfg: Mapping[str, object], key: str) -> float:
     return float(v)
 
 
+@functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
 def _dim_code(d: Dim) -> tuple[str, int]:
     """(integer expression over ``env``, denominator L): ``d == expr / L`` exactly."""
     den = d.const.denominator
@@ -1141,10 +1143,19 @@ def _fit_line(line: str, width: int) -> list[str]:
     return pre + lines + [indent + ")" + tail]
 
 
+#: the characters that the line-fitting scans act on; the ones between are skipped
+_QUOTE_OR_HASH = re.compile(r"[\"'#]")
+_BRACKET_OR_QUOTE = re.compile(r"[()\[\]{}\"']")
+_ARG_CHARS = re.compile(r'[()\[\]{}",\\]')
+
+
 def _split_comment(code: str) -> tuple[str, str]:
     """(code, comment) of a line: the first ``#`` outside a string."""
+    if "#" not in code:
+        return code, ""
     quote = ""
-    for i, ch in enumerate(code):
+    for m in _QUOTE_OR_HASH.finditer(code):
+        i, ch = m.start(), m.group()
         if quote:
             if ch == quote and code[i - 1] != "\\":
                 quote = ""
@@ -1160,8 +1171,8 @@ def _matching_open(code: str) -> int | None:
     if not code.endswith(")"):
         return None
     depth, quote = 0, ""
-    for i in range(len(code) - 1, -1, -1):
-        ch = code[i]
+    for m in reversed(list(_BRACKET_OR_QUOTE.finditer(code))):
+        i, ch = m.start(), m.group()
         if quote:
             if ch == quote:
                 quote = ""
@@ -1178,9 +1189,12 @@ def _matching_open(code: str) -> int | None:
 
 def _split_args(text: str) -> list[str]:
     """Split a comma-separated argument list at depth 0."""
-    out, depth, cur, quote, escaped = [], 0, "", False, False
-    for ch in text:
+    out, depth, start, quote, escaped, after = [], 0, 0, False, False, -1
+    for m in _ARG_CHARS.finditer(text):
+        i, ch = m.start(), m.group()
         if quote:
+            if i != after:  # an ordinary character came in between: it ends an escape
+                escaped = False
             quote = escaped or ch != '"'
             escaped = not escaped and ch == "\\"
         elif ch == '"':
@@ -1190,12 +1204,11 @@ def _split_args(text: str) -> list[str]:
         elif ch in ")]}":
             depth -= 1
         if ch == "," and depth == 0 and not quote:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(cur)
+            out.append(text[start:i])
+            start = i + 1
+        after = i + 1
+    if text[start:].strip():
+        out.append(text[start:])
     return out
 
 

@@ -16,6 +16,7 @@ This module only writes text; it imports no framework.
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
 import textwrap
 from collections.abc import Mapping
@@ -202,6 +203,7 @@ def _dim_text(d: Dim | None) -> str:
     return "_" if d is None else str(d)
 
 
+@functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
 def _py_dim(d: Dim) -> str:
     """A Python expression for ``d`` over ``sizes['T']`` etc. (exact divisions hold by then)."""
     parts: list[str] = []
@@ -303,7 +305,7 @@ class _Emitter:
         self.freeze(layer)
 
     def freeze(self, layer: str) -> None:
-        info = next((i for i in self.model.layers if i.name == layer), None)
+        info = self.by_name.get(layer)
         if info is not None and info.config.get("trainable") is False and info.weights:
             self.init(f"{self.attr(layer)}.requires_grad_(False)  # trainable=false")
 
@@ -322,6 +324,9 @@ class _Emitter:
     def comment(w: CodeWriter, text: str) -> None:
         """A comment wrapped to 100 columns (8 columns in, inside a method)."""
         width = 100 - 8 - 4 * w._level - 2
+        if 0 < len(text) <= width and text.isprintable() and text.strip() == text:
+            w(f"# {text}")  # one line, as textwrap would leave it (and 10x faster)
+            return
         for line in textwrap.wrap(text, width):
             w(f"# {line}")
 
@@ -359,6 +364,9 @@ class _Emitter:
     def run(self) -> str:
         m = self.model
         self.layers = {info.op_index: info for info in m.layers}
+        # freeze() looks layers up by name (the first of a name, as a scan would)
+        self.by_name = {info.name: info for info in reversed(m.layers)}
+        self.plan_stacks()
         inputs = self.emit_inputs()
         for i, op in enumerate(m.model.ops):
             if isinstance(op, DropMaskOp):
@@ -366,7 +374,7 @@ class _Emitter:
                 self.var[r] = self.var[op.input.name]
                 self.mask[r] = None
             elif isinstance(op, MergeOp):
-                self.emit_merge(op)
+                self.emit_merge(op, self.layers[i])
             else:
                 self.emit_apply(op, self.layers[i])
         outs = []
@@ -375,6 +383,70 @@ class _Emitter:
             outs.append(f"({v}, {self.mask[o.name]})" if o.with_mask else v)
         self.fwd(f"return {outs[0]}" if len(outs) == 1 else f"return {', '.join(outs)}")
         return self.assemble(inputs)
+
+    # ------------------------------------------------------------------ stacks
+    def plan_stacks(self) -> None:
+        """Recurrent layers that run in one call of torch's fused op, as
+        nn.LSTM(num_layers=...) does: a layer whose whole output sequence is read by
+        one recurrent layer of the same cell and units alone, under the same mask.
+        self.below[top] lists the op indices of the layers under the top one."""
+        ops = self.model.model.ops
+        readers: dict[str, list[int]] = {}
+        for j, op in enumerate(ops):
+            if isinstance(op, DropMaskOp):
+                uses = [op.input]
+            elif isinstance(op, MergeOp):
+                uses = list(op.inputs)
+            else:
+                uses = [*op.inputs, *([op.mask] if op.mask else []), *(op.initial_state or ())]
+            for u in uses:
+                readers.setdefault(u.name, []).append(j)
+        outputs = {o.name for o in self.model.model.outputs}
+        self.below: dict[int, list[int]] = {}
+        self.stack_input: dict[int, tuple[str, str | None]] = {}
+        for i, op in enumerate(ops):
+            low = self.stackable(i, op)
+            if low is None or not low[4]:  # the lower layer must return its sequence
+                continue
+            assert isinstance(op, ApplyOp)
+            (r,) = op.results
+            rs = readers.get(r, [])
+            if r in outputs or len(rs) != 1:
+                continue
+            j = rs[0]
+            upper = ops[j]
+            top = self.stackable(j, upper)
+            if top is None or top[:4] != low[:4]:
+                continue
+            assert isinstance(upper, ApplyOp)
+            if upper.inputs[0].name != r:
+                continue
+            if (self.tensor(r).mask is None) != (self.tensor(op.inputs[0].name).mask is None):
+                continue
+            self.below[j] = self.below.pop(i, []) + [i]
+        self.lowers = {i for stack in self.below.values() for i in stack}
+
+    def stackable(self, i: int, op: object) -> tuple[object, ...] | None:
+        """(cell, units, use_bias, activation, return_sequences) of a layer that may be
+        part of a stack: fused, one direction, no state in or out, no dropout, no
+        explicit mask= (its mask comes with its input)."""
+        if not isinstance(op, ApplyOp) or op.layer.kind not in _RECURRENT:
+            return None
+        info = self.layers[i]
+        kernels = info.kernels
+        if kernels is None or kernels["torch"].kernel == "loop":
+            return None
+        cfg = info.config
+        cell, cell_cfg = _cell_of(cfg, op.layer.kind)
+        if op.mask is not None or op.initial_state is not None or len(op.inputs) != 1:
+            return None
+        if cfg["return_state"] or cfg["stateful"] or cfg["go_backwards"]:
+            return None
+        if float(cell_cfg["dropout"]) or float(cell_cfg["recurrent_dropout"]):  # type: ignore[arg-type]
+            return None
+        act = cell_cfg["activation"]
+        return (cell, int(cell_cfg["units"]), bool(cell_cfg["use_bias"]), act,  # type: ignore[call-overload]
+                bool(cfg["return_sequences"]))  # fmt: skip
 
     # ------------------------------------------------------------------ inputs
     def emit_inputs(self) -> list[tuple[InputDecl, str]]:
@@ -461,8 +533,7 @@ class _Emitter:
         return params
 
     # ------------------------------------------------------------------ merges
-    def emit_merge(self, op: MergeOp) -> None:
-        info = next(i for i in self.model.layers if i.name == op.name and i.kind == op.fn)
+    def emit_merge(self, op: MergeOp, info: LayerInfo) -> None:
         ins = [self.var[u.name] for u in op.inputs]
         masks = [self.mask[u.name] for u in op.inputs]
         (r,) = op.results
@@ -944,6 +1015,16 @@ class _Emitter:
             self.freeze(name)
         else:
             self.register(name, cls, ctor(name, go_back))
+        if info.op_index in self.lowers:  # runs in the call of the layer above it
+            self.stack_input[info.op_index] = (x, in_mask)
+            self.var[op.results[0]], self.mask[op.results[0]] = x, in_mask  # (read by it alone)
+            return
+        below = [self.layers[i].name for i in self.below.get(info.op_index, [])]
+        if below:  # the stack runs on the input of its lowest layer
+            x, in_mask = self.stack_input[self.below[info.op_index][0]]
+            n = len(below) + 1
+            note.insert(0, f"{', '.join([*below, name])}: a stack, one {_FUSED_OP[cell]} call "
+                           f"with num_layers={n} (as nn.{cls})")  # fmt: skip
         args = [x, in_mask if in_mask is not None else "None"]
         if op.initial_state is not None:
             args.append(f"initial_state=[{', '.join(self.var[s.name] for s in op.initial_state)}]")
@@ -951,6 +1032,8 @@ class _Emitter:
             args.append("dropout_masks=dropout_masks")
         if training is not None:
             args.append(f"training={training}")
+        if below:
+            args.append(f"below=[{', '.join(self.attr(b) for b in below)}]")
         if args[1] == "None" and len(args) == 2:
             args.pop()
         for line in note:
@@ -1005,6 +1088,8 @@ class _Emitter:
             lines = [f"mask with gaps: valid steps compacted to the front, {op}, scattered back"]
         if go_back and not bi:
             lines[0] = "go_backwards, steps flipped: " + lines[0]
+        if side is not None and not packed:
+            lines.append("in inference the rows are packed instead when pack_rows() says it pays")
         if side is not None and mask is not None and not mask.nonempty:
             lines.append(
                 "empty rows run as length 1, then get zero outputs and their initial state"
@@ -1033,6 +1118,8 @@ class _Emitter:
                 f.add("dropout")
             if i.stateful:
                 f.add("stateful")
+        if self.below:
+            f.add("stack")
         return f | self.custom.features
 
     def assemble(self, params: list[tuple[InputDecl, str]]) -> str:
@@ -1047,7 +1134,9 @@ class _Emitter:
             if "fused" in feats:
                 names.add("fused_rnn")
             if "fused_mask" in feats:
-                names |= {"to_right_padding", "gather_steps"}
+                names |= {"to_right_padding", "pack_rows"}
+            if "side_pre" in feats or "side_any" in feats:
+                names.add("gather_steps")  # rows rolled or compacted, and back
             if "carry" in feats:
                 names.add("carry_forward")
             if "dropout" in feats:
@@ -1061,7 +1150,7 @@ class _Emitter:
             "import torch.nn.functional as F",
             "from torch import nn",
         ]
-        if "packed" in feats:
+        if "fused_mask" in feats:
             imports.append(IMPORT_LINES["packed"])
         imports = torch_cells.extern_imports(self, imports)
         out = CodeWriter()

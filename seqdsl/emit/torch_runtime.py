@@ -290,46 +290,81 @@ def to_right_padding(x, mask, side):
     back = (mask.cumsum(1) - 1).clamp(min=0)  #@side_any
     return gather_steps(x, order), lengths, back  #@side_any
 ''',
-    deps=("gather_steps",),
 )
 
 _add(
     "fused_rnn",
     '''
-def fused_rnn(op, x, states, weights, lengths=None, packed=False):  #@packed
-def fused_rnn(op, x, states, weights, lengths=None):  #@fused_mask,!packed
-def fused_rnn(op, x, states, weights):  #@!fused_mask
-    """One layer of torch's fused RNN ops (what nn.LSTM, nn.GRU and nn.RNN call;
-    cuDNN on CUDA) on a batch-first, right-padded x.
+def fused_rnn(op, x, states, weights, lengths=None, packed=False, layers=1, outputs=True):  #@fused_mask
+def fused_rnn(op, x, states, weights, layers=1):  #@!fused_mask
+    """torch's fused RNN ops (what nn.LSTM, nn.GRU and nn.RNN call; cuDNN on CUDA) on
+    a batch-first, right-padded x: one layer, or `layers` stacked, each reading all
+    the outputs of the one before (nn.LSTM(num_layers=...)).
 
     op: torch.lstm, torch.gru, torch.rnn_tanh or torch.rnn_relu; states: [B, U]
-    tensors ([h, c] for torch.lstm); weights: torch's layout [W_ih, W_hh(, b_ih, b_hh)].
-    Returns the outputs [B, T, U] and the final states.  #@!fused_mask
-    Returns the outputs [B, T, U] and the final states. With lengths (each >= 1)  #@fused_mask
-    the steps past a row's length are padding and the final states are those of  #@fused_mask
-    its last valid step: the padded batch runs as it is and h is gathered from  #@fused_mask
-    the outputs (faster than packing, see docs/backend-torch.md).  #@fused_mask,!packed
-    the outputs (faster than packing, see docs/backend-torch.md), or, with  #@fused_mask,packed
-    packed=True, the rows are packed, which also gives LSTM's final c.  #@fused_mask,packed
+    tensors ([h, c] for torch.lstm), where every layer starts; weights: torch's
+    layout, [W_ih, W_hh(, b_ih, b_hh)] for each layer in turn. Returns the last
+    layer's outputs [B, T, U] and final states.
+    With lengths (each >= 1) the steps past a row's length are padding and the  #@fused_mask
+    final states are those of its last valid step. Either the rows are packed  #@fused_mask
+    (packed=True, or when pack_rows() says it pays): the kernel skips the padding,  #@fused_mask
+    whose outputs are 0. Or the padded batch runs (on the CPU only up to its  #@fused_mask
+    longest row) and h is gathered from the outputs; the final states are then  #@fused_mask
+    [h] alone (LSTM's c is not known). outputs=False: the final states alone  #@fused_mask
+    matter, the outputs are None.  #@fused_mask
     """
     lstm = op is torch.lstm
-    hx = [s[None] for s in states]
+    hx = [s.expand(layers, *s.shape).contiguous() for s in states]
+    bias = len(weights) == 4 * layers
     train = torch.is_grad_enabled()
-    if lengths is not None and packed:  #@packed
-        seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)  #@packed
-        hx = [h.index_select(1, seq.sorted_indices) for h in hx]  #@packed
-        hx = tuple(hx) if lstm else hx[0]  #@packed
-        bias = len(weights) == 4  #@packed
-        y, *final = op(seq.data, seq.batch_sizes, hx, weights, bias, 1, 0.0, train, False)  #@packed
-        y = PackedSequence(y, seq.batch_sizes, seq.sorted_indices, seq.unsorted_indices)  #@packed
-        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  #@packed
-        return y, [h[0].index_select(0, seq.unsorted_indices) for h in final]  #@packed
+    cut = 0  #@fused_mask
+    if lengths is not None and x.device.type == "cpu":  # (CUDA: not measured, as it is)  #@fused_mask
+        longest = int(lengths.max())  #@fused_mask
+        packed = packed or pack_rows(op, states[0].shape[1], lengths, longest)  #@fused_mask
+        cut = x.shape[1] - longest  # steps that are padding in every row  #@fused_mask
+    if lengths is not None and packed:  #@fused_mask
+        seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)  #@fused_mask
+        hx = [h.index_select(1, seq.sorted_indices) for h in hx]  #@fused_mask
+        hx = tuple(hx) if lstm else hx[0]  #@fused_mask
+        y, *final = op(seq.data, seq.batch_sizes, hx, weights, bias, layers, 0.0, train, False)  #@fused_mask
+        final = [h[-1].index_select(0, seq.unsorted_indices) for h in final]  #@fused_mask
+        if not outputs:  #@fused_mask
+            return None, final  #@fused_mask
+        y = PackedSequence(y, seq.batch_sizes, seq.sorted_indices, seq.unsorted_indices)  #@fused_mask
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  #@fused_mask
+        return y, final  #@fused_mask
+    if cut:  #@fused_mask
+        x = x[:, : x.shape[1] - cut]  #@fused_mask
     hx = tuple(hx) if lstm else hx[0]
-    y, *final = op(x, hx, weights, len(weights) == 4, 1, 0.0, train, False, True)
+    y, *final = op(x, hx, weights, bias, layers, 0.0, train, False, True)
     if lengths is None:  #@fused_mask
-        return y, [h[0] for h in final]  #@fused_mask
-    return y, [gather_steps(y, (lengths - 1)[:, None])[:, 0]]  # h at each row's last valid step  #@fused_mask
-    return y, [h[0] for h in final]  #@!fused_mask
+        return y, [h[-1] for h in final]  #@fused_mask
+    h = y[torch.arange(len(y), device=y.device), lengths - 1]  # at each row's last valid step  #@fused_mask
+    if not outputs:  #@fused_mask
+        return None, [h]  #@fused_mask
+    return (F.pad(y, (0, 0, 0, cut)) if cut else y), [h]  # the cut steps back, as 0  #@fused_mask
+    return y, [h[-1] for h in final]  #@!fused_mask
+''',
+)
+
+_add(
+    "pack_rows",
+    '''
+def pack_rows(op, units, lengths, longest):
+    """Whether to pack the rows rather than run the padded batch (both are exact).
+    Measured on the CPU (docs/benchmarks.md): packing wins in inference when few of
+    the steps up to the longest row are valid, since the kernel skips the padding:
+    at most 80% for torch.gru and torch.rnn_*, whose packed and padded kernels are
+    the same. torch.lstm's padded kernel (oneDNN's) is faster per step than its
+    packed one: 2.5x at 64-128 units, so never pack there; 1.7x at 256-512 units:
+    at most 55%; about 1.1x from 1024 units: at most 80%. In training the padded
+    batch wins: the backward pass is much slower packed."""
+    if torch.is_grad_enabled():
+        return False
+    share = 0.8
+    if op is torch.lstm and units < 1024:
+        share = 0.55 if units >= 256 else 0.0
+    return int(lengths.sum()) <= share * len(lengths) * longest
 ''',
 )
 
@@ -361,6 +396,9 @@ class Recurrent(nn.Module):
     dropout and recurrent_dropout (training only) use one keep-mask per sequence,  #@dropout
     as Keras: dropout_masks["{name}/input"] [B, F] and ["{name}/recurrent"] [B, U]  #@dropout
     when given, else drawn.  #@dropout
+    forward(x, mask, below=[...]) runs a stack: the layers below this one, each  #@stack
+    reading all the outputs of the one before under the same mask, from x up,  #@stack
+    in one call of the fused op (num_layers = len(below) + 1, as nn.LSTM).  #@stack
     """
 
     state_names = ("h",)
@@ -394,17 +432,21 @@ class Recurrent(nn.Module):
         self.dropout = dropout  #@input_dropout
         self.recurrent_dropout = recurrent_dropout  #@recurrent_dropout
         self.stateful = stateful_batch is not None  #@stateful
+        self.cached_weights = None  # fused_weights(), in inference: (key, weights)  #@fused
         if self.stateful:  # states carried from call to call: buffers, not weights  #@stateful
             for state in self.state_names:  #@stateful
                 self.register_buffer(state, torch.zeros(stateful_batch, units), persistent=False)  #@stateful
 
-    def forward(self, x, mask=None, initial_state=None, dropout_masks=None, training=None):
+    def forward(self, x, mask=None, initial_state=None, dropout_masks=None, training=None):  #@!stack
+    def forward(  #@stack
+        self, x, mask=None, initial_state=None, dropout_masks=None, training=None, below=()  #@stack
+    ):  #@stack
         if initial_state is not None:
             states = list(initial_state)
         elif self.stateful:  #@stateful
             states = [getattr(self, state) for state in self.state_names]  #@stateful
         else:
-            states = [x.new_zeros(x.shape[0], self.units) for _ in self.state_names]
+            states = [x.new_zeros(x.shape[0], self.units)] * len(self.state_names)  # read only
         recurrent_mask = None  #@loop
         training = self.training if training is None else training  #@dropout
         if training and self.dropout:  #@input_dropout
@@ -419,12 +461,17 @@ class Recurrent(nn.Module):
             mask = None if mask is None else mask.flip(1)  #@go_backwards
             side = {"post": "pre", "pre": "post"}.get(side, side)  #@go_backwards,fused
         if self.fused:  #@fused,loop
-            y, final = self.scan_fused(x, mask, side, states)  #@fused,loop
+            y, final = self.scan_fused(x, mask, side, states)  #@fused,loop,!stack
+            y, final = self.scan_fused(x, mask, side, states, below)  #@fused,loop,stack
         else:  #@fused,loop
             y, final = self.scan_loop(x, mask, states, recurrent_mask)  #@fused,loop
-        y, final = self.scan_fused(x, mask, side, states)  #@fused,!loop
+        y, final = self.scan_fused(x, mask, side, states)  #@fused,!loop,!stack
+        y, final = self.scan_fused(x, mask, side, states, below)  #@fused,!loop,stack
         y, final = self.scan_loop(x, mask, states, recurrent_mask)  #@loop,!fused
-        last = final[0] if mask is None else torch.where(mask.any(1, keepdim=True), final[0], 0.0)
+        last = final[0]  # h: in a row with no valid step, the initial state
+        if mask is not None and initial_state is not None:  #@!stateful
+        if mask is not None and (initial_state is not None or self.stateful):  #@stateful
+            last = torch.where(mask.any(1, keepdim=True), last, 0.0)  # which outputs 0 there
         if self.stateful:  #@stateful
             for state, value in zip(self.state_names, final, strict=True):  #@stateful
                 setattr(self, state, value.detach())  #@stateful
@@ -448,21 +495,44 @@ _add(
 _add(
     "Recurrent.scan_fused",
     '''
-    def scan_fused(self, x, mask, side, states):
-        """torch's fused kernel: the outputs (0 at masked steps) and the final states."""
+    def scan_fused(self, x, mask, side, states):  #@!stack
+    def scan_fused(self, x, mask, side, states, below=()):  #@stack
+        """torch's fused kernel: the outputs (0 at masked steps) and the final states."""  #@!stack
+        """torch's fused kernel: the outputs (0 at masked steps) and the final states.  #@stack
+        The layers `below` this one (a stack) run first, in the same call."""  #@stack
+        weights = self.fused_weights()  #@!stack
+        layers = (*below, self)  #@stack
+        weights = [w for layer in layers for w in layer.fused_weights()]  #@stack
         if mask is None:  #@fused_mask
-            return fused_rnn(self.op, x, states, self.torch_weights())  #@fused_mask
-        return fused_rnn(self.op, x, states, self.torch_weights())  #@!fused_mask
+            return fused_rnn(self.op, x, states, weights)  #@fused_mask,!stack
+            return fused_rnn(self.op, x, states, weights, layers=len(layers))  #@fused_mask,stack
+        return fused_rnn(self.op, x, states, weights)  #@!fused_mask,!stack
+        return fused_rnn(self.op, x, states, weights, len(layers))  #@!fused_mask,stack
         x, lengths, back = to_right_padding(x, mask, side)  #@fused_mask
-        weights = self.torch_weights()  #@fused_mask
-        y, final = fused_rnn(self.op, x, states, weights, lengths.clamp(min=1), self.packed)  #@fused_mask,packed
-        y, final = fused_rnn(self.op, x, states, weights, lengths.clamp(min=1))  #@fused_mask,!packed
-        if back is not None:  #@side_pre|side_any
-            y = gather_steps(y, back)  #@side_pre|side_any
-        y = torch.where(mask[..., None], y, 0.0)  #@fused_mask
+        run = lengths.clamp(min=1)  # an empty row runs one step  #@fused_mask
+        outputs = self.return_sequences  # without, the outputs are not made  #@fused_mask
+        y, final = fused_rnn(self.op, x, states, weights, run, outputs=outputs)  #@fused_mask,!packed,!stack
+        y, final = fused_rnn(self.op, x, states, weights, run, self.packed, outputs=outputs)  #@fused_mask,packed,!stack
+        y, final = fused_rnn(self.op, x, states, weights, run, layers=len(layers), outputs=outputs)  #@fused_mask,!packed,stack
+        y, final = fused_rnn(self.op, x, states, weights, run, self.packed, len(layers), outputs)  #@fused_mask,packed,stack
+        if outputs:  #@fused_mask
+            y = torch.where(mask[..., None], y if back is None else gather_steps(y, back), 0.0)  #@fused_mask,side_pre|side_any
+            y = torch.where(mask[..., None], y, 0.0)  #@fused_mask,!side_pre,!side_any
         empty = (lengths == 0)[:, None]  # ran as length 1: restore the initial state  #@fused_mask
-        # (final is [h] alone when LSTM's c is not needed)  #@fused_mask
+        # (final is [h] alone when the padded batch ran and LSTM's c is not known)  #@fused_mask
         return y, [torch.where(empty, s0, s) for s0, s in zip(states, final, strict=False)]  #@fused_mask
+
+    def fused_weights(self):
+        """torch_weights(), contiguous (the fused kernels copy strided weights on
+        every call). Without autograd (inference) they are made once and kept while
+        the parameters stay the same: an optimizer step, load_canonical, .to() or any
+        in-place change of a parameter (not through .data) remakes them."""
+        if torch.is_grad_enabled():  # gradients flow through these copies to the parameters
+            return [w.contiguous() for w in self.torch_weights()]
+        key = [(id(p), p._version, p.data_ptr()) for p in self._parameters.values()]
+        if self.cached_weights is None or self.cached_weights[0] != key:
+            self.cached_weights = (key, [w.contiguous() for w in self.torch_weights()])
+        return self.cached_weights[1]
 ''',
 )
 

@@ -34,20 +34,23 @@ def bind_sizes(inputs, declared):
     return sizes
 
 
-def fused_rnn(op, x, states, weights):
-    """One layer of torch's fused RNN ops (what nn.LSTM, nn.GRU and nn.RNN call;
-    cuDNN on CUDA) on a batch-first, right-padded x.
+def fused_rnn(op, x, states, weights, layers=1):
+    """torch's fused RNN ops (what nn.LSTM, nn.GRU and nn.RNN call; cuDNN on CUDA) on
+    a batch-first, right-padded x: one layer, or `layers` stacked, each reading all
+    the outputs of the one before (nn.LSTM(num_layers=...)).
 
     op: torch.lstm, torch.gru, torch.rnn_tanh or torch.rnn_relu; states: [B, U]
-    tensors ([h, c] for torch.lstm); weights: torch's layout [W_ih, W_hh(, b_ih, b_hh)].
-    Returns the outputs [B, T, U] and the final states.
+    tensors ([h, c] for torch.lstm), where every layer starts; weights: torch's
+    layout, [W_ih, W_hh(, b_ih, b_hh)] for each layer in turn. Returns the last
+    layer's outputs [B, T, U] and final states.
     """
     lstm = op is torch.lstm
-    hx = [s[None] for s in states]
+    hx = [s.expand(layers, *s.shape).contiguous() for s in states]
+    bias = len(weights) == 4 * layers
     train = torch.is_grad_enabled()
     hx = tuple(hx) if lstm else hx[0]
-    y, *final = op(x, hx, weights, len(weights) == 4, 1, 0.0, train, False, True)
-    return y, [h[0] for h in final]
+    y, *final = op(x, hx, weights, bias, layers, 0.0, train, False, True)
+    return y, [h[-1] for h in final]
 
 
 class Recurrent(nn.Module):
@@ -78,6 +81,7 @@ class Recurrent(nn.Module):
         self.return_sequences = return_sequences
         self.return_state = return_state
         self.stateful = stateful_batch is not None
+        self.cached_weights = None  # fused_weights(), in inference: (key, weights)
         if self.stateful:  # states carried from call to call: buffers, not weights
             for state in self.state_names:
                 self.register_buffer(state, torch.zeros(stateful_batch, units), persistent=False)
@@ -88,10 +92,12 @@ class Recurrent(nn.Module):
         elif self.stateful:
             states = [getattr(self, state) for state in self.state_names]
         else:
-            states = [x.new_zeros(x.shape[0], self.units) for _ in self.state_names]
+            states = [x.new_zeros(x.shape[0], self.units)] * len(self.state_names)  # read only
         side = self.mask_side
         y, final = self.scan_fused(x, mask, side, states)
-        last = final[0] if mask is None else torch.where(mask.any(1, keepdim=True), final[0], 0.0)
+        last = final[0]  # h: in a row with no valid step, the initial state
+        if mask is not None and (initial_state is not None or self.stateful):
+            last = torch.where(mask.any(1, keepdim=True), last, 0.0)  # which outputs 0 there
         if self.stateful:
             for state, value in zip(self.state_names, final, strict=True):
                 setattr(self, state, value.detach())
@@ -100,7 +106,20 @@ class Recurrent(nn.Module):
 
     def scan_fused(self, x, mask, side, states):
         """torch's fused kernel: the outputs (0 at masked steps) and the final states."""
-        return fused_rnn(self.op, x, states, self.torch_weights())
+        weights = self.fused_weights()
+        return fused_rnn(self.op, x, states, weights)
+
+    def fused_weights(self):
+        """torch_weights(), contiguous (the fused kernels copy strided weights on
+        every call). Without autograd (inference) they are made once and kept while
+        the parameters stay the same: an optimizer step, load_canonical, .to() or any
+        in-place change of a parameter (not through .data) remakes them."""
+        if torch.is_grad_enabled():  # gradients flow through these copies to the parameters
+            return [w.contiguous() for w in self.torch_weights()]
+        key = [(id(p), p._version, p.data_ptr()) for p in self._parameters.values()]
+        if self.cached_weights is None or self.cached_weights[0] != key:
+            self.cached_weights = (key, [w.contiguous() for w in self.torch_weights()])
+        return self.cached_weights[1]
 
     def reset_states(self):
         """Zero the carried states (as after construction)."""
