@@ -179,56 +179,74 @@ def _flip_time(x):
 
 
 def _go_backwards(x, mask, side):
-    """go_backwards: the layer reads the steps in reverse order (Keras), so it runs
-    on the flipped sequence and mask; its outputs stay in that reversed order.
-    A flipped post mask is a pre mask and vice versa."""
+    """go_backwards on the fused kernel: the layer reads the steps in reverse order
+    (Keras), so it runs on the flipped sequence and mask; its outputs stay in that
+    reversed order. A flipped post mask is a pre mask and vice versa."""
     side = {"post": "pre", "pre": "post"}.get(side, side)
     return _flip_time(x), _flip_time(mask), side
 
 
-def _scan(step, xw, mask, states, return_sequences, masked_output):
+def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards):
     """Runs a cell over time with lax.scan: one compiled loop body, whatever T.
 
-    xw: the input projections of every step [B, T, G] (computed at once outside
-    the loop); step(xw_t, states) -> (output, new states). The mask is handled in
-    the loop body, exactly for every mask kind (post, pre, gaps, empty rows): at a
-    masked step every state keeps its value, where(mask, new, old), so the final
-    states equal running the valid steps alone; the output there is 0
-    (masked_output="zero") or the last valid output (masked_output="carry").
+    x: the layer's inputs [B, T, F]. The state-independent part of the cell, the
+    projection x @ kernel (+ bias), is done inside the loop body step by step or
+    for every step at once before the loop (_hoist_projection says which).
+    step(xw_t, states) -> new states; every cell's output is its first state, h.
+    The mask is handled in the loop body, exactly for every mask kind (post, pre,
+    gaps, empty rows): at a masked step every state keeps its value, where(mask,
+    new, old), so the final states equal running the valid steps alone. The
+    output at a masked step is 0 (masked_output="zero") or the last valid output,
+    0 before the first ("carry"); the last output is h at the last valid step, 0
+    for a row with none. go_backwards reads the steps in reverse order (a reverse
+    scan) and returns the outputs in that order, as Keras does.
     """
-    xs = jnp.swapaxes(xw, 0, 1)  # [T, B, G]: scan runs over the leading axis
-    last = jnp.zeros_like(states[0])
-    if mask is None:
+    xs = jnp.swapaxes(x, 0, 1)  # [T, B, F]: scan runs over the leading axis
+    hoist = _hoist_projection(x, kernel)
+    if hoist:
+        xs = _project(xs, kernel, bias)
 
-        def body(carry, xw_t):
-            y, states = step(xw_t, carry[0])
-            return (states, y), (y if return_sequences else None)
-
-        (states, last), ys = lax.scan(body, (states, last), xs)
-    else:
-
-        def body(carry, inputs):
-            states, last = carry
-            xw_t, m_t = inputs
-            y, new = step(xw_t, states)
+    def body(states, inputs):
+        x_t, m_t = inputs
+        new = step(x_t if hoist else _project(x_t, kernel, bias), states)
+        if m_t is not None:
             keep = m_t[:, None]
-            states = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
-            last = jnp.where(keep, y, last)  # the last valid output, 0 before the first
-            out = None
-            if return_sequences:
-                out = jnp.where(keep, y, 0.0) if masked_output == "zero" else last
-            return (states, last), out
+            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
+        return new, (new[0] if return_sequences else None)
 
-        (states, last), ys = lax.scan(body, (states, last), (xs, mask.T))
-    sequence = None if ys is None else jnp.swapaxes(ys, 0, 1)
-    return _RNN(sequence, last, states)
+    m = None if mask is None else mask.T
+    states, hs = lax.scan(body, states, (xs, m), reverse=go_backwards)
+    last = states[0]
+    if mask is not None:  # h keeps its last valid value, or its initial one in an empty row
+        last = jnp.where(jnp.any(mask, axis=1)[:, None], last, 0.0)
+        if return_sequences:
+            if masked_output == "carry":  # from the first valid step on, in reading order
+                m = jnp.cumsum(m[::-1], axis=0)[::-1] if go_backwards else jnp.cumsum(m, axis=0)
+                m = m > 0
+            hs = jnp.where(m[:, :, None], hs, 0.0)
+    sequence = None if hs is None else jnp.swapaxes(hs, 0, 1)
+    return _RNN(_flip_time(sequence) if go_backwards else sequence, last, states)
 
 
 def _project(x, kernel, bias=None):
-    """x @ kernel (+ bias) for every step at once: the part of a cell that does
-    not depend on the state, taken out of the sequential loop."""
+    """x @ kernel (+ bias): the part of a cell that does not depend on the state."""
     xw = x @ kernel
     return xw if bias is None else xw + bias
+
+
+def _hoist_projection(x, kernel):
+    """Whether _scan computes x @ kernel for every step at once, before the loop (one
+    large matmul), rather than step by step in its body. Measured per layer on XLA's
+    CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
+    for most shapes, but not for a batch of one row, nor for a kernel of 2**20
+    entries or more, nor, in batches under 64 rows, for F >= 256 features into at
+    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice."""
+    if jax.default_backend() != "cpu":
+        return True
+    batch, (features, gates) = x.shape[0], kernel.shape
+    if batch == 1 or features * gates >= 2**20:
+        return True
+    return batch < 64 and features >= 256 and gates <= 2 * features
 
 
 def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
@@ -242,7 +260,7 @@ def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_kee
         i, f, g, o = jnp.split(z, 4, axis=-1)
         c = recurrent_activation(f) * c + recurrent_activation(i) * activation(g)
         h = recurrent_activation(o) * activation(c)
-        return h, (h, c)
+        return h, c
 
     return step
 
@@ -266,18 +284,18 @@ def _lstm(
 
     fused: the static mask side ("post", "pre" or "any") when the layer may run
     on the fused kernel (_lstm_fused, CUDA only), None when it always scans."""
-    if go_backwards:
-        x, mask, fused = _go_backwards(x, mask, fused)
     if input_keep is not None:  # input dropout: one keep-mask per sequence, every gate
         x = x * input_keep[:, None, :]
     if fused is not None and _use_fused_lstm(x):
+        if go_backwards:
+            x, mask, fused = _go_backwards(x, mask, fused)
         seqs, lasts, finals = _lstm_fused(
             [p], x, mask, fused, [states], return_sequences, masked_output
         )
         return _RNN(seqs[0], lasts[0], finals[0])
-    xw = _project(x, p["kernel"], p.get("bias"))
     step = _lstm_step(p["recurrent_kernel"], activation, recurrent_activation, recurrent_keep)
-    return _scan(step, xw, mask, states, return_sequences, masked_output)
+    kernel, bias = p["kernel"], p.get("bias")
+    return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
 
 
 #: "auto": the fused kernel (cuDNN, jax.experimental.rnn.lstm) for float32 on a

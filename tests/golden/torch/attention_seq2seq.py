@@ -79,11 +79,6 @@ def check_mask(mask, side, nonempty, where, promise):
         raise ValueError(f"{where}: {problem}; {promise}")
 
 
-def gather_steps(x, index):
-    """x[b, index[b, j]] for x [B, T, F] and index [B, J]."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
-
-
 def to_right_padding(x, mask, side):
     """Move each row's valid steps to the front, in order, as the fused kernels want.
 
@@ -95,35 +90,70 @@ def to_right_padding(x, mask, side):
         return x, lengths, None
 
 
-def fused_rnn(op, x, states, weights, lengths=None, packed=False):
-    """One layer of torch's fused RNN ops (what nn.LSTM, nn.GRU and nn.RNN call;
-    cuDNN on CUDA) on a batch-first, right-padded x.
+def fused_rnn(op, x, states, weights, lengths=None, packed=False, layers=1, outputs=True):
+    """torch's fused RNN ops (what nn.LSTM, nn.GRU and nn.RNN call; cuDNN on CUDA) on
+    a batch-first, right-padded x: one layer, or `layers` stacked, each reading all
+    the outputs of the one before (nn.LSTM(num_layers=...)).
 
     op: torch.lstm, torch.gru, torch.rnn_tanh or torch.rnn_relu; states: [B, U]
-    tensors ([h, c] for torch.lstm); weights: torch's layout [W_ih, W_hh(, b_ih, b_hh)].
-    Returns the outputs [B, T, U] and the final states. With lengths (each >= 1)
-    the steps past a row's length are padding and the final states are those of
-    its last valid step: the padded batch runs as it is and h is gathered from
-    the outputs (faster than packing, see docs/backend-torch.md), or, with
-    packed=True, the rows are packed, which also gives LSTM's final c.
+    tensors ([h, c] for torch.lstm), where every layer starts; weights: torch's
+    layout, [W_ih, W_hh(, b_ih, b_hh)] for each layer in turn. Returns the last
+    layer's outputs [B, T, U] and final states.
+    With lengths (each >= 1) the steps past a row's length are padding and the
+    final states are those of its last valid step. Either the rows are packed
+    (packed=True, or when pack_rows() says it pays): the kernel skips the padding,
+    whose outputs are 0. Or the padded batch runs (on the CPU only up to its
+    longest row) and h is gathered from the outputs; the final states are then
+    [h] alone (LSTM's c is not known). outputs=False: the final states alone
+    matter, the outputs are None.
     """
     lstm = op is torch.lstm
-    hx = [s[None] for s in states]
+    hx = [s.expand(layers, *s.shape).contiguous() for s in states]
+    bias = len(weights) == 4 * layers
     train = torch.is_grad_enabled()
+    cut = 0
+    if lengths is not None and x.device.type == "cpu":  # (CUDA: not measured, as it is)
+        longest = int(lengths.max())
+        packed = packed or pack_rows(op, states[0].shape[1], lengths, longest)
+        cut = x.shape[1] - longest  # steps that are padding in every row
     if lengths is not None and packed:
         seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         hx = [h.index_select(1, seq.sorted_indices) for h in hx]
         hx = tuple(hx) if lstm else hx[0]
-        bias = len(weights) == 4
-        y, *final = op(seq.data, seq.batch_sizes, hx, weights, bias, 1, 0.0, train, False)
+        y, *final = op(seq.data, seq.batch_sizes, hx, weights, bias, layers, 0.0, train, False)
+        final = [h[-1].index_select(0, seq.unsorted_indices) for h in final]
+        if not outputs:
+            return None, final
         y = PackedSequence(y, seq.batch_sizes, seq.sorted_indices, seq.unsorted_indices)
         y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
-        return y, [h[0].index_select(0, seq.unsorted_indices) for h in final]
+        return y, final
+    if cut:
+        x = x[:, : x.shape[1] - cut]
     hx = tuple(hx) if lstm else hx[0]
-    y, *final = op(x, hx, weights, len(weights) == 4, 1, 0.0, train, False, True)
+    y, *final = op(x, hx, weights, bias, layers, 0.0, train, False, True)
     if lengths is None:
-        return y, [h[0] for h in final]
-    return y, [gather_steps(y, (lengths - 1)[:, None])[:, 0]]  # h at each row's last valid step
+        return y, [h[-1] for h in final]
+    h = y[torch.arange(len(y), device=y.device), lengths - 1]  # at each row's last valid step
+    if not outputs:
+        return None, [h]
+    return (F.pad(y, (0, 0, 0, cut)) if cut else y), [h]  # the cut steps back, as 0
+
+
+def pack_rows(op, units, lengths, longest):
+    """Whether to pack the rows rather than run the padded batch (both are exact).
+    Measured on the CPU (docs/benchmarks.md): packing wins in inference when few of
+    the steps up to the longest row are valid, since the kernel skips the padding:
+    at most 80% for torch.gru and torch.rnn_*, whose packed and padded kernels are
+    the same. torch.lstm's padded kernel (oneDNN's) is faster per step than its
+    packed one: 2.5x at 64-128 units, so never pack there; 1.7x at 256-512 units:
+    at most 55%; about 1.1x from 1024 units: at most 80%. In training the padded
+    batch wins: the backward pass is much slower packed."""
+    if torch.is_grad_enabled():
+        return False
+    share = 0.8
+    if op is torch.lstm and units < 1024:
+        share = 0.55 if units >= 256 else 0.0
+    return int(lengths.sum()) <= share * len(lengths) * longest
 
 
 def attention_mask(query, key, key_mask, query_mask=None, causal=False):
@@ -187,29 +217,47 @@ class Recurrent(nn.Module):
         self.packed = packed  # pack the rows: LSTM's final c is needed
         self.return_sequences = return_sequences
         self.return_state = return_state
+        self.cached_weights = None  # fused_weights(), in inference: (key, weights)
 
     def forward(self, x, mask=None, initial_state=None, dropout_masks=None, training=None):
         if initial_state is not None:
             states = list(initial_state)
         else:
-            states = [x.new_zeros(x.shape[0], self.units) for _ in self.state_names]
+            states = [x.new_zeros(x.shape[0], self.units)] * len(self.state_names)  # read only
         side = self.mask_side
         y, final = self.scan_fused(x, mask, side, states)
-        last = final[0] if mask is None else torch.where(mask.any(1, keepdim=True), final[0], 0.0)
+        last = final[0]  # h: in a row with no valid step, the initial state
+        if mask is not None and initial_state is not None:
+            last = torch.where(mask.any(1, keepdim=True), last, 0.0)  # which outputs 0 there
         out = y if self.return_sequences else last
         return (out, *final) if self.return_state else out
 
     def scan_fused(self, x, mask, side, states):
         """torch's fused kernel: the outputs (0 at masked steps) and the final states."""
+        weights = self.fused_weights()
         if mask is None:
-            return fused_rnn(self.op, x, states, self.torch_weights())
+            return fused_rnn(self.op, x, states, weights)
         x, lengths, back = to_right_padding(x, mask, side)
-        weights = self.torch_weights()
-        y, final = fused_rnn(self.op, x, states, weights, lengths.clamp(min=1), self.packed)
-        y = torch.where(mask[..., None], y, 0.0)
+        run = lengths.clamp(min=1)  # an empty row runs one step
+        outputs = self.return_sequences  # without, the outputs are not made
+        y, final = fused_rnn(self.op, x, states, weights, run, self.packed, outputs=outputs)
+        if outputs:
+            y = torch.where(mask[..., None], y, 0.0)
         empty = (lengths == 0)[:, None]  # ran as length 1: restore the initial state
-        # (final is [h] alone when LSTM's c is not needed)
+        # (final is [h] alone when the padded batch ran and LSTM's c is not known)
         return y, [torch.where(empty, s0, s) for s0, s in zip(states, final, strict=False)]
+
+    def fused_weights(self):
+        """torch_weights(), contiguous (the fused kernels copy strided weights on
+        every call). Without autograd (inference) they are made once and kept while
+        the parameters stay the same: an optimizer step, load_canonical, .to() or any
+        in-place change of a parameter (not through .data) remakes them."""
+        if torch.is_grad_enabled():  # gradients flow through these copies to the parameters
+            return [w.contiguous() for w in self.torch_weights()]
+        key = [(id(p), p._version, p.data_ptr()) for p in self._parameters.values()]
+        if self.cached_weights is None or self.cached_weights[0] != key:
+            self.cached_weights = (key, [w.contiguous() for w in self.torch_weights()])
+        return self.cached_weights[1]
 
 
 class LSTM(Recurrent):
@@ -389,6 +437,7 @@ class AttentionSeq2Seq(nn.Module):
                 "`target` declares pad(post, value=0): id 0 must occur only as padding",
             )
         # post mask: torch.lstm on the padded batch, h taken at each row's last valid step
+        # in inference the rows are packed instead when pack_rows() says it pays
         # empty rows run as length 1, then get zero outputs and their initial state
         dec = self.decoder(tgt, tgt_mask, initial_state=[h, c])
         # Attention on F.scaled_dot_product_attention: a query step attends to the valid steps of
