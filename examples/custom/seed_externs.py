@@ -35,7 +35,8 @@ def split_np(x, *, mask, weights, config, training):
 def temporal_softmax_np(x, *, mask, weights, config, training):
     m = mask[..., None].astype(x.dtype)
     e = np.exp(x) * m
-    return e / np.sum(e * m, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # 0/0 at masked steps, as in the guide
+        return e / np.sum(e * m, axis=-1, keepdims=True)
 
 
 # --------------------------------------------------------------------- torch
