@@ -120,7 +120,8 @@ class CellRNN(nn.Module):
         from them for every step at once."""
         return inputs
 
-    def forward(self, *inputs, mask=None, initial_state=None):
+    def forward(self, *inputs, mask=None, initial_state=None, dropout_masks=None, training=None):
+        # (dropout_masks and training: Bidirectional passes them; a cell block has no dropout)
         x = inputs[0]
         batch, steps = x.shape[:2]
         if initial_state is not None:
@@ -176,54 +177,6 @@ _add(
 ''',
 )
 
-_add(
-    "CellBidirectional",
-    '''
-class CellBidirectional(nn.Module):
-    """Bidirectional(RNN(cell block)): the forward layer, and a go_backwards copy whose
-    output sequence is flipped back to input order, merged by merge_mode ("none":
-    both). Initial and returned states: the forward layer's, then the backward one's."""
-
-    def __init__(self, name, forward_layer, backward_layer, merge_mode="concat"):
-        super().__init__()
-        self.name = name
-        # registered under the canonical weight names "forward" and "backward"
-        # (add_module refuses "forward", the name of nn.Module's method)
-        self._modules["forward"] = forward_layer
-        self._modules["backward"] = backward_layer
-        self.merge_mode = merge_mode
-
-    def forward(self, x, mask=None, initial_state=None):
-        fw, bw = self._modules["forward"], self._modules["backward"]
-        start_fw = start_bw = None
-        if initial_state is not None:
-            n = len(fw.state_names)
-            start_fw, start_bw = initial_state[:n], initial_state[n:]
-        out_fw = fw(x, mask=mask, initial_state=start_fw)
-        out_bw = bw(x, mask=mask, initial_state=start_bw)
-        if not fw.return_state:
-            out_fw, out_bw = (out_fw,), (out_bw,)
-        (y_fw, *s_fw), (y_bw, *s_bw) = out_fw, out_bw
-        if fw.return_sequences:
-            y_bw = y_bw.flip(1)  # back to input order
-        if self.merge_mode == "concat":
-            y = [torch.cat([y_fw, y_bw], dim=-1)]
-        elif self.merge_mode == "sum":
-            y = [y_fw + y_bw]
-        elif self.merge_mode == "mul":
-            y = [y_fw * y_bw]
-        elif self.merge_mode == "ave":
-            y = [(y_fw + y_bw) / 2.0]
-        else:
-            y = [y_fw, y_bw]
-        out = (*y, *s_fw, *s_bw)
-        return out[0] if len(out) == 1 else out
-
-    def reset_states(self):  #@cell_stateful
-        self._modules["forward"].reset_states()  #@cell_stateful
-        self._modules["backward"].reset_states()  #@cell_stateful
-''',
-)
 
 _add(
     "Extern",
@@ -1009,9 +962,9 @@ def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
         return [_q(layer_name), *cell_args, *o]
 
     if bi:
-        e.snippets.add("CellBidirectional")
+        e.snippets.add("Bidirectional")  # the built-in layers' wrapper, from torch_runtime
         merge = str(cfg["merge_mode"])
-        e.init(f"{e.attr(name)} = CellBidirectional(")
+        e.init(f"{e.attr(name)} = Bidirectional(")
         e.init._level += 1
         e.init(f"{_q(name)},")
         e.call(e.init, "", cls, ctor(f"{name}/forward", False), ",")

@@ -304,8 +304,9 @@ class Bidirectional(nn.Module):
         if initial_state is not None:
             n = len(fw.state_names)
             start_fw, start_bw = initial_state[:n], initial_state[n:]
-        out_fw = fw(x, mask, start_fw, dropout_masks, training)
-        out_bw = bw(x, mask, start_bw, dropout_masks, training)
+        kw = {"mask": mask, "dropout_masks": dropout_masks, "training": training}
+        out_fw = fw(x, initial_state=start_fw, **kw)
+        out_bw = bw(x, initial_state=start_bw, **kw)
         if not fw.return_state:
             out_fw, out_bw = (out_fw,), (out_bw,)
         (y_fw, *s_fw), (y_bw, *s_bw) = out_fw, out_bw

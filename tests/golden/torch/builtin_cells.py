@@ -77,6 +77,48 @@ def where_valid(valid, t, new, old):
     return [torch.where(v[t], n, o) for v, n, o in zip(valid, new, old, strict=True)]
 
 
+class Bidirectional(nn.Module):
+    """Keras' Bidirectional: the forward layer, and a go_backwards copy whose output
+    sequence is flipped back to input order, merged by merge_mode ("none": both).
+    Initial and returned states: the forward layer's, then the backward layer's."""
+
+    def __init__(self, name, forward_layer, backward_layer, merge_mode="concat"):
+        super().__init__()
+        self.name = name
+        # Registered under the canonical weight names "forward" and "backward"
+        # (add_module refuses "forward", the name of nn.Module's method).
+        self._modules["forward"] = forward_layer
+        self._modules["backward"] = backward_layer
+        self.merge_mode = merge_mode
+
+    def forward(self, x, mask=None, initial_state=None, dropout_masks=None, training=None):
+        fw, bw = self._modules["forward"], self._modules["backward"]
+        start_fw = start_bw = None
+        if initial_state is not None:
+            n = len(fw.state_names)
+            start_fw, start_bw = initial_state[:n], initial_state[n:]
+        kw = {"mask": mask, "dropout_masks": dropout_masks, "training": training}
+        out_fw = fw(x, initial_state=start_fw, **kw)
+        out_bw = bw(x, initial_state=start_bw, **kw)
+        if not fw.return_state:
+            out_fw, out_bw = (out_fw,), (out_bw,)
+        (y_fw, *s_fw), (y_bw, *s_bw) = out_fw, out_bw
+        if fw.return_sequences:
+            y_bw = y_bw.flip(1)  # back to input order
+        if self.merge_mode == "concat":
+            y = [torch.cat([y_fw, y_bw], dim=-1)]
+        elif self.merge_mode == "sum":
+            y = [y_fw + y_bw]
+        elif self.merge_mode == "mul":
+            y = [y_fw * y_bw]
+        elif self.merge_mode == "ave":
+            y = [(y_fw + y_bw) / 2.0]
+        else:
+            y = [y_fw, y_bw]
+        out = (*y, *s_fw, *s_bw)
+        return out[0] if len(out) == 1 else out
+
+
 class CellRNN(nn.Module):
     """keras.layers.RNN around a cell block: the subclass's `step` (the cell's equations
     for one time step) in a Python loop over time.
@@ -116,7 +158,8 @@ class CellRNN(nn.Module):
         from them for every step at once."""
         return inputs
 
-    def forward(self, *inputs, mask=None, initial_state=None):
+    def forward(self, *inputs, mask=None, initial_state=None, dropout_masks=None, training=None):
+        # (dropout_masks and training: Bidirectional passes them; a cell block has no dropout)
         x = inputs[0]
         batch, steps = x.shape[:2]
         if initial_state is not None:
@@ -152,47 +195,6 @@ class CellRNN(nn.Module):
         if self.return_sequences and mask is not None and not carry:  # 0 at masked steps
             outputs = [torch.where(step_mask(mask, y.dim() - 2), y, 0.0) for y in outputs]
         out = (*outputs, *states) if self.return_state else tuple(outputs)
-        return out[0] if len(out) == 1 else out
-
-
-class CellBidirectional(nn.Module):
-    """Bidirectional(RNN(cell block)): the forward layer, and a go_backwards copy whose
-    output sequence is flipped back to input order, merged by merge_mode ("none":
-    both). Initial and returned states: the forward layer's, then the backward one's."""
-
-    def __init__(self, name, forward_layer, backward_layer, merge_mode="concat"):
-        super().__init__()
-        self.name = name
-        # registered under the canonical weight names "forward" and "backward"
-        # (add_module refuses "forward", the name of nn.Module's method)
-        self._modules["forward"] = forward_layer
-        self._modules["backward"] = backward_layer
-        self.merge_mode = merge_mode
-
-    def forward(self, x, mask=None, initial_state=None):
-        fw, bw = self._modules["forward"], self._modules["backward"]
-        start_fw = start_bw = None
-        if initial_state is not None:
-            n = len(fw.state_names)
-            start_fw, start_bw = initial_state[:n], initial_state[n:]
-        out_fw = fw(x, mask=mask, initial_state=start_fw)
-        out_bw = bw(x, mask=mask, initial_state=start_bw)
-        if not fw.return_state:
-            out_fw, out_bw = (out_fw,), (out_bw,)
-        (y_fw, *s_fw), (y_bw, *s_bw) = out_fw, out_bw
-        if fw.return_sequences:
-            y_bw = y_bw.flip(1)  # back to input order
-        if self.merge_mode == "concat":
-            y = [torch.cat([y_fw, y_bw], dim=-1)]
-        elif self.merge_mode == "sum":
-            y = [y_fw + y_bw]
-        elif self.merge_mode == "mul":
-            y = [y_fw * y_bw]
-        elif self.merge_mode == "ave":
-            y = [(y_fw + y_bw) / 2.0]
-        else:
-            y = [y_fw, y_bw]
-        out = (*y, *s_fw, *s_bw)
         return out[0] if len(out) == 1 else out
 
 
@@ -360,7 +362,7 @@ class CellsAsLayers(nn.Module):
         self.a_rnn = MyLSTMCell("a_rnn", units=8, in_=6, return_sequences=True, return_state=True)
         self.b_rnn = MyGRUCell("b_rnn", units=8, in_=6, return_sequences=True)
         self.c_rnn = MyGRUCellV1("c_rnn", units=8, in_=6, go_backwards=True)
-        self.d_bidirectional = CellBidirectional(
+        self.d_bidirectional = Bidirectional(
             "d_bidirectional",
             MySimpleRNNCell("d_bidirectional/forward", units=8, in_=6, return_sequences=True),
             MySimpleRNNCell(
