@@ -19,7 +19,7 @@ import builtins
 import functools
 import keyword
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -628,6 +628,24 @@ class _Emitter:
         assert r is not None
         self.emit_simple(kind, cfg, info, op, x, in_t, in_mask, training)
 
+    def bidirectional(
+        self, name: str, cls: str, ctor: Callable[[str, bool], list[str]], merge: str
+    ) -> None:
+        """``Bidirectional(name, cls(forward...), cls(backward...))`` for a built-in
+        recurrent layer or a cell block; ``ctor(weights prefix, backwards)`` gives the
+        arguments of each direction."""
+        self.snippets.add("Bidirectional")
+        self.init(f"{self.attr(name)} = Bidirectional(")
+        self.init._level += 1
+        self.init(f"{_q(name)},")
+        self.call(self.init, "", cls, ctor(f"{name}/forward", False), ",")
+        self.call(self.init, "", cls, ctor(f"{name}/backward", True), ",")
+        if merge != "concat":
+            self.init(f"merge_mode={_q(merge)},")
+        self.init._level -= 1
+        self.init(")")
+        self.freeze(name)
+
     def emit_simple(
         self,
         kind: str,
@@ -1001,18 +1019,7 @@ class _Emitter:
             choice.kernel, choice.reason, cell, side, go_back, packed, bi, in_t.mask
         )
         if bi:
-            self.snippets.add("Bidirectional")
-            merge = str(cfg["merge_mode"])
-            self.init(f"{self.attr(name)} = Bidirectional(")
-            self.init._level += 1
-            self.init(f"{_q(name)},")
-            self.call(self.init, "", cls, ctor(f"{name}/forward", False), ",")
-            self.call(self.init, "", cls, ctor(f"{name}/backward", True), ",")
-            if merge != "concat":
-                self.init(f"merge_mode={_q(merge)},")
-            self.init._level -= 1
-            self.init(")")
-            self.freeze(name)
+            self.bidirectional(name, cls, ctor, str(cfg["merge_mode"]))
         else:
             self.register(name, cls, ctor(name, go_back))
         if info.op_index in self.lowers:  # runs in the call of the layer above it

@@ -961,19 +961,8 @@ def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
             o.insert(0, "go_backwards=True")
         return [_q(layer_name), *cell_args, *o]
 
-    if bi:
-        e.snippets.add("Bidirectional")  # the built-in layers' wrapper, from torch_runtime
-        merge = str(cfg["merge_mode"])
-        e.init(f"{e.attr(name)} = Bidirectional(")
-        e.init._level += 1
-        e.init(f"{_q(name)},")
-        e.call(e.init, "", cls, ctor(f"{name}/forward", False), ",")
-        e.call(e.init, "", cls, ctor(f"{name}/backward", True), ",")
-        if merge != "concat":
-            e.init(f"merge_mode={_q(merge)},")
-        e.init._level -= 1
-        e.init(")")
-        e.freeze(name)
+    if bi:  # the built-in layers' wrapper, from torch_runtime
+        e.bidirectional(name, cls, ctor, str(cfg["merge_mode"]))
     else:
         e.register(name, cls, ctor(name, go_back))
     args = list(ins)
