@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ..catalogue import REQUIRED, BoundLayer, spec_for
 from ..ir import InputDecl
@@ -87,3 +87,16 @@ def decl_text(inp: InputDecl) -> str:
     if inp.masked:
         out += " masked"
     return out
+
+
+def with_dependencies(names: Iterable[str], deps: Mapping[str, Iterable[str]]) -> list[str]:
+    """``names`` and everything they depend on (``deps[name]``), transitively, in the
+    order of ``deps`` (a runtime library's snippets: the emitted text is deterministic)."""
+    need: set[str] = set()
+    todo = list(names)
+    while todo:
+        n = todo.pop()
+        if n not in need:
+            need.add(n)
+            todo.extend(deps[n])
+    return [n for n in deps if n in need]

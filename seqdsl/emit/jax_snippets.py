@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .common import with_dependencies
+
 __all__ = ["SNIPPETS", "Snippet", "closure", "ACTIVATION_EXPR"]
 
 
@@ -1349,15 +1351,7 @@ SECTIONS = ("activations", "inputs", "layers", "time", "recurrent", "attention")
 
 def closure(names: set[str]) -> list[str]:
     """The snippets ``names`` need, in library order (deterministic)."""
-    need: set[str] = set()
-    todo = list(names)
-    while todo:
-        n = todo.pop()
-        if n in need:
-            continue
-        need.add(n)
-        todo.extend(SNIPPETS[n].deps)
-    return [n for n in ORDER if n in need]
+    return with_dependencies(names, {n: SNIPPETS[n].deps for n in ORDER})
 
 
 def defined_names() -> set[str]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .common import with_dependencies
+
 __all__ = ["SNIPPETS", "Snippet", "closure", "class_names"]
 
 
@@ -922,15 +924,7 @@ class _ExternLayer(keras.layers.Layer):
 
 def closure(names: set[str]) -> list[str]:
     """``names`` and their dependencies, in :data:`SNIPPETS` order."""
-    todo = list(names)
-    seen: set[str] = set()
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo.extend(SNIPPETS[n].deps)
-    return [n for n in SNIPPETS if n in seen]
+    return with_dependencies(names, {n: s.deps for n, s in SNIPPETS.items()})
 
 
 def class_names() -> set[str]:

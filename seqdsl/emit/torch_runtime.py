@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from .common import with_dependencies
+
 __all__ = ["SNIPPETS", "ACTIVATION_EXPR", "select", "render"]
 
 
@@ -1300,12 +1302,4 @@ def render(name: str, features: set[str]) -> str:
 
 def select(names: set[str]) -> list[str]:
     """``names`` and their dependencies, in the order of this file."""
-    need: set[str] = set()
-    todo = list(names)
-    while todo:
-        n = todo.pop()
-        if n in need:
-            continue
-        need.add(n)
-        todo.extend(SNIPPETS[n].deps)
-    return [n for n in SNIPPETS if n in need]
+    return with_dependencies(names, {n: s.deps for n, s in SNIPPETS.items()})
