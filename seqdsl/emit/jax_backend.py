@@ -32,6 +32,7 @@ from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
+from .common import pad_sequences_text
 from .common import py_literal as _lit
 from .common import seq_value as _fmt_value
 from .jax_cells import (
@@ -1368,31 +1369,9 @@ def to_canonical(variables):
     return out
 '''
 
-_PAD_TEXT = '''
-def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feat = next((a.shape[1:] for a in arrays if len(a)), ())
-    n = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    batch = np.full((len(arrays), n) + tuple(feat), np.asarray(value).astype(dtype), dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int32)
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        kept = a[-n:] if truncate == "pre" else a[:n]
-        if kept.shape[1:] != tuple(feat):
-            raise ValueError(
-                f"sequence {i} has feature shape {kept.shape[1:]}, expected {tuple(feat)}"
-            )
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, n - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
-
+_PAD_TEXT = (
+    pad_sequences_text("_pad_sequences", "np.int32")
+    + '''
 
 def pad(*raw):
     """Pad ragged data by the pad(...) declarations (keras.utils.pad_sequences
@@ -1425,6 +1404,7 @@ def pad(*raw):
         )
     return out[0] if len(out) == 1 else tuple(out)
 '''
+)
 
 _DEBUG_TEXT = '''
 def debug(variables, *inputs, **options):

@@ -32,6 +32,7 @@ from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
+from .common import pad_sequences_text
 from .common import py_literal as _lit
 from .keras_custom import (
     cell_class_lines,
@@ -1291,33 +1292,9 @@ def _snake(kind: str) -> str:
 # --------------------------------------------------------------------------
 # module text
 
-_PAD_TEXT = '''
-def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`; returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
-    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    batch = np.full(
-        (len(arrays), steps, *feature_shape), np.asarray(value).astype(dtype), dtype=dtype
-    )
-    lengths = np.zeros(len(arrays), dtype=np.int32)
-    for i, a in enumerate(arrays):
-        if len(a) == 0:
-            continue
-        kept = a[-steps:] if truncate == "pre" else a[:steps]
-        if kept.shape[1:] != feature_shape:
-            raise ValueError(
-                f"sequence {i} has feature shape {kept.shape[1:]}, expected {feature_shape}"
-            )
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, steps - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
-
+_PAD_TEXT = (
+    pad_sequences_text("_pad_sequences", "np.int32")
+    + '''
 
 def pad(*raw):
     """Pad ragged data by the pad(...) declarations (keras.utils.pad_sequences
@@ -1344,6 +1321,7 @@ def pad(*raw):
         out.append(_pad_sequences(seqs, side, value, steps, truncate, dtype))
     return out[0] if len(out) == 1 else tuple(out)
 '''
+)
 
 _MODEL_TEXT = '''
 @_register

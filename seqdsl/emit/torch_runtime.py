@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .common import with_dependencies
+from .common import pad_sequences_text, with_dependencies
 
 __all__ = ["SNIPPETS", "ACTIVATION_EXPR", "select", "render"]
 
@@ -108,33 +108,7 @@ def leaky_relu(x):
 # --------------------------------------------------------------------------
 # inputs, shapes and masks
 
-_add(
-    "pad_sequences",
-    '''
-def pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
-    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    fill = np.asarray(value).astype(dtype)
-    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int64)
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        kept = a[-steps:] if truncate == "pre" else a[:steps]
-        if kept.shape[1:] != feature_shape:
-            raise ValueError(f"sequence {i}: feature shape {kept.shape[1:]}, not {feature_shape}")
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, steps - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
-''',
-)
+_add("pad_sequences", pad_sequences_text("pad_sequences", "np.int64"))
 
 _add(
     "bind_sizes",

@@ -528,23 +528,22 @@ def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
     if len(sequences) == 0:
         raise ValueError("pad needs at least one sequence")
     arrays = [np.asarray(s) for s in sequences]
-    feat = next((a.shape[1:] for a in arrays if len(a)), ())
-    n = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    batch = np.full((len(arrays), n) + tuple(feat), np.asarray(value).astype(dtype), dtype=dtype)
+    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
+    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
+    fill = np.asarray(value).astype(dtype)
+    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
     lengths = np.zeros(len(arrays), dtype=np.int32)
     for i, a in enumerate(arrays):
         if not len(a):
             continue
-        kept = a[-n:] if truncate == "pre" else a[:n]
-        if kept.shape[1:] != tuple(feat):
-            raise ValueError(
-                f"sequence {i} has feature shape {kept.shape[1:]}, expected {tuple(feat)}"
-            )
+        kept = a[-steps:] if truncate == "pre" else a[:steps]
+        if kept.shape[1:] != feature_shape:
+            raise ValueError(f"sequence {i}: feature shape {kept.shape[1:]}, not {feature_shape}")
         lengths[i] = len(kept)
         if side == "post":
             batch[i, : len(kept)] = kept.astype(dtype)
         else:
-            batch[i, n - len(kept) :] = kept.astype(dtype)
+            batch[i, steps - len(kept) :] = kept.astype(dtype)
     return batch, lengths
 
 

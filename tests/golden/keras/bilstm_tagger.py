@@ -205,24 +205,21 @@ class MaskedLSTM(_MaskedRecurrent, keras.layers.LSTM):
 
 
 def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`; returns (batch, lengths after truncation)."""
+    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
     if len(sequences) == 0:
         raise ValueError("pad needs at least one sequence")
     arrays = [np.asarray(s) for s in sequences]
     feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
     steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    batch = np.full(
-        (len(arrays), steps, *feature_shape), np.asarray(value).astype(dtype), dtype=dtype
-    )
+    fill = np.asarray(value).astype(dtype)
+    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
     lengths = np.zeros(len(arrays), dtype=np.int32)
     for i, a in enumerate(arrays):
-        if len(a) == 0:
+        if not len(a):
             continue
         kept = a[-steps:] if truncate == "pre" else a[:steps]
         if kept.shape[1:] != feature_shape:
-            raise ValueError(
-                f"sequence {i} has feature shape {kept.shape[1:]}, expected {feature_shape}"
-            )
+            raise ValueError(f"sequence {i}: feature shape {kept.shape[1:]}, not {feature_shape}")
         lengths[i] = len(kept)
         if side == "post":
             batch[i, : len(kept)] = kept.astype(dtype)
