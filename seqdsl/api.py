@@ -70,11 +70,14 @@ class Program:
             return summary_json(models, self.file)
         return "\n".join(summary_text(m, self.file) for m in models)
 
-    def compile(self, backend: str, model: str | None = None) -> str:
-        """The standalone module source of ``model`` for ``backend`` (imports no framework)."""
+    def compile(self, backend: str, model: str | None = None, standalone: bool = False) -> str:
+        """The module source of ``model`` for ``backend`` (compiling imports no
+        framework). The module imports its run-time code from ``seqdsl.runtime``;
+        with ``standalone`` it carries a copy instead and needs only NumPy and the
+        framework."""
         from .emit import emit
 
-        return emit(self.model(model), backend, self.file)
+        return emit(self.model(model), backend, self.file, standalone=standalone)
 
     def build(
         self,

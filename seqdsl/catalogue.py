@@ -26,6 +26,7 @@ __all__ = [
     "TARGETS",
     "BoundLayer",
     "CallInfo",
+    "Cfg",
     "KernelChoice",
     "WeightSpec",
     "LayerSpec",
@@ -92,6 +93,73 @@ class BoundLayer:
     kind: str
     name: str
     config: Mapping[str, object]
+
+
+class Cfg:
+    """Typed reads of a checked layer configuration (``Cfg(layer.config).integer("units")``).
+
+    The checker has bound every parameter to its :class:`Param` type, so a read of
+    the wrong type is a bug in seqdsl: it raises TypeError naming the parameter."""
+
+    __slots__ = ("_cfg",)
+
+    def __init__(self, cfg: Mapping[str, object]):
+        self._cfg = cfg
+
+    def _get(self, key: str, *types: type) -> object:
+        v = self._cfg[key]
+        if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+            names = " or ".join(t.__name__ for t in types)
+            raise TypeError(f"configuration {key!r} is {v!r}, not {names}")
+        return v
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cfg
+
+    def raw(self, key: str) -> object:
+        """The value as bound (any type)."""
+        return self._cfg[key]
+
+    def integer(self, key: str) -> int:
+        v = self._get(key, int)
+        assert isinstance(v, int)
+        return v
+
+    def number(self, key: str) -> float:
+        v = self._get(key, int, float)
+        assert isinstance(v, (int, float))
+        return float(v)
+
+    def flag(self, key: str) -> bool:
+        v = self._get(key, bool)
+        assert isinstance(v, bool)
+        return v
+
+    def text(self, key: str) -> str:
+        v = self._get(key, str)
+        assert isinstance(v, str)
+        return v
+
+    def opt_integer(self, key: str) -> int | None:
+        """An ``int_or_none`` parameter."""
+        return None if self._cfg[key] is None else self.integer(key)
+
+    def opt_text(self, key: str) -> str | None:
+        return None if self._cfg[key] is None else self.text(key)
+
+    def integers(self, key: str) -> tuple[int, ...]:
+        """A ``shape`` or an ``ints`` parameter, as a tuple of ints."""
+        v = self._cfg[key]
+        items = v if isinstance(v, (tuple, list)) else (v,)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise TypeError(f"configuration {key!r} is {v!r}, not ints")
+        return tuple(i for i in items if isinstance(i, int))
+
+    def layer(self, key: str) -> BoundLayer:
+        """A ``layer`` parameter (``Bidirectional``'s ``layer``)."""
+        v = self._get(key, BoundLayer)
+        assert isinstance(v, BoundLayer)
+        return v
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     common(s)
     from .emit import BACKENDS
 
-    k = sub.add_parser("compile", help="write a standalone model module for a backend")
+    k = sub.add_parser("compile", help="write a model module for a backend")
     k.add_argument("file", metavar="FILE")
     k.add_argument("--backend", required=True, choices=sorted(BACKENDS))
     k.add_argument("--model", help="the model to compile (default: the first model in the file)")
     k.add_argument("-o", "--output", metavar="OUT.py", help="write here instead of standard output")
+    k.add_argument(
+        "--standalone",
+        action="store_true",
+        help="copy the run-time code the model uses into the module (it then needs only "
+        "numpy and the framework, not seqdsl)",
+    )
     common(k)
     return p
 
@@ -143,7 +149,7 @@ def _compile(args: argparse.Namespace) -> int:
     prog = _checked_program(args)
     if isinstance(prog, int):
         return prog
-    code = prog.compile(args.backend, args.model)
+    code = prog.compile(args.backend, args.model, standalone=args.standalone)
     if args.output:
         try:
             Path(args.output).write_text(code, encoding="utf-8")

@@ -89,9 +89,17 @@ def module_for(backend: str) -> types.ModuleType:
     return importlib.import_module(f"{__name__}.{BACKENDS[backend]}")
 
 
-def emit(model: CheckedModel, backend: str, source: str = "<string>") -> str:
-    """The standalone module source for ``model`` on ``backend``."""
+def emit(
+    model: CheckedModel, backend: str, source: str = "<string>", standalone: bool = False
+) -> str:
+    """The module source for ``model`` on ``backend``. It imports its run-time code
+    from :mod:`seqdsl.runtime`; ``standalone`` copies that code in instead, so that
+    the file needs only NumPy and the framework (:mod:`seqdsl.emit.standalone`)."""
     text: str = module_for(backend).emit_model(model, source)
+    if standalone:
+        from .standalone import make_standalone
+
+        text = make_standalone(text)
     return text
 
 
