@@ -342,7 +342,9 @@ def make_standalone(text: str) -> str:
     rest = lines[(block[-1].end_lineno or block[-1].lineno) :] if block else lines[len(head) :]
     while rest and not rest[0].strip():
         rest = rest[1:]
-    out = [*head, *format_imports(items), "", ""]
+    out = [*head, *format_imports(items), ""]
+    if definitions[0].startswith(("def ", "class ", "@", "async def ")):
+        out.append("")  # isort: two blank lines before a function or class, else one
     for definition in definitions:
         out.extend([definition, "", ""])
     out.extend(rest)
