@@ -43,6 +43,11 @@ Conventions of :func:`run_reference`:
   :class:`seqdsl.externs.Impl`), tried before the ``"numpy"`` ones of the
   registry (the program's ``use "python.module"`` modules are imported first).
 
+Layers are found by kind in :data:`LAYERS` (one small function per layer or
+family; :data:`PER_STEP` for what ``TimeDistributed`` wraps, :data:`MERGES` for
+the merges); configurations are read through :class:`seqdsl.catalogue.Cfg`.
+Adding a layer adds one entry there (``docs/architecture.md``).
+
 Cell blocks and extern layers: ``docs/semantics.md`` section 5. An extern
 implementation that breaks its declaration (outputs, shapes, a returned mask)
 raises :class:`seqdsl.externs.ExternError`, as does a missing one.
