@@ -22,10 +22,11 @@ from pathlib import Path
 
 from . import ir
 from .checker import CheckedModel, check_program
-from .diagnostics import Diagnostic, SeqError
+from .diagnostics import Diagnostic, SeqError, render
 from .imports import SearchPath, load_sources
 from .ir import LayerBlock
 from .lower import lower_sources
+from .summary import summary_json, summary_text
 
 __all__ = ["Analysis", "Program", "analyze", "analyze_sources", "load", "loads"]
 
@@ -63,8 +64,6 @@ class Program:
         raise KeyError(f"no model named {name!r}; models: {', '.join(m.name for m in self.models)}")
 
     def summary(self, model: str | None = None, fmt: str = "text") -> str:
-        from .summary import summary_json, summary_text
-
         models = [self.model(model)] if model is not None else list(self.models)
         if fmt == "json":
             return summary_json(models, self.file)
@@ -97,8 +96,6 @@ class Program:
         )
 
     def render_diagnostics(self, fmt: str = "full") -> str:
-        from .diagnostics import render
-
         return render(self.diagnostics, {**self.sources, self.file: self.source}, fmt)
 
 
@@ -112,8 +109,6 @@ class Analysis:
     sources: Mapping[str, str]
 
     def render(self, fmt: str = "full") -> str:
-        from .diagnostics import render
-
         return render(self.diagnostics, self.sources, fmt)
 
 

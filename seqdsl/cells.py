@@ -16,7 +16,7 @@ number). Shapes are written without the batch axis; axes and subscripts count
 from the first non-batch axis; ``einsum`` equations name the batch axis
 explicitly (``"bij,ijkl->bkl"``, as in Keras' NestedCell).
 
-An ``extern layer`` becomes a :class:`~seqdsl.catalogue.LayerSpec` whose rule
+An ``extern layer`` becomes a :class:`~seqdsl.layerspec.LayerSpec` whose rule
 is its declaration: types, the number of outputs, the time rule and the mask
 contract. The checker trusts it; built models can verify it (debug mode).
 """
@@ -27,8 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from .catalogue import (
+from .diagnostics import Diagnostic, did_you_mean
+from .dims import Dim, divisible, exact_div, sym
+from .ir import CellDef, CExpr, DimExpr, ExternDef, ParamDecl, Span
+from .layerspec import (
     REQUIRED,
+    BoundLayer,
     CallInfo,
     KernelChoice,
     LayerSpec,
@@ -39,9 +43,6 @@ from .catalogue import (
     concat_time_kind,
     pad_mask_kind,
 )
-from .diagnostics import Diagnostic, did_you_mean
-from .dims import Dim, divisible, exact_div, sym
-from .ir import CellDef, CExpr, DimExpr, ExternDef, ParamDecl, Span
 from .types import FLOAT_DTYPES, MaskKind, TensorType, fmt_shape
 
 __all__ = [
@@ -1151,8 +1152,6 @@ def bound_cell_of(layer: LayerInfoLike, types: Mapping[str, object]) -> BoundCel
 
     ``layer`` is a :class:`seqdsl.checker.LayerInfo`, ``types`` the model's
     ``CheckedModel.types``; emitters and the reference use this."""
-    from .catalogue import BoundLayer
-
     cfg = layer.config
     if "layer" in cfg and isinstance(cfg["layer"], BoundLayer):  # Bidirectional
         cfg = cfg["layer"].config
@@ -1160,9 +1159,12 @@ def bound_cell_of(layer: LayerInfoLike, types: Mapping[str, object]) -> BoundCel
     assert isinstance(cell, BoundLayer) and "__cell__" in cell.config
     cdef = cell.config["__cell__"]
     assert isinstance(cdef, CellDef)
-    ins = [types[n] for n in layer.inputs]
-    assert all(isinstance(t, TensorType) for t in ins)
-    return bind_cell(cdef, cell.config, ins)  # type: ignore[arg-type]
+    ins: list[TensorType] = []
+    for n in layer.inputs:
+        t = types[n]
+        assert isinstance(t, TensorType)
+        ins.append(t)
+    return bind_cell(cdef, cell.config, ins)
 
 
 class LayerInfoLike(Protocol):
@@ -1175,8 +1177,6 @@ class LayerInfoLike(Protocol):
 
 def is_cell_layer(cfg: Mapping[str, object]) -> bool:
     """Whether a recurrent layer's configuration runs a cell block."""
-    from .catalogue import BoundLayer
-
     if "layer" in cfg and isinstance(cfg["layer"], BoundLayer):
         cfg = cfg["layer"].config
     cell = cfg.get("cell")

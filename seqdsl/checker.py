@@ -29,6 +29,7 @@ from .catalogue import (
     cudnn_targets,
     spec_for,
 )
+from .cells import cell_spec, extern_spec
 from .diagnostics import Diagnostic, Related, did_you_mean
 from .dims import Dim, divisible, exact_div, sym
 from .ir import (
@@ -1293,8 +1294,6 @@ def _arg_span(layer: LayerCall, path: str) -> Span | None:
 
 
 def check_program(program: Program) -> tuple[list[CheckedModel], list[Diagnostic]]:
-    from .cells import cell_spec, extern_spec
-
     diags: list[Diagnostic] = []
     models: list[CheckedModel] = []
     seen: dict[str, Span] = {}

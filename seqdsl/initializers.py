@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .catalogue import WeightSpec
+from .layerspec import WeightSpec
 
 __all__ = ["initial_weights", "initialize", "layer_rng", "INITIALIZER_NAMES"]
 

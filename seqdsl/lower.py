@@ -246,7 +246,7 @@ class _Lowerer:
         span = node if isinstance(node, Span) else self.span(node)
         self.diags.append(Diagnostic.make(code, message, span, hint, related))
 
-    def _errors(self) -> int:
+    def error_count(self) -> int:
         return sum(1 for d in self.diags if d.is_error)
 
     def _progress(self, scope: _Scope) -> int:
@@ -443,7 +443,7 @@ class _Lowerer:
 
     def block_header(self, b: _Block) -> None:
         """Parameters, inputs, outputs and the names the body assigns."""
-        n_err = self._errors()
+        n_err = self.error_count()
         self.frame = _Frame(b.src.name, b.src.key, block=b)
         declared: dict[str, Span] = {}
 
@@ -559,12 +559,12 @@ class _Lowerer:
                 b.name_span,
                 "; ".join(hints[w] for w in missing),
             )
-        b.header_ok = self._errors() == n_err
+        b.header_ok = self.error_count() == n_err
         b.ok = b.header_ok
 
     def block_input_type(self, node: Tree[Token]) -> InputDecl | None:
         """The declared type of a block input (checked at each call), or None if it is wrong."""
-        n_err = self._errors()
+        n_err = self.error_count()
         decl = self.input_decl(node)
         if decl.is_mask:
             if len(decl.dims) != 2:
@@ -597,11 +597,11 @@ class _Lowerer:
                 self.error(
                     "SEQ006", "dimensions are positive", d.span, "use a positive size or a symbol"
                 )
-        return decl if self._errors() == n_err else None
+        return decl if self.error_count() == n_err else None
 
     def block_body(self, b: _Block) -> None:
         """The definition pass over the body: names, structure, calls (no expansion)."""
-        n_err = self._errors()
+        n_err = self.error_count()
         fr = _Frame(b.src.name, b.src.key, block=b, dry=True)
         fr.params = {p.name: Literal("param", p.name, p.span) for p in b.params}
         for name, span in b.inputs:
@@ -613,9 +613,9 @@ class _Lowerer:
         scope = _Scope(b.src.name, set(), set())
         failed: set[str] = set()  # assigned by a statement with an error: not "unused"
         for st in b.stmts:
-            n = self._errors()
+            n = self.error_count()
             self.assign(st, scope)
-            if self._errors() > n:
+            if self.error_count() > n:
                 targets = st.children[0]
                 assert isinstance(targets, Tree)
                 failed.update(str(t) for t in targets.children)
@@ -653,7 +653,7 @@ class _Lowerer:
                     span,
                     f"use it, or rename it `_{name}` to silence this",
                 )
-        b.ok = b.header_ok and self._errors() == n_err
+        b.ok = b.header_ok and self.error_count() == n_err
 
     def find_cycles(self) -> None:
         """SEQ111 for every cycle of layer-block calls; blocks on a cycle are never expanded."""

@@ -8,13 +8,13 @@ are the checker's (through the catalogue entries built in ``cells.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from lark import Token, Tree
 
-from .catalogue import INITIALIZERS
 from .cells import FUNCTIONS, check_cell, check_extern
-from .diagnostics import Related, did_you_mean
+from .diagnostics import Diagnostic, Related, did_you_mean
 from .ir import (
     CellDef,
     CellStmt,
@@ -23,16 +23,43 @@ from .ir import (
     CExpr,
     DimExpr,
     ExternDef,
+    Literal,
     MaskContract,
     ParamDecl,
     Span,
 )
+from .layerspec import INITIALIZERS
 from .parser import unquote
 
-if TYPE_CHECKING:
-    from .lower import _Lowerer
+__all__ = ["Lowering", "lower_cell", "lower_extern"]
 
-__all__ = ["lower_cell", "lower_extern"]
+
+class Lowering(Protocol):
+    """What this module needs of the program's lowerer (``seqdsl.lower``), which
+    passes itself in: spans, diagnostics, and literal conversion. Declared here
+    so that ``lower`` imports this module and not the other way round."""
+
+    diags: list[Diagnostic]
+
+    def span(self, node: Tree[Token] | Token) -> Span: ...
+
+    def error(
+        self,
+        code: str,
+        message: str,
+        node: Tree[Token] | Token | Span,
+        hint: str | None = None,
+        related: Sequence[Related] = (),
+    ) -> None: ...
+
+    def error_count(self) -> int:
+        """How many errors ``diags`` holds."""
+        ...
+
+    def literal(self, node: Tree[Token] | Token | None, parent: str = "") -> Literal: ...
+
+    def convert_param(self, block: str, pname: str, ptype: str, lit: Literal) -> Literal | None: ...
+
 
 #: parameter types a cell or extern may declare
 CUSTOM_PARAM_TYPES = ("int", "float", "bool", "str")
@@ -42,7 +69,7 @@ _CLAUSES = ("in", "out", "shape", "outputs", "inputs", "time", "mask")
 _CONTRACTS = ("propagate", "generate", "consume", "drop", "split", "concat")
 
 
-def _params(lw: _Lowerer, owner: str, node: object, declared: dict[str, Span]) -> list[ParamDecl]:
+def _params(lw: Lowering, owner: str, node: object, declared: dict[str, Span]) -> list[ParamDecl]:
     out: list[ParamDecl] = []
     for pn in node.children if isinstance(node, Tree) else ():
         if not isinstance(pn, Tree):
@@ -74,7 +101,7 @@ def _params(lw: _Lowerer, owner: str, node: object, declared: dict[str, Span]) -
     return out
 
 
-def _dim(lw: _Lowerer, node: Tree[Token] | Token) -> DimExpr:
+def _dim(lw: Lowering, node: Tree[Token] | Token) -> DimExpr:
     sp = lw.span(node)
     if isinstance(node, Token):  # pragma: no cover - the grammar wraps every atom
         return DimExpr("name", str(node), (), sp)
@@ -88,7 +115,7 @@ def _dim(lw: _Lowerer, node: Tree[Token] | Token) -> DimExpr:
     return DimExpr(op, None, (_dim(lw, a), _dim(lw, b)), sp)
 
 
-def _shape(lw: _Lowerer, node: object) -> tuple[DimExpr, ...]:
+def _shape(lw: Lowering, node: object) -> tuple[DimExpr, ...]:
     assert isinstance(node, Tree)
     return tuple(_dim(lw, c) for c in node.children if c is not None)
 
@@ -96,7 +123,7 @@ def _shape(lw: _Lowerer, node: object) -> tuple[DimExpr, ...]:
 _BIN = {"c_add": "+", "c_sub": "-", "c_mul": "*", "c_div": "/", "c_matmul": "@"}
 
 
-def _cexpr(lw: _Lowerer, node: Tree[Token] | Token | None) -> CExpr:
+def _cexpr(lw: Lowering, node: Tree[Token] | Token | None) -> CExpr:
     if node is None:
         return CExpr("none", None, (), Span("", 0, 0, 0, 0))
     sp = lw.span(node)
@@ -151,7 +178,7 @@ def _names_in(e: CExpr) -> list[CExpr]:
     return out
 
 
-def _weight(lw: _Lowerer, st: Tree[Token]) -> CellWeight | None:
+def _weight(lw: Lowering, st: Tree[Token]) -> CellWeight | None:
     ntok, shape, init = st.children
     assert isinstance(ntok, Token)
     init_name = "glorot_uniform" if init is None else str(init)
@@ -166,8 +193,8 @@ def _weight(lw: _Lowerer, st: Tree[Token]) -> CellWeight | None:
     )  # fmt: skip
 
 
-def lower_cell(lw: _Lowerer, node: Tree[Token], file: str) -> CellDef:
-    n_err = lw._errors()
+def lower_cell(lw: Lowering, node: Tree[Token], file: str) -> CellDef:
+    n_err = lw.error_count()
     name_tok = node.children[0]
     assert isinstance(name_tok, Token)
     name = str(name_tok)
@@ -285,7 +312,7 @@ def lower_cell(lw: _Lowerer, node: Tree[Token], file: str) -> CellDef:
             lw.error("SEQ013", f"`{o}` is a{'n' if kinds[o] == 'input' else ''} {kinds[o]}; a cell outputs what it computes",
                      sp, "output a state or a computed value")  # fmt: skip
     for what, have in (("input", inputs), ("state", states), ("output", outputs)):
-        if not have and lw._errors() == n_err:
+        if not have and lw.error_count() == n_err:
             hint = {
                 "input": "declare what it reads each step, e.g. `input x: f32[in]`",
                 "state": "declare what it carries, e.g. `state h: f32[units]`",
@@ -293,7 +320,7 @@ def lower_cell(lw: _Lowerer, node: Tree[Token], file: str) -> CellDef:
             }[what]
             lw.error("SEQ013", f"cell `{name}` declares no {what}", name_tok, hint)
     for s in states:
-        if s.name not in updated and lw._errors() == n_err:
+        if s.name not in updated and lw.error_count() == n_err:
             lw.error("SEQ013", f"state `{s.name}` is never updated", s.name_span,
                      f"update it each step with `{s.name} <- ...` (a constant is a `weight`)")  # fmt: skip
     cdef = CellDef(
@@ -301,18 +328,18 @@ def lower_cell(lw: _Lowerer, node: Tree[Token], file: str) -> CellDef:
         weights=tuple(weights), body=tuple(body), outputs=tuple(outputs), span=lw.span(node),
         name_span=lw.span(name_tok),
     )  # fmt: skip
-    if lw._errors() == n_err:
+    if lw.error_count() == n_err:
         for d in check_cell(cdef):
             lw.diags.append(d)
-    if lw._errors() != n_err:
+    if lw.error_count() != n_err:
         from dataclasses import replace
 
         cdef = replace(cdef, ok=False)
     return cdef
 
 
-def lower_extern(lw: _Lowerer, node: Tree[Token], file: str) -> ExternDef:
-    n_err = lw._errors()
+def lower_extern(lw: Lowering, node: Tree[Token], file: str) -> ExternDef:
+    n_err = lw.error_count()
     name_tok = node.children[0]
     assert isinstance(name_tok, Token)
     name = str(name_tok)
@@ -423,9 +450,9 @@ def lower_extern(lw: _Lowerer, node: Tree[Token], file: str) -> ExternDef:
         out_types=tuple(out_types), same_shape=same, outputs=n_out, time=time, inputs=n_in,
         mask=mask, weights=tuple(weights), span=lw.span(node), name_span=lw.span(name_tok),
     )  # fmt: skip
-    if lw._errors() == n_err:
+    if lw.error_count() == n_err:
         lw.diags.extend(check_extern(edef))
-    if lw._errors() != n_err:
+    if lw.error_count() != n_err:
         from dataclasses import replace
 
         edef = replace(edef, ok=False)
@@ -441,7 +468,7 @@ def _dim_names(e: DimExpr) -> list[DimExpr]:
     return out
 
 
-def _contract(lw: _Lowerer, val: Tree[Token], owner: str, cond: str | None) -> MaskContract:
+def _contract(lw: Lowering, val: Tree[Token], owner: str, cond: str | None) -> MaskContract:
     sp = lw.span(val)
     if (
         val.data == "ext_dim"

@@ -43,6 +43,11 @@ Conventions of :func:`run_reference`:
   :class:`seqdsl.externs.Impl`), tried before the ``"numpy"`` ones of the
   registry (the program's ``use "python.module"`` modules are imported first).
 
+Layers are found by kind in :data:`LAYERS` (one small function per layer or
+family; :data:`PER_STEP` for what ``TimeDistributed`` wraps, :data:`MERGES` for
+the merges); configurations are read through :class:`seqdsl.catalogue.Cfg`.
+Adding a layer adds one entry there (``docs/architecture.md``).
+
 Cell blocks and extern layers: ``docs/semantics.md`` section 5. An extern
 implementation that breaks its declaration (outputs, shapes, a returned mask)
 raises :class:`seqdsl.externs.ExternError`, as does a missing one.
@@ -62,7 +67,8 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import BoundLayer, _cell_of
+from .catalogue import BoundLayer as BoundLayer  # importable from here before; kept
+from .catalogue import Cfg, _cell_of
 from .cells import BoundCell, bound_cell_of, is_cell_layer
 from .checker import CheckedModel, LayerInfo
 from .dims import Dim
@@ -74,6 +80,9 @@ from .types import MaskKind, MaskType, TensorType
 
 __all__ = [
     "ACTIVATION_FUNCTIONS",
+    "LAYERS",
+    "MERGES",
+    "PER_STEP",
     "ReferenceError",
     "ReferenceResult",
     "mask_fits_kind",
@@ -83,6 +92,8 @@ __all__ = [
 
 Array = np.ndarray
 Mask = np.ndarray | None
+#: a value: an array and its mask
+Value = tuple[Array, Mask]
 
 
 class ReferenceError(ValueError):
@@ -109,15 +120,11 @@ def reference_weights(model: CheckedModel, seed: int) -> dict[str, Array]:
 
 
 def _cint(cfg: Mapping[str, object], key: str) -> int:
-    v = cfg[key]
-    assert isinstance(v, int)
-    return v
+    return Cfg(cfg).integer(key)
 
 
 def _cfloat(cfg: Mapping[str, object], key: str) -> float:
-    v = cfg[key]
-    assert isinstance(v, (int, float))
-    return float(v)
+    return Cfg(cfg).number(key)
 
 
 def _float(x: object) -> Array:
@@ -177,8 +184,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-def _act(name: object) -> Callable[[Array], Array]:
-    assert isinstance(name, str)
+def _act(name: str) -> Callable[[Array], Array]:
     return ACTIVATION_FUNCTIONS[name]
 
 
@@ -251,16 +257,14 @@ class _Cell:
     """One recurrent cell: its type, config and weights (``kernel``...)."""
 
     cell: str  # lstm | gru | simple_rnn
-    cfg: Mapping[str, object]
+    cfg: Cfg
     kernel: Array
     recurrent_kernel: Array
     bias: Array | None
 
     @property
     def units(self) -> int:
-        u = self.cfg["units"]
-        assert isinstance(u, int)
-        return u
+        return self.cfg.integer("units")
 
     @property
     def n_states(self) -> int:
@@ -270,7 +274,7 @@ class _Cell:
         """One step on every row. ``x`` is the (dropped-out) input, ``h_rec`` the
         (dropped-out) previous ``h`` fed to the recurrent kernel; the state
         update itself uses the undropped ``states`` (as Keras)."""
-        act = _act(self.cfg["activation"])
+        act = _act(self.cfg.text("activation"))
         u = self.units
         K, R, b = self.kernel, self.recurrent_kernel, self.bias
         if self.cell == "simple_rnn":
@@ -279,7 +283,7 @@ class _Cell:
                 z = z + b
             h = act(z)
             return h, [h]
-        ract = _act(self.cfg["recurrent_activation"])
+        ract = _act(self.cfg.text("recurrent_activation"))
         if self.cell == "lstm":
             z = x @ K + h_rec @ R
             if b is not None:
@@ -293,7 +297,7 @@ class _Cell:
         # GRU: gates z, r, h
         h_tm1 = states[0]
         mx = x @ K
-        if self.cfg["reset_after"]:
+        if self.cfg.flag("reset_after"):
             mh = h_rec @ R
             if b is not None:
                 mx = mx + b[0]
@@ -720,351 +724,42 @@ class _Interp:
         if mask is not None and mask.shape != arr.shape[:2]:
             raise AssertionError(f"{name}: mask shape {mask.shape} for value {arr.shape}")
 
-    def merge(self, info: LayerInfo, op: MergeOp) -> list[tuple[Array, Mask]]:
+    def merge(self, info: LayerInfo, op: MergeOp) -> list[Value]:
         vals = [self.values[u.name] for u in op.inputs]
-        xs = [v[0] for v in vals]
-        ms = [v[1] for v in vals]
-        fn = op.fn
-        if fn == "concat":
-            rank = xs[0].ndim
-            axis_cfg = info.config.get("axis", "features")
-            if axis_cfg == "features":
-                axis = rank - 1
-            elif axis_cfg == "time":
-                axis = 1
-            else:
-                axis = _cint(info.config, "axis") % rank
-            out = np.concatenate(xs, axis=axis)
-            if axis == 1 and rank >= 3:
-                if all(m is None for m in ms):
-                    return [(out, None)]
-                parts = [
-                    m if m is not None else np.ones(x.shape[:2], bool)
-                    for x, m in zip(xs, ms, strict=True)
-                ]
-                return [(out, np.concatenate(parts, axis=1))]
-            return [(out, _and_masks(ms))]
-        if fn == "add":
-            out = sum(xs[1:], xs[0])
-        elif fn == "subtract":
-            out = xs[0] - xs[1]
-        elif fn == "multiply":
-            out = xs[0]
-            for x in xs[1:]:
-                out = out * x
-        elif fn == "average":
-            out = sum(xs[1:], xs[0]) / len(xs)
-        elif fn == "maximum":
-            out = np.maximum.reduce(xs)
-        elif fn == "minimum":
-            out = np.minimum.reduce(xs)
-        else:  # pragma: no cover - catalogue/IR mismatch
-            raise AssertionError(fn)
-        return [(out, _and_masks(ms))]
+        fn = MERGES.get(op.fn)
+        if fn is None:  # pragma: no cover - catalogue/IR mismatch
+            raise AssertionError(op.fn)
+        return fn(Cfg(info.config), [v[0] for v in vals], [v[1] for v in vals])
 
-    def apply(self, info: LayerInfo, op: ApplyOp) -> list[tuple[Array, Mask]]:
-        if info.kind in ("Attention", "MultiHeadAttention"):
-            training = self.training if op.training is None else bool(op.training.value)
-            return self.attention(info, [self.values[u.name] for u in op.inputs], training)
-        xs = [self.values[u.name][0] for u in op.inputs]
-        ms = [self.values[u.name][1] for u in op.inputs]
+    def apply(self, info: LayerInfo, op: ApplyOp) -> list[Value]:
+        values = [self.values[u.name] for u in op.inputs]
+        ms = [m for _, m in values]
         if op.mask is not None:  # an explicit mask replaces the incoming ones
-            ms = [self.values[op.mask.name][0]] * len(xs)
-        x, mask = xs[0], ms[0]
+            ms = [self.values[op.mask.name][0]] * len(values)
         training = self.training if op.training is None else bool(op.training.value)
         init = (
             [self.values[s.name][0] for s in op.initial_state]
             if op.initial_state is not None
             else None
         )
-        kind = info.kind
-        cfg = info.config
-        if kind in self.model.externs:
-            return self.extern(info, op.results, xs, ms, training)
-        if kind in ("RNN", "Bidirectional") and is_cell_layer(cfg):
-            # a cell block reads every input; a step is valid where all inputs are
-            mask = _and_masks(ms)
-            if kind == "RNN":
-                return self.recurrent(info, x, mask, init, training, xs)
-            return self.bidirectional(info, x, mask, init, training)
-        if kind in ("LSTM", "GRU", "SimpleRNN", "RNN"):
-            return self.recurrent(info, x, mask, init, training)
-        if kind == "Bidirectional":
-            return self.bidirectional(info, x, mask, init, training)
-        if kind == "Embedding":
-            out, made = self.embedding(info, x)
-            # without mask_zero an incoming mask (a `masked` id input) passes through
-            return [(out, made if made is not None else mask)]
-        if kind == "Masking":
-            mv = _cfloat(cfg, "mask_value")
-            m = (x != mv).any(axis=-1)
-            return [(np.where(m[..., None], x, 0.0), m)]
-        if kind in ("Dense", "Activation", "Dropout", "LayerNormalization"):
-            return [(self.per_step(kind, cfg, info.name, x, training), mask)]
-        if kind == "TimeDistributed":
-            inner = cfg["layer"]
-            assert isinstance(inner, BoundLayer)
-            return [(self.per_step(inner.kind, inner.config, info.name, x, training), mask)]
-        if kind == "BatchNormalization":
-            return [(self.batch_norm(info, x, mask, training), mask)]
-        if kind == "Conv1D":
-            return [self.conv1d(info, x, mask)]
-        if kind in ("MaxPooling1D", "AveragePooling1D"):
-            return [self.pool1d(info, x, mask)]
-        if kind in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-            return [(self.global_pool(kind, bool(cfg["keepdims"]), x, mask), None)]
-        if kind == "Flatten":
-            return [(x.reshape(x.shape[0], -1), None)]
-        if kind == "Reshape":
-            target = cfg["target_shape"]
-            assert isinstance(target, tuple)
-            return [(x.reshape(x.shape[0], *target), None)]
-        if kind == "TemporalSoftmax":
-            assert mask is not None
-            return [(self.temporal_softmax(x, mask), None)]
-        if kind == "TemporalSplit":
-            n = cfg["parts"]
-            assert isinstance(n, int)
-            if x.shape[1] % n:
-                raise ReferenceError(
-                    f"TemporalSplit({n}): time length {x.shape[1]} is not divisible by {n}"
-                )
-            k = x.shape[1] // n
-            return [
-                (x[:, i * k : (i + 1) * k], None if mask is None else mask[:, i * k : (i + 1) * k])
-                for i in range(n)
-            ]
-        raise NotImplementedError(f"the reference has no rule for layer {kind}")
-
-    # ------------------------------------------------------------ layers
-    def embedding(self, info: LayerInfo, ids: Array) -> tuple[Array, Mask]:
-        emb = self.layer_weights(info)["embeddings"]
-        if ids.size and (ids.min() < 0 or ids.max() >= emb.shape[0]):
-            raise ReferenceError(
-                f"{info.name}: ids must lie in [0, {emb.shape[0]}), got {ids.min()}..{ids.max()}"
-            )
-        out = emb[ids]
-        mask = ids != 0 if info.config["mask_zero"] and ids.ndim >= 2 else None
-        return out, mask
-
-    def per_step(
-        self, kind: str, cfg: Mapping[str, object], name: str, x: Array, training: bool
-    ) -> Array:
-        """Dense, Activation, Dropout and LayerNormalization (alone or in TimeDistributed)."""
-        if kind == "Dense":
-            units = cfg["units"]
-            assert isinstance(units, int)
-            y = x @ self.weight(name, "kernel", (x.shape[-1], units))
-            if cfg["use_bias"]:
-                y = y + self.weight(name, "bias", (units,))
-            return _act(cfg["activation"])(y)
-        if kind == "Activation":
-            return _act(cfg["activation"])(x)
-        if kind == "Dropout":
-            rate = _cfloat(cfg, "rate")
-            if not training or rate == 0.0:
-                return x
-            return _float(x * self.keep(name, x.shape, rate))
-        if kind == "LayerNormalization":
-            f = x.shape[-1]
-            mean = x.mean(axis=-1, keepdims=True)
-            var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-            y = (x - mean) / np.sqrt(var + _cfloat(cfg, "epsilon"))
-            if cfg["scale"]:
-                y = y * self.weight(name, "gamma", (f,))
-            if cfg["center"]:
-                y = y + self.weight(name, "beta", (f,))
-            return _float(y)
-        raise NotImplementedError(f"the reference has no per-step rule for {kind}")
-
-    def batch_norm(self, info: LayerInfo, x: Array, mask: Mask, training: bool) -> Array:
-        cfg = info.config
-        w = self.layer_weights(info)
-        eps = _cfloat(cfg, "epsilon")
-        if training and cfg.get("trainable", True):
-            # moments over every axis but the last, at the valid steps only
-            valid = (
-                np.ones(x.shape[:-1], bool)
-                if mask is None
-                else np.broadcast_to(
-                    mask.reshape(mask.shape + (1,) * (x.ndim - 1 - mask.ndim)), x.shape[:-1]
-                )
-            )
-            n = valid.sum()
-            flat = x[valid]  # [n, F]
-            if n == 0:  # no valid step in the whole batch: 0 and 0, as Keras
-                mean = np.zeros(x.shape[-1])
-                var = np.zeros(x.shape[-1])
-            else:
-                mean = flat.mean(axis=0)
-                var = ((flat - mean) ** 2).mean(axis=0)
-            mom = _cfloat(cfg, "momentum")
-            self.updated[f"{info.name}/moving_mean"] = mom * w["moving_mean"] + (1.0 - mom) * mean
-            self.updated[f"{info.name}/moving_variance"] = (
-                mom * w["moving_variance"] + (1.0 - mom) * var
-            )
-        else:
-            mean, var = w["moving_mean"], w["moving_variance"]
-        y = (x - mean) / np.sqrt(var + eps)
-        if "gamma" in w:
-            y = y * w["gamma"]
-        if "beta" in w:
-            y = y + w["beta"]
-        return y
-
-    def conv_windows(self, t: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
-        """(output length, zeros before) of a window layer, TensorFlow's padding."""
-        k_eff = d * (k - 1) + 1
-        if padding == "valid":
-            return (t - k_eff) // s + 1, 0
-        t_out = -(-t // s)
-        if padding == "causal":
-            return t_out, k_eff - 1
-        total = max((t_out - 1) * s + k_eff - t, 0)  # same: TF puts the odd zero after
-        return t_out, total // 2
-
-    def window_mask(
-        self, mask: Mask, t_out: int, k: int, s: int, d: int, before: int, padding: str
-    ) -> Mask:
-        if mask is None:
-            return None
-        out = np.zeros((mask.shape[0], t_out), bool)
-        for j in range(t_out):
-            if padding == "valid":
-                pos = [j * s + i * d for i in range(k)]
-                out[:, j] = mask[:, pos].all(axis=1)
-            else:  # same, causal: the anchor step j * s
-                out[:, j] = mask[:, j * s]
-        return out
-
-    def conv1d(self, info: LayerInfo, x: Array, mask: Mask) -> tuple[Array, Mask]:
-        cfg = info.config
-        k, s, d = (_cint(cfg, n) for n in ("kernel_size", "strides", "dilation_rate"))
-        padding = str(cfg["padding"])
-        w = self.layer_weights(info)
-        if mask is not None:
-            x = np.where(mask[..., None], x, 0.0)  # masked steps are zeroed first
-        b, t, _ = x.shape
-        t_out, before = self.conv_windows(t, k, s, d, padding)
-        kernel = w["kernel"]
-        y = np.zeros((b, t_out, kernel.shape[2]))
-        for j in range(t_out):
-            for i in range(k):
-                p = j * s - before + i * d
-                if 0 <= p < t:
-                    y[:, j] += x[:, p] @ kernel[i]
-        if "bias" in w:
-            y = y + w["bias"]
-        y = _act(cfg["activation"])(y)
-        return y, self.window_mask(mask, t_out, k, s, d, before, padding)
-
-    def pool1d(self, info: LayerInfo, x: Array, mask: Mask) -> tuple[Array, Mask]:
-        cfg = info.config
-        p = _cint(cfg, "pool_size")
-        s = p if cfg["strides"] is None else _cint(cfg, "strides")
-        padding = str(cfg["padding"])
-        b, t, f = x.shape
-        t_out, before = self.conv_windows(t, p, s, 1, padding)
-        valid_in = np.ones((b, t), bool) if mask is None else mask
-        y = np.zeros((b, t_out, f))
-        for j in range(t_out):
-            pos = [q for q in range(j * s - before, j * s - before + p) if 0 <= q < t]
-            win = x[:, pos, :]  # [B, n, F]
-            ok = valid_in[:, pos][..., None]  # [B, n, 1]
-            count = ok.sum(axis=1)  # [B, 1]
-            if info.kind == "MaxPooling1D":
-                mx = np.where(ok, win, -np.inf).max(axis=1)
-                y[:, j] = np.where(count > 0, mx, 0.0)
-            else:
-                y[:, j] = np.where(
-                    count > 0, np.where(ok, win, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0
-                )
-        return y, self.window_mask(mask, t_out, p, s, 1, before, padding)
-
-    def global_pool(self, kind: str, keepdims: bool, x: Array, mask: Mask) -> Array:
-        valid = np.ones(x.shape[:2], bool) if mask is None else mask
-        ok = valid[..., None]
-        count = ok.sum(axis=1)  # [B, 1]
-        if kind == "GlobalMaxPooling1D":
-            y = np.where(count > 0, np.where(ok, x, -np.inf).max(axis=1), 0.0)
-        else:
-            y = np.where(count > 0, np.where(ok, x, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
-        return y[:, None, :] if keepdims else y
-
-    def temporal_softmax(self, x: Array, mask: Array) -> Array:
-        ok = mask[..., None]  # [B, T, 1]
-        mx = np.where(ok, x, -np.inf).max(axis=1, keepdims=True)  # [B, 1, F]
-        mx = np.where(np.isfinite(mx), mx, 0.0)
-        e = np.where(ok, np.exp(np.where(ok, x - mx, 0.0)), 0.0)
-        total = e.sum(axis=1, keepdims=True)
-        return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
-
-    # ------------------------------------------------------------ attention
-    def attention(
-        self, info: LayerInfo, ins: Sequence[tuple[Array, Mask]], training: bool
-    ) -> list[tuple[Array, Mask]]:
-        """Attention / MultiHeadAttention on ``(query, value[, key])``, each with its mask."""
-        cfg = info.config
-        (q, q_mask), (v, v_mask) = ins[0], ins[1]
-        k, k_mask = ins[2] if len(ins) > 2 else ins[1]
-        # a key step is valid where the value's and the key's masks both say so
-        key_valid = _and_masks([v_mask, k_mask] if len(ins) > 2 else [v_mask])
-        b, tq, tv = q.shape[0], q.shape[1], v.shape[1]
-        if k.shape[1] != tv:
-            raise ReferenceError(f"{info.name}: key has {k.shape[1]} steps, value {tv}")
-        causal = bool(cfg["use_causal_mask"])
-        rate = _cfloat(cfg, "dropout")
-        w = self.layer_weights(info)
-        if info.kind == "Attention":
-            scale = float(w["scale"]) if "scale" in w else 1.0
-            if cfg["score_mode"] == "dot":
-                scores = np.einsum("bif,bjf->bij", q, k) * scale
-            else:  # concat: the sum over features of tanh(scale * (q_i + k_j))
-                pair = q[:, :, None, :] + k[:, None, :, :]
-                scores = float(w["concat_score_weight"]) * np.tanh(scale * pair).sum(axis=-1)
-            # the query mask takes no part in the weights; it zeroes the output
-            allowed = _allowed_keys(b, tq, tv, key_valid, None, causal)
-            weights = _masked_softmax(scores, allowed)
-            used = weights
-            if training and rate > 0.0:
-                used = weights * self.keep(info.name, weights.shape, rate)
-            out = np.einsum("bij,bjf->bif", used, v)
-            if q_mask is not None:
-                out = np.where(q_mask[:, :, None], out, 0.0)
-        else:
-            qp = np.einsum("btf,fnh->btnh", q, w["query/kernel"])
-            kp = np.einsum("bsf,fnh->bsnh", k, w["key/kernel"])
-            vp = np.einsum("bsf,fnh->bsnh", v, w["value/kernel"])
-            if "query/bias" in w:
-                qp, kp, vp = qp + w["query/bias"], kp + w["key/bias"], vp + w["value/bias"]
-            key_dim = qp.shape[-1]
-            scores = np.einsum("btnh,bsnh->bnts", qp, kp) / math.sqrt(key_dim)
-            # the query mask is part of the attention mask: a masked query step attends to nothing
-            allowed = _allowed_keys(b, tq, tv, key_valid, q_mask, causal)
-            weights = _masked_softmax(scores, np.broadcast_to(allowed[:, None], scores.shape))
-            used = weights
-            if training and rate > 0.0:
-                used = weights * self.keep(info.name, weights.shape, rate)
-            context = np.einsum("bnts,bsnh->btnh", used, vp)
-            out = np.einsum("btnh,nho->bto", context, w["attention_output/kernel"])
-            if "attention_output/bias" in w:
-                out = out + w["attention_output/bias"]
-        outs: list[tuple[Array, Mask]] = [(_float(out), q_mask)]
-        if cfg["return_attention_scores"]:
-            outs.append((weights, None))
-        return outs
+        if info.kind in self.model.externs:
+            return self.extern(info, op.results, [x for x, _ in values], ms, training)
+        fn = LAYERS.get(info.kind)
+        if fn is None:
+            raise NotImplementedError(f"the reference has no rule for layer {info.kind}")
+        return fn(self, _Call(info, Cfg(info.config), values, ms, training, init))
 
     # ------------------------------------------------------------ recurrent
     def cell_of(
         self, layer: str, prefix: str, kind: str, cfg: Mapping[str, object], features: int
     ) -> _Cell:
-        cell, c = _cell_of(cfg, kind)
-        u = c["units"]
-        assert isinstance(u, int)
+        cell, raw = _cell_of(cfg, kind)
+        c = Cfg(raw)
+        u = c.integer("units")
         g = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
         bias = None
-        if c["use_bias"]:
-            shape = (2, 3 * u) if cell == "gru" and c["reset_after"] else (g * u,)
+        if c.flag("use_bias"):
+            shape = (2, 3 * u) if cell == "gru" and c.flag("reset_after") else (g * u,)
             bias = self.weight(layer, prefix + "bias", shape)
         return _Cell(
             cell,
@@ -1096,8 +791,8 @@ class _Interp:
                     f"{key}: state {i} has shape {s.shape}, expected {(b, cell.units)}"
                 )
         in_keep = rec_keep = None
-        rate = _cfloat(cell.cfg, "dropout")
-        rrate = _cfloat(cell.cfg, "recurrent_dropout")
+        rate = cell.cfg.number("dropout")
+        rrate = cell.cfg.number("recurrent_dropout")
         if training and rate > 0.0:
             in_keep = self.keep(f"{key}/input", (b, f), rate)
         if training and rrate > 0.0:
@@ -1150,13 +845,13 @@ class _Interp:
         training: bool,
         xs: Sequence[Array] | None = None,
     ) -> list[tuple[Array, Mask]]:
-        cfg = info.config
-        block = self.block_cell(info, "") if is_cell_layer(cfg) else None
-        cell = None if block else self.cell_of(info.name, "", info.kind, cfg, x.shape[2])
+        cfg = Cfg(info.config)
+        block = self.block_cell(info, "") if is_cell_layer(info.config) else None
+        cell = None if block else self.cell_of(info.name, "", info.kind, info.config, x.shape[2])
         n_states = len(block.bc.states) if block else cell.n_states if cell else 0
-        stateful = bool(cfg["stateful"])
-        go_back = bool(cfg["go_backwards"])
-        masked_output = str(cfg["masked_output"])
+        stateful = cfg.flag("stateful")
+        go_back = cfg.flag("go_backwards")
+        masked_output = cfg.text("masked_output")
         if init is None and stateful and info.name in self.init_states:
             init = [_float(s) for s in self.init_states[info.name]]
             if len(init) != n_states:
@@ -1171,24 +866,23 @@ class _Interp:
         if stateful:
             self.final_states[info.name] = [s.copy() for s in run.states]
         outs: list[tuple[Array, Mask]] = []
-        if cfg["return_sequences"]:
+        if cfg.flag("return_sequences"):
             out_mask = None if mask is None else (mask[:, ::-1].copy() if go_back else mask)
             outs += [(seq, out_mask) for seq in run.sequences]
         else:
             outs += [(last, None) for last in run.lasts]
-        if cfg["return_state"]:
+        if cfg.flag("return_state"):
             outs += [(s, None) for s in run.states]
         return outs
 
     def bidirectional(
         self, info: LayerInfo, x: Array, mask: Mask, init: list[Array] | None, training: bool
     ) -> list[tuple[Array, Mask]]:
-        cfg = info.config
-        inner = cfg["layer"]
-        assert isinstance(inner, BoundLayer)
-        flags = inner.config
+        cfg = Cfg(info.config)
+        inner = cfg.layer("layer")
+        flags = Cfg(inner.config)
         key_fw, key_bw = f"{info.name}/forward", f"{info.name}/backward"
-        if is_cell_layer(cfg):
+        if is_cell_layer(info.config):
             bfw, bbw = self.block_cell(info, "forward/"), self.block_cell(info, "backward/")
             n = len(bfw.bc.states)
             init_fw = init[:n] if init is not None else None
@@ -1203,13 +897,13 @@ class _Interp:
             init_bw = init[n:] if init is not None else None
             r_fw = self.run_direction(key_fw, fw, x, mask, init_fw, training, False, "zero")
             r_bw = self.run_direction(key_bw, bw, x, mask, init_bw, training, True, "zero")
-        if flags["return_sequences"]:
+        if flags.flag("return_sequences"):
             y_fw, y_bw = r_fw.sequence, r_bw.sequence[:, ::-1]
             out_mask = mask
         else:
             y_fw, y_bw = r_fw.last, r_bw.last
             out_mask = None
-        mode = cfg["merge_mode"]
+        mode = cfg.text("merge_mode")
         if mode == "none":
             outs = [(y_fw, out_mask), (y_bw.copy(), out_mask)]
         else:
@@ -1224,7 +918,7 @@ class _Interp:
             else:  # pragma: no cover
                 raise AssertionError(mode)
             outs = [(y, out_mask)]
-        if flags["return_state"]:
+        if flags.flag("return_state"):
             outs += [(s, None) for s in r_fw.states + r_bw.states]
         return outs
 
@@ -1348,6 +1042,437 @@ class _Interp:
                     f"extern layer {who}: {where}the mask the implementation returned differs "
                     f"from the declaration's (`mask: {kind}`, {decl}): {bad}"
                 )
+
+
+# --------------------------------------------------------------------------
+# the layers: one function per layer (or family), found by kind in LAYERS
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of a layer, as the functions of :data:`LAYERS` see it."""
+
+    info: LayerInfo
+    #: the layer's configuration, bound by the checker
+    cfg: Cfg
+    #: the inputs, each with its own mask
+    values: Sequence[Value]
+    #: the mask of each input; an explicit ``mask=`` argument replaces them all
+    masks: Sequence[Mask]
+    #: the call's ``training=``, else the default of the run
+    training: bool
+    #: the ``initial_state=`` values
+    init: list[Array] | None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    @property
+    def x(self) -> Array:
+        return self.values[0][0]
+
+    @property
+    def xs(self) -> list[Array]:
+        return [x for x, _ in self.values]
+
+    @property
+    def mask(self) -> Mask:
+        return self.masks[0]
+
+
+#: a layer: (interpreter, call) -> one (array, mask) per result
+LayerFn = Callable[[_Interp, _Call], list[Value]]
+#: a per-step layer (alone or in ``TimeDistributed``): (interpreter, config,
+#: layer name, input, training) -> output; the mask passes through
+PerStepFn = Callable[[_Interp, Cfg, str, Array, bool], Array]
+#: a merge: (config, inputs, their masks) -> one (array, mask)
+MergeFn = Callable[[Cfg, Sequence[Array], Sequence[Mask]], list[Value]]
+
+
+# ------------------------------------------------------------ per-step layers
+def _dense(it: _Interp, cfg: Cfg, name: str, x: Array, training: bool) -> Array:
+    units = cfg.integer("units")
+    y = x @ it.weight(name, "kernel", (x.shape[-1], units))
+    if cfg.flag("use_bias"):
+        y = y + it.weight(name, "bias", (units,))
+    return _act(cfg.text("activation"))(y)
+
+
+def _activation(it: _Interp, cfg: Cfg, name: str, x: Array, training: bool) -> Array:
+    return _act(cfg.text("activation"))(x)
+
+
+def _dropout(it: _Interp, cfg: Cfg, name: str, x: Array, training: bool) -> Array:
+    rate = cfg.number("rate")
+    if not training or rate == 0.0:
+        return x
+    return _float(x * it.keep(name, x.shape, rate))
+
+
+def _layer_norm(it: _Interp, cfg: Cfg, name: str, x: Array, training: bool) -> Array:
+    f = x.shape[-1]
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + cfg.number("epsilon"))
+    if cfg.flag("scale"):
+        y = y * it.weight(name, "gamma", (f,))
+    if cfg.flag("center"):
+        y = y + it.weight(name, "beta", (f,))
+    return _float(y)
+
+
+#: the layers that work on each step alone (``TimeDistributed`` takes these)
+PER_STEP: dict[str, PerStepFn] = {
+    "Dense": _dense,
+    "Activation": _activation,
+    "Dropout": _dropout,
+    "LayerNormalization": _layer_norm,
+}
+
+
+def _per_step_fn(kind: str) -> PerStepFn:
+    fn = PER_STEP.get(kind)
+    if fn is None:
+        raise NotImplementedError(f"the reference has no per-step rule for {kind}")
+    return fn
+
+
+def _per_step(it: _Interp, c: _Call) -> list[Value]:
+    return [(_per_step_fn(c.kind)(it, c.cfg, c.name, c.x, c.training), c.mask)]
+
+
+def _time_distributed(it: _Interp, c: _Call) -> list[Value]:
+    inner = c.cfg.layer("layer")
+    y = _per_step_fn(inner.kind)(it, Cfg(inner.config), c.name, c.x, c.training)
+    return [(y, c.mask)]
+
+
+# ------------------------------------------------------------ embedding, masking
+def _embedding(it: _Interp, c: _Call) -> list[Value]:
+    ids = c.x
+    emb = it.layer_weights(c.info)["embeddings"]
+    if ids.size and (ids.min() < 0 or ids.max() >= emb.shape[0]):
+        raise ReferenceError(
+            f"{c.name}: ids must lie in [0, {emb.shape[0]}), got {ids.min()}..{ids.max()}"
+        )
+    out = emb[ids]
+    made = ids != 0 if c.cfg.flag("mask_zero") and ids.ndim >= 2 else None
+    # without mask_zero an incoming mask (a `masked` id input) passes through
+    return [(out, made if made is not None else c.mask)]
+
+
+def _masking(it: _Interp, c: _Call) -> list[Value]:
+    x = c.x
+    m = (x != c.cfg.number("mask_value")).any(axis=-1)
+    return [(np.where(m[..., None], x, 0.0), m)]
+
+
+# ------------------------------------------------------------ normalization
+def _batch_norm(it: _Interp, c: _Call) -> list[Value]:
+    x, mask, cfg = c.x, c.mask, c.cfg
+    w = it.layer_weights(c.info)
+    eps = cfg.number("epsilon")
+    if c.training and ("trainable" not in cfg or cfg.flag("trainable")):
+        # moments over every axis but the last, at the valid steps only
+        valid = (
+            np.ones(x.shape[:-1], bool)
+            if mask is None
+            else np.broadcast_to(
+                mask.reshape(mask.shape + (1,) * (x.ndim - 1 - mask.ndim)), x.shape[:-1]
+            )
+        )
+        n = valid.sum()
+        flat = x[valid]  # [n, F]
+        if n == 0:  # no valid step in the whole batch: 0 and 0, as Keras
+            mean = np.zeros(x.shape[-1])
+            var = np.zeros(x.shape[-1])
+        else:
+            mean = flat.mean(axis=0)
+            var = ((flat - mean) ** 2).mean(axis=0)
+        mom = cfg.number("momentum")
+        it.updated[f"{c.name}/moving_mean"] = mom * w["moving_mean"] + (1.0 - mom) * mean
+        it.updated[f"{c.name}/moving_variance"] = mom * w["moving_variance"] + (1.0 - mom) * var
+    else:
+        mean, var = w["moving_mean"], w["moving_variance"]
+    y = (x - mean) / np.sqrt(var + eps)
+    if "gamma" in w:
+        y = y * w["gamma"]
+    if "beta" in w:
+        y = y + w["beta"]
+    return [(y, mask)]
+
+
+# ------------------------------------------------------------ convolution, pooling
+def _conv_windows(t: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
+    """(output length, zeros before) of a window layer, TensorFlow's padding."""
+    k_eff = d * (k - 1) + 1
+    if padding == "valid":
+        return (t - k_eff) // s + 1, 0
+    t_out = -(-t // s)
+    if padding == "causal":
+        return t_out, k_eff - 1
+    total = max((t_out - 1) * s + k_eff - t, 0)  # same: TF puts the odd zero after
+    return t_out, total // 2
+
+
+def _window_mask(mask: Mask, t_out: int, k: int, s: int, d: int, padding: str) -> Mask:
+    if mask is None:
+        return None
+    out = np.zeros((mask.shape[0], t_out), bool)
+    for j in range(t_out):
+        if padding == "valid":
+            pos = [j * s + i * d for i in range(k)]
+            out[:, j] = mask[:, pos].all(axis=1)
+        else:  # same, causal: the anchor step j * s
+            out[:, j] = mask[:, j * s]
+    return out
+
+
+def _conv1d(it: _Interp, c: _Call) -> list[Value]:
+    cfg, x, mask = c.cfg, c.x, c.mask
+    k, s, d = (cfg.integer(n) for n in ("kernel_size", "strides", "dilation_rate"))
+    padding = cfg.text("padding")
+    w = it.layer_weights(c.info)
+    if mask is not None:
+        x = np.where(mask[..., None], x, 0.0)  # masked steps are zeroed first
+    b, t, _ = x.shape
+    t_out, before = _conv_windows(t, k, s, d, padding)
+    kernel = w["kernel"]
+    y = np.zeros((b, t_out, kernel.shape[2]))
+    for j in range(t_out):
+        for i in range(k):
+            p = j * s - before + i * d
+            if 0 <= p < t:
+                y[:, j] += x[:, p] @ kernel[i]
+    if "bias" in w:
+        y = y + w["bias"]
+    y = _act(cfg.text("activation"))(y)
+    return [(y, _window_mask(mask, t_out, k, s, d, padding))]
+
+
+def _pool1d(it: _Interp, c: _Call) -> list[Value]:
+    """MaxPooling1D and AveragePooling1D: over the valid steps of each window."""
+    cfg, x, mask = c.cfg, c.x, c.mask
+    p = cfg.integer("pool_size")
+    strides = cfg.opt_integer("strides")
+    s = p if strides is None else strides
+    padding = cfg.text("padding")
+    b, t, f = x.shape
+    t_out, before = _conv_windows(t, p, s, 1, padding)
+    valid_in = np.ones((b, t), bool) if mask is None else mask
+    y = np.zeros((b, t_out, f))
+    for j in range(t_out):
+        pos = [q for q in range(j * s - before, j * s - before + p) if 0 <= q < t]
+        win = x[:, pos, :]  # [B, n, F]
+        ok = valid_in[:, pos][..., None]  # [B, n, 1]
+        count = ok.sum(axis=1)  # [B, 1]
+        if c.kind == "MaxPooling1D":
+            mx = np.where(ok, win, -np.inf).max(axis=1)
+            y[:, j] = np.where(count > 0, mx, 0.0)
+        else:
+            y[:, j] = np.where(
+                count > 0, np.where(ok, win, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0
+            )
+    return [(y, _window_mask(mask, t_out, p, s, 1, padding))]
+
+
+def _global_pool(it: _Interp, c: _Call) -> list[Value]:
+    """GlobalAveragePooling1D and GlobalMaxPooling1D: over the valid steps."""
+    x, mask = c.x, c.mask
+    valid = np.ones(x.shape[:2], bool) if mask is None else mask
+    ok = valid[..., None]
+    count = ok.sum(axis=1)  # [B, 1]
+    if c.kind == "GlobalMaxPooling1D":
+        y = np.where(count > 0, np.where(ok, x, -np.inf).max(axis=1), 0.0)
+    else:
+        y = np.where(count > 0, np.where(ok, x, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
+    return [(y[:, None, :] if c.cfg.flag("keepdims") else y, None)]
+
+
+# ------------------------------------------------------------ reshaping, time
+def _flatten(it: _Interp, c: _Call) -> list[Value]:
+    return [(c.x.reshape(c.x.shape[0], -1), None)]
+
+
+def _reshape(it: _Interp, c: _Call) -> list[Value]:
+    return [(c.x.reshape(c.x.shape[0], *c.cfg.integers("target_shape")), None)]
+
+
+def _temporal_softmax(it: _Interp, c: _Call) -> list[Value]:
+    x, mask = c.x, c.mask
+    assert mask is not None
+    ok = mask[..., None]  # [B, T, 1]
+    mx = np.where(ok, x, -np.inf).max(axis=1, keepdims=True)  # [B, 1, F]
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    e = np.where(ok, np.exp(np.where(ok, x - mx, 0.0)), 0.0)
+    total = e.sum(axis=1, keepdims=True)
+    return [(np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0), None)]
+
+
+def _temporal_split(it: _Interp, c: _Call) -> list[Value]:
+    x, mask = c.x, c.mask
+    n = c.cfg.integer("parts")
+    if x.shape[1] % n:
+        raise ReferenceError(
+            f"TemporalSplit({n}): time length {x.shape[1]} is not divisible by {n}"
+        )
+    k = x.shape[1] // n
+    return [
+        (x[:, i * k : (i + 1) * k], None if mask is None else mask[:, i * k : (i + 1) * k])
+        for i in range(n)
+    ]
+
+
+# ------------------------------------------------------------ attention
+def _attention(it: _Interp, c: _Call) -> list[Value]:
+    """Attention / MultiHeadAttention on ``(query, value[, key])``, each with its mask."""
+    cfg, ins, training = c.cfg, c.values, c.training
+    (q, q_mask), (v, v_mask) = ins[0], ins[1]
+    k, k_mask = ins[2] if len(ins) > 2 else ins[1]
+    # a key step is valid where the value's and the key's masks both say so
+    key_valid = _and_masks([v_mask, k_mask] if len(ins) > 2 else [v_mask])
+    b, tq, tv = q.shape[0], q.shape[1], v.shape[1]
+    if k.shape[1] != tv:
+        raise ReferenceError(f"{c.name}: key has {k.shape[1]} steps, value {tv}")
+    causal = cfg.flag("use_causal_mask")
+    rate = cfg.number("dropout")
+    w = it.layer_weights(c.info)
+    if c.kind == "Attention":
+        scale = float(w["scale"]) if "scale" in w else 1.0
+        if cfg.text("score_mode") == "dot":
+            scores = np.einsum("bif,bjf->bij", q, k) * scale
+        else:  # concat: the sum over features of tanh(scale * (q_i + k_j))
+            pair = q[:, :, None, :] + k[:, None, :, :]
+            scores = float(w["concat_score_weight"]) * np.tanh(scale * pair).sum(axis=-1)
+        # the query mask takes no part in the weights; it zeroes the output
+        allowed = _allowed_keys(b, tq, tv, key_valid, None, causal)
+        weights = _masked_softmax(scores, allowed)
+        used = weights
+        if training and rate > 0.0:
+            used = weights * it.keep(c.name, weights.shape, rate)
+        out = np.einsum("bij,bjf->bif", used, v)
+        if q_mask is not None:
+            out = np.where(q_mask[:, :, None], out, 0.0)
+    else:
+        qp = np.einsum("btf,fnh->btnh", q, w["query/kernel"])
+        kp = np.einsum("bsf,fnh->bsnh", k, w["key/kernel"])
+        vp = np.einsum("bsf,fnh->bsnh", v, w["value/kernel"])
+        if "query/bias" in w:
+            qp, kp, vp = qp + w["query/bias"], kp + w["key/bias"], vp + w["value/bias"]
+        key_dim = qp.shape[-1]
+        scores = np.einsum("btnh,bsnh->bnts", qp, kp) / math.sqrt(key_dim)
+        # the query mask is part of the attention mask: a masked query step attends to nothing
+        allowed = _allowed_keys(b, tq, tv, key_valid, q_mask, causal)
+        weights = _masked_softmax(scores, np.broadcast_to(allowed[:, None], scores.shape))
+        used = weights
+        if training and rate > 0.0:
+            used = weights * it.keep(c.name, weights.shape, rate)
+        context = np.einsum("bnts,bsnh->btnh", used, vp)
+        out = np.einsum("btnh,nho->bto", context, w["attention_output/kernel"])
+        if "attention_output/bias" in w:
+            out = out + w["attention_output/bias"]
+    outs: list[Value] = [(_float(out), q_mask)]
+    if cfg.flag("return_attention_scores"):
+        outs.append((weights, None))
+    return outs
+
+
+# ------------------------------------------------------------ recurrent
+def _recurrent(it: _Interp, c: _Call) -> list[Value]:
+    """LSTM, GRU, SimpleRNN and RNN (a built-in cell or a cell block)."""
+    if is_cell_layer(c.info.config):
+        # a cell block reads every input; a step is valid where all inputs are
+        return it.recurrent(c.info, c.x, _and_masks(c.masks), c.init, c.training, c.xs)
+    return it.recurrent(c.info, c.x, c.mask, c.init, c.training)
+
+
+def _bidirectional(it: _Interp, c: _Call) -> list[Value]:
+    mask = _and_masks(c.masks) if is_cell_layer(c.info.config) else c.mask
+    return it.bidirectional(c.info, c.x, mask, c.init, c.training)
+
+
+#: every built-in layer kind -> its function (extern layers are called by
+#: ``_Interp.extern``); adding a layer adds one entry here
+LAYERS: dict[str, LayerFn] = {
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "SimpleRNN": _recurrent,
+    "RNN": _recurrent,
+    "Bidirectional": _bidirectional,
+    "Embedding": _embedding,
+    "Masking": _masking,
+    "Dense": _per_step,
+    "Activation": _per_step,
+    "Dropout": _per_step,
+    "LayerNormalization": _per_step,
+    "TimeDistributed": _time_distributed,
+    "BatchNormalization": _batch_norm,
+    "Conv1D": _conv1d,
+    "MaxPooling1D": _pool1d,
+    "AveragePooling1D": _pool1d,
+    "GlobalAveragePooling1D": _global_pool,
+    "GlobalMaxPooling1D": _global_pool,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "TemporalSoftmax": _temporal_softmax,
+    "TemporalSplit": _temporal_split,
+    "Attention": _attention,
+    "MultiHeadAttention": _attention,
+}
+
+
+# ------------------------------------------------------------ merges
+def _concat(cfg: Cfg, xs: Sequence[Array], ms: Sequence[Mask]) -> list[Value]:
+    rank = xs[0].ndim
+    axis_cfg = cfg.raw("axis") if "axis" in cfg else "features"
+    if axis_cfg == "features":
+        axis = rank - 1
+    elif axis_cfg == "time":
+        axis = 1
+    else:
+        axis = cfg.integer("axis") % rank
+    out = np.concatenate(xs, axis=axis)
+    if axis == 1 and rank >= 3:
+        if all(m is None for m in ms):
+            return [(out, None)]
+        parts = [
+            m if m is not None else np.ones(x.shape[:2], bool) for x, m in zip(xs, ms, strict=True)
+        ]
+        return [(out, np.concatenate(parts, axis=1))]
+    return [(out, _and_masks(ms))]
+
+
+def _elementwise(f: Callable[[Sequence[Array]], Array]) -> MergeFn:
+    """A merge of same-shaped inputs: the AND of the masks."""
+
+    def merge(cfg: Cfg, xs: Sequence[Array], ms: Sequence[Mask]) -> list[Value]:
+        return [(f(xs), _and_masks(ms))]
+
+    return merge
+
+
+def _product(xs: Sequence[Array]) -> Array:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+#: every merge function -> its function
+MERGES: dict[str, MergeFn] = {
+    "concat": _concat,
+    "add": _elementwise(lambda xs: sum(xs[1:], xs[0])),
+    "subtract": _elementwise(lambda xs: xs[0] - xs[1]),
+    "multiply": _elementwise(_product),
+    "average": _elementwise(lambda xs: sum(xs[1:], xs[0]) / len(xs)),
+    "maximum": _elementwise(lambda xs: np.maximum.reduce(xs)),
+    "minimum": _elementwise(lambda xs: np.minimum.reduce(xs)),
+}
 
 
 def _is_stateful(info: LayerInfo) -> bool:
