@@ -20,10 +20,9 @@ torch = pytest.importorskip("torch")
 
 import seqdsl  # noqa: E402
 from seqdsl.checker import CheckedModel  # noqa: E402
-from seqdsl.emit import torch_backend  # noqa: E402
-from seqdsl.runtime import torch as runtime  # noqa: E402
 from seqdsl.initializers import initial_weights  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
+from seqdsl.runtime import torch as runtime  # noqa: E402
 from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

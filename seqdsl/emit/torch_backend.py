@@ -20,6 +20,7 @@ This module only writes text; it imports no framework.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import functools
 import keyword
@@ -1046,14 +1047,16 @@ class _Emitter:
         body()
         body()
         self.model_class(body, params)
-        code = "\n".join(body.lines)
+        # the names the code reads (not those in comments or strings) pick the imports
+        tree = ast.parse("\n".join(body.lines))
+        read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         items = [
             ImportItem("numpy", alias="np"),
             ImportItem("torch"),
             ImportItem("torch", "nn"),
-            *(ImportItem(RUNTIME, n) for n in sorted(self.snippets)),
+            *(ImportItem(RUNTIME, n) for n in sorted(self.snippets & read)),
         ]
-        if "F." in code:
+        if "F" in read:
             items.append(ImportItem("torch.nn.functional", alias="F"))
         if m.pads:
             items.append(ImportItem(RUNTIME_COMMON, "pad_sequences"))

@@ -10,7 +10,6 @@ the comments say.
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seqdsl.runtime.common import pad_sequences

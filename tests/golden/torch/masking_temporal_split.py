@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from seqdsl.runtime.common import pad_sequences
-from seqdsl.runtime.torch import LSTM, Embedding, all_valid, bind_sizes, check_mask
+from seqdsl.runtime.torch import LSTM, Embedding, bind_sizes, check_mask
 
 
 class TemporalSplitDemo(nn.Module):
