@@ -668,7 +668,7 @@ class _Emitter:
         self.snippets.add("dropout")
         v = self.bind(u.r)
         rate = _num(u.cfg.number("rate"))
-        self.fwd(f"{v} = dropout({u.x}, {rate}, {u.train}, dropout_masks, {_q(u.name)})")
+        self.call(self.fwd, f"{v} = ", "dropout", [u.x, rate, u.train, "dropout_masks", _q(u.name)])
         return True
 
     def normalization_flags(self, u: _Use, args: list[str]) -> None:
