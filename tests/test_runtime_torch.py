@@ -104,7 +104,9 @@ def test_check_mask_errors() -> None:
         rt.check_mask(torch.as_tensor([[True, True, False]]), "pre", False, "input `x`", "promise")
     with pytest.raises(ValueError, match=r"not `post`: in row 1, a valid step follows a masked"):
         rt.check_mask(torch.as_tensor([[True, False], [False, True]]), "post", False, "w", "p")
-    with pytest.raises(ValueError, match="row 1 has no valid step, but the mask is declared nonempty"):
+    with pytest.raises(
+        ValueError, match="row 1 has no valid step, but the mask is declared nonempty"
+    ):
         rt.check_mask(post, "post", True, "w", "p")
     rt.check_mask(torch.as_tensor([[True, False, True]]), "any", True, "w", "p")  # gaps are any
 
