@@ -20,7 +20,6 @@ This module only writes text; it imports no framework.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import functools
 import keyword
@@ -308,6 +307,8 @@ class _Emitter:
         expr = ACTIVATION_EXPR[name]
         if expr is not None and expr.isidentifier():  # a run-time function
             self.snippets.add(expr)
+        elif expr is not None and expr.startswith("F."):
+            self.snippets.add("F")
         return expr
 
     def tensor(self, value: str) -> TensorType:
@@ -359,8 +360,9 @@ class _Emitter:
         outputs = {o.name for o in self.model.model.outputs}
         self.below: dict[int, list[int]] = {}
         self.stack_input: dict[int, tuple[str, str | None]] = {}
+        keys = [self.stackable(i, op) for i, op in enumerate(ops)]
         for i, op in enumerate(ops):
-            low = self.stackable(i, op)
+            low = keys[i]
             if low is None or not low[4]:  # the lower layer must return its sequence
                 continue
             assert isinstance(op, ApplyOp)
@@ -370,7 +372,7 @@ class _Emitter:
                 continue
             j = rs[0]
             upper = ops[j]
-            top = self.stackable(j, upper)
+            top = keys[j]
             if top is None or top[:4] != low[:4]:
                 continue
             assert isinstance(upper, ApplyOp)
@@ -391,11 +393,11 @@ class _Emitter:
         kernels = info.kernels
         if kernels is None or kernels["torch"].kernel == "loop":
             return None
+        if op.mask is not None or op.initial_state is not None or len(op.inputs) != 1:
+            return None
         cfg = Cfg(info.config)
         cell, raw_cell_cfg = _cell_of(info.config, op.layer.kind)
         cell_cfg = Cfg(raw_cell_cfg)
-        if op.mask is not None or op.initial_state is not None or len(op.inputs) != 1:
-            return None
         if cfg.flag("return_state") or cfg.flag("stateful") or cfg.flag("go_backwards"):
             return None
         if cell_cfg.number("dropout") or cell_cfg.number("recurrent_dropout"):
@@ -509,7 +511,8 @@ class _Emitter:
             return
         present = list(dict.fromkeys(mk for mk in masks if mk is not None))
         if fn == "concat" and axis == 1:
-            self.snippets.add("all_valid")
+            if None in masks:
+                self.snippets.add("all_valid")
             parts = [
                 mk if mk is not None else f"all_valid({x})"
                 for x, mk in zip(ins, masks, strict=True)
@@ -1047,16 +1050,15 @@ class _Emitter:
         body()
         body()
         self.model_class(body, params)
-        # the names the code reads (not those in comments or strings) pick the imports
-        tree = ast.parse("\n".join(body.lines))
-        read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        # self.snippets: the run-time names the code reads, and "F" where it reads
+        # torch.nn.functional (an activation, a cell's equations)
         items = [
             ImportItem("numpy", alias="np"),
             ImportItem("torch"),
             ImportItem("torch", "nn"),
-            *(ImportItem(RUNTIME, n) for n in sorted(self.snippets & read)),
+            *(ImportItem(RUNTIME, n) for n in sorted(self.snippets - {"F"})),
         ]
-        if "F" in read:
+        if "F" in self.snippets:
             items.append(ImportItem("torch.nn.functional", alias="F"))
         if m.pads:
             items.append(ImportItem(RUNTIME_COMMON, "pad_sequences"))

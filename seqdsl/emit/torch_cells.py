@@ -294,6 +294,8 @@ class _Translator:
             f = _UNARY_EXPR[fn]
             if f == "softplus":
                 self.cell.snippets.add("softplus")
+            elif f.startswith("F."):
+                self.cell.snippets.add("F")  # torch.nn.functional
             inner = (f, a) if not a.scalar else None
             return _X(f"{f}({self.tensor(a)})", _ATOM, a.batched, a.rank, False, states,
                       inner=inner)  # fmt: skip
@@ -932,7 +934,8 @@ def emit_extern(e: Host, op: ApplyOp, info: LayerInfo) -> None:
         e.stmt(e.fwd, f"{lhs} = {first}.chunk({n}, dim=1)", "mask: split, each part its slice")
         masks = [m if w else None for m, w in zip(ms, wants, strict=True)]
     elif contract == "concat" and first is not None:
-        e.snippets.add("all_valid")
+        if None in in_masks:
+            e.snippets.add("all_valid")
         parts = [
             m if m is not None else f"all_valid({x})" for x, m in zip(ins, in_masks, strict=True)
         ]
