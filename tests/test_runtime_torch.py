@@ -485,3 +485,24 @@ def test_standalone_modules_run_without_seqdsl(tmp_path: Path) -> None:
         assert len(outs) == len(want[job["stem"]]), job
         for a, b in zip(outs, want[job["stem"]], strict=True):
             np.testing.assert_array_equal(a, b, err_msg=job["stem"])  # the same code, bit for bit
+
+
+def test_no_runtime_code_in_strings_and_no_line_tags() -> None:
+    """The torch emitter holds no run-time code as text: no string literal of its
+    modules is a function or class definition, and no line carries a feature tag."""
+    import ast
+    import re
+
+    files = [*sorted((ROOT / "seqdsl" / "emit").glob("torch_*.py")),
+             ROOT / "seqdsl" / "runtime" / "torch.py"]  # fmt: skip
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"#@[\w,|!]+\s*$", text, re.M), path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                try:
+                    tree = ast.parse(textwrap.dedent(node.value))
+                except SyntaxError:
+                    continue
+                defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+                assert not defs, f"{path.name}:{node.lineno}: code in a string literal"

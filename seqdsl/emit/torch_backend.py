@@ -194,7 +194,7 @@ class _Use:
     in_mask: str | None
     training: bool | None
     note: str | None  # a comment above the constructor
-    feat: int | None  # the input's features
+    feat: int | str | None  # the input's features (a size; as the checker bound it)
     out_t: TensorType
     layer: str  # the layer module: self.name
     train: str  # the training flag, as code
@@ -609,7 +609,7 @@ class _Emitter:
         train = "self.training" if inp.training is None else str(inp.training)
         feat = in_t.features.value if in_t.features is not None else None
         use = _Use(kind, Cfg(cfg), info, r, inp.x, in_t, inp.mask, inp.training, note,
-                   feat if isinstance(feat, int) else None, out_t, self.attr(info.name), train)  # fmt: skip
+                   feat, out_t, self.attr(info.name), train)  # fmt: skip
         transform = TRANSFORMS.get(kind)
         if transform is None:  # pragma: no cover - the catalogue and this emitter agree
             raise Unsupported(info.name, f"{kind} has no torch translation")
