@@ -20,9 +20,9 @@ torch = pytest.importorskip("torch")
 
 import seqdsl  # noqa: E402
 from seqdsl.checker import CheckedModel  # noqa: E402
-from seqdsl.emit import torch_backend  # noqa: E402
 from seqdsl.initializers import initial_weights  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
+from seqdsl.runtime import torch as runtime  # noqa: E402
 from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -318,17 +318,13 @@ def test_training_examples_with_dropout_and_batch_norm() -> None:
 
 def infer(net: Any, inputs: Sequence[np.ndarray], pack: bool | None = None, **kw: Any) -> Any:
     """The outputs under torch.no_grad() (inference: cached weights, pack_rows() may
-    pack), with pack_rows forced to `pack` unless None."""
-    module = net.forward.__globals__  # the generated module's namespace
-    rule = module.get("pack_rows")
-    if pack is not None and rule is not None:
-        module["pack_rows"] = lambda *args: pack
-    try:
+    pack), with pack_rows forced to `pack` unless None (patched where fused_rnn reads
+    it: the runtime module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if pack is not None:
+            mp.setattr(runtime, "pack_rows", lambda *args: pack)
         with torch.no_grad():
             return call(net, inputs, **kw)
-    finally:
-        if rule is not None:
-            module["pack_rows"] = rule
 
 
 INFERENCE_CASES = [c for c in CASES if not c.training]
@@ -432,18 +428,18 @@ def test_inference_weights_are_cached_until_a_parameter_changes() -> None:
 
 
 def test_canary_swapped_gates_fail_parity(monkeypatch: pytest.MonkeyPatch) -> None:
-    emit = torch_backend.emit_model
-    target = "weights = [self.kernel.t(), self.recurrent_kernel.t()]"
-    swap = "torch.cat([w.chunk(4, dim=-1)[g] for g in (1, 0, 2, 3)], dim=-1)"  # gates f, i, c, o
+    swap = [1, 0, 2, 3]  # gates f, i, c, o
 
-    def swapped(model: CheckedModel, source: str) -> str:
-        text = emit(model, source)
-        assert text.count(target) == 1
-        return text.replace(
-            target, f"weights = [({swap}).t() for w in (self.kernel, self.recurrent_kernel)]"
-        )
+    def swapped(self: Any) -> list[Any]:
+        def gates(w: Any) -> Any:
+            return torch.cat([w.chunk(4, dim=-1)[g] for g in swap], dim=-1)
 
-    monkeypatch.setattr(torch_backend, "emit_model", swapped)
+        weights = [gates(w).t() for w in (self.kernel, self.recurrent_kernel)]
+        if self.bias is not None:
+            weights += [self.bias, torch.zeros_like(self.bias)]
+        return weights
+
+    monkeypatch.setattr(runtime.LSTM, "torch_weights", swapped)
     case = next(
         c for c in CASES if c.options["cell"] == "LSTM" and c.options["activation"] == "tanh"
     )
@@ -606,12 +602,15 @@ model D {
 def test_emitted_module_is_standalone_and_deterministic() -> None:
     for path in EXAMPLES:
         prog = seqdsl.load(path)
-        text = prog.compile("torch")
-        assert text == prog.compile("torch")
+        text = prog.compile("torch", standalone=True)
+        assert text == prog.compile("torch", standalone=True)
         imports = {
             line.split()[1] for line in text.splitlines() if line.startswith(("import ", "from "))
         }
-        assert imports <= {"numpy", "torch", "torch.nn.functional", "torch.nn.utils.rnn"}, imports
+        # the standard library aside (the runtime's annotations: typing, collections.abc)
+        imports = {m for m in imports if m.partition(".")[0] not in sys.stdlib_module_names}
+        allowed = {"numpy", "numpy.typing", "torch", "torch.nn.functional", "torch.nn.utils.rnn"}
+        assert imports <= allowed, imports
         assert "seqdsl" not in imports
         compile(text, str(path), "exec")
 

@@ -1,14 +1,19 @@
-"""The PyTorch emitter: a checked model -> a standalone, readable torch module.
+"""The PyTorch emitter: a checked model -> a short torch module that holds the model.
 
-The emitted module imports only numpy and torch. It defines one small
-``nn.Module`` class per layer kind the model uses, the helper functions those
-need (copied from :mod:`seqdsl.emit.torch_runtime`), and ``class {Model}``, whose
-``forward`` reads like code a person would write: one line per layer, and a
-comment wherever masks are handled. Recurrent layers run on torch's fused RNN
-ops (``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh``/``rnn_relu``: what
+The emitted module imports numpy, torch and its run-time code from
+:mod:`seqdsl.runtime.torch` (the layer classes, fused-kernel helpers and mask
+rules, real Python), and defines ``class {Model}``, whose ``forward`` reads like
+code a person would write: one line per layer, and a comment wherever masks are
+handled. ``seqdsl compile --standalone`` copies the imported definitions in
+instead (:mod:`seqdsl.emit.standalone`). Recurrent layers run on torch's fused
+RNN ops (``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh``/``rnn_relu``: what
 ``nn.LSTM`` calls, cuDNN on CUDA); only the cells the checker marks ``loop``
 (non-standard activations, recurrent dropout, GRU ``reset_after=false``) step in
 Python. See docs/backend-torch.md.
+
+Layers are written through tables, one small method per layer or family:
+:data:`APPLY` (layers with their own call shape: recurrent, attention, wrappers)
+and :data:`TRANSFORMS` (one input, one output), as sqlglot's generators do.
 
 This module only writes text; it imports no framework.
 """
@@ -26,16 +31,25 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import BoundLayer, _axis_of, _cell_of, mha_sizes
+from ..catalogue import Cfg, _axis_of, _cell_of, mha_sizes
 from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported, torch_cells
-from .torch_runtime import ACTIVATION_EXPR, IMPORT_LINES, SNIPPETS, render, select
+from .standalone import ImportItem, format_imports
+from .torch_common import (
+    ACTIVATION_EXPR,
+    MODULE_ATTRS,
+    RUNTIME,
+    RUNTIME_COMMON,
+    class_name,
+    q,
+    runtime_names,
+)
 
-__all__ = ["emit_model", "instantiate", "class_name"]
+__all__ = ["APPLY", "TRANSFORMS", "emit_model", "instantiate", "class_name"]
 
 _TORCH_DTYPE = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64", "bool": "bool"}
 _CELL_CLASS = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "SimpleRNN"}
@@ -43,73 +57,7 @@ _FUSED_OP = {"lstm": "torch.lstm", "gru": "torch.gru", "simple_rnn": "torch.rnn_
 _RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN")
 
 #: attributes of nn.Module and of the generated model: no layer may take these names
-_MODULE_ATTRS = frozenset(
-    [
-        "T_destination",
-        "add_module",
-        "apply",
-        "bfloat16",
-        "buffers",
-        "call_super_init",
-        "children",
-        "compile",
-        "cpu",
-        "cuda",
-        "double",
-        "dump_patches",
-        "eval",
-        "extra_repr",
-        "float",
-        "forward",
-        "get_buffer",
-        "get_extra_state",
-        "get_parameter",
-        "get_submodule",
-        "half",
-        "ipu",
-        "load_state_dict",
-        "modules",
-        "mtia",
-        "named_buffers",
-        "named_children",
-        "named_modules",
-        "named_parameters",
-        "parameters",
-        "register_backward_hook",
-        "register_buffer",
-        "register_forward_hook",
-        "register_forward_pre_hook",
-        "register_full_backward_hook",
-        "register_full_backward_pre_hook",
-        "register_load_state_dict_post_hook",
-        "register_load_state_dict_pre_hook",
-        "register_module",
-        "register_parameter",
-        "register_state_dict_post_hook",
-        "register_state_dict_pre_hook",
-        "requires_grad_",
-        "set_extra_state",
-        "set_submodule",
-        "share_memory",
-        "state_dict",
-        "to",
-        "to_empty",
-        "train",
-        "training",
-        "type",
-        "xpu",
-        "zero_grad",
-        "WEIGHTS",
-        "SHAPES",
-        "PADS",
-        "debug",
-        "anchor",
-        "pad",
-        "load_canonical",
-        "canonical_weights",
-        "reset_states",
-    ]
-)
+_MODULE_ATTRS = MODULE_ATTRS
 #: names the generated forward uses besides the values
 _FORWARD_NAMES = frozenset(
     [
@@ -126,16 +74,6 @@ _FORWARD_NAMES = frozenset(
         "np",
     ]
 )
-
-
-def class_name(model: CheckedModel) -> str:
-    """The name of the model's class in the emitted module."""
-    name = model.name
-    taken = {"Recurrent", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "Embedding", "Dense",
-             "LayerNormalization", "BatchNormalization", "Conv1D"}  # fmt: skip
-    if name in taken or name in SNIPPETS or keyword.iskeyword(name):
-        name += "Model"
-    return name
 
 
 def emit_model(model: CheckedModel, source: str) -> str:
@@ -172,9 +110,7 @@ def instantiate(
 # formatting helpers
 
 
-def _q(s: str) -> str:
-    """A double-quoted Python string literal."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+_q = q
 
 
 def _num(v: object) -> str:
@@ -234,18 +170,38 @@ def _py_dim(d: Dim) -> str:
 
 
 @dataclass
-class _Instance:
-    """One recurrent direction, for choosing the snippets and their features."""
+class _Input:
+    """What a layer reads: its input's variable, type (with an explicit mask= applied)
+    and mask variable, and its training= argument."""
 
-    cell: str
-    fused: bool
-    side: str | None  # the mask side the kernel sees (after go_backwards)
-    packed: bool
-    carry: bool
-    go_backwards: bool
-    input_dropout: bool
-    recurrent_dropout: bool
-    stateful: bool
+    x: str
+    t: TensorType
+    mask: str | None
+    training: bool | None
+
+
+@dataclass
+class _Use:
+    """One application of a one-input, one-output layer, as a :data:`TRANSFORMS`
+    method sees it."""
+
+    kind: str
+    cfg: Cfg
+    info: LayerInfo
+    r: str  # the result value
+    x: str
+    in_t: TensorType
+    in_mask: str | None
+    training: bool | None
+    note: str | None  # a comment above the constructor
+    feat: int | str | None  # the input's features (a size; as the checker bound it)
+    out_t: TensorType
+    layer: str  # the layer module: self.name
+    train: str  # the training flag, as code
+
+    @property
+    def name(self) -> str:
+        return self.info.name
 
 
 @dataclass
@@ -254,14 +210,12 @@ class _Emitter:
     source: str
     init: CodeWriter = field(default_factory=CodeWriter)
     fwd: CodeWriter = field(default_factory=CodeWriter)
+    #: the run-time names the generated code uses (imported from seqdsl.runtime.torch)
     snippets: set[str] = field(default_factory=set)
-    instances: list[_Instance] = field(default_factory=list)
     var: dict[str, str] = field(default_factory=dict)
     mask: dict[str, str | None] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
     stateful_layers: list[str] = field(default_factory=list)
-    #: the runtime features the attention layers use (tags in torch_runtime)
-    attn_features: set[str] = field(default_factory=set)
     #: cell blocks and extern layers (seqdsl/emit/torch_cells.py)
     custom: torch_cells.Custom = field(default_factory=torch_cells.Custom)
 
@@ -272,7 +226,7 @@ class _Emitter:
             name in self.taken
             or keyword.iskeyword(name)
             or name in _FORWARD_NAMES
-            or name in SNIPPETS
+            or name in runtime_names()
             or hasattr(builtins, name)
         ):
             name += "_"
@@ -351,8 +305,10 @@ class _Emitter:
 
     def act(self, name: str) -> str | None:
         expr = ACTIVATION_EXPR[name]
-        if expr is not None and expr in SNIPPETS:
+        if expr is not None and expr.isidentifier():  # a run-time function
             self.snippets.add(expr)
+        elif expr is not None and expr.startswith("F."):
+            self.snippets.add("F")
         return expr
 
     def tensor(self, value: str) -> TensorType:
@@ -404,8 +360,9 @@ class _Emitter:
         outputs = {o.name for o in self.model.model.outputs}
         self.below: dict[int, list[int]] = {}
         self.stack_input: dict[int, tuple[str, str | None]] = {}
+        keys = [self.stackable(i, op) for i, op in enumerate(ops)]
         for i, op in enumerate(ops):
-            low = self.stackable(i, op)
+            low = keys[i]
             if low is None or not low[4]:  # the lower layer must return its sequence
                 continue
             assert isinstance(op, ApplyOp)
@@ -415,7 +372,7 @@ class _Emitter:
                 continue
             j = rs[0]
             upper = ops[j]
-            top = self.stackable(j, upper)
+            top = keys[j]
             if top is None or top[:4] != low[:4]:
                 continue
             assert isinstance(upper, ApplyOp)
@@ -436,17 +393,18 @@ class _Emitter:
         kernels = info.kernels
         if kernels is None or kernels["torch"].kernel == "loop":
             return None
-        cfg = info.config
-        cell, cell_cfg = _cell_of(cfg, op.layer.kind)
         if op.mask is not None or op.initial_state is not None or len(op.inputs) != 1:
             return None
-        if cfg["return_state"] or cfg["stateful"] or cfg["go_backwards"]:
+        cfg = Cfg(info.config)
+        cell, raw_cell_cfg = _cell_of(info.config, op.layer.kind)
+        cell_cfg = Cfg(raw_cell_cfg)
+        if cfg.flag("return_state") or cfg.flag("stateful") or cfg.flag("go_backwards"):
             return None
-        if float(cell_cfg["dropout"]) or float(cell_cfg["recurrent_dropout"]):  # type: ignore[arg-type]
+        if cell_cfg.number("dropout") or cell_cfg.number("recurrent_dropout"):
             return None
-        act = cell_cfg["activation"]
-        return (cell, int(cell_cfg["units"]), bool(cell_cfg["use_bias"]), act,  # type: ignore[call-overload]
-                bool(cfg["return_sequences"]))  # fmt: skip
+        act = cell_cfg.raw("activation")
+        return (cell, cell_cfg.integer("units"), cell_cfg.flag("use_bias"), act,
+                cfg.flag("return_sequences"))  # fmt: skip
 
     # ------------------------------------------------------------------ inputs
     def emit_inputs(self) -> list[tuple[InputDecl, str]]:
@@ -455,8 +413,8 @@ class _Emitter:
         for inp in m.model.inputs:
             params.append((inp, self.bind(inp.name)))
         w = self.fwd
-        floats = any(isinstance(m.types[i.name], TensorType) and m.types[i.name].dtype in ("f32", "f64")  # type: ignore[union-attr]
-                     for i, _ in params)  # fmt: skip
+        floats = any(isinstance(t, TensorType) and t.dtype in ("f32", "f64")
+                     for t in (m.types[i.name] for i, _ in params))  # fmt: skip
         w(
             "device, dtype = self.anchor.device, self.anchor.dtype"
             if floats
@@ -540,22 +498,12 @@ class _Emitter:
         out_t = self.tensor(r)
         fn = op.fn
         first = self.tensor(op.inputs[0].name)
+        axis = _axis_of(info.config, first.rank) if fn == "concat" else -1
         if fn == "concat":
-            axis = _axis_of(info.config, first.rank)
             dim = -1 if axis == first.rank - 1 else axis
             expr = f"torch.cat([{', '.join(ins)}], dim={dim})"
-        elif fn == "add":
-            expr = " + ".join(ins)
-        elif fn == "subtract":
-            expr = f"{ins[0]} - {ins[1]}"
-        elif fn == "multiply":
-            expr = " * ".join(ins)
-        elif fn == "average":
-            expr = f"({' + '.join(ins)}) / {len(ins)}"
-        else:  # maximum, minimum
-            expr = ins[0]
-            for x in ins[1:]:
-                expr = f"torch.{fn}({expr}, {x})"
+        else:
+            expr = _MERGES[fn](ins)
         v = self.bind(r)
         self.fwd(f"{v} = {expr}")
         if out_t.mask is None:
@@ -563,7 +511,8 @@ class _Emitter:
             return
         present = list(dict.fromkeys(mk for mk in masks if mk is not None))
         if fn == "concat" and axis == 1:
-            self.snippets.add("all_valid")
+            if None in masks:
+                self.snippets.add("all_valid")
             parts = [
                 mk if mk is not None else f"all_valid({x})"
                 for x, mk in zip(ins, masks, strict=True)
@@ -582,6 +531,8 @@ class _Emitter:
 
     # ------------------------------------------------------------------ layers
     def emit_apply(self, op: ApplyOp, info: LayerInfo) -> None:
+        """One layer: an extern or a cell block (torch_cells), else the table entry of
+        its kind (APPLY, then TRANSFORMS for a one-input, one-output layer)."""
         kind = op.layer.kind
         if kind in self.model.externs:
             torch_cells.emit_extern(self, op, info)
@@ -589,11 +540,7 @@ class _Emitter:
         if kind in ("RNN", "Bidirectional") and is_cell_layer(info.config):
             torch_cells.emit_cell_rnn(self, op, info)
             return
-        if kind in ("Attention", "MultiHeadAttention"):
-            self.emit_attention(op, info)
-            return
         x_name = op.inputs[0].name
-        x = self.var[x_name]
         in_t = self.tensor(x_name)
         in_mask = self.mask[x_name]
         if op.mask is not None:
@@ -602,31 +549,30 @@ class _Emitter:
             in_t = in_t.with_mask(mt.kind)
             in_mask = self.var[op.mask.name]
         training = None if op.training is None else bool(op.training.value)
-        cfg = info.config
-        if kind in _RECURRENT or kind == "Bidirectional":
-            self.emit_recurrent(op, info, x, in_t, in_mask, training)
-            return
-        (r,) = op.results if len(op.results) == 1 else (None,)
-        if kind == "TimeDistributed":
-            inner = cfg["layer"]
-            assert isinstance(inner, BoundLayer)
-            self.emit_simple(inner.kind, inner.config, info, op, x, in_t, in_mask, training,
-                             note=f"TimeDistributed({inner.kind}): {inner.kind} acts on the last axis: on every step")  # fmt: skip
-            return
-        if kind == "TemporalSplit":
-            n = int(cfg["parts"])  # type: ignore[call-overload]
-            outs = [self.bind(res) for res in op.results]
-            self.fwd(f"{', '.join(outs) if n > 1 else outs[0] + ','} = {x}.chunk({n}, dim=1)")
-            if in_mask is not None:
-                ms = [self.bind_mask(res) for res in op.results]
-                self.stmt(self.fwd, f"{', '.join(ms) if n > 1 else ms[0] + ','} = {in_mask}.chunk({n}, dim=1)",
-                          "masks split likewise")  # fmt: skip
-            else:
-                for res in op.results:
-                    self.mask[res] = None
-            return
-        assert r is not None
-        self.emit_simple(kind, cfg, info, op, x, in_t, in_mask, training)
+        inp = _Input(self.var[x_name], in_t, in_mask, training)
+        special = APPLY.get(kind)
+        if special is not None:
+            special(self, op, info, inp)
+        else:
+            self.emit_simple(kind, info.config, info, op, inp)
+
+    def apply_time_distributed(self, op: ApplyOp, info: LayerInfo, inp: _Input) -> None:
+        inner = Cfg(info.config).layer("layer")
+        note = f"TimeDistributed({inner.kind}): {inner.kind} acts on the last axis: on every step"
+        self.emit_simple(inner.kind, inner.config, info, op, inp, note=note)
+
+    def apply_temporal_split(self, op: ApplyOp, info: LayerInfo, inp: _Input) -> None:
+        n = Cfg(info.config).integer("parts")
+        x, in_mask = inp.x, inp.mask
+        outs = [self.bind(res) for res in op.results]
+        self.fwd(f"{', '.join(outs) if n > 1 else outs[0] + ','} = {x}.chunk({n}, dim=1)")
+        if in_mask is not None:
+            ms = [self.bind_mask(res) for res in op.results]
+            self.stmt(self.fwd, f"{', '.join(ms) if n > 1 else ms[0] + ','} = {in_mask}.chunk({n}, dim=1)",
+                      "masks split likewise")  # fmt: skip
+        else:
+            for res in op.results:
+                self.mask[res] = None
 
     def bidirectional(
         self, name: str, cls: str, ctor: Callable[[str, bool], list[str]], merge: str
@@ -652,196 +598,214 @@ class _Emitter:
         cfg: Mapping[str, object],
         info: LayerInfo,
         op: ApplyOp,
-        x: str,
-        in_t: TensorType,
-        in_mask: str | None,
-        training: bool | None,
+        inp: _Input,
         note: str | None = None,
     ) -> None:
+        """A one-input, one-output layer through its TRANSFORMS entry, which returns
+        whether the output's mask is the input's (else it set the mask itself)."""
         (r,) = op.results
-        name = info.name
-        feat = in_t.features.value if in_t.features is not None else None
+        in_t = inp.t
         out_t = self.tensor(r)
-        w = self.fwd
-        train = "self.training" if training is None else str(training)
-        layer = self.attr(name)
-        propagate = True  # the output mask is the input mask
-        if kind == "Embedding":
-            self.snippets.add("Embedding")
-            self.register(name, "Embedding", [str(cfg["input_dim"]), str(cfg["output_dim"])], note)
-            v = self.bind(r)
-            w(f"{v} = {layer}({x})")
-            if out_t.mask is not None and cfg["mask_zero"] and in_t.rank >= 2:
-                mv = self.bind_mask(r)
-                w(f"{mv} = {x} != 0  # Embedding(mask_zero=true): id 0 is padding")
-                self.debug_generated(
-                    name, "Embedding(mask_zero=true)", mv, out_t.mask, in_t, "id 0"
-                )
-            else:  # without mask_zero a caller's mask passes through
-                self.mask[r] = in_mask if out_t.mask is not None else None
-            return
-        if kind == "Masking":
-            value = float(cfg["mask_value"])  # type: ignore[arg-type]
-            v = self.bind(r)
-            mv = self.bind_mask(r)
-            w(
-                f"# Masking({_fmt_value(value)}): a step whose features all equal {_fmt_value(value)} is masked, and zeroed"
-            )
-            w(f"{mv} = ({x} != {_num(value)}).any(-1)")
-            w(f"{v} = torch.where({mv}[..., None], {x}, 0.0)")
-            self.debug_generated(name, f"Masking(mask_value={_fmt_value(value)})", mv, out_t.mask, in_t,
-                                 f"a step of all {_fmt_value(value)}")  # fmt: skip
-            return
-        if kind == "Dense":
-            self.snippets.add("Dense")
-            args = [str(feat), str(cfg["units"])]
-            if not cfg["use_bias"]:
-                args.append("use_bias=False")
-            a = self.act(str(cfg["activation"]))
-            if a is not None:
-                args.append(f"activation={a}")
-            self.register(name, "Dense", args, note)
-            w(f"{self.bind(r)} = {layer}({x})")
-        elif kind == "Activation":
-            a = self.act(str(cfg["activation"]))
-            v = self.bind(r)
-            w(f"{v} = {x}" if a is None else f"{v} = {a}({x})")
-        elif kind == "Dropout":
-            self.snippets.add("dropout")
-            v = self.bind(r)
-            w(f"{v} = dropout({x}, {_num(float(cfg['rate']))}, {train}, dropout_masks, {_q(name)})")  # type: ignore[arg-type]
-        elif kind == "LayerNormalization":
-            self.snippets.add("LayerNormalization")
-            args = [str(feat)]
-            if float(cfg["epsilon"]) != 1e-3:  # type: ignore[arg-type]
-                args.append(f"epsilon={_num(float(cfg['epsilon']))}")  # type: ignore[arg-type]
-            for flag in ("center", "scale"):
-                if not cfg[flag]:
-                    args.append(f"{flag}=False")
-            self.register(name, "LayerNormalization", args, note)
-            w(f"{self.bind(r)} = {layer}({x})")
-        elif kind == "BatchNormalization":
-            self.snippets.add("BatchNormalization")
-            args = [str(feat)]
-            if float(cfg["momentum"]) != 0.99:  # type: ignore[arg-type]
-                args.append(f"momentum={_num(float(cfg['momentum']))}")  # type: ignore[arg-type]
-            if float(cfg["epsilon"]) != 1e-3:  # type: ignore[arg-type]
-                args.append(f"epsilon={_num(float(cfg['epsilon']))}")  # type: ignore[arg-type]
-            for flag in ("center", "scale"):
-                if not cfg[flag]:
-                    args.append(f"{flag}=False")
-            self.register(name, "BatchNormalization", args, note)
-            call = [x]
-            if in_mask is not None:
-                call.append(in_mask)
-            comment = "moments over the valid steps in training" if in_mask is not None else ""
-            if (
-                cfg["trainable"] is False
-            ):  # a frozen BatchNormalization runs in inference mode (Keras)
-                call.append("training=False")
-                comment = "trainable=false: always the moving statistics (as Keras)"
-            elif training is not None:
-                call.append(f"training={training}")
-            self.stmt(w, f"{self.bind(r)} = {layer}({', '.join(call)})", comment)
-        elif kind == "Conv1D":
-            self.snippets.add("Conv1D")
-            k, s, d = int(cfg["kernel_size"]), int(cfg["strides"]), int(cfg["dilation_rate"])  # type: ignore[call-overload]
-            args = [str(feat), str(cfg["filters"]), str(k)]
-            if s != 1:
-                args.append(f"strides={s}")
-            if cfg["padding"] != "valid":
-                args.append(f"padding={_q(str(cfg['padding']))}")
-            if d != 1:
-                args.append(f"dilation_rate={d}")
-            if not cfg["use_bias"]:
-                args.append("use_bias=False")
-            a = self.act(str(cfg["activation"]))
-            if a is not None:
-                args.append(f"activation={a}")
-            self.register(name, "Conv1D", args, note)
-            v = self.bind(r)
-            w(f"{v} = {layer}({x}, {in_mask})" if in_mask is not None else f"{v} = {layer}({x})")
-            propagate = False
-            self.window_mask(r, in_mask, k, s, d, str(cfg["padding"]))
-        elif kind in ("MaxPooling1D", "AveragePooling1D"):
-            self.snippets.add("pool1d")
-            p = int(cfg["pool_size"])  # type: ignore[call-overload]
-            s = p if cfg["strides"] is None else int(cfg["strides"])  # type: ignore[call-overload]
-            how = "max" if kind == "MaxPooling1D" else "mean"
-            v = self.bind(r)
-            self.call(w, f"{v} = ", "pool1d", [x, str(in_mask), _q(how), str(p), str(s), _q(str(cfg["padding"]))],
-                      f"  # {kind}")  # fmt: skip
-            propagate = False
-            self.window_mask(r, in_mask, p, s, 1, str(cfg["padding"]))
-        elif kind in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-            self.snippets.add("global_pool")
-            how = "max" if kind == "GlobalMaxPooling1D" else "mean"
-            keep = ["keepdims=True"] if cfg["keepdims"] else []
-            self.call(
-                w,
-                f"{self.bind(r)} = ",
-                "global_pool",
-                [x, str(in_mask), _q(how)] + keep,
-                f"  # {kind}",
-            )
-            propagate = False
-        elif kind == "Flatten":
-            w(f"{self.bind(r)} = {x}.flatten(1)")
-        elif kind == "Reshape":
-            target = cfg["target_shape"]
-            assert isinstance(target, tuple)
-            w(f"{self.bind(r)} = {x}.reshape({x}.shape[0], {', '.join(str(t) for t in target)})")
-        elif kind == "TemporalSoftmax":
-            self.snippets.add("temporal_softmax")
-            w(f"{self.bind(r)} = temporal_softmax({x}, {in_mask})")
-            propagate = False
-        else:  # pragma: no cover - the catalogue and this emitter list the same layers
-            raise Unsupported(name, f"{kind} has no torch translation")
-        if propagate:
-            self.mask[r] = in_mask if out_t.mask is not None else None
+        train = "self.training" if inp.training is None else str(inp.training)
+        feat = in_t.features.value if in_t.features is not None else None
+        use = _Use(kind, Cfg(cfg), info, r, inp.x, in_t, inp.mask, inp.training, note,
+                   feat, out_t, self.attr(info.name), train)  # fmt: skip
+        transform = TRANSFORMS.get(kind)
+        if transform is None:  # pragma: no cover - the catalogue and this emitter agree
+            raise Unsupported(info.name, f"{kind} has no torch translation")
+        if transform(self, use):
+            self.mask[r] = inp.mask if out_t.mask is not None else None
         elif r not in self.mask:
             self.mask[r] = None
 
-    def emit_attention(self, op: ApplyOp, info: LayerInfo) -> None:
+    def embedding(self, u: _Use) -> bool:
+        w = self.fwd
+        self.snippets.add("Embedding")
+        args = [str(u.cfg.integer("input_dim")), str(u.cfg.integer("output_dim"))]
+        self.register(u.name, "Embedding", args, u.note)
+        v = self.bind(u.r)
+        w(f"{v} = {u.layer}({u.x})")
+        if u.out_t.mask is not None and u.cfg.flag("mask_zero") and u.in_t.rank >= 2:
+            mv = self.bind_mask(u.r)
+            w(f"{mv} = {u.x} != 0  # Embedding(mask_zero=true): id 0 is padding")
+            self.debug_generated(
+                u.name, "Embedding(mask_zero=true)", mv, u.out_t.mask, u.in_t, "id 0"
+            )
+        else:  # without mask_zero a caller's mask passes through
+            self.mask[u.r] = u.in_mask if u.out_t.mask is not None else None
+        return False
+
+    def masking(self, u: _Use) -> bool:
+        w, x = self.fwd, u.x
+        value = u.cfg.number("mask_value")
+        v = self.bind(u.r)
+        mv = self.bind_mask(u.r)
+        w(
+            f"# Masking({_fmt_value(value)}): a step whose features all equal {_fmt_value(value)} is masked, and zeroed"
+        )
+        w(f"{mv} = ({x} != {_num(value)}).any(-1)")
+        w(f"{v} = torch.where({mv}[..., None], {x}, 0.0)")
+        self.debug_generated(u.name, f"Masking(mask_value={_fmt_value(value)})", mv, u.out_t.mask,
+                             u.in_t, f"a step of all {_fmt_value(value)}")  # fmt: skip
+        return False
+
+    def dense(self, u: _Use) -> bool:
+        self.snippets.add("Dense")
+        args = [str(u.feat), str(u.cfg.integer("units"))]
+        if not u.cfg.flag("use_bias"):
+            args.append("use_bias=False")
+        a = self.act(u.cfg.text("activation"))
+        if a is not None:
+            args.append(f"activation={a}")
+        self.register(u.name, "Dense", args, u.note)
+        self.fwd(f"{self.bind(u.r)} = {u.layer}({u.x})")
+        return True
+
+    def activation(self, u: _Use) -> bool:
+        a = self.act(u.cfg.text("activation"))
+        v = self.bind(u.r)
+        self.fwd(f"{v} = {u.x}" if a is None else f"{v} = {a}({u.x})")
+        return True
+
+    def dropout(self, u: _Use) -> bool:
+        self.snippets.add("dropout")
+        v = self.bind(u.r)
+        rate = _num(u.cfg.number("rate"))
+        self.call(self.fwd, f"{v} = ", "dropout", [u.x, rate, u.train, "dropout_masks", _q(u.name)])
+        return True
+
+    def normalization_flags(self, u: _Use, args: list[str]) -> None:
+        for flag in ("center", "scale"):
+            if not u.cfg.flag(flag):
+                args.append(f"{flag}=False")
+
+    def layer_normalization(self, u: _Use) -> bool:
+        self.snippets.add("LayerNormalization")
+        args = [str(u.feat)]
+        if u.cfg.number("epsilon") != 1e-3:
+            args.append(f"epsilon={_num(u.cfg.number('epsilon'))}")
+        self.normalization_flags(u, args)
+        self.register(u.name, "LayerNormalization", args, u.note)
+        self.fwd(f"{self.bind(u.r)} = {u.layer}({u.x})")
+        return True
+
+    def batch_normalization(self, u: _Use) -> bool:
+        self.snippets.add("BatchNormalization")
+        args = [str(u.feat)]
+        if u.cfg.number("momentum") != 0.99:
+            args.append(f"momentum={_num(u.cfg.number('momentum'))}")
+        if u.cfg.number("epsilon") != 1e-3:
+            args.append(f"epsilon={_num(u.cfg.number('epsilon'))}")
+        self.normalization_flags(u, args)
+        self.register(u.name, "BatchNormalization", args, u.note)
+        call = [u.x]
+        if u.in_mask is not None:
+            call.append(u.in_mask)
+        comment = "moments over the valid steps in training" if u.in_mask is not None else ""
+        if u.cfg.raw("trainable") is False:  # a frozen BatchNormalization runs in inference mode
+            call.append("training=False")
+            comment = "trainable=false: always the moving statistics (as Keras)"
+        elif u.training is not None:
+            call.append(f"training={u.training}")
+        self.stmt(self.fwd, f"{self.bind(u.r)} = {u.layer}({', '.join(call)})", comment)
+        return True
+
+    def conv1d(self, u: _Use) -> bool:
+        self.snippets.add("Conv1D")
+        cfg = u.cfg
+        k, s, d = cfg.integer("kernel_size"), cfg.integer("strides"), cfg.integer("dilation_rate")
+        padding = cfg.text("padding")
+        args = [str(u.feat), str(cfg.integer("filters")), str(k)]
+        if s != 1:
+            args.append(f"strides={s}")
+        if padding != "valid":
+            args.append(f"padding={_q(padding)}")
+        if d != 1:
+            args.append(f"dilation_rate={d}")
+        if not cfg.flag("use_bias"):
+            args.append("use_bias=False")
+        a = self.act(cfg.text("activation"))
+        if a is not None:
+            args.append(f"activation={a}")
+        self.register(u.name, "Conv1D", args, u.note)
+        v = self.bind(u.r)
+        x, in_mask = u.x, u.in_mask
+        self.fwd(
+            f"{v} = {u.layer}({x}, {in_mask})" if in_mask is not None else f"{v} = {u.layer}({x})"
+        )
+        self.window_mask(u.r, in_mask, k, s, d, padding)
+        return False
+
+    def pooling(self, u: _Use) -> bool:
+        self.snippets.add("pool1d")
+        p = u.cfg.integer("pool_size")
+        strides = u.cfg.opt_integer("strides")
+        s = p if strides is None else strides
+        padding = u.cfg.text("padding")
+        how = "max" if u.kind == "MaxPooling1D" else "mean"
+        v = self.bind(u.r)
+        self.call(self.fwd, f"{v} = ", "pool1d", [u.x, str(u.in_mask), _q(how), str(p), str(s), _q(padding)],
+                  f"  # {u.kind}")  # fmt: skip
+        self.window_mask(u.r, u.in_mask, p, s, 1, padding)
+        return False
+
+    def global_pooling(self, u: _Use) -> bool:
+        self.snippets.add("global_pool")
+        how = "max" if u.kind == "GlobalMaxPooling1D" else "mean"
+        keep = ["keepdims=True"] if u.cfg.flag("keepdims") else []
+        args = [u.x, str(u.in_mask), _q(how), *keep]
+        self.call(self.fwd, f"{self.bind(u.r)} = ", "global_pool", args, f"  # {u.kind}")
+        return False
+
+    def flatten(self, u: _Use) -> bool:
+        self.fwd(f"{self.bind(u.r)} = {u.x}.flatten(1)")
+        return True
+
+    def reshape(self, u: _Use) -> bool:
+        target = u.cfg.raw("target_shape")
+        assert isinstance(target, tuple)
+        x = u.x
+        self.fwd(
+            f"{self.bind(u.r)} = {x}.reshape({x}.shape[0], {', '.join(str(t) for t in target)})"
+        )
+        return True
+
+    def temporal_softmax(self, u: _Use) -> bool:
+        self.snippets.add("temporal_softmax")
+        self.fwd(f"{self.bind(u.r)} = temporal_softmax({u.x}, {u.in_mask})")
+        return False
+
+    def emit_attention(self, op: ApplyOp, info: LayerInfo, inp: _Input | None = None) -> None:
         """Attention / MultiHeadAttention on (query, value[, key]): each input brings its
         own mask; the key steps' mask is the AND of the value's and the key's."""
-        kind, cfg, name = info.kind, info.config, info.name
+        kind, name = info.kind, info.name
+        cfg = Cfg(info.config)
         names = [u.name for u in op.inputs]
         types = [self.tensor(n) for n in names]
         xs = [self.var[n] for n in names]
         q_mask = self.mask[names[0]]
         key_masks = list(dict.fromkeys(m for m in (self.mask[n] for n in names[1:]) if m))
-        dropout = float(cfg["dropout"])  # type: ignore[arg-type]
-        causal, scores = bool(cfg["use_causal_mask"]), bool(cfg["return_attention_scores"])
+        dropout = cfg.number("dropout")
+        causal, scores = cfg.flag("use_causal_mask"), cfg.flag("return_attention_scores")
         self.snippets.add(kind)
-        if dropout:
-            self.snippets.add("keep_mask")
-            self.attn_features.add("attn_dropout")
-        if causal:
-            self.attn_features.add("attn_causal")
-        if scores:
-            self.attn_features.add("attn_scores")
         opts: list[str] = []
         if kind == "Attention":
             args = [_q(name)]
-            fused = cfg["score_mode"] == "dot" and not scores
-            if cfg["use_scale"]:
+            fused = cfg.text("score_mode") == "dot" and not scores
+            if cfg.flag("use_scale"):
                 opts.append("use_scale=True")
-            if cfg["score_mode"] == "concat":
+            if cfg.text("score_mode") == "concat":
                 opts.append('score_mode="concat"')
-                self.attn_features.add("attn_concat")
         else:
-            heads, key_dim, value_dim, out_size = mha_sizes(cfg, types)
+            heads, key_dim, value_dim, out_size = mha_sizes(info.config, types)
             sizes = [t.features.value if t.features is not None else None for t in types]
             key_t = types[2] if len(types) > 2 else types[1]
             kf = key_t.features.value if key_t.features is not None else None
             size_text = f"({sizes[0]}, {kf}, {sizes[1]}, {out_size})"
             args = [_q(name), size_text, str(heads), str(key_dim), str(value_dim)]
             fused = not scores
-            if not cfg["use_bias"]:
+            if not cfg.flag("use_bias"):
                 opts.append("use_bias=False")
-            if q_mask is not None:
-                self.attn_features.add("attn_query_mask")
         if dropout:
             opts.append(f"dropout={_num(dropout)}")
         if causal:
@@ -921,37 +885,30 @@ class _Emitter:
         self.fwd._level -= 1
 
     # ------------------------------------------------------------------ recurrent
-    def emit_recurrent(
-        self,
-        op: ApplyOp,
-        info: LayerInfo,
-        x: str,
-        in_t: TensorType,
-        in_mask: str | None,
-        training: bool | None,
-    ) -> None:
+    def emit_recurrent(self, op: ApplyOp, info: LayerInfo, inp: _Input) -> None:
+        x, in_t, in_mask, training = inp.x, inp.t, inp.mask, inp.training
         kind = op.layer.kind
-        cfg = info.config
+        cfg = Cfg(info.config)
         name = info.name
         bi = kind == "Bidirectional"
         if bi:
-            inner = cfg["layer"]
-            assert isinstance(inner, BoundLayer)
-            flags = inner.config
-            cell, cell_cfg = _cell_of(inner.config, inner.kind)
+            inner = cfg.layer("layer")
+            flags = Cfg(inner.config)
+            cell, raw_cell_cfg = _cell_of(inner.config, inner.kind)
         else:
             flags = cfg
-            cell, cell_cfg = _cell_of(cfg, kind)
+            cell, raw_cell_cfg = _cell_of(info.config, kind)
+        cell_cfg = Cfg(raw_cell_cfg)
         assert info.kernels is not None
         choice = info.kernels["torch"]
         fused = choice.kernel != "loop"
         side = in_t.mask.side if (in_t.mask is not None and in_mask is not None) else None
         feat = in_t.features.value if in_t.features is not None else None
-        units = int(cell_cfg["units"])  # type: ignore[call-overload]
-        return_state = bool(flags["return_state"])
-        stateful = bool(flags["stateful"])
+        units = cell_cfg.integer("units")
+        return_state = flags.flag("return_state")
+        stateful = flags.flag("stateful")
         packed = fused and cell == "lstm" and side is not None and (return_state or stateful)
-        go_back = bool(flags["go_backwards"])
+        go_back = flags.flag("go_backwards")
         opts: list[str] = []
         if side is not None:
             opts.append(f"mask_side={_q(side)}")
@@ -960,11 +917,11 @@ class _Emitter:
         if packed:
             opts.append("packed=True")
         for flag in ("return_sequences", "return_state"):
-            if flags[flag]:
+            if flags.flag(flag):
                 opts.append(f"{flag}=True")
-        if flags["masked_output"] == "carry":
+        if flags.text("masked_output") == "carry":
             opts.append('masked_output="carry"')
-        drop, rdrop = float(cell_cfg["dropout"]), float(cell_cfg["recurrent_dropout"])  # type: ignore[arg-type]
+        drop, rdrop = cell_cfg.number("dropout"), cell_cfg.number("recurrent_dropout")
         if drop:
             opts.append(f"dropout={_num(drop)}")
         if rdrop:
@@ -974,16 +931,16 @@ class _Emitter:
             opts.append(f"stateful_batch={batch}")
             self.stateful_layers.append(name)
         cell_opts: list[str] = []
-        if not cell_cfg["use_bias"]:
+        if not cell_cfg.flag("use_bias"):
             cell_opts.append("use_bias=False")
-        if cell == "gru" and not cell_cfg["reset_after"]:
+        if cell == "gru" and not cell_cfg.flag("reset_after"):
             cell_opts.append("reset_after=False")
-        act = str(cell_cfg["activation"])
+        act = cell_cfg.text("activation")
         if act != "tanh":
             cell_opts.append(f"activation={self.act(act)}")
-        if cell != "simple_rnn" and str(cell_cfg["recurrent_activation"]) != "sigmoid":
+        if cell != "simple_rnn" and cell_cfg.text("recurrent_activation") != "sigmoid":
             cell_opts.append(
-                f"recurrent_activation={self.act(str(cell_cfg['recurrent_activation']))}"
+                f"recurrent_activation={self.act(cell_cfg.text('recurrent_activation'))}"
             )
         cls = _CELL_CLASS[cell]
         self.snippets.add(cls)
@@ -994,32 +951,11 @@ class _Emitter:
                 o.insert(0, "go_backwards=True")
             return [_q(layer_name), str(feat), str(units), *cell_opts, *o]
 
-        flip = {"post": "pre", "pre": "post"}
-        directions = (
-            [(name, go_back)]
-            if not bi
-            else [(f"{name}/forward", False), (f"{name}/backward", True)]
-        )
-        for _, backwards in directions:
-            seen = flip.get(side, side) if (backwards and side is not None) else side
-            self.instances.append(
-                _Instance(
-                    cell,
-                    fused,
-                    seen,
-                    packed,
-                    flags["masked_output"] == "carry",
-                    backwards,
-                    drop > 0,
-                    rdrop > 0,
-                    stateful,
-                )  # fmt: skip
-            )
         note = self.kernel_note(
             choice.kernel, choice.reason, cell, side, go_back, packed, bi, in_t.mask
         )
         if bi:
-            self.bidirectional(name, cls, ctor, str(cfg["merge_mode"]))
+            self.bidirectional(name, cls, ctor, cfg.text("merge_mode"))
         else:
             self.register(name, cls, ctor(name, go_back))
         if info.op_index in self.lowers:  # runs in the call of the layer above it
@@ -1050,8 +986,8 @@ class _Emitter:
         self.call(self.fwd, f"{lhs} = ", self.attr(name), args)
         for r in op.results:
             self.mask[r] = None
-        if flags["return_sequences"] and in_mask is not None:
-            seqs = op.results[:2] if (bi and cfg["merge_mode"] == "none") else op.results[:1]
+        if flags.flag("return_sequences") and in_mask is not None:
+            seqs = op.results[:2] if (bi and cfg.text("merge_mode") == "none") else op.results[:1]
             for r in seqs:
                 if self.tensor(r).mask is None:
                     continue
@@ -1104,136 +1040,51 @@ class _Emitter:
         return lines
 
     # ------------------------------------------------------------------ assembly
-    def features(self) -> set[str]:
-        f: set[str] = set()
-        for i in self.instances:
-            f.add("fused" if i.fused else "loop")
-            if i.fused and i.side is not None:
-                f.add("fused_mask")
-                f.add(f"side_{i.side}")
-            if i.packed:
-                f.add("packed")
-            if i.carry:
-                f.add("carry")
-            if i.go_backwards:
-                f.add("go_backwards")
-            if i.input_dropout:
-                f.add("input_dropout")
-            if i.recurrent_dropout:
-                f.add("recurrent_dropout")
-            if i.input_dropout or i.recurrent_dropout:
-                f.add("dropout")
-            if i.stateful:
-                f.add("stateful")
-        if self.below:
-            f.add("stack")
-        return f | self.custom.features
-
     def assemble(self, params: list[tuple[InputDecl, str]]) -> str:
         m = self.model
-        feats = self.features() | self.attn_features
-        if "fused" not in feats:  # every recurrent layer loops: no `fused` switch to pass
-            self.init.lines = [line.replace(", fused=False", "") for line in self.init.lines
-                               if line.strip() != "fused=False,"]  # fmt: skip
-        names = set(self.snippets)
-        if self.instances:
-            names.add("Recurrent")
-            if "fused" in feats:
-                names.add("fused_rnn")
-            if "fused_mask" in feats:
-                names |= {"to_right_padding", "pack_rows"}
-            if "side_pre" in feats or "side_any" in feats:
-                names.add("gather_steps")  # rows rolled or compacted, and back
-            if "carry" in feats:
-                names.add("carry_forward")
-            if "dropout" in feats:
-                names.add("keep_mask")
-        if m.pads:
-            names.add("pad_sequences")
-        order = select(names)
-        imports = [
-            "import numpy as np",
-            "import torch",
-            "import torch.nn.functional as F",
-            "from torch import nn",
+        body = CodeWriter()
+        for text in self.custom.classes.values():  # one class per cell block used
+            body()
+            body()
+            body.lines += text.rstrip("\n").split("\n")
+        body()
+        body()
+        self.model_class(body, params)
+        # self.snippets: the run-time names the code reads, and "F" where it reads
+        # torch.nn.functional (an activation, a cell's equations)
+        items = [
+            ImportItem("numpy", alias="np"),
+            ImportItem("torch"),
+            ImportItem("torch", "nn"),
+            *(ImportItem(RUNTIME, n) for n in sorted(self.snippets - {"F"})),
         ]
-        if "fused_mask" in feats:
-            imports.append(IMPORT_LINES["packed"])
-        imports = torch_cells.extern_imports(self, imports)
+        if "F" in self.snippets:
+            items.append(ImportItem("torch.nn.functional", alias="F"))
+        if m.pads:
+            items.append(ImportItem(RUNTIME_COMMON, "pad_sequences"))
+        items += torch_cells.extern_imports(self)
         out = CodeWriter()
         out(f'"""{m.name}: a PyTorch module generated by seqdsl.')
         out()
         out(f"Source: {self.source}")
-        out("Standalone: it imports numpy and torch only. Parameters are the Keras weights in")
-        out('seqdsl\'s canonical layout: state_dict key "layer.weight" is canonical "layer/weight"')
-        out("(load_canonical / canonical_weights). Recurrent layers run on torch's fused RNN ops")
-        out("(cuDNN on CUDA); masks become lengths, rolls or compactions as the comments say.")
+        out("Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).")
+        out(
+            'Parameters are the Keras weights in seqdsl\'s canonical layout: state_dict key "layer.weight"'
+        )
+        out(
+            'is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run'
+        )
+        out(
+            "on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as"
+        )
+        out("the comments say.")
         out('"""')
         out()
-        body = CodeWriter()
-        self.body(body, order, feats, params)
-        if "F." not in "\n".join(body.lines):
-            imports.remove("import torch.nn.functional as F")
-        for line in imports:
+        for line in format_imports(items):
             out(line)
         out.lines = torch_cells.docstring_lines(self, out.lines)
         out.lines += body.lines
         return out.text()
-
-    def body(
-        self,
-        out: CodeWriter,
-        order: list[str],
-        feats: set[str],
-        params: list[tuple[InputDecl, str]],
-    ) -> None:
-        helpers = [n for n in order if "." not in n and not n[0].isupper()]
-        classes = [n for n in order if "." not in n and n[0].isupper()]
-        for n in helpers:
-            out()
-            out()
-            for line in render(n, feats).rstrip("\n").split("\n"):
-                out(line)
-        for n in classes:
-            out()
-            out()
-            text = render(n, feats).rstrip("\n")
-            parts = self.class_parts(n, feats)
-            for line in text.split("\n"):
-                out(line)
-            for p in parts:
-                out()
-                for line in render(p, feats).rstrip("\n").split("\n"):
-                    out(line)
-        for text in self.custom.classes.values():  # one class per cell block used
-            out()
-            out()
-            out.lines += text.rstrip("\n").split("\n")
-        out()
-        out()
-        self.model_class(out, params)
-
-    def class_parts(self, cls: str, feats: set[str]) -> list[str]:
-        if cls == "CellRNN":
-            return ["CellRNN.reset_states"] if "cell_stateful" in feats else []
-        if cls == "Recurrent":
-            parts = []
-            if "fused" in feats:
-                parts.append("Recurrent.scan_fused")
-            if "loop" in feats:
-                parts.append("Recurrent.scan_loop")
-            if "stateful" in feats:
-                parts.append("Recurrent.reset_states")
-            return parts
-        if cls in ("LSTM", "GRU", "SimpleRNN"):
-            cell = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}[cls]
-            parts = []
-            if any(i.cell == cell and i.fused for i in self.instances):
-                parts.append(f"{cls}.fused")
-            if any(i.cell == cell and not i.fused for i in self.instances):
-                parts.append(f"{cls}.loop")
-            return parts
-        return []
 
     def model_class(self, out: CodeWriter, params: list[tuple[InputDecl, str]]) -> None:
         m = self.model
@@ -1404,6 +1255,63 @@ class _Emitter:
             with out.block("for (name, pad), seqs in zip(self.PADS.items(), raw, strict=True):"):
                 out("side, value, _, truncate, dtype, _ = pad")
                 out("n = steps.get(group[name], longest[group[name]])")
-                out("batch, lengths = pad_sequences(seqs, side, value, n, truncate, dtype)")
+                out(
+                    "batch, lengths = pad_sequences(seqs, side, value, n, truncate, dtype, np.int64)"
+                )
                 out("out.append((torch.from_numpy(batch), torch.from_numpy(lengths)))")
             out("return out[0] if len(out) == 1 else tuple(out)")
+
+
+# --------------------------------------------------------------------------
+# the tables: layer kind -> the method that writes it
+
+
+def _fold(fn: str, ins: list[str]) -> str:
+    expr = ins[0]
+    for x in ins[1:]:
+        expr = f"torch.{fn}({expr}, {x})"
+    return expr
+
+
+#: merge function -> its expression over the inputs (concat: in emit_merge, with its axis)
+_MERGES: dict[str, Callable[[list[str]], str]] = {
+    "add": lambda ins: " + ".join(ins),
+    "subtract": lambda ins: f"{ins[0]} - {ins[1]}",
+    "multiply": lambda ins: " * ".join(ins),
+    "average": lambda ins: f"({' + '.join(ins)}) / {len(ins)}",
+    "maximum": functools.partial(_fold, "maximum"),
+    "minimum": functools.partial(_fold, "minimum"),
+}
+
+#: layers with their own call shape (several inputs or results, wrappers, recurrent)
+APPLY: dict[str, Callable[[_Emitter, ApplyOp, LayerInfo, _Input], None]] = {
+    "LSTM": _Emitter.emit_recurrent,
+    "GRU": _Emitter.emit_recurrent,
+    "SimpleRNN": _Emitter.emit_recurrent,
+    "RNN": _Emitter.emit_recurrent,
+    "Bidirectional": _Emitter.emit_recurrent,
+    "Attention": _Emitter.emit_attention,
+    "MultiHeadAttention": _Emitter.emit_attention,
+    "TimeDistributed": _Emitter.apply_time_distributed,
+    "TemporalSplit": _Emitter.apply_temporal_split,
+}
+
+#: one input, one output: the method writes the layer and returns whether the output's
+#: mask is the input's (TimeDistributed reuses these for its inner layer)
+TRANSFORMS: dict[str, Callable[[_Emitter, _Use], bool]] = {
+    "Embedding": _Emitter.embedding,
+    "Masking": _Emitter.masking,
+    "Dense": _Emitter.dense,
+    "Activation": _Emitter.activation,
+    "Dropout": _Emitter.dropout,
+    "LayerNormalization": _Emitter.layer_normalization,
+    "BatchNormalization": _Emitter.batch_normalization,
+    "Conv1D": _Emitter.conv1d,
+    "MaxPooling1D": _Emitter.pooling,
+    "AveragePooling1D": _Emitter.pooling,
+    "GlobalAveragePooling1D": _Emitter.global_pooling,
+    "GlobalMaxPooling1D": _Emitter.global_pooling,
+    "Flatten": _Emitter.flatten,
+    "Reshape": _Emitter.reshape,
+    "TemporalSoftmax": _Emitter.temporal_softmax,
+}

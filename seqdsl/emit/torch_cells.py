@@ -1,7 +1,10 @@
 """The torch emitter's cell blocks and extern layers (see /docs/backend-torch.md).
 
-Kept apart from :mod:`seqdsl.emit.torch_backend`, which calls in at four places
-(layer dispatch, features, the generated classes and the imports):
+Kept apart from :mod:`seqdsl.emit.torch_backend`, which calls in at three places
+(layer dispatch, the generated classes and the imports) and hands itself over as a
+:class:`Host`, an interface this module owns: this module imports nothing of the
+emitter (no import cycle). The run-time classes (``CellRNN``, ``Extern``) are real
+code in :mod:`seqdsl.runtime.torch`:
 
 * ``RNN(MyCell(...))`` and ``Bidirectional(RNN(MyCell(...)))``: each cell block
   used becomes a small ``nn.Module`` class, a subclass of the ``CellRNN`` run-time
@@ -27,216 +30,71 @@ import builtins
 import keyword
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..catalogue import BoundLayer
 from ..cells import BINARY, UNARY, BoundCell, bound_cell_of, const_value, infer_cell
+from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim, sym
 from ..ir import ApplyOp, CellDef, CExpr, DimExpr, ExternDef
+from ..types import MaskKind, TensorType
 from . import CodeWriter, Unsupported
-from .torch_runtime import SNIPPETS, Snippet
+from .standalone import ImportItem
+from .torch_common import MODULE_ATTRS, class_name, runtime_names
 
-if TYPE_CHECKING:
-    from ..checker import LayerInfo
-    from .torch_backend import _Emitter
-
-__all__ = ["Custom", "emit_cell_rnn", "emit_extern", "cell_class_text"]
+__all__ = ["Custom", "Host", "emit_cell_rnn", "emit_extern", "cell_class_text"]
 
 
-def _add(name: str, text: str, deps: tuple[str, ...] = ()) -> None:
-    SNIPPETS[name] = Snippet(name, text, deps)
+class Host(Protocol):
+    """What these functions need of the emitter that calls them
+    (:class:`seqdsl.emit.torch_backend._Emitter`): the interface this module owns, so
+    that it imports nothing of the emitter above it."""
 
+    model: CheckedModel
+    source: str
+    init: CodeWriter
+    fwd: CodeWriter
+    snippets: set[str]
+    var: dict[str, str]
+    mask: dict[str, str | None]
+    stateful_layers: list[str]
+    custom: Custom
 
-# --------------------------------------------------------------------------
-# run-time classes copied into modules (tags as in torch_runtime: `#@feature`)
+    def fresh(self, base: str) -> str: ...
 
-_add(
-    "step_mask",
-    '''
-def step_mask(mask, rank):
-    """A [B, T] mask as [B, T, 1, ...], against values with `rank` axes per step."""
-    return mask.reshape(*mask.shape, *[1] * rank)
-''',
-)
+    def bind(self, value: str) -> str: ...
 
-_add(
-    "where_valid",
-    '''
-def where_valid(valid, t, new, old):
-    """Each of `new` where step t is valid, else the one of `old` (valid[i][t]: [B, 1, ...])."""
-    return [torch.where(v[t], n, o) for v, n, o in zip(valid, new, old, strict=True)]
-''',
-)
+    def bind_mask(self, value: str) -> str: ...
 
-_add(
-    "CellRNN",
-    '''
-class CellRNN(nn.Module):
-    """keras.layers.RNN around a cell block: the subclass's `step` (the cell's equations
-    for one time step) in a Python loop over time.
+    def attr(self, layer: str) -> str: ...
 
-    A masked step keeps every state: torch.where with that step's mask, split off once
-    before the loop, so the loop has no host synchronisation and runs the same ops at
-    every step whatever the mask. The final states are those of the valid steps alone;
-    a fully masked row keeps its initial state. With return_sequences an output at a
-    masked step is 0 (masked_output="zero") or the last valid output, 0 before the
-    first ("carry"); without it, the output of the last valid step (0 for a row with
-    none). go_backwards reads the steps in reverse and returns the outputs in that  #@cell_go_backwards
-    reversed order, as Keras.  #@cell_go_backwards
-    """
+    def register(
+        self, layer: str, fn: str, args: list[str], comment: str | None = None
+    ) -> None: ...
 
-    def __init__(
-        self,
-        name,
-        states,
-        outputs,
-        *,
-        return_sequences=False,
-        return_state=False,
-        go_backwards=False,  #@cell_go_backwards
-        masked_output="zero",  #@cell_carry
-        stateful_batch=None,  #@cell_stateful
-    ):
-        super().__init__()
-        self.name = name  # its weights' canonical prefix
-        self.state_names = tuple(states)  # the cell's states {name: shape without the batch}
-        self.state_shapes = tuple(states.values())
-        self.output_shapes = tuple(outputs)
-        self.return_sequences = return_sequences
-        self.return_state = return_state
-        self.go_backwards = go_backwards  #@cell_go_backwards
-        self.masked_output = masked_output  #@cell_carry
-        self.masked_output = "zero"  #@!cell_carry
-        self.stateful = stateful_batch is not None  #@cell_stateful
-        if self.stateful:  # states carried from call to call: buffers, not weights  #@cell_stateful
-            for state, shape in states.items():  #@cell_stateful
-                value = torch.zeros(stateful_batch, *shape)  #@cell_stateful
-                self.register_buffer(state, value, persistent=False)  #@cell_stateful
+    def freeze(self, layer: str) -> None: ...
 
-    def project(self, inputs):
-        """The per-step sequences `step` reads: the inputs, and what a subclass computes
-        from them for every step at once."""
-        return inputs
+    def tensor(self, value: str) -> TensorType: ...
 
-    def forward(self, *inputs, mask=None, initial_state=None, dropout_masks=None, training=None):
-        # (dropout_masks and training: Bidirectional passes them; a cell block has no dropout)
-        x = inputs[0]
-        batch, steps = x.shape[:2]
-        if initial_state is not None:
-            states = list(initial_state)
-        elif self.stateful:  #@cell_stateful
-            states = [getattr(self, state) for state in self.state_names]  #@cell_stateful
-        else:
-            states = [x.new_zeros(batch, *shape) for shape in self.state_shapes]
-        if self.go_backwards:  #@cell_go_backwards
-            inputs = [x.flip(1) for x in inputs]  #@cell_go_backwards
-            mask = None if mask is None else mask.flip(1)  #@cell_go_backwards
-        per_step = [x.unbind(1) for x in self.project(inputs)]  # each sequence split once
-        last = [x.new_zeros(batch, *shape) for shape in self.output_shapes]
-        sequences = [[] for _ in self.output_shapes]
-        # the last valid output is carried where it is returned: carry mode, or the last output  #@cell_mask
-        carry = mask is not None and (self.masked_output == "carry" or not self.return_sequences)  #@cell_mask
-        if mask is not None:  # each step's mask, as [B, 1, ...] against each state and output  #@cell_mask
-            ranks = {len(shape) for shape in self.state_shapes + self.output_shapes}  #@cell_mask
-            valid = {r: step_mask(mask, r).unbind(1) for r in ranks}  #@cell_mask
-            state_valid = [valid[len(shape)] for shape in self.state_shapes]  #@cell_mask
-            output_valid = [valid[len(shape)] for shape in self.output_shapes]  #@cell_mask
-        for t in range(steps):
-            out, new = self.step([x[t] for x in per_step], states)
-            if mask is None:  #@cell_mask
-                states, last = new, out  #@cell_mask
-            else:  # a masked step keeps every state  #@cell_mask
-                states = where_valid(state_valid, t, new, states)  #@cell_mask
-                last = where_valid(output_valid, t, out, last) if carry else out  #@cell_mask
-            states, last = new, out  #@!cell_mask
-            if self.return_sequences:
-                for seq, y in zip(sequences, last, strict=True):
-                    seq.append(y)
-        if self.stateful:  #@cell_stateful
-            for state, value in zip(self.state_names, states, strict=True):  #@cell_stateful
-                setattr(self, state, value.detach())  #@cell_stateful
-        outputs = last
-        if self.return_sequences:
-            outputs = [torch.stack(seq, 1) for seq in sequences]
-        if self.return_sequences and mask is not None and not carry:  # 0 at masked steps  #@cell_mask
-            outputs = [torch.where(step_mask(mask, y.dim() - 2), y, 0.0) for y in outputs]  #@cell_mask
-        out = (*outputs, *states) if self.return_state else tuple(outputs)
-        return out[0] if len(out) == 1 else out
-''',
-)
+    def bidirectional(
+        self, name: str, cls: str, ctor: Callable[[str, bool], list[str]], merge: str
+    ) -> None: ...
 
-_add(
-    "CellRNN.reset_states",
-    '''
-    def reset_states(self):
-        """Zero the carried states (as after construction)."""
-        for state in self.state_names:
-            setattr(self, state, torch.zeros_like(getattr(self, state)))
-''',
-)
+    def debug_generated(
+        self, layer: str, what: str, mv: str, kind: MaskKind | None, in_t: TensorType, token: str
+    ) -> None: ...
 
+    @staticmethod
+    def stmt(w: CodeWriter, code: str, comment: str = "") -> None: ...
 
-_add(
-    "Extern",
-    '''
-class Extern(nn.Module):
-    """An extern layer: the implementation registered for "torch" with @seqdsl.extern
-    (looked up when the module is made; externs={kind: fn} overrides it), called with
-    the layer's inputs and mask=, weights= (the declared weights, parameters under
-    their canonical names), config= (the declared parameters) and training=. The
-    output masks follow the declared mask contract (made in the model's forward);
-    check() holds a call to the declaration (debug mode)."""
+    @staticmethod
+    def comment(w: CodeWriter, text: str) -> None: ...
 
-    def __init__(self, kind, name, weights, config, declared, declaration, externs=None):
-        super().__init__()
-        impl = get_extern(kind, "torch", externs)  # ExternError when there is none
-        self.fn, self.returns_mask = impl.fn, impl.returns_mask
-        self.kind, self.name, self.config = kind, name, config
-        self.declared = declared  # (dtype, shape with None for run-time sizes) per output
-        self.declaration = declaration
-        self.weight_names = tuple(weights)
-        for weight, shape in weights.items():
-            self.register_parameter(weight, nn.Parameter(torch.zeros(shape)))
-        self.returned_mask = None
+    @staticmethod
+    def call(w: CodeWriter, lhs: str, fn: str, args: list[str], comment: str = "") -> None: ...
 
-    def forward(self, *inputs, mask=None, training=False):
-        weights = {w: getattr(self, w) for w in self.weight_names}
-        out = self.fn(*inputs, mask=mask, weights=weights, config=self.config, training=training)
-        if self.returns_mask:  # (outputs, mask): kept for check()
-            out, self.returned_mask = out
-        return out
-
-    def check(self, out, masks):
-        """debug: the outputs (number, dtypes, declared sizes) and a returned mask against
-        the declaration; `masks` are the declared contract's output masks."""
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
-        where = f"{self.kind} (layer {self.name})"
-        got = [(str(y.dtype).removeprefix("torch."), tuple(y.shape)) for y in outs]
-        check_output_shapes(where, self.declared, got, self.declaration)
-        if not self.returns_mask:
-            return
-        returned = self.returned_mask
-        returned = list(returned) if isinstance(returned, (tuple, list)) else [returned]
-        if len(returned) != len(masks):
-            raise ExternError(
-                f"extern layer {where} returned {len(returned)} mask(s) for {len(masks)} "
-                f"output(s); the declaration: {self.declaration}"
-            )
-        for i, (got_mask, want) in enumerate(zip(returned, masks, strict=True)):
-            if got_mask is None or want is None:
-                same = got_mask is None and want is None
-            else:
-                got_mask = torch.as_tensor(got_mask, device=want.device)
-                same = got_mask.shape == want.shape and torch.equal(got_mask.bool(), want)
-            if not same:
-                raise ExternError(
-                    f"extern layer {where}: the mask it returned for output {i + 1} is not the "
-                    f"mask of its declaration ({self.declaration})"
-                )
-''',
-)
 
 _KEEP_NAMES = frozenset(["self", "inputs", "states", "torch", "F", "nn", "np"])
 
@@ -269,12 +127,6 @@ def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _module_attrs() -> frozenset[str]:
-    from .torch_backend import _MODULE_ATTRS  # at call time: torch_backend imports this module
-
-    return _MODULE_ATTRS
-
-
 # --------------------------------------------------------------------------
 # what the emitter collects
 
@@ -287,7 +139,6 @@ class Custom:
     classes: dict[str, str] = field(default_factory=dict)
     #: cell name -> [(class text, class name)] (one class per distinct text)
     by_cell: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    features: set[str] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------
@@ -443,6 +294,8 @@ class _Translator:
             f = _UNARY_EXPR[fn]
             if f == "softplus":
                 self.cell.snippets.add("softplus")
+            elif f.startswith("F."):
+                self.cell.snippets.add("F")  # torch.nn.functional
             inner = (f, a) if not a.scalar else None
             return _X(f"{f}({self.tensor(a)})", _ATOM, a.batched, a.rank, False, states,
                       inner=inner)  # fmt: skip
@@ -694,7 +547,7 @@ class _CellClass:
     def step_lines(self) -> list[str]:
         """`project` (what depends on the inputs alone, for every step at once) and `step`."""
         cdef = self.cdef
-        taken = set(_KEEP_NAMES) | set(SNIPPETS)
+        taken = set(_KEEP_NAMES) | set(runtime_names())
 
         def fresh(base: str) -> str:
             n = base
@@ -879,13 +732,11 @@ def _slug(e: CExpr) -> str:
 # the emitter's entry points
 
 
-def cell_class_text(e: _Emitter, bc: BoundCell) -> tuple[str, list[str]]:
+def cell_class_text(e: Host, bc: BoundCell) -> tuple[str, list[str]]:
     """The class for ``bc`` (its text added to the module once; uses with the same text
     share it) and the constructor's keyword arguments for this use."""
     custom = e.custom
-    from .torch_backend import class_name
-
-    reserved = _module_attrs() | _CELLRNN_ATTRS
+    reserved = MODULE_ATTRS | _CELLRNN_ATTRS
     base = bc.cdef.name
     cell = _CellClass(bc, "__CLASS__", reserved)
     text = cell.text(e.source)
@@ -894,7 +745,7 @@ def cell_class_text(e: _Emitter, bc: BoundCell) -> tuple[str, list[str]]:
     for known_text, known_cls in custom.by_cell.get(base, []):
         if known_text == text:
             return known_cls, args
-    taken = set(SNIPPETS) | set(custom.classes) | {class_name(e.model)}
+    taken = set(runtime_names()) | set(custom.classes) | {class_name(e.model)}
     cls, k = base, 2
     while cls in taken:
         cls, k = f"{base}_{k}", k + 1
@@ -903,7 +754,7 @@ def cell_class_text(e: _Emitter, bc: BoundCell) -> tuple[str, list[str]]:
     return cls, args
 
 
-def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
+def emit_cell_rnn(e: Host, op: ApplyOp, info: LayerInfo) -> None:
     """``RNN(MyCell(...))`` or ``Bidirectional(RNN(MyCell(...)))``."""
     cfg = info.config
     name = info.name
@@ -913,8 +764,6 @@ def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
     bc = bound_cell_of(info, e.model.types)
     cls, cell_args = cell_class_text(e, bc)
     e.snippets.add("CellRNN")
-    feats = e.custom.features
-    feats.add("cells")
     ins = [e.var[u.name] for u in op.inputs]
     # the layer's mask: the explicit one, else the AND of the inputs' masks
     mask: str | None
@@ -931,13 +780,6 @@ def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
     go_back = bool(flags["go_backwards"])
     stateful = bool(flags["stateful"])
     carry = flags["masked_output"] == "carry"
-    if mask is not None:
-        feats.add("cell_mask")
-        e.snippets |= {"step_mask", "where_valid"}
-        if carry:
-            feats.add("cell_carry")
-    if go_back or bi:
-        feats.add("cell_go_backwards")
     opts: list[str] = []
     for flag in ("return_sequences", "return_state"):
         if flags[flag]:
@@ -946,10 +788,9 @@ def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
         opts.append('masked_output="carry"')
     if stateful:
         for s, _ in bc.states:  # buffers named after the states
-            if s in _module_attrs() | _CELLRNN_ATTRS | {w.name for w in bc.weights}:
+            if s in MODULE_ATTRS | _CELLRNN_ATTRS | {w.name for w in bc.weights}:
                 raise Unsupported(name, f"a stateful cell's state cannot be named `{s}` on torch "
                                   "(an attribute of the layer module): rename it")  # fmt: skip
-        feats.add("cell_stateful")
         t0 = e.tensor(op.inputs[0].name)
         batch = t0.batch.value if t0.batch is not None else None
         opts.append(f"stateful_batch={batch}")
@@ -961,7 +802,7 @@ def emit_cell_rnn(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
             o.insert(0, "go_backwards=True")
         return [_q(layer_name), *cell_args, *o]
 
-    if bi:  # the built-in layers' wrapper, from torch_runtime
+    if bi:  # the built-in layers' wrapper, from seqdsl.runtime.torch
         e.bidirectional(name, cls, ctor, str(cfg["merge_mode"]))
     else:
         e.register(name, cls, ctor(name, go_back))
@@ -1027,18 +868,17 @@ def _literal(v: object) -> str:
     return repr(v)
 
 
-def emit_extern(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
+def emit_extern(e: Host, op: ApplyOp, info: LayerInfo) -> None:
     """An extern layer: its call, the output masks of its contract, the debug check."""
     kind = op.layer.kind
     edef = e.model.externs[kind]
     name = info.name
-    reserved = _module_attrs() | _EXTERN_ATTRS
+    reserved = MODULE_ATTRS | _EXTERN_ATTRS
     for wspec in info.weights:
         if wspec.name in reserved or not wspec.name.isidentifier():
             raise Unsupported(name, f"an extern weight cannot be named `{wspec.name}` on torch "
                               "(an attribute of the layer module): rename it")  # fmt: skip
     e.snippets.add("Extern")
-    e.custom.features.add("externs")
     cfg = info.config
     config = ", ".join(f"{_q(p.name)}: {_literal(cfg.get(p.name))}" for p in edef.params)
     weights = ", ".join(f"{_q(w.name)}: {_literal(tuple(w.shape))}" for w in info.weights)
@@ -1094,7 +934,8 @@ def emit_extern(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
         e.stmt(e.fwd, f"{lhs} = {first}.chunk({n}, dim=1)", "mask: split, each part its slice")
         masks = [m if w else None for m, w in zip(ms, wants, strict=True)]
     elif contract == "concat" and first is not None:
-        e.snippets.add("all_valid")
+        if None in in_masks:
+            e.snippets.add("all_valid")
         parts = [
             m if m is not None else f"all_valid({x})" for x, m in zip(ins, in_masks, strict=True)
         ]
@@ -1135,37 +976,23 @@ def emit_extern(e: _Emitter, op: ApplyOp, info: LayerInfo) -> None:
             e.mask[r] = m
 
 
-def extern_imports(e: _Emitter, imports: list[str]) -> list[str]:
-    """The module's import lines: the `use`d Python modules among the third-party ones,
-    and seqdsl's extern registry (first party), as ruff's isort orders them."""
-    model = e.model
-    if not model.externs:
-        return imports
-    plain = [ln for ln in imports if ln.startswith("import ")]
-    plain += [
-        f"import {m}  # noqa: F401 (registers extern implementations)" for m in model.python_modules
-    ]
-    froms = [ln for ln in imports if ln.startswith("from ")]
-    plain.sort(key=lambda ln: ln.split()[1].lower())
-    return [
-        *plain,
-        *froms,
-        "",
-        "from seqdsl.externs import ExternError, check_output_shapes, get_extern",
-    ]
+def extern_imports(e: Host) -> list[ImportItem]:
+    """The imports of a model with extern layers: the `use`d Python modules (they
+    register the implementations; the runtime's Extern imports seqdsl.externs)."""
+    note = "# noqa: F401 (registers extern implementations)"
+    return [ImportItem(m, comment=note) for m in e.model.python_modules]
 
 
-def docstring_lines(e: _Emitter, lines: list[str]) -> list[str]:
+def docstring_lines(e: Host, lines: list[str]) -> list[str]:
     """The module docstring, told about extern layers and cell blocks."""
     model = e.model
     out = []
     for line in lines:
-        if model.externs and line.startswith("Standalone: it imports numpy and torch only. "):
-            mods = ", ".join(model.python_modules) or "none"
-            out.append(f"It imports numpy, torch, seqdsl.externs and the `use`d modules ({mods}).")
-            line = line.removeprefix("Standalone: it imports numpy and torch only. ")
         out.append(line)
-        if e.custom.classes and line.startswith("(cuDNN on CUDA); masks become"):
+        if model.externs and line.startswith("Run-time code: seqdsl.runtime.torch"):
+            mods = ", ".join(model.python_modules) or "none"
+            out.append(f"Extern layers: seqdsl.externs and the `use`d modules ({mods}).")
+        if e.custom.classes and line == "the comments say.":
             out.append(
                 "Cell blocks run their equations step by step in a loop over time (CellRNN)."
             )
