@@ -52,8 +52,12 @@ def double_all(xs: Sequence[float]) -> np.ndarray:
 @_register
 class Holder:
     # a comment inside the class is kept
-    def __init__(self, v):
+    def __init__(self, v, unused=None):
+        # `unused` here is a parameter, a lambda's and a comprehension's own name:
+        # none of them reads the module's function `unused`
         self.v = math.floor(v)
+        self.f = lambda unused: unused
+        self.seq = [unused for unused in range(2)]
 
 
 def unused():

@@ -158,8 +158,74 @@ class _RuntimeModule:
     future_annotations: bool = False
 
 
+_Scope = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_Comprehension = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _stored(nodes: Iterable[ast.AST]) -> set[str]:
+    """The names a scope's own statements bind (not those of nested scopes, whose
+    own names count): assignments, loop and ``with`` targets, imports, definitions."""
+    out: set[str] = set()
+    todo = list(nodes)
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+            continue
+        if isinstance(n, (ast.Lambda, *_Comprehension)):
+            continue
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            out.add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).partition(".")[0] for a in n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            out.add(n.name)
+        todo.extend(ast.iter_child_nodes(n))
+    return out
+
+
+def _free(node: ast.AST) -> set[str]:
+    """The names ``node`` reads from outside itself, with Python's scoping: a
+    function's parameters and the names it binds are its own, and a method does
+    not see its class's names. (Annotations count: ruff checks them.)"""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        a = node.args
+        params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, (a.vararg, a.kwarg))]
+        outer: set[str] = set()
+        for d in (*a.defaults, *filter(None, a.kw_defaults)):
+            outer |= _free(d)
+        body: list[ast.AST]
+        if isinstance(node, ast.Lambda):
+            body = [node.body]
+        else:
+            for e in (*node.decorator_list, *(p.annotation for p in params), node.returns):
+                if e is not None:
+                    outer |= _free(e)
+            body = list(node.body)
+        inner = set().union(*(_free(b) for b in body)) if body else set()
+        return outer | (inner - _stored(body) - {p.arg for p in params})
+    if isinstance(node, ast.ClassDef):
+        outer = set()
+        for e in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
+            outer |= _free(e)
+        own = _stored(node.body)
+        for stmt in node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                outer |= _free(stmt)  # methods do not see the class's names
+            else:
+                outer |= _free(stmt) - own
+        return outer
+    if isinstance(node, _Comprehension):
+        targets = _stored([g.target for g in node.generators])
+        inner = set().union(*(_free(c) for c in ast.iter_child_nodes(node)))
+        return inner - targets
+    if isinstance(node, ast.Name):
+        return {node.id} if isinstance(node.ctx, ast.Load) else set()
+    return set().union(*(_free(c) for c in ast.iter_child_nodes(node)))
+
+
 def _names_read(node: ast.AST) -> frozenset[str]:
-    return frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    return frozenset(_free(node))
 
 
 def _bound_by(node: ast.stmt) -> tuple[str, ...]:
