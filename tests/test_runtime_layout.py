@@ -97,7 +97,6 @@ def test_no_runtime_code_in_string_literals() -> None:
     )
 
 
-@_NOT_CONVERTED
 def test_no_line_tag_preprocessor() -> None:
     found = {p: lines for p in _files() if (lines := line_tags(p))}
     assert not found, "`#@` line tags (select code by import, not by tags):\n" + _report(found)
