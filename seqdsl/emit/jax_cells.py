@@ -16,7 +16,6 @@ import keyword
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..catalogue import BoundLayer
 from ..cells import BoundCell, bound_cell_of, names_read
@@ -26,10 +25,7 @@ from ..types import TensorType
 from . import CodeWriter
 from .common import describe_layer, seq_value
 from .common import py_literal as _lit
-from .jax_snippets import defined_names
-
-if TYPE_CHECKING:
-    from .jax_backend import _Emitter
+from .jax_common import EmitterLike, runtime_names
 
 __all__ = [
     "EXTERN_NAMES",
@@ -168,7 +164,7 @@ class _StepWriter:
         self.bc = bc
         reserved = (
             set(dir(builtins))
-            | defined_names()
+            | runtime_names()
             | {"p", "inputs", "states", "jax", "jnp", "lax", "np"}
         )
         self.taken = set(reserved)
@@ -399,7 +395,7 @@ def cell_step_function(bc: BoundCell, fname: str) -> list[str]:
 # cell blocks in apply
 
 
-def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
+def emit_cell_rnn(em: EmitterLike, op: ApplyOp, layer: LayerInfo) -> None:
     """``RNN(MyCell(...))`` / ``Bidirectional(RNN(MyCell(...)))``: the step function
     (one per distinct bound cell) run by _cell_rnn / _cell_bidirectional."""
     b = em.body
@@ -458,7 +454,6 @@ def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
     elif stateful:
         init = [_tuple([f"state[{_lit(layer.name)}][{_lit(n)}]" for n in names])]
     else:
-        em.use("_cell_states")
         init = [f"_cell_states({xs[0]}, {_lit(shapes)})"] * dirs
 
     rv = em.names.fresh(f"{layer.name}_rnn")
@@ -467,13 +462,11 @@ def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
     outputs = _lit(tuple(s for _, s in bc.outputs))
     xs_arg = _tuple(xs)
     if bi:
-        em.use("_cell_bidirectional")
         b(
             f"{rv} = _cell_bidirectional({fn}, {p}, {xs_arg}, {m_arg}, {init[0]}, {init[1]}, "
             f"{outputs}, merge_mode={_lit(merge_mode)}, return_sequences={_lit(rs)})"
         )
     else:
-        em.use("_cell_rnn")
         kw = ""
         if go_back:
             kw += ", go_backwards=True"
@@ -515,7 +508,7 @@ def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
 # extern layers
 
 
-def externs_section(em: _Emitter) -> list[str]:
+def externs_section(em: EmitterLike) -> list[str]:
     """The EXTERNS table and _externs(): how a module finds its implementations."""
     w = CodeWriter()
     w("#: extern layers: name -> declaration. The implementations come from seqdsl's")
@@ -535,7 +528,7 @@ def externs_section(em: _Emitter) -> list[str]:
     return w.lines
 
 
-def emit_extern(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
+def emit_extern(em: EmitterLike, op: ApplyOp, layer: LayerInfo) -> None:
     """An extern layer: its implementation called on the inputs, the output masks
     computed from the declared contract, debug checks against the declaration."""
     b = em.body
@@ -554,7 +547,6 @@ def emit_extern(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
     declared = _param_args(edef.params, cfg)
     b(f"# {layer.name}: {edef.name}({declared}) -- extern layer; mask: {_mask_text(mk)}"
       + ("" if active else f" (off: {mk.cond}=false)"))  # fmt: skip
-    em.use("_extern")
     config = (
         "{"
         + ", ".join(f"{_lit(p.name)}: {_lit(cfg[p.name])}" for p in edef.params if p.name in cfg)
@@ -611,7 +603,6 @@ def emit_extern(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
         em.mask[r] = om
 
     # debug: the outputs against the declaration; a returned mask against the contract
-    em.use("_check_extern")
     spec = []
     for r in op.results:
         t = em.tensor(r)

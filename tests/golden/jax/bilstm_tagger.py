@@ -21,14 +21,24 @@ Recurrent kernels (lax.scan unless the fused cuDNN LSTM applies on a CUDA GPU):
 
 from __future__ import annotations
 
-import zlib
-from typing import Any, NamedTuple
-
-import jax
-import jax.experimental.rnn
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
+
+from seqdsl.runtime.jax import (
+    _bidirectional_lstm,
+    _check_mask,
+    _compute_dtype,
+    _dense,
+    _from_canonical,
+    _init_weights,
+    _input_symbols,
+    _keep,
+    _masking,
+    _Model,
+    _pad,
+    _softmax,
+    _to_canonical,
+    _zero_states,
+)
 
 MODEL = "BiLstmTagger"
 
@@ -74,522 +84,7 @@ PADS = {
 
 
 # --------------------------------------------------------------------------
-# activations (Keras' definitions)
-
-
-def _softmax(x):
-    return jax.nn.softmax(x, axis=-1)
-
-
-# --------------------------------------------------------------------------
-# inputs, masks and run-time checks
-
-
-def _compute_dtype(params, *inputs):
-    """The float dtype of the computation: the weights' (float32, or float64 when
-    float64 weights are loaded with jax_enable_x64 on), else the inputs'."""
-    for layer in params.values():
-        for w in layer.values():
-            return w.dtype
-    for x in inputs:
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return x.dtype
-    return jnp.float32
-
-
-def _concrete(x):
-    """A NumPy copy of x for the debug checks, which need values (no tracers)."""
-    try:
-        return np.asarray(x)
-    except jax.errors.TracerArrayConversionError:
-        raise ValueError(
-            "debug checks need concrete values: call debug() outside jax.jit"
-        ) from None
-
-
-def _check_mask(mask, side, nonempty, where, hint):
-    """debug: verify that a mask has its declared kind."""
-    m = _concrete(mask).astype(bool)
-    T = m.shape[1]
-    n = m.sum(axis=1)
-    steps = np.arange(T)[None, :]
-    expected = {"post": steps < n[:, None], "pre": steps >= T - n[:, None]}.get(side, m)
-    bad = np.nonzero((m != expected).any(axis=1))[0]
-    if bad.size:
-        b = int(bad[0])
-        row = "".join("1" if v else "0" for v in m[b][:64]) + ("..." if T > 64 else "")
-        pad = (
-            "right-padded (valid steps first)"
-            if side == "post"
-            else "left-padded (valid steps last)"
-        )
-        raise ValueError(
-            f"{where}: the mask is declared `{side}`, but row {b} is not {pad}: mask {row}. {hint}"
-        )
-    if nonempty and (n == 0).any():
-        b = int(np.nonzero(n == 0)[0][0])
-        raise ValueError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
-
-
-def _keep(dropout_masks, rng, key, index, shape, rate, dtype):
-    """A dropout keep-mask, scaled: keep / (1 - rate), where keep (1 keep, 0 drop)
-    is dropout_masks[key] when given, else drawn from rng (folded with index)."""
-    if key in dropout_masks:
-        keep = jnp.asarray(dropout_masks[key], dtype)
-        if keep.shape != tuple(shape):
-            raise ValueError(
-                f"dropout_masks[{key!r}] has shape {keep.shape}, expected {tuple(shape)}"
-            )
-    elif rng is None:
-        raise ValueError(
-            f"training with dropout needs rng= (a jax.random key) or dropout_masks={{{key!r}: ...}}"
-        )
-    else:
-        keep = jax.random.bernoulli(jax.random.fold_in(rng, index), 1.0 - rate, shape).astype(dtype)
-    return keep / (1.0 - rate)
-
-
-# --------------------------------------------------------------------------
-# per-step layers
-
-
-def _masking(x, mask_value):
-    """Masking: a step is masked when all its features equal mask_value (NaN never
-    does); masked steps are zeroed. Replaces any incoming mask."""
-    mask = jnp.any(x != mask_value, axis=-1)
-    return x * mask[..., None].astype(x.dtype), mask
-
-
-def _dense(p, x, activation):
-    y = x @ p["kernel"]
-    if "bias" in p:
-        y = y + p["bias"]
-    return activation(y)
-
-
-# --------------------------------------------------------------------------
-# recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA
-
-
-class _RNN(NamedTuple):
-    """What a recurrent layer gives: its output sequence (None without
-    return_sequences), its last output (the output at the last valid step, 0 for
-    a row with none) and its final states ((h, c) for LSTM, (h,) otherwise)."""
-
-    sequence: Any
-    last: Any
-    states: tuple
-
-
-def _zero_states(x, units, n):
-    return tuple(jnp.zeros((x.shape[0], units), x.dtype) for _ in range(n))
-
-
-def _flip_time(x):
-    return None if x is None else jnp.flip(x, axis=1)
-
-
-def _go_backwards(x, mask, side):
-    """go_backwards on the fused kernel: the layer reads the steps in reverse order
-    (Keras), so it runs on the flipped sequence and mask; its outputs stay in that
-    reversed order. A flipped post mask is a pre mask and vice versa."""
-    side = {"post": "pre", "pre": "post"}.get(side, side)
-    return _flip_time(x), _flip_time(mask), side
-
-
-def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards):
-    """Runs a cell over time with lax.scan: one compiled loop body, whatever T.
-
-    x: the layer's inputs [B, T, F]. The state-independent part of the cell, the
-    projection x @ kernel (+ bias), is done inside the loop body step by step or
-    for every step at once before the loop (_hoist_projection says which).
-    step(xw_t, states) -> new states; every cell's output is its first state, h.
-    The mask is handled in the loop body, exactly for every mask kind (post, pre,
-    gaps, empty rows): at a masked step every state keeps its value, where(mask,
-    new, old), so the final states equal running the valid steps alone. The
-    output at a masked step is 0 (masked_output="zero") or the last valid output,
-    0 before the first ("carry"); the last output is h at the last valid step, 0
-    for a row with none. go_backwards reads the steps in reverse order (a reverse
-    scan) and returns the outputs in that order, as Keras does.
-    """
-    xs = jnp.swapaxes(x, 0, 1)  # [T, B, F]: scan runs over the leading axis
-    hoist = _hoist_projection(x, kernel)
-    if hoist:
-        xs = _project(xs, kernel, bias)
-
-    def body(states, inputs):
-        x_t, m_t = inputs
-        new = step(x_t if hoist else _project(x_t, kernel, bias), states)
-        if m_t is not None:
-            keep = m_t[:, None]
-            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
-        return new, (new[0] if return_sequences else None)
-
-    m = None if mask is None else mask.T
-    states, hs = lax.scan(body, states, (xs, m), reverse=go_backwards)
-    last = states[0]
-    if mask is not None:  # h keeps its last valid value, or its initial one in an empty row
-        last = jnp.where(jnp.any(mask, axis=1)[:, None], last, 0.0)
-        if return_sequences:
-            if masked_output == "carry":  # from the first valid step on, in reading order
-                m = jnp.cumsum(m[::-1], axis=0)[::-1] if go_backwards else jnp.cumsum(m, axis=0)
-                m = m > 0
-            hs = jnp.where(m[:, :, None], hs, 0.0)
-    sequence = None if hs is None else jnp.swapaxes(hs, 0, 1)
-    return _RNN(_flip_time(sequence) if go_backwards else sequence, last, states)
-
-
-def _project(x, kernel, bias=None):
-    """x @ kernel (+ bias): the part of a cell that does not depend on the state."""
-    xw = x @ kernel
-    return xw if bias is None else xw + bias
-
-
-def _hoist_projection(x, kernel):
-    """Whether _scan computes x @ kernel for every step at once, before the loop (one
-    large matmul), rather than step by step in its body. Measured per layer on XLA's
-    CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
-    for most shapes, but not for a batch of one row, nor for a kernel of 2**20
-    entries or more, nor, in batches under 64 rows, for F >= 256 features into at
-    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice."""
-    if jax.default_backend() != "cpu":
-        return True
-    batch, (features, gates) = x.shape[0], kernel.shape
-    if batch == 1 or features * gates >= 2**20:
-        return True
-    return batch < 64 and features >= 256 and gates <= 2 * features
-
-
-def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
-    """Keras' LSTM cell on a precomputed input projection; gates i, f, c, o."""
-
-    def step(xw_t, states):
-        h, c = states
-        if recurrent_keep is not None:  # recurrent dropout acts on the matmul input only
-            h = h * recurrent_keep
-        z = xw_t + h @ recurrent_kernel
-        i, f, g, o = jnp.split(z, 4, axis=-1)
-        c = recurrent_activation(f) * c + recurrent_activation(i) * activation(g)
-        h = recurrent_activation(o) * activation(c)
-        return h, c
-
-    return step
-
-
-def _lstm(
-    p,
-    x,
-    mask,
-    states,
-    *,
-    activation=jnp.tanh,
-    recurrent_activation=jax.nn.sigmoid,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-    fused=None,
-):
-    """An LSTM layer (Keras' LSTM and RNN(LSTMCell)); returns _RNN.
-
-    fused: the static mask side ("post", "pre" or "any") when the layer may run
-    on the fused kernel (_lstm_fused, CUDA only), None when it always scans."""
-    if input_keep is not None:  # input dropout: one keep-mask per sequence, every gate
-        x = x * input_keep[:, None, :]
-    if fused is not None and _use_fused_lstm(x):
-        if go_backwards:
-            x, mask, fused = _go_backwards(x, mask, fused)
-        seqs, lasts, finals = _lstm_fused(
-            [p], x, mask, fused, [states], return_sequences, masked_output
-        )
-        return _RNN(seqs[0], lasts[0], finals[0])
-    step = _lstm_step(p["recurrent_kernel"], activation, recurrent_activation, recurrent_keep)
-    kernel, bias = p["kernel"], p.get("bias")
-    return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
-
-
-def _merge_directions(a, b, merge_mode):
-    if merge_mode == "concat":
-        return jnp.concatenate([a, b], axis=-1)
-    if merge_mode == "sum":
-        return a + b
-    if merge_mode == "mul":
-        return a * b
-    if merge_mode == "ave":
-        return (a + b) / 2.0
-    return a, b  # merge_mode="none": two outputs
-
-
-def _directions(p):
-    """A Bidirectional layer's weights, split into forward and backward."""
-    fw = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
-    bw = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
-    return fw, bw
-
-
-def _merged(seqs, lasts, finals, merge_mode, return_sequences):
-    sequence = _merge_directions(*seqs, merge_mode) if return_sequences else None
-    return _RNN(
-        sequence, _merge_directions(*lasts, merge_mode), tuple(finals[0]) + tuple(finals[1])
-    )
-
-
-def _bidirectional(
-    layer,
-    p,
-    x,
-    mask,
-    states_fw,
-    states_bw,
-    *,
-    merge_mode,
-    return_sequences,
-    input_keeps=(None, None),
-    recurrent_keeps=(None, None),
-    **cell,
-):
-    """Bidirectional: the forward layer on x; the backward layer reads the valid
-    steps in reverse (go_backwards) and its outputs are flipped back to input
-    order; merged by merge_mode. Outputs at masked steps are 0 in both halves.
-    States: forward then backward."""
-    fw_p, bw_p = _directions(p)
-    fw = layer(
-        fw_p,
-        x,
-        mask,
-        states_fw,
-        return_sequences=return_sequences,
-        input_keep=input_keeps[0],
-        recurrent_keep=recurrent_keeps[0],
-        **cell,
-    )
-    bw = layer(
-        bw_p,
-        x,
-        mask,
-        states_bw,
-        go_backwards=True,
-        return_sequences=return_sequences,
-        input_keep=input_keeps[1],
-        recurrent_keep=recurrent_keeps[1],
-        **cell,
-    )
-    seqs = (fw.sequence, _flip_time(bw.sequence))
-    return _merged(seqs, (fw.last, bw.last), (fw.states, bw.states), merge_mode, return_sequences)
-
-
-def _bidirectional_lstm(
-    p,
-    x,
-    mask,
-    states_fw,
-    states_bw,
-    *,
-    merge_mode,
-    return_sequences,
-    input_keeps=(None, None),
-    fused=None,
-    **cell,
-):
-    """Bidirectional(LSTM): on the fused kernel both directions run in one call
-    (the kernel reverses each row within its length), unless the directions
-    have different input dropout masks; otherwise _bidirectional."""
-    if (
-        fused is not None
-        and input_keeps[0] is None
-        and input_keeps[1] is None
-        and _use_fused_lstm(x)
-    ):
-        seqs, lasts, finals = _lstm_fused(
-            list(_directions(p)), x, mask, fused, [states_fw, states_bw], return_sequences, "zero"
-        )
-        return _merged(seqs, lasts, finals, merge_mode, return_sequences)
-    return _bidirectional(
-        _lstm,
-        p,
-        x,
-        mask,
-        states_fw,
-        states_bw,
-        merge_mode=merge_mode,
-        return_sequences=return_sequences,
-        input_keeps=input_keeps,
-        fused=fused,
-        **cell,
-    )
-
-
-#: "auto": the fused kernel (cuDNN, jax.experimental.rnn.lstm) for float32 on a
-#: CUDA GPU, lax.scan elsewhere; "always" / "never" force the choice.
-FUSED_LSTM = "auto"
-
-
-def _cudnn_lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, bidirectional):
-    return jax.experimental.rnn.lstm(
-        x,
-        h0,
-        c0,
-        weights,
-        seq_lengths,
-        input_size=input_size,
-        hidden_size=hidden_size,
-        num_layers=1,
-        dropout=0.0,
-        bidirectional=bidirectional,
-    )
-
-
-#: The fused kernel (same signature as _cudnn_lstm). jax.experimental.rnn.lstm
-#: raises on CPU; tests put an adapter around jax.experimental.rnn.lstm_ref here
-#: (with FUSED_LSTM = "always") to check this code path anywhere.
-_fused_lstm = _cudnn_lstm
-
-
-def _use_fused_lstm(x):
-    if FUSED_LSTM == "auto":
-        return (
-            x.dtype == jnp.float32
-            and jax.default_backend() == "gpu"
-            and "rocm" not in str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
-        )
-    return FUSED_LSTM == "always"
-
-
-def _roll_rows(x, shift):
-    """Roll each row b of x [B, T, ...] in time by shift[b] steps (to the right)."""
-    T = x.shape[1]
-    index = (jnp.arange(T)[None, :] - shift[:, None]) % T
-    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
-
-
-def _cudnn_weights(ps):
-    """jax.experimental.rnn's flat weight vector: every W_ih [4U, F] and W_hh
-    [4U, U] first (forward, then backward; row-major), then every bias pair
-    b_ih, b_hh. Its gates i, f, g, o are Keras' i, f, c, o; Keras has one bias,
-    so b_hh = 0."""
-    mats, biases = [], []
-    for p in ps:
-        zeros = jnp.zeros(p["recurrent_kernel"].shape[1], p["recurrent_kernel"].dtype)
-        mats += [p["kernel"].T.ravel(), p["recurrent_kernel"].T.ravel()]
-        biases += [p.get("bias", zeros), zeros]
-    return jnp.concatenate(mats + biases)
-
-
-def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
-    """LSTM on the fused kernel, which takes right-padded rows and their lengths.
-
-    Every mask kind is brought to that layout and back, exactly:
-      post  rows as they are;
-      pre   each row rolled left by its padding; outputs rolled back;
-      any   the valid steps compacted to the front (stable argsort of ~mask);
-            outputs gathered back with k = cumsum(mask): out[t] = y_c[k[t] - 1];
-      empty rows  the kernel needs length >= 1: they run one step, then their
-            outputs and states are restored (0 and the initial state).
-    ps / states: per direction (one, or forward and backward). Returns per
-    direction lists of sequences, last outputs and final (h, c).
-    """
-    B, T, F = x.shape
-    U = ps[0]["recurrent_kernel"].shape[0]
-    n_dir = len(ps)
-    if mask is None:
-        lengths = jnp.full((B,), T, jnp.int32)
-        xc = x
-    else:
-        lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
-        if side == "post":
-            xc = x
-        elif side == "pre":
-            xc = _roll_rows(x, lengths - T)
-        else:
-            order = jnp.argsort(~mask, axis=1, stable=True)
-            xc = jnp.take_along_axis(x, order[:, :, None], axis=1)
-    h0 = jnp.stack([s[0] for s in states])
-    c0 = jnp.stack([s[1] for s in states])
-    y, h_n, c_n = _fused_lstm(
-        xc,
-        h0,
-        c0,
-        _cudnn_weights(ps),
-        jnp.maximum(lengths, 1),
-        input_size=F,
-        hidden_size=U,
-        bidirectional=n_dir == 2,
-    )
-    empty = (lengths == 0)[:, None]
-    finals = [
-        (jnp.where(empty, h0[d], h_n[d]), jnp.where(empty, c0[d], c_n[d])) for d in range(n_dir)
-    ]
-    lasts = [jnp.where(empty, 0.0, h_n[d]) for d in range(n_dir)]
-    if not return_sequences:
-        return [None] * n_dir, lasts, finals
-    y = jnp.where(empty[:, :, None], 0.0, y)  # an empty row's one clamped step
-    if mask is None or (side == "post" and masked_output == "zero"):
-        seq = y  # the kernel writes 0 past each row's length
-    elif side == "pre" and masked_output == "zero":
-        seq = _roll_rows(y, T - lengths)
-    else:
-        k = jnp.cumsum(mask, axis=1)
-        seq = jnp.take_along_axis(y, jnp.maximum(k - 1, 0)[:, :, None], axis=1)
-        valid = mask if masked_output == "zero" else k > 0
-        seq = jnp.where(valid[:, :, None], seq, 0.0)
-    return jnp.split(seq, n_dir, axis=-1), lasts, finals
-
-
-# --------------------------------------------------------------------------
-# variables: init, canonical weights
-def _initialize(name, key, shape, dtype):
-    """One weight by Keras' initializer formula, drawn with jax.random."""
-    if name.startswith("unit_forget_bias("):  # LSTM bias: [init(U), ones(U), init(2U)]
-        inner, u = name[len("unit_forget_bias(") : -1], shape[0] // 4
-        k1, k2 = jax.random.split(key)
-        return jnp.concatenate(
-            [
-                _initialize(inner, k1, (u,), dtype),
-                jnp.ones((u,), dtype),
-                _initialize(inner, k2, (2 * u,), dtype),
-            ]
-        )
-    if len(shape) < 2:
-        fan_in = fan_out = float(shape[0]) if shape else 1.0
-    else:
-        receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    uniform = lambda limit: jax.random.uniform(key, shape, dtype, -limit, limit)  # noqa: E731
-    normal = lambda std: jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std  # noqa: E731
-    trunc = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
-    if name == "zeros":
-        return jnp.zeros(shape, dtype)
-    if name == "ones":
-        return jnp.ones(shape, dtype)
-    if name in ("uniform", "random_uniform"):
-        return uniform(0.05)
-    if name == "random_normal":
-        return jax.random.normal(key, shape, dtype) * 0.05
-    if name == "truncated_normal":
-        return normal(0.05)
-    if name == "glorot_uniform":
-        return uniform(np.sqrt(6.0 / (fan_in + fan_out)))
-    if name == "glorot_normal":
-        return normal(np.sqrt(2.0 / (fan_in + fan_out)) / trunc)
-    if name == "he_uniform":
-        return uniform(np.sqrt(6.0 / fan_in))
-    if name == "he_normal":
-        return normal(np.sqrt(2.0 / fan_in) / trunc)
-    if name == "lecun_uniform":
-        return uniform(np.sqrt(3.0 / fan_in))
-    if name == "lecun_normal":
-        return normal(np.sqrt(1.0 / fan_in) / trunc)
-    if name == "orthogonal":  # Q of the QR of a normal matrix, sign-fixed
-        rows, cols = int(np.prod(shape[:-1])), shape[-1]
-        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
-        q, r = jnp.linalg.qr(a)
-        q = q * jnp.sign(jnp.diag(r))
-        return (q.T if rows < cols else q).reshape(shape)
-    if name == "identity":
-        return jnp.eye(shape[0], shape[1], dtype=dtype)
-    raise ValueError(f"unknown initializer {name!r}")
+# variables, padding and input checks
 
 
 def init(rng_key, dtype=jnp.float32):
@@ -597,14 +92,7 @@ def init(rng_key, dtype=jnp.float32):
     (rng_key folded with a hash of the layer name), Keras' formulas. (The
     seeded weights of seqdsl's build() come from NumPy instead; they are
     loaded with from_canonical.)"""
-    weights = {}
-    for layer, specs in WEIGHTS.items():
-        key = jax.random.fold_in(rng_key, zlib.crc32(layer.encode()) & 0x7FFFFFFF)
-        for i, (name, shape, initializer, _, _) in enumerate(specs):
-            weights[f"{layer}/{name}"] = _initialize(
-                initializer, jax.random.fold_in(key, i), shape, dtype
-            )
-    return from_canonical(weights)
+    return from_canonical(_init_weights(WEIGHTS, rng_key, dtype))
 
 
 def from_canonical(weights):
@@ -613,61 +101,12 @@ def from_canonical(weights):
     Returns {"params": {layer: {weight: array}}, "state": {...}}: the state holds
     BatchNormalization's moving statistics and the (zero) states of stateful
     recurrent layers. Arrays keep their dtype (float64 needs jax_enable_x64)."""
-    params, state = {}, {}
-    dtype = jnp.float32
-    expected = set()
-    for layer, specs in WEIGHTS.items():
-        for name, shape, _, _, where in specs:
-            key = f"{layer}/{name}"
-            expected.add(key)
-            if key not in weights:
-                raise KeyError(f"missing weight {key!r}")
-            w = jnp.asarray(weights[key])
-            if w.shape != tuple(shape):
-                raise ValueError(f"weight {key!r} has shape {w.shape}, expected {tuple(shape)}")
-            dtype = w.dtype
-            (params if where == "params" else state).setdefault(layer, {})[name] = w
-    unknown = sorted(set(weights) - expected)
-    if unknown:
-        raise KeyError(f"unknown weights: {', '.join(unknown)}")
-    for layer, (batch, units, names) in STATEFUL.items():
-        state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-    return {"params": params, "state": state}
+    return _from_canonical(WEIGHTS, STATEFUL, weights)
 
 
 def to_canonical(variables):
     """Canonical weights {"layer/weight": numpy array} (bit-exact inverse of from_canonical)."""
-    out = {}
-    for layer, specs in WEIGHTS.items():
-        for name, _, _, _, where in specs:
-            out[f"{layer}/{name}"] = np.asarray(variables[where][layer][name])
-    return out
-
-
-# --------------------------------------------------------------------------
-# padding and input checks
-def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
-    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    fill = np.asarray(value).astype(dtype)
-    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int32)
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        kept = a[-steps:] if truncate == "pre" else a[:steps]
-        if kept.shape[1:] != feature_shape:
-            raise ValueError(f"sequence {i}: feature shape {kept.shape[1:]}, not {feature_shape}")
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, steps - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
+    return _to_canonical(WEIGHTS, variables)
 
 
 def pad(*raw):
@@ -675,55 +114,14 @@ def pad(*raw):
     semantics, in the declared dtype): one list of sequences per padded input,
     in declaration order. Returns (batch, lengths) for one input, a tuple of
     them for several. Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(PADS):
-        raise TypeError(
-            f"pad takes {len(PADS)} list(s) of sequences ({', '.join(PADS)}), got {len(raw)}"
-        )
-    target = {}
-    for name, (_, _, maxlen, _, _, time) in PADS.items():
-        group = time if time is not None else name
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            target[group] = min(target.get(group, maxlen), maxlen)
-    longest = {}
-    for (name, (*_, time)), seqs in zip(PADS.items(), raw, strict=True):
-        group = time if time is not None else name
-        n = max((len(s) for s in seqs), default=0)
-        longest[group] = max(longest.get(group, 0), n)
-    out = []
-    for (name, (side, value, _, truncate, dtype, time)), seqs in zip(
-        PADS.items(), raw, strict=True
-    ):
-        group = time if time is not None else name
-        out.append(
-            _pad_sequences(seqs, side, value, target.get(group, longest[group]), truncate, dtype)
-        )
-    return out[0] if len(out) == 1 else tuple(out)
+    return _pad(PADS, raw)
 
 
 def _check_inputs(*arrays):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
     declared sizes, symbols agreeing across inputs (B, T, ...) and the
     checker's run-time constraints. Returns the symbol values."""
-    env, seen = {}, {}
-    for (name, (_, dims)), x in zip(INPUTS.items(), arrays, strict=True):
-        shape = jnp.shape(x)
-        if len(shape) != len(dims):
-            raise ValueError(
-                f"input `{name}` must have rank {len(dims)} {list(dims)}, got shape {shape}"
-            )
-        for d, n in zip(dims, shape, strict=True):
-            if isinstance(d, int) and n != d:
-                raise ValueError(f"input `{name}`: size {n} where {d} is declared (shape {shape})")
-            if isinstance(d, str):
-                if d in env and env[d] != n:
-                    raise ValueError(
-                        f"input `{name}`: {d} = {n}, but input `{seen[d]}` has {d} = {env[d]}; "
-                        f"inputs sharing a symbol must agree (pad them together: pad())"
-                    )
-                env[d], seen[d] = n, name
-    return env
+    return _input_symbols(INPUTS, arrays)
 
 
 # --------------------------------------------------------------------------
@@ -827,7 +225,7 @@ def debug(variables, *inputs, **options):
     return apply(variables, *inputs, debug=True, **options)
 
 
-class BiLstmTagger:
+class BiLstmTagger(_Model):
     """The model with its variables. Calling it runs apply (jitted) and keeps
     the new state (BatchNormalization statistics after training calls, the
     states of stateful recurrent layers) for the next call."""
@@ -835,33 +233,6 @@ class BiLstmTagger:
     init = staticmethod(init)
     apply = staticmethod(apply)
     pad = staticmethod(pad)
-
-    def __init__(self, variables=None, rng_key=None):
-        if variables is None:
-            variables = init(jax.random.key(0) if rng_key is None else rng_key)
-        self.variables = variables
-        self._jitted = jax.jit(apply, static_argnames=("training", "return_state", "debug"))
-
-    def __call__(self, *inputs, **options):
-        outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def debug(self, *inputs, **options):
-        outputs, state = apply(self.variables, *inputs, return_state=True, debug=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def reset_states(self):
-        """Zero the states of stateful recurrent layers (not the normalisation statistics)."""
-        state = dict(self.variables["state"])
-        for layer, (batch, units, names) in STATEFUL.items():
-            dtype = state[layer][names[0]].dtype
-            state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-        self.variables = {"params": self.variables["params"], "state": state}
-
-    def load_canonical(self, weights):
-        self.variables = from_canonical(weights)
-
-    def canonical_weights(self):
-        return to_canonical(self.variables)
+    from_canonical = staticmethod(from_canonical)
+    to_canonical = staticmethod(to_canonical)
+    stateful = STATEFUL

@@ -23,13 +23,24 @@ Recurrent kernels (lax.scan unless the fused cuDNN LSTM applies on a CUDA GPU):
 
 from __future__ import annotations
 
-import zlib
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
+
+from seqdsl.runtime.jax import (
+    _cell_bidirectional,
+    _cell_rnn,
+    _cell_states,
+    _check_lengths,
+    _compute_dtype,
+    _from_canonical,
+    _init_weights,
+    _input_mask,
+    _input_symbols,
+    _Model,
+    _named,
+    _pad,
+    _to_canonical,
+)
 
 MODEL = "CellsAsLayers"
 
@@ -73,219 +84,6 @@ STATEFUL = {}
 
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time dim)
 PADS = {}
-
-
-# --------------------------------------------------------------------------
-# inputs, masks and run-time checks
-
-
-def _compute_dtype(params, *inputs):
-    """The float dtype of the computation: the weights' (float32, or float64 when
-    float64 weights are loaded with jax_enable_x64 on), else the inputs'."""
-    for layer in params.values():
-        for w in layer.values():
-            return w.dtype
-    for x in inputs:
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return x.dtype
-    return jnp.float32
-
-
-def _named(arrays, names, what):
-    """`lengths=` / `masks=`: a dict keyed by input name, or one array for the one masked input."""
-    if arrays is None or isinstance(arrays, dict):
-        return arrays or {}
-    if len(names) != 1:
-        raise TypeError(f"{what}= must be a dict keyed by input name ({', '.join(names)})")
-    return {names[0]: arrays}
-
-
-def _lengths_to_mask(lengths, T, side):
-    """post: step t of row b is valid iff t < len[b]; pre: iff t >= T - len[b]."""
-    steps = jnp.arange(T)[None, :]
-    lengths = jnp.asarray(lengths)[:, None]
-    return steps < lengths if side == "post" else steps >= T - lengths
-
-
-def _input_mask(name, x, side, lengths, masks):
-    """The mask of a `masked` input: masks[name] (bool [B, T]) or lengths[name] ([B])."""
-    B, T = x.shape[0], x.shape[1]
-    if name in masks:
-        mask = jnp.asarray(masks[name], bool)
-        if mask.shape != (B, T):
-            raise ValueError(f"masks[{name!r}] has shape {mask.shape}, expected {(B, T)}")
-        return mask
-    if name in lengths:
-        if side == "any":
-            raise ValueError(
-                f"input `{name}` declares no pad side, so lengths cannot say which steps "
-                f"are valid: pass masks={{{name!r}: ...}}"
-            )
-        lens = jnp.asarray(lengths[name])
-        if lens.shape != (B,):
-            raise ValueError(f"lengths[{name!r}] has shape {lens.shape}, expected {(B,)}")
-        return _lengths_to_mask(lens, T, side)
-    raise ValueError(
-        f"input `{name}` is declared `masked`: pass lengths={{{name!r}: ...}} "
-        f"or masks={{{name!r}: ...}}"
-    )
-
-
-def _concrete(x):
-    """A NumPy copy of x for the debug checks, which need values (no tracers)."""
-    try:
-        return np.asarray(x)
-    except jax.errors.TracerArrayConversionError:
-        raise ValueError(
-            "debug checks need concrete values: call debug() outside jax.jit"
-        ) from None
-
-
-def _check_mask(mask, side, nonempty, where, hint):
-    """debug: verify that a mask has its declared kind."""
-    m = _concrete(mask).astype(bool)
-    T = m.shape[1]
-    n = m.sum(axis=1)
-    steps = np.arange(T)[None, :]
-    expected = {"post": steps < n[:, None], "pre": steps >= T - n[:, None]}.get(side, m)
-    bad = np.nonzero((m != expected).any(axis=1))[0]
-    if bad.size:
-        b = int(bad[0])
-        row = "".join("1" if v else "0" for v in m[b][:64]) + ("..." if T > 64 else "")
-        pad = (
-            "right-padded (valid steps first)"
-            if side == "post"
-            else "left-padded (valid steps last)"
-        )
-        raise ValueError(
-            f"{where}: the mask is declared `{side}`, but row {b} is not {pad}: mask {row}. {hint}"
-        )
-    if nonempty and (n == 0).any():
-        b = int(np.nonzero(n == 0)[0][0])
-        raise ValueError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
-
-
-def _check_lengths(name, x, lengths, nonempty):
-    """debug: lengths of a `masked` input are in [0, T] ([1, T] when declared nonempty)."""
-    if name not in lengths:
-        return
-    lens = _concrete(lengths[name])
-    lo, T = (1 if nonempty else 0), x.shape[1]
-    if lens.size and (lens.min() < lo or lens.max() > T):
-        raise ValueError(f"input `{name}`: lengths must lie in [{lo}, {T}], got {lens.tolist()}")
-
-
-# --------------------------------------------------------------------------
-# recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA
-
-
-class _RNN(NamedTuple):
-    """What a recurrent layer gives: its output sequence (None without
-    return_sequences), its last output (the output at the last valid step, 0 for
-    a row with none) and its final states ((h, c) for LSTM, (h,) otherwise)."""
-
-    sequence: Any
-    last: Any
-    states: tuple
-
-
-def _flip_time(x):
-    return None if x is None else jnp.flip(x, axis=1)
-
-
-def _merge_directions(a, b, merge_mode):
-    if merge_mode == "concat":
-        return jnp.concatenate([a, b], axis=-1)
-    if merge_mode == "sum":
-        return a + b
-    if merge_mode == "mul":
-        return a * b
-    if merge_mode == "ave":
-        return (a + b) / 2.0
-    return a, b  # merge_mode="none": two outputs
-
-
-def _cell_states(x, shapes):
-    return tuple(jnp.zeros((x.shape[0], *shape), x.dtype) for shape in shapes)
-
-
-def _valid_where(m_t, new, old):
-    """where(mask, new, old) for a per-step value of any rank (mask [B])."""
-    return jnp.where(m_t.reshape(m_t.shape + (1,) * (jnp.ndim(new) - 1)), new, old)
-
-
-def _cell_rnn(
-    step,
-    p,
-    xs,
-    mask,
-    states,
-    outputs,
-    *,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-):
-    """A cell block over time with lax.scan: one compiled loop body, whatever T.
-
-    step(p, inputs_t, states) -> (outputs, new states), all tuples; xs: the input
-    sequences [B, T, ...]; outputs: the output shapes (without the batch). The
-    mask is handled in the loop body, exactly for every mask kind (post, pre,
-    gaps, empty rows), as for the built-in layers (_scan): at a masked step every
-    state keeps its value, the outputs there are 0 (masked_output="zero") or the
-    last valid ones ("carry"); `last` holds the outputs of the last valid step (0
-    for a row with none). go_backwards: the flipped sequences and mask (outputs
-    stay in that reversed order). Returns _RNN with tuples of outputs.
-    """
-    if go_backwards:
-        xs, mask = tuple(_flip_time(x) for x in xs), _flip_time(mask)
-    last = tuple(jnp.zeros((xs[0].shape[0], *shape), xs[0].dtype) for shape in outputs)
-    seqs = tuple(jnp.swapaxes(x, 0, 1) for x in xs)  # [T, B, ...]: scan runs over time
-    if mask is None:
-
-        def body(carry, x_t):
-            ys, new = step(p, x_t, carry[0])
-            return (new, ys), (ys if return_sequences else None)
-
-        (states, last), ys = lax.scan(body, (tuple(states), last), seqs)
-    else:
-
-        def body(carry, inputs):
-            states, last = carry
-            x_t, m_t = inputs
-            ys, new = step(p, x_t, states)
-            states = tuple(_valid_where(m_t, n, s) for n, s in zip(new, states, strict=True))
-            last = tuple(_valid_where(m_t, y, prev) for y, prev in zip(ys, last, strict=True))
-            out = None
-            if return_sequences:
-                out = last  # masked_output="carry"
-                if masked_output == "zero":
-                    out = tuple(_valid_where(m_t, y, 0.0) for y in ys)
-            return (states, last), out
-
-        (states, last), ys = lax.scan(body, (tuple(states), last), (seqs, mask.T))
-    sequence = None if ys is None else tuple(jnp.swapaxes(y, 0, 1) for y in ys)
-    return _RNN(sequence, last, states)
-
-
-def _cell_bidirectional(
-    step, p, xs, mask, states_fw, states_bw, outputs, *, merge_mode, return_sequences
-):
-    """Bidirectional(RNN(cell)) for a cell with one output [n]: the forward run on
-    xs; the backward run reads the valid steps in reverse (go_backwards) and its
-    outputs are flipped back to input order; merged by merge_mode (two arrays for
-    "none"). States: forward then backward."""
-    fw_p = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
-    bw_p = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
-    run = dict(outputs=outputs, return_sequences=return_sequences)
-    fw = _cell_rnn(step, fw_p, xs, mask, states_fw, **run)
-    bw = _cell_rnn(step, bw_p, xs, mask, states_bw, go_backwards=True, **run)
-    sequence = None
-    if return_sequences:
-        sequence = _merge_directions(fw.sequence[0], _flip_time(bw.sequence[0]), merge_mode)
-    last = _merge_directions(fw.last[0], bw.last[0], merge_mode)
-    return _RNN(sequence, last, tuple(fw.states) + tuple(bw.states))
 
 
 # --------------------------------------------------------------------------
@@ -363,58 +161,7 @@ def _my_simple_rnn_cell(p, inputs, states):
 
 
 # --------------------------------------------------------------------------
-# variables: init, canonical weights
-def _initialize(name, key, shape, dtype):
-    """One weight by Keras' initializer formula, drawn with jax.random."""
-    if name.startswith("unit_forget_bias("):  # LSTM bias: [init(U), ones(U), init(2U)]
-        inner, u = name[len("unit_forget_bias(") : -1], shape[0] // 4
-        k1, k2 = jax.random.split(key)
-        return jnp.concatenate(
-            [
-                _initialize(inner, k1, (u,), dtype),
-                jnp.ones((u,), dtype),
-                _initialize(inner, k2, (2 * u,), dtype),
-            ]
-        )
-    if len(shape) < 2:
-        fan_in = fan_out = float(shape[0]) if shape else 1.0
-    else:
-        receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    uniform = lambda limit: jax.random.uniform(key, shape, dtype, -limit, limit)  # noqa: E731
-    normal = lambda std: jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std  # noqa: E731
-    trunc = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
-    if name == "zeros":
-        return jnp.zeros(shape, dtype)
-    if name == "ones":
-        return jnp.ones(shape, dtype)
-    if name in ("uniform", "random_uniform"):
-        return uniform(0.05)
-    if name == "random_normal":
-        return jax.random.normal(key, shape, dtype) * 0.05
-    if name == "truncated_normal":
-        return normal(0.05)
-    if name == "glorot_uniform":
-        return uniform(np.sqrt(6.0 / (fan_in + fan_out)))
-    if name == "glorot_normal":
-        return normal(np.sqrt(2.0 / (fan_in + fan_out)) / trunc)
-    if name == "he_uniform":
-        return uniform(np.sqrt(6.0 / fan_in))
-    if name == "he_normal":
-        return normal(np.sqrt(2.0 / fan_in) / trunc)
-    if name == "lecun_uniform":
-        return uniform(np.sqrt(3.0 / fan_in))
-    if name == "lecun_normal":
-        return normal(np.sqrt(1.0 / fan_in) / trunc)
-    if name == "orthogonal":  # Q of the QR of a normal matrix, sign-fixed
-        rows, cols = int(np.prod(shape[:-1])), shape[-1]
-        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
-        q, r = jnp.linalg.qr(a)
-        q = q * jnp.sign(jnp.diag(r))
-        return (q.T if rows < cols else q).reshape(shape)
-    if name == "identity":
-        return jnp.eye(shape[0], shape[1], dtype=dtype)
-    raise ValueError(f"unknown initializer {name!r}")
+# variables, padding and input checks
 
 
 def init(rng_key, dtype=jnp.float32):
@@ -422,14 +169,7 @@ def init(rng_key, dtype=jnp.float32):
     (rng_key folded with a hash of the layer name), Keras' formulas. (The
     seeded weights of seqdsl's build() come from NumPy instead; they are
     loaded with from_canonical.)"""
-    weights = {}
-    for layer, specs in WEIGHTS.items():
-        key = jax.random.fold_in(rng_key, zlib.crc32(layer.encode()) & 0x7FFFFFFF)
-        for i, (name, shape, initializer, _, _) in enumerate(specs):
-            weights[f"{layer}/{name}"] = _initialize(
-                initializer, jax.random.fold_in(key, i), shape, dtype
-            )
-    return from_canonical(weights)
+    return from_canonical(_init_weights(WEIGHTS, rng_key, dtype))
 
 
 def from_canonical(weights):
@@ -438,61 +178,12 @@ def from_canonical(weights):
     Returns {"params": {layer: {weight: array}}, "state": {...}}: the state holds
     BatchNormalization's moving statistics and the (zero) states of stateful
     recurrent layers. Arrays keep their dtype (float64 needs jax_enable_x64)."""
-    params, state = {}, {}
-    dtype = jnp.float32
-    expected = set()
-    for layer, specs in WEIGHTS.items():
-        for name, shape, _, _, where in specs:
-            key = f"{layer}/{name}"
-            expected.add(key)
-            if key not in weights:
-                raise KeyError(f"missing weight {key!r}")
-            w = jnp.asarray(weights[key])
-            if w.shape != tuple(shape):
-                raise ValueError(f"weight {key!r} has shape {w.shape}, expected {tuple(shape)}")
-            dtype = w.dtype
-            (params if where == "params" else state).setdefault(layer, {})[name] = w
-    unknown = sorted(set(weights) - expected)
-    if unknown:
-        raise KeyError(f"unknown weights: {', '.join(unknown)}")
-    for layer, (batch, units, names) in STATEFUL.items():
-        state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-    return {"params": params, "state": state}
+    return _from_canonical(WEIGHTS, STATEFUL, weights)
 
 
 def to_canonical(variables):
     """Canonical weights {"layer/weight": numpy array} (bit-exact inverse of from_canonical)."""
-    out = {}
-    for layer, specs in WEIGHTS.items():
-        for name, _, _, _, where in specs:
-            out[f"{layer}/{name}"] = np.asarray(variables[where][layer][name])
-    return out
-
-
-# --------------------------------------------------------------------------
-# padding and input checks
-def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
-    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    fill = np.asarray(value).astype(dtype)
-    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int32)
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        kept = a[-steps:] if truncate == "pre" else a[:steps]
-        if kept.shape[1:] != feature_shape:
-            raise ValueError(f"sequence {i}: feature shape {kept.shape[1:]}, not {feature_shape}")
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, steps - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
+    return _to_canonical(WEIGHTS, variables)
 
 
 def pad(*raw):
@@ -500,55 +191,14 @@ def pad(*raw):
     semantics, in the declared dtype): one list of sequences per padded input,
     in declaration order. Returns (batch, lengths) for one input, a tuple of
     them for several. Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(PADS):
-        raise TypeError(
-            f"pad takes {len(PADS)} list(s) of sequences ({', '.join(PADS)}), got {len(raw)}"
-        )
-    target = {}
-    for name, (_, _, maxlen, _, _, time) in PADS.items():
-        group = time if time is not None else name
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            target[group] = min(target.get(group, maxlen), maxlen)
-    longest = {}
-    for (name, (*_, time)), seqs in zip(PADS.items(), raw, strict=True):
-        group = time if time is not None else name
-        n = max((len(s) for s in seqs), default=0)
-        longest[group] = max(longest.get(group, 0), n)
-    out = []
-    for (name, (side, value, _, truncate, dtype, time)), seqs in zip(
-        PADS.items(), raw, strict=True
-    ):
-        group = time if time is not None else name
-        out.append(
-            _pad_sequences(seqs, side, value, target.get(group, longest[group]), truncate, dtype)
-        )
-    return out[0] if len(out) == 1 else tuple(out)
+    return _pad(PADS, raw)
 
 
 def _check_inputs(*arrays):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
     declared sizes, symbols agreeing across inputs (B, T, ...) and the
     checker's run-time constraints. Returns the symbol values."""
-    env, seen = {}, {}
-    for (name, (_, dims)), x in zip(INPUTS.items(), arrays, strict=True):
-        shape = jnp.shape(x)
-        if len(shape) != len(dims):
-            raise ValueError(
-                f"input `{name}` must have rank {len(dims)} {list(dims)}, got shape {shape}"
-            )
-        for d, n in zip(dims, shape, strict=True):
-            if isinstance(d, int) and n != d:
-                raise ValueError(f"input `{name}`: size {n} where {d} is declared (shape {shape})")
-            if isinstance(d, str):
-                if d in env and env[d] != n:
-                    raise ValueError(
-                        f"input `{name}`: {d} = {n}, but input `{seen[d]}` has {d} = {env[d]}; "
-                        f"inputs sharing a symbol must agree (pad them together: pad())"
-                    )
-                env[d], seen[d] = n, name
-    return env
+    return _input_symbols(INPUTS, arrays)
 
 
 # --------------------------------------------------------------------------
@@ -661,7 +311,7 @@ def debug(variables, *inputs, **options):
     return apply(variables, *inputs, debug=True, **options)
 
 
-class CellsAsLayers:
+class CellsAsLayers(_Model):
     """The model with its variables. Calling it runs apply (jitted) and keeps
     the new state (BatchNormalization statistics after training calls, the
     states of stateful recurrent layers) for the next call."""
@@ -669,33 +319,6 @@ class CellsAsLayers:
     init = staticmethod(init)
     apply = staticmethod(apply)
     pad = staticmethod(pad)
-
-    def __init__(self, variables=None, rng_key=None):
-        if variables is None:
-            variables = init(jax.random.key(0) if rng_key is None else rng_key)
-        self.variables = variables
-        self._jitted = jax.jit(apply, static_argnames=("training", "return_state", "debug"))
-
-    def __call__(self, *inputs, **options):
-        outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def debug(self, *inputs, **options):
-        outputs, state = apply(self.variables, *inputs, return_state=True, debug=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def reset_states(self):
-        """Zero the states of stateful recurrent layers (not the normalisation statistics)."""
-        state = dict(self.variables["state"])
-        for layer, (batch, units, names) in STATEFUL.items():
-            dtype = state[layer][names[0]].dtype
-            state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-        self.variables = {"params": self.variables["params"], "state": state}
-
-    def load_canonical(self, weights):
-        self.variables = from_canonical(weights)
-
-    def canonical_weights(self):
-        return to_canonical(self.variables)
+    from_canonical = staticmethod(from_canonical)
+    to_canonical = staticmethod(to_canonical)
+    stateful = STATEFUL

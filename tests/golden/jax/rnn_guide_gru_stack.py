@@ -21,13 +21,23 @@ Recurrent kernels (lax.scan unless the fused cuDNN LSTM applies on a CUDA GPU):
 
 from __future__ import annotations
 
-import zlib
-from typing import Any, NamedTuple
-
-import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
+
+from seqdsl.runtime.jax import (
+    _check_ids,
+    _dense,
+    _embedding,
+    _from_canonical,
+    _gru,
+    _init_weights,
+    _input_symbols,
+    _linear,
+    _Model,
+    _pad,
+    _simple_rnn,
+    _to_canonical,
+    _zero_states,
+)
 
 MODEL = "RnnGuideGruStack"
 
@@ -68,288 +78,7 @@ PADS = {}
 
 
 # --------------------------------------------------------------------------
-# activations (Keras' definitions)
-
-
-def _linear(x):
-    return x
-
-
-# --------------------------------------------------------------------------
-# inputs, masks and run-time checks
-
-
-def _concrete(x):
-    """A NumPy copy of x for the debug checks, which need values (no tracers)."""
-    try:
-        return np.asarray(x)
-    except jax.errors.TracerArrayConversionError:
-        raise ValueError(
-            "debug checks need concrete values: call debug() outside jax.jit"
-        ) from None
-
-
-def _check_ids(ids, input_dim, where):
-    """debug: token ids index the embedding table."""
-    ids = _concrete(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= input_dim):
-        raise ValueError(f"{where}: ids must lie in [0, {input_dim}), got {ids.min()}..{ids.max()}")
-
-
-# --------------------------------------------------------------------------
-# per-step layers
-
-
-def _embedding(p, ids):
-    # the vector of id 0 is not zeroed (as Keras): the mask, not the value, marks padding
-    return jnp.take(p["embeddings"], ids, axis=0)
-
-
-def _dense(p, x, activation):
-    y = x @ p["kernel"]
-    if "bias" in p:
-        y = y + p["bias"]
-    return activation(y)
-
-
-# --------------------------------------------------------------------------
-# recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA
-
-
-class _RNN(NamedTuple):
-    """What a recurrent layer gives: its output sequence (None without
-    return_sequences), its last output (the output at the last valid step, 0 for
-    a row with none) and its final states ((h, c) for LSTM, (h,) otherwise)."""
-
-    sequence: Any
-    last: Any
-    states: tuple
-
-
-def _zero_states(x, units, n):
-    return tuple(jnp.zeros((x.shape[0], units), x.dtype) for _ in range(n))
-
-
-def _flip_time(x):
-    return None if x is None else jnp.flip(x, axis=1)
-
-
-def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards):
-    """Runs a cell over time with lax.scan: one compiled loop body, whatever T.
-
-    x: the layer's inputs [B, T, F]. The state-independent part of the cell, the
-    projection x @ kernel (+ bias), is done inside the loop body step by step or
-    for every step at once before the loop (_hoist_projection says which).
-    step(xw_t, states) -> new states; every cell's output is its first state, h.
-    The mask is handled in the loop body, exactly for every mask kind (post, pre,
-    gaps, empty rows): at a masked step every state keeps its value, where(mask,
-    new, old), so the final states equal running the valid steps alone. The
-    output at a masked step is 0 (masked_output="zero") or the last valid output,
-    0 before the first ("carry"); the last output is h at the last valid step, 0
-    for a row with none. go_backwards reads the steps in reverse order (a reverse
-    scan) and returns the outputs in that order, as Keras does.
-    """
-    xs = jnp.swapaxes(x, 0, 1)  # [T, B, F]: scan runs over the leading axis
-    hoist = _hoist_projection(x, kernel)
-    if hoist:
-        xs = _project(xs, kernel, bias)
-
-    def body(states, inputs):
-        x_t, m_t = inputs
-        new = step(x_t if hoist else _project(x_t, kernel, bias), states)
-        if m_t is not None:
-            keep = m_t[:, None]
-            new = tuple(jnp.where(keep, n, s) for n, s in zip(new, states, strict=True))
-        return new, (new[0] if return_sequences else None)
-
-    m = None if mask is None else mask.T
-    states, hs = lax.scan(body, states, (xs, m), reverse=go_backwards)
-    last = states[0]
-    if mask is not None:  # h keeps its last valid value, or its initial one in an empty row
-        last = jnp.where(jnp.any(mask, axis=1)[:, None], last, 0.0)
-        if return_sequences:
-            if masked_output == "carry":  # from the first valid step on, in reading order
-                m = jnp.cumsum(m[::-1], axis=0)[::-1] if go_backwards else jnp.cumsum(m, axis=0)
-                m = m > 0
-            hs = jnp.where(m[:, :, None], hs, 0.0)
-    sequence = None if hs is None else jnp.swapaxes(hs, 0, 1)
-    return _RNN(_flip_time(sequence) if go_backwards else sequence, last, states)
-
-
-def _project(x, kernel, bias=None):
-    """x @ kernel (+ bias): the part of a cell that does not depend on the state."""
-    xw = x @ kernel
-    return xw if bias is None else xw + bias
-
-
-def _hoist_projection(x, kernel):
-    """Whether _scan computes x @ kernel for every step at once, before the loop (one
-    large matmul), rather than step by step in its body. Measured per layer on XLA's
-    CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
-    for most shapes, but not for a batch of one row, nor for a kernel of 2**20
-    entries or more, nor, in batches under 64 rows, for F >= 256 features into at
-    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice."""
-    if jax.default_backend() != "cpu":
-        return True
-    batch, (features, gates) = x.shape[0], kernel.shape
-    if batch == 1 or features * gates >= 2**20:
-        return True
-    return batch < 64 and features >= 256 and gates <= 2 * features
-
-
-def _gru_step(recurrent_kernel, recurrent_bias, activation, recurrent_activation, recurrent_keep):
-    """Keras' GRU cell with reset_after=true (gates z, r, h): the reset gate
-    multiplies the recurrent projection, which has its own bias."""
-
-    def step(xw_t, states):
-        (h,) = states
-        hr = h if recurrent_keep is None else h * recurrent_keep
-        inner = hr @ recurrent_kernel
-        if recurrent_bias is not None:
-            inner = inner + recurrent_bias
-        x_z, x_r, x_h = jnp.split(xw_t, 3, axis=-1)
-        r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)
-        z = recurrent_activation(x_z + r_z)
-        r = recurrent_activation(x_r + r_r)
-        candidate = activation(x_h + r * r_h)
-        return (z * h + (1.0 - z) * candidate,)
-
-    return step
-
-
-def _gru_v1_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
-    """Keras' GRU cell with reset_after=false (gates z, r, h): the reset gate
-    multiplies the state before its projection; one bias, on the inputs."""
-    units = recurrent_kernel.shape[0]
-
-    def step(xw_t, states):
-        (h,) = states
-        hr = h if recurrent_keep is None else h * recurrent_keep
-        x_z, x_r, x_h = jnp.split(xw_t, 3, axis=-1)
-        r_z, r_r = jnp.split(hr @ recurrent_kernel[:, : 2 * units], 2, axis=-1)
-        z = recurrent_activation(x_z + r_z)
-        r = recurrent_activation(x_r + r_r)
-        candidate = activation(x_h + (r * hr) @ recurrent_kernel[:, 2 * units :])
-        return (z * h + (1.0 - z) * candidate,)
-
-    return step
-
-
-def _gru(
-    p,
-    x,
-    mask,
-    states,
-    *,
-    activation=jnp.tanh,
-    recurrent_activation=jax.nn.sigmoid,
-    reset_after=True,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-):
-    """A GRU layer (Keras' GRU and RNN(GRUCell)); always lax.scan: JAX has no fused GRU."""
-    if input_keep is not None:  # input dropout: one keep-mask per sequence, every gate
-        x = x * input_keep[:, None, :]
-    bias = p.get("bias")
-    if reset_after:  # bias [2, 3U]: rows input, recurrent
-        step = _gru_step(
-            p["recurrent_kernel"],
-            None if bias is None else bias[1],
-            activation,
-            recurrent_activation,
-            recurrent_keep,
-        )
-        bias = None if bias is None else bias[0]
-    else:
-        step = _gru_v1_step(p["recurrent_kernel"], activation, recurrent_activation, recurrent_keep)
-    kernel = p["kernel"]
-    return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
-
-
-def _simple_rnn(
-    p,
-    x,
-    mask,
-    states,
-    *,
-    activation=jnp.tanh,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-):
-    """A SimpleRNN layer (Keras' SimpleRNN and RNN(SimpleRNNCell)): h = act(x W + h R + b)."""
-    if input_keep is not None:
-        x = x * input_keep[:, None, :]
-    recurrent_kernel = p["recurrent_kernel"]
-
-    def step(xw_t, states):
-        (h,) = states
-        if recurrent_keep is not None:
-            h = h * recurrent_keep
-        return (activation(xw_t + h @ recurrent_kernel),)
-
-    kernel, bias = p["kernel"], p.get("bias")
-    return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
-
-
-# --------------------------------------------------------------------------
-# variables: init, canonical weights
-def _initialize(name, key, shape, dtype):
-    """One weight by Keras' initializer formula, drawn with jax.random."""
-    if name.startswith("unit_forget_bias("):  # LSTM bias: [init(U), ones(U), init(2U)]
-        inner, u = name[len("unit_forget_bias(") : -1], shape[0] // 4
-        k1, k2 = jax.random.split(key)
-        return jnp.concatenate(
-            [
-                _initialize(inner, k1, (u,), dtype),
-                jnp.ones((u,), dtype),
-                _initialize(inner, k2, (2 * u,), dtype),
-            ]
-        )
-    if len(shape) < 2:
-        fan_in = fan_out = float(shape[0]) if shape else 1.0
-    else:
-        receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    uniform = lambda limit: jax.random.uniform(key, shape, dtype, -limit, limit)  # noqa: E731
-    normal = lambda std: jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std  # noqa: E731
-    trunc = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
-    if name == "zeros":
-        return jnp.zeros(shape, dtype)
-    if name == "ones":
-        return jnp.ones(shape, dtype)
-    if name in ("uniform", "random_uniform"):
-        return uniform(0.05)
-    if name == "random_normal":
-        return jax.random.normal(key, shape, dtype) * 0.05
-    if name == "truncated_normal":
-        return normal(0.05)
-    if name == "glorot_uniform":
-        return uniform(np.sqrt(6.0 / (fan_in + fan_out)))
-    if name == "glorot_normal":
-        return normal(np.sqrt(2.0 / (fan_in + fan_out)) / trunc)
-    if name == "he_uniform":
-        return uniform(np.sqrt(6.0 / fan_in))
-    if name == "he_normal":
-        return normal(np.sqrt(2.0 / fan_in) / trunc)
-    if name == "lecun_uniform":
-        return uniform(np.sqrt(3.0 / fan_in))
-    if name == "lecun_normal":
-        return normal(np.sqrt(1.0 / fan_in) / trunc)
-    if name == "orthogonal":  # Q of the QR of a normal matrix, sign-fixed
-        rows, cols = int(np.prod(shape[:-1])), shape[-1]
-        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
-        q, r = jnp.linalg.qr(a)
-        q = q * jnp.sign(jnp.diag(r))
-        return (q.T if rows < cols else q).reshape(shape)
-    if name == "identity":
-        return jnp.eye(shape[0], shape[1], dtype=dtype)
-    raise ValueError(f"unknown initializer {name!r}")
+# variables, padding and input checks
 
 
 def init(rng_key, dtype=jnp.float32):
@@ -357,14 +86,7 @@ def init(rng_key, dtype=jnp.float32):
     (rng_key folded with a hash of the layer name), Keras' formulas. (The
     seeded weights of seqdsl's build() come from NumPy instead; they are
     loaded with from_canonical.)"""
-    weights = {}
-    for layer, specs in WEIGHTS.items():
-        key = jax.random.fold_in(rng_key, zlib.crc32(layer.encode()) & 0x7FFFFFFF)
-        for i, (name, shape, initializer, _, _) in enumerate(specs):
-            weights[f"{layer}/{name}"] = _initialize(
-                initializer, jax.random.fold_in(key, i), shape, dtype
-            )
-    return from_canonical(weights)
+    return from_canonical(_init_weights(WEIGHTS, rng_key, dtype))
 
 
 def from_canonical(weights):
@@ -373,61 +95,12 @@ def from_canonical(weights):
     Returns {"params": {layer: {weight: array}}, "state": {...}}: the state holds
     BatchNormalization's moving statistics and the (zero) states of stateful
     recurrent layers. Arrays keep their dtype (float64 needs jax_enable_x64)."""
-    params, state = {}, {}
-    dtype = jnp.float32
-    expected = set()
-    for layer, specs in WEIGHTS.items():
-        for name, shape, _, _, where in specs:
-            key = f"{layer}/{name}"
-            expected.add(key)
-            if key not in weights:
-                raise KeyError(f"missing weight {key!r}")
-            w = jnp.asarray(weights[key])
-            if w.shape != tuple(shape):
-                raise ValueError(f"weight {key!r} has shape {w.shape}, expected {tuple(shape)}")
-            dtype = w.dtype
-            (params if where == "params" else state).setdefault(layer, {})[name] = w
-    unknown = sorted(set(weights) - expected)
-    if unknown:
-        raise KeyError(f"unknown weights: {', '.join(unknown)}")
-    for layer, (batch, units, names) in STATEFUL.items():
-        state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-    return {"params": params, "state": state}
+    return _from_canonical(WEIGHTS, STATEFUL, weights)
 
 
 def to_canonical(variables):
     """Canonical weights {"layer/weight": numpy array} (bit-exact inverse of from_canonical)."""
-    out = {}
-    for layer, specs in WEIGHTS.items():
-        for name, _, _, _, where in specs:
-            out[f"{layer}/{name}"] = np.asarray(variables[where][layer][name])
-    return out
-
-
-# --------------------------------------------------------------------------
-# padding and input checks
-def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
-    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    fill = np.asarray(value).astype(dtype)
-    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int32)
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        kept = a[-steps:] if truncate == "pre" else a[:steps]
-        if kept.shape[1:] != feature_shape:
-            raise ValueError(f"sequence {i}: feature shape {kept.shape[1:]}, not {feature_shape}")
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, steps - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
+    return _to_canonical(WEIGHTS, variables)
 
 
 def pad(*raw):
@@ -435,55 +108,14 @@ def pad(*raw):
     semantics, in the declared dtype): one list of sequences per padded input,
     in declaration order. Returns (batch, lengths) for one input, a tuple of
     them for several. Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(PADS):
-        raise TypeError(
-            f"pad takes {len(PADS)} list(s) of sequences ({', '.join(PADS)}), got {len(raw)}"
-        )
-    target = {}
-    for name, (_, _, maxlen, _, _, time) in PADS.items():
-        group = time if time is not None else name
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            target[group] = min(target.get(group, maxlen), maxlen)
-    longest = {}
-    for (name, (*_, time)), seqs in zip(PADS.items(), raw, strict=True):
-        group = time if time is not None else name
-        n = max((len(s) for s in seqs), default=0)
-        longest[group] = max(longest.get(group, 0), n)
-    out = []
-    for (name, (side, value, _, truncate, dtype, time)), seqs in zip(
-        PADS.items(), raw, strict=True
-    ):
-        group = time if time is not None else name
-        out.append(
-            _pad_sequences(seqs, side, value, target.get(group, longest[group]), truncate, dtype)
-        )
-    return out[0] if len(out) == 1 else tuple(out)
+    return _pad(PADS, raw)
 
 
 def _check_inputs(*arrays):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
     declared sizes, symbols agreeing across inputs (B, T, ...) and the
     checker's run-time constraints. Returns the symbol values."""
-    env, seen = {}, {}
-    for (name, (_, dims)), x in zip(INPUTS.items(), arrays, strict=True):
-        shape = jnp.shape(x)
-        if len(shape) != len(dims):
-            raise ValueError(
-                f"input `{name}` must have rank {len(dims)} {list(dims)}, got shape {shape}"
-            )
-        for d, n in zip(dims, shape, strict=True):
-            if isinstance(d, int) and n != d:
-                raise ValueError(f"input `{name}`: size {n} where {d} is declared (shape {shape})")
-            if isinstance(d, str):
-                if d in env and env[d] != n:
-                    raise ValueError(
-                        f"input `{name}`: {d} = {n}, but input `{seen[d]}` has {d} = {env[d]}; "
-                        f"inputs sharing a symbol must agree (pad them together: pad())"
-                    )
-                env[d], seen[d] = n, name
-    return env
+    return _input_symbols(INPUTS, arrays)
 
 
 # --------------------------------------------------------------------------
@@ -555,7 +187,7 @@ def debug(variables, *inputs, **options):
     return apply(variables, *inputs, debug=True, **options)
 
 
-class RnnGuideGruStack:
+class RnnGuideGruStack(_Model):
     """The model with its variables. Calling it runs apply (jitted) and keeps
     the new state (BatchNormalization statistics after training calls, the
     states of stateful recurrent layers) for the next call."""
@@ -563,33 +195,6 @@ class RnnGuideGruStack:
     init = staticmethod(init)
     apply = staticmethod(apply)
     pad = staticmethod(pad)
-
-    def __init__(self, variables=None, rng_key=None):
-        if variables is None:
-            variables = init(jax.random.key(0) if rng_key is None else rng_key)
-        self.variables = variables
-        self._jitted = jax.jit(apply, static_argnames=("training", "return_state", "debug"))
-
-    def __call__(self, *inputs, **options):
-        outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def debug(self, *inputs, **options):
-        outputs, state = apply(self.variables, *inputs, return_state=True, debug=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def reset_states(self):
-        """Zero the states of stateful recurrent layers (not the normalisation statistics)."""
-        state = dict(self.variables["state"])
-        for layer, (batch, units, names) in STATEFUL.items():
-            dtype = state[layer][names[0]].dtype
-            state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-        self.variables = {"params": self.variables["params"], "state": state}
-
-    def load_canonical(self, weights):
-        self.variables = from_canonical(weights)
-
-    def canonical_weights(self):
-        return to_canonical(self.variables)
+    from_canonical = staticmethod(from_canonical)
+    to_canonical = staticmethod(to_canonical)
+    stateful = STATEFUL
