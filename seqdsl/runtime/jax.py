@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -32,34 +33,34 @@ from .common import pad_sequences
 # activations (Keras' definitions)
 
 
-def _linear(x):
+def _linear(x: jax.Array) -> jax.Array:
     return x
 
 
-def _softmax(x):
+def _softmax(x: jax.Array) -> jax.Array:
     return jax.nn.softmax(x, axis=-1)
 
 
-def _log_softmax(x):
+def _log_softmax(x: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(x, axis=-1)
 
 
-def _gelu(x):
+def _gelu(x: jax.Array) -> jax.Array:
     # Keras' gelu is the exact one (approximate=False); jax.nn.gelu defaults to tanh's
     return jax.nn.gelu(x, approximate=False)
 
 
-def _hard_sigmoid(x):
+def _hard_sigmoid(x: jax.Array) -> jax.Array:
     # Keras 3: relu6(x + 3) / 6
     return jnp.clip(x / 6.0 + 0.5, 0.0, 1.0)
 
 
-def _leaky_relu(x):
+def _leaky_relu(x: jax.Array) -> jax.Array:
     # Keras' default negative_slope is 0.2 (jax.nn.leaky_relu's is 0.01)
     return jax.nn.leaky_relu(x, negative_slope=0.2)
 
 
-def _mish(x):
+def _mish(x: jax.Array) -> jax.Array:
     return x * jnp.tanh(jax.nn.softplus(x))
 
 
@@ -67,7 +68,7 @@ def _mish(x):
 # inputs, masks and run-time checks
 
 
-def _compute_dtype(params, *inputs):
+def _compute_dtype(params: Mapping[str, Mapping[str, jax.Array]], *inputs: Any) -> Any:
     """The float dtype of the computation: the weights' (float32, or float64 when
     float64 weights are loaded with jax_enable_x64 on), else the inputs'."""
     for layer in params.values():
@@ -80,7 +81,7 @@ def _compute_dtype(params, *inputs):
     return jnp.float32
 
 
-def _named(arrays, names, what):
+def _named(arrays: Any, names: Sequence[str], what: str) -> dict[str, Any]:
     """`lengths=` / `masks=`: a dict keyed by input name, or one array for the one masked input."""
     if arrays is None or isinstance(arrays, dict):
         return arrays or {}
@@ -89,14 +90,16 @@ def _named(arrays, names, what):
     return {names[0]: arrays}
 
 
-def _lengths_to_mask(lengths, T, side):
+def _lengths_to_mask(lengths: Any, T: int, side: str) -> jax.Array:
     """post: step t of row b is valid iff t < len[b]; pre: iff t >= T - len[b]."""
     steps = jnp.arange(T)[None, :]
     lengths = jnp.asarray(lengths)[:, None]
     return steps < lengths if side == "post" else steps >= T - lengths
 
 
-def _input_mask(name, x, side, lengths, masks):
+def _input_mask(
+    name: str, x: jax.Array, side: str, lengths: Mapping[str, Any], masks: Mapping[str, Any]
+) -> jax.Array:
     """The mask of a `masked` input: masks[name] (bool [B, T]) or lengths[name] ([B])."""
     B, T = x.shape[0], x.shape[1]
     if name in masks:
@@ -120,7 +123,7 @@ def _input_mask(name, x, side, lengths, masks):
     )
 
 
-def _concrete(x):
+def _concrete(x: Any) -> np.ndarray:
     """A NumPy copy of x for the debug checks, which need values (no tracers)."""
     try:
         return np.asarray(x)
@@ -130,7 +133,7 @@ def _concrete(x):
         ) from None
 
 
-def _check_mask(mask, side, nonempty, where, hint):
+def _check_mask(mask: Any, side: str, nonempty: bool, where: str, hint: str) -> None:
     """debug: verify that a mask has its declared kind."""
     m = _concrete(mask).astype(bool)
     T = m.shape[1]
@@ -154,7 +157,7 @@ def _check_mask(mask, side, nonempty, where, hint):
         raise ValueError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
 
 
-def _check_lengths(name, x, lengths, nonempty):
+def _check_lengths(name: str, x: jax.Array, lengths: Mapping[str, Any], nonempty: bool) -> None:
     """debug: lengths of a `masked` input are in [0, T] ([1, T] when declared nonempty)."""
     if name not in lengths:
         return
@@ -164,14 +167,22 @@ def _check_lengths(name, x, lengths, nonempty):
         raise ValueError(f"input `{name}`: lengths must lie in [{lo}, {T}], got {lens.tolist()}")
 
 
-def _check_ids(ids, input_dim, where):
+def _check_ids(ids: Any, input_dim: int, where: str) -> None:
     """debug: token ids index the embedding table."""
     ids = _concrete(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= input_dim):
         raise ValueError(f"{where}: ids must lie in [0, {input_dim}), got {ids.min()}..{ids.max()}")
 
 
-def _keep(dropout_masks, rng, key, index, shape, rate, dtype):
+def _keep(
+    dropout_masks: Mapping[str, Any],
+    rng: Any,
+    key: str,
+    index: int,
+    shape: Sequence[int],
+    rate: float,
+    dtype: Any,
+) -> jax.Array:
     """A dropout keep-mask, scaled: keep / (1 - rate), where keep (1 keep, 0 drop)
     is dropout_masks[key] when given, else drawn from rng (folded with index)."""
     if key in dropout_masks:
@@ -189,7 +200,14 @@ def _keep(dropout_masks, rng, key, index, shape, rate, dtype):
     return keep / (1.0 - rate)
 
 
-def _check_extern(layer, declaration, outputs, declared, returned, expected):
+def _check_extern(
+    layer: str,
+    declaration: str,
+    outputs: Sequence[Any],
+    declared: Any,
+    returned: Any,
+    expected: Sequence[Any],
+) -> None:
     """debug: an extern layer against its declaration. The number, dtypes and
     shapes of its outputs are static (checked at trace time, so also under
     jax.jit); a mask the implementation returns is compared with the masks the
@@ -233,26 +251,28 @@ def _check_extern(layer, declaration, outputs, declared, returned, expected):
 # per-step layers
 
 
-def _embedding(p, ids):
+def _embedding(p: Mapping[str, jax.Array], ids: jax.Array) -> jax.Array:
     # the vector of id 0 is not zeroed (as Keras): the mask, not the value, marks padding
     return jnp.take(p["embeddings"], ids, axis=0)
 
 
-def _masking(x, mask_value):
+def _masking(x: jax.Array, mask_value: float) -> tuple[jax.Array, jax.Array]:
     """Masking: a step is masked when all its features equal mask_value (NaN never
     does); masked steps are zeroed. Replaces any incoming mask."""
     mask = jnp.any(x != mask_value, axis=-1)
     return x * mask[..., None].astype(x.dtype), mask
 
 
-def _dense(p, x, activation):
+def _dense(
+    p: Mapping[str, jax.Array], x: jax.Array, activation: Callable[[jax.Array], jax.Array]
+) -> jax.Array:
     y = x @ p["kernel"]
     if "bias" in p:
         y = y + p["bias"]
     return activation(y)
 
 
-def _layer_norm(p, x, epsilon):
+def _layer_norm(p: Mapping[str, jax.Array], x: jax.Array, epsilon: float) -> jax.Array:
     """LayerNormalization over the features of each step (masked steps computed too)."""
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -264,7 +284,15 @@ def _layer_norm(p, x, epsilon):
     return y
 
 
-def _batch_norm(p, s, x, mask, training, momentum, epsilon):
+def _batch_norm(
+    p: Mapping[str, jax.Array],
+    s: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    training: bool,
+    momentum: float,
+    epsilon: float,
+) -> tuple[jax.Array, Mapping[str, jax.Array]]:
     """BatchNormalization over the last axis; returns (y, new moving statistics).
 
     Inference normalises with the moving statistics. Training uses the batch's
@@ -296,7 +324,9 @@ def _batch_norm(p, s, x, mask, training, momentum, epsilon):
     return y, s
 
 
-def _extern(impl, inputs, mask, weights, config, training):
+def _extern(
+    impl: Any, inputs: Sequence[Any], mask: Any, weights: Any, config: Any, training: bool
+) -> tuple[tuple[Any, ...], Any]:
     """Call an extern layer's implementation. Returns (its outputs as a tuple, the
     mask it returned or None); the layer's output masks come from its
     declaration, a returned mask is only compared with them (debug)."""
@@ -311,7 +341,7 @@ def _extern(impl, inputs, mask, weights, config, training):
 # time-changing layers (windows use the mask: docs/semantics.md section 3)
 
 
-def _window(T, k_eff, stride, padding):
+def _window(T: int, k_eff: int, stride: int, padding: str) -> tuple[int, int, int]:
     """(zeros before, zeros after, output steps) of a window of k_eff steps, as
     Keras/TensorFlow pad: valid: none; causal: k_eff - 1 before; same: the
     zeros needed for ceil(T / stride) windows, split evenly, the odd one after."""
@@ -324,7 +354,9 @@ def _window(T, k_eff, stride, padding):
     return total // 2, total - total // 2, out
 
 
-def _window_mask(mask, size, stride, dilation, padding, out):
+def _window_mask(
+    mask: jax.Array, size: int, stride: int, dilation: int, padding: str, out: int
+) -> jax.Array:
     """Output mask of a window layer. valid: step j is valid iff every input step
     its window reads is valid; same/causal: iff its anchor input step j * stride is.
     For post/pre masks this maps each row's length L to max(0, (L - k_eff) // s + 1)
@@ -338,7 +370,16 @@ def _window_mask(mask, size, stride, dilation, padding, out):
     return bad[:, :out] == 0
 
 
-def _conv1d(p, x, mask, kernel_size, strides, dilation, padding, activation):
+def _conv1d(
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    kernel_size: int,
+    strides: int,
+    dilation: int,
+    padding: str,
+    activation: Callable[[jax.Array], jax.Array],
+) -> tuple[jax.Array, jax.Array | None]:
     """Conv1D (Keras layout: kernel [k, F, filters]). Masked input steps are zeroed
     first, so padding never leaks into a valid window; returns (y, output mask)."""
     if mask is not None:
@@ -361,7 +402,9 @@ def _conv1d(p, x, mask, kernel_size, strides, dilation, padding, activation):
     return y, _window_mask(mask, kernel_size, strides, dilation, padding, out)
 
 
-def _pool(x, mask, kind, pool_size, strides, padding):
+def _pool(
+    x: jax.Array, mask: jax.Array | None, kind: str, pool_size: int, strides: int, padding: str
+) -> tuple[jax.Array, jax.Array | None]:
     """MaxPooling1D / AveragePooling1D over the valid steps of each window (0 when
     a window has none; same-padding zeros are not steps). Returns (y, output mask)."""
     before, after, out = _window(x.shape[1], pool_size, strides, padding)
@@ -380,7 +423,7 @@ def _pool(x, mask, kind, pool_size, strides, padding):
     return y, _window_mask(mask, pool_size, strides, 1, padding, out)
 
 
-def _global_pool(x, mask, kind, keepdims):
+def _global_pool(x: jax.Array, mask: jax.Array | None, kind: str, keepdims: bool) -> jax.Array:
     """GlobalMax/AveragePooling1D over the valid steps; 0 for a row with none."""
     valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
     v = valid[..., None]
@@ -393,7 +436,7 @@ def _global_pool(x, mask, kind, keepdims):
     return y[:, None, :] if keepdims else y
 
 
-def _temporal_softmax(x, mask):
+def _temporal_softmax(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Per feature, a softmax over the valid steps of each row (max-subtracted);
     0 at masked steps and for a row with no valid step."""
     v = mask[..., None]
@@ -418,15 +461,17 @@ class _RNN(NamedTuple):
     states: tuple
 
 
-def _zero_states(x, units, n):
+def _zero_states(x: jax.Array, units: int, n: int) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((x.shape[0], units), x.dtype) for _ in range(n))
 
 
-def _flip_time(x):
+def _flip_time(x: Any) -> Any:
     return None if x is None else jnp.flip(x, axis=1)
 
 
-def _go_backwards(x, mask, side):
+def _go_backwards(
+    x: jax.Array, mask: jax.Array | None, side: str
+) -> tuple[Any, jax.Array | None, str]:
     """go_backwards on the fused kernel: the layer reads the steps in reverse order
     (Keras), so it runs on the flipped sequence and mask; its outputs stay in that
     reversed order. A flipped post mask is a pre mask and vice versa."""
@@ -434,7 +479,17 @@ def _go_backwards(x, mask, side):
     return _flip_time(x), _flip_time(mask), side
 
 
-def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards):
+def _scan(
+    step: Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]],
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
+    return_sequences: bool,
+    masked_output: str,
+    go_backwards: bool,
+) -> _RNN:
     """Runs a cell over time with lax.scan: one compiled loop body, whatever T.
 
     x: the layer's inputs [B, T, F]. The state-independent part of the cell, the
@@ -477,13 +532,13 @@ def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, 
     return _RNN(_flip_time(sequence) if go_backwards else sequence, last, states)
 
 
-def _project(x, kernel, bias=None):
+def _project(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     """x @ kernel (+ bias): the part of a cell that does not depend on the state."""
     xw = x @ kernel
     return xw if bias is None else xw + bias
 
 
-def _hoist_projection(x, kernel):
+def _hoist_projection(x: jax.Array, kernel: jax.Array) -> bool:
     """Whether _scan computes x @ kernel for every step at once, before the loop (one
     large matmul), rather than step by step in its body. Measured per layer on XLA's
     CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
@@ -498,7 +553,12 @@ def _hoist_projection(x, kernel):
     return batch < 64 and features >= 256 and gates <= 2 * features
 
 
-def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
+def _lstm_step(
+    recurrent_kernel: jax.Array,
+    activation: Callable[[jax.Array], jax.Array],
+    recurrent_activation: Callable[[jax.Array], jax.Array],
+    recurrent_keep: jax.Array | None,
+) -> Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
     """Keras' LSTM cell on a precomputed input projection; gates i, f, c, o."""
 
     def step(xw_t, states):
@@ -515,20 +575,20 @@ def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_kee
 
 
 def _lstm(
-    p,
-    x,
-    mask,
-    states,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
     *,
-    activation=jnp.tanh,
-    recurrent_activation=jax.nn.sigmoid,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-    fused=None,
-):
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    recurrent_activation: Callable[[jax.Array], jax.Array] = jax.nn.sigmoid,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+    input_keep: jax.Array | None = None,
+    recurrent_keep: jax.Array | None = None,
+    fused: str | None = None,
+) -> _RNN:
     """An LSTM layer (Keras' LSTM and RNN(LSTMCell)); returns _RNN.
 
     fused: the static mask side ("post", "pre" or "any") when the layer may run
@@ -547,7 +607,13 @@ def _lstm(
     return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
 
 
-def _gru_step(recurrent_kernel, recurrent_bias, activation, recurrent_activation, recurrent_keep):
+def _gru_step(
+    recurrent_kernel: jax.Array,
+    recurrent_bias: jax.Array | None,
+    activation: Callable[[jax.Array], jax.Array],
+    recurrent_activation: Callable[[jax.Array], jax.Array],
+    recurrent_keep: jax.Array | None,
+) -> Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
     """Keras' GRU cell with reset_after=true (gates z, r, h): the reset gate
     multiplies the recurrent projection, which has its own bias."""
 
@@ -567,7 +633,12 @@ def _gru_step(recurrent_kernel, recurrent_bias, activation, recurrent_activation
     return step
 
 
-def _gru_v1_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
+def _gru_v1_step(
+    recurrent_kernel: jax.Array,
+    activation: Callable[[jax.Array], jax.Array],
+    recurrent_activation: Callable[[jax.Array], jax.Array],
+    recurrent_keep: jax.Array | None,
+) -> Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
     """Keras' GRU cell with reset_after=false (gates z, r, h): the reset gate
     multiplies the state before its projection; one bias, on the inputs."""
     units = recurrent_kernel.shape[0]
@@ -586,20 +657,20 @@ def _gru_v1_step(recurrent_kernel, activation, recurrent_activation, recurrent_k
 
 
 def _gru(
-    p,
-    x,
-    mask,
-    states,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
     *,
-    activation=jnp.tanh,
-    recurrent_activation=jax.nn.sigmoid,
-    reset_after=True,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-):
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    recurrent_activation: Callable[[jax.Array], jax.Array] = jax.nn.sigmoid,
+    reset_after: bool = True,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+    input_keep: jax.Array | None = None,
+    recurrent_keep: jax.Array | None = None,
+) -> _RNN:
     """A GRU layer (Keras' GRU and RNN(GRUCell)); always lax.scan: JAX has no fused GRU."""
     if input_keep is not None:  # input dropout: one keep-mask per sequence, every gate
         x = x * input_keep[:, None, :]
@@ -620,18 +691,18 @@ def _gru(
 
 
 def _simple_rnn(
-    p,
-    x,
-    mask,
-    states,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
     *,
-    activation=jnp.tanh,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-):
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+    input_keep: jax.Array | None = None,
+    recurrent_keep: jax.Array | None = None,
+) -> _RNN:
     """A SimpleRNN layer (Keras' SimpleRNN and RNN(SimpleRNNCell)): h = act(x W + h R + b)."""
     if input_keep is not None:
         x = x * input_keep[:, None, :]
@@ -647,7 +718,7 @@ def _simple_rnn(
     return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
 
 
-def _merge_directions(a, b, merge_mode):
+def _merge_directions(a: Any, b: Any, merge_mode: str) -> Any:
     if merge_mode == "concat":
         return jnp.concatenate([a, b], axis=-1)
     if merge_mode == "sum":
@@ -659,7 +730,7 @@ def _merge_directions(a, b, merge_mode):
     return a, b  # merge_mode="none": two outputs
 
 
-def _directions(p):
+def _directions(p: Mapping[str, jax.Array]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """A Bidirectional layer's weights, split into forward and backward."""
     fw = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
     bw = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
@@ -667,32 +738,34 @@ def _directions(p):
 
 
 def _merged(
-    seqs: tuple[Any, Any],
-    lasts: tuple[Any, Any],
-    finals: tuple[Any, Any],
+    seqs: Sequence[Any],
+    lasts: Sequence[Any],
+    finals: Sequence[Any],
     merge_mode: str,
     return_sequences: bool,
 ) -> _RNN:
-    sequence = _merge_directions(*seqs, merge_mode) if return_sequences else None
+    sequence = _merge_directions(seqs[0], seqs[1], merge_mode) if return_sequences else None
     return _RNN(
-        sequence, _merge_directions(*lasts, merge_mode), tuple(finals[0]) + tuple(finals[1])
+        sequence,
+        _merge_directions(lasts[0], lasts[1], merge_mode),
+        tuple(finals[0]) + tuple(finals[1]),
     )
 
 
 def _bidirectional(
-    layer,
-    p,
-    x,
-    mask,
-    states_fw,
-    states_bw,
+    layer: Callable[..., _RNN],
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states_fw: tuple[jax.Array, ...],
+    states_bw: tuple[jax.Array, ...],
     *,
-    merge_mode,
-    return_sequences,
-    input_keeps=(None, None),
-    recurrent_keeps=(None, None),
-    **cell,
-):
+    merge_mode: str,
+    return_sequences: bool,
+    input_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    recurrent_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    **cell: Any,
+) -> _RNN:
     """Bidirectional: the forward layer on x; the backward layer reads the valid
     steps in reverse (go_backwards) and its outputs are flipped back to input
     order; merged by merge_mode. Outputs at masked steps are 0 in both halves.
@@ -724,18 +797,18 @@ def _bidirectional(
 
 
 def _bidirectional_lstm(
-    p,
-    x,
-    mask,
-    states_fw,
-    states_bw,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states_fw: tuple[jax.Array, ...],
+    states_bw: tuple[jax.Array, ...],
     *,
-    merge_mode,
-    return_sequences,
-    input_keeps=(None, None),
-    fused=None,
-    **cell,
-):
+    merge_mode: str,
+    return_sequences: bool,
+    input_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    fused: str | None = None,
+    **cell: Any,
+) -> _RNN:
     """Bidirectional(LSTM): on the fused kernel both directions run in one call
     (the kernel reverses each row within its length), unless the directions
     have different input dropout masks; otherwise _bidirectional."""
@@ -769,7 +842,16 @@ def _bidirectional_lstm(
 FUSED_LSTM = "auto"
 
 
-def _cudnn_lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, bidirectional):
+def _cudnn_lstm(
+    x: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    weights: jax.Array,
+    seq_lengths: jax.Array,
+    input_size: int,
+    hidden_size: int,
+    bidirectional: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.experimental.rnn.lstm(
         x,
         h0,
@@ -790,7 +872,7 @@ def _cudnn_lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, bidire
 _fused_lstm = _cudnn_lstm
 
 
-def _use_fused_lstm(x):
+def _use_fused_lstm(x: jax.Array) -> bool:
     if FUSED_LSTM == "auto":
         return (
             x.dtype == jnp.float32
@@ -800,14 +882,14 @@ def _use_fused_lstm(x):
     return FUSED_LSTM == "always"
 
 
-def _roll_rows(x, shift):
+def _roll_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
     """Roll each row b of x [B, T, ...] in time by shift[b] steps (to the right)."""
     T = x.shape[1]
     index = (jnp.arange(T)[None, :] - shift[:, None]) % T
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _cudnn_weights(ps):
+def _cudnn_weights(ps: Sequence[Mapping[str, jax.Array]]) -> jax.Array:
     """jax.experimental.rnn's flat weight vector: every W_ih [4U, F] and W_hh
     [4U, U] first (forward, then backward; row-major), then every bias pair
     b_ih, b_hh. Its gates i, f, g, o are Keras' i, f, c, o; Keras has one bias,
@@ -820,7 +902,15 @@ def _cudnn_weights(ps):
     return jnp.concatenate(mats + biases)
 
 
-def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
+def _lstm_fused(
+    ps: Sequence[Mapping[str, jax.Array]],
+    x: jax.Array,
+    mask: jax.Array | None,
+    side: str,
+    states: Sequence[tuple[jax.Array, ...]],
+    return_sequences: bool,
+    masked_output: str,
+) -> tuple[list[Any], list[jax.Array], list[tuple[jax.Array, jax.Array]]]:
     """LSTM on the fused kernel, which takes right-padded rows and their lengths.
 
     Every mask kind is brought to that layout and back, exactly:
@@ -880,27 +970,27 @@ def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
     return jnp.split(seq, n_dir, axis=-1), lasts, finals
 
 
-def _cell_states(x, shapes):
+def _cell_states(x: jax.Array, shapes: Sequence[tuple[int, ...]]) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((x.shape[0], *shape), x.dtype) for shape in shapes)
 
 
-def _valid_where(m_t, new, old):
+def _valid_where(m_t: jax.Array, new: Any, old: Any) -> jax.Array:
     """where(mask, new, old) for a per-step value of any rank (mask [B])."""
     return jnp.where(m_t.reshape(m_t.shape + (1,) * (jnp.ndim(new) - 1)), new, old)
 
 
 def _cell_rnn(
-    step,
-    p,
-    xs,
-    mask,
-    states,
-    outputs,
+    step: Callable[..., Any],
+    p: Mapping[str, jax.Array],
+    xs: Sequence[jax.Array],
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
+    outputs: Sequence[tuple[int, ...]],
     *,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-):
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+) -> _RNN:
     """A cell block over time with lax.scan: one compiled loop body, whatever T.
 
     step(p, inputs_t, states) -> (outputs, new states), all tuples; xs: the input
@@ -944,15 +1034,24 @@ def _cell_rnn(
 
 
 def _cell_bidirectional(
-    step, p, xs, mask, states_fw, states_bw, outputs, *, merge_mode, return_sequences
-):
+    step: Callable[..., Any],
+    p: Mapping[str, jax.Array],
+    xs: Sequence[jax.Array],
+    mask: jax.Array | None,
+    states_fw: tuple[jax.Array, ...],
+    states_bw: tuple[jax.Array, ...],
+    outputs: Sequence[tuple[int, ...]],
+    *,
+    merge_mode: str,
+    return_sequences: bool,
+) -> _RNN:
     """Bidirectional(RNN(cell)) for a cell with one output [n]: the forward run on
     xs; the backward run reads the valid steps in reverse (go_backwards) and its
     outputs are flipped back to input order; merged by merge_mode (two arrays for
     "none"). States: forward then backward."""
     fw_p = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
     bw_p = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
-    run = dict(outputs=outputs, return_sequences=return_sequences)
+    run: dict[str, Any] = dict(outputs=outputs, return_sequences=return_sequences)
     fw = _cell_rnn(step, fw_p, xs, mask, states_fw, **run)
     bw = _cell_rnn(step, bw_p, xs, mask, states_bw, go_backwards=True, **run)
     sequence = None
@@ -966,7 +1065,13 @@ def _cell_bidirectional(
 # attention layers: masked softmax weights (docs/semantics.md section 3)
 
 
-def _attention_allowed(query, key, key_mask, query_mask, causal):
+def _attention_allowed(
+    query: jax.Array,
+    key: jax.Array,
+    key_mask: jax.Array | None,
+    query_mask: jax.Array | None,
+    causal: bool,
+) -> jax.Array | None:
     """Which key steps each query step attends to, bool [B, Tq, Tk] (None: all): the
     valid key steps, the valid query steps (MultiHeadAttention: a masked query step
     attends to nothing) and, with causal, the steps j <= i."""
@@ -981,7 +1086,7 @@ def _attention_allowed(query, key, key_mask, query_mask, causal):
     return jnp.broadcast_to(allowed, (query.shape[0], query.shape[1], key.shape[1]))
 
 
-def _masked_softmax(scores, allowed):
+def _masked_softmax(scores: jax.Array, allowed: jax.Array | None) -> jax.Array:
     """Softmax over the last axis among the allowed entries: 0 elsewhere, and 0 for a
     row with none (Keras gives such a row a uniform average)."""
     if allowed is None:
@@ -994,17 +1099,17 @@ def _masked_softmax(scores, allowed):
 
 
 def _attention(
-    p,
-    query,
-    value,
-    key=None,
+    p: Mapping[str, jax.Array],
+    query: jax.Array,
+    value: jax.Array,
+    key: jax.Array | None = None,
     *,
-    query_mask=None,
-    key_mask=None,
-    score_mode="dot",
-    causal=False,
-    keep=None,
-):
+    query_mask: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    score_mode: str = "dot",
+    causal: bool = False,
+    keep: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Keras' Attention (Luong); returns (output, weights). The weights are a softmax
     of the scores over the valid key steps (query . key, times p["scale"] with
     use_scale; "concat": concat_score_weight * sum(tanh(scale * (query + key)))); a
@@ -1025,8 +1130,16 @@ def _attention(
 
 
 def _multi_head_attention(
-    p, query, value, key=None, *, query_mask=None, key_mask=None, causal=False, keep=None
-):
+    p: Mapping[str, jax.Array],
+    query: jax.Array,
+    value: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    query_mask: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    causal: bool = False,
+    keep: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Keras' MultiHeadAttention; returns (output, weights [B, heads, Tq, Tk]).
     query, key and value are projected to heads (Keras' EinsumDense kernels
     [F, heads, size]); the weights are softmax(q . k / sqrt(key_dim)) over the
@@ -1054,7 +1167,7 @@ def _multi_head_attention(
 # variables: init, canonical weights
 
 
-def _initialize(name, key, shape, dtype):
+def _initialize(name: str, key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
     """One weight by Keras' initializer formula, drawn with jax.random."""
     if name.startswith("unit_forget_bias("):  # LSTM bias: [init(U), ones(U), init(2U)]
         inner, u = name[len("unit_forget_bias(") : -1], shape[0] // 4
@@ -1107,7 +1220,9 @@ def _initialize(name, key, shape, dtype):
     raise ValueError(f"unknown initializer {name!r}")
 
 
-def _init_weights(weights, rng_key, dtype):
+def _init_weights(
+    weights: Mapping[str, Sequence[tuple[Any, ...]]], rng_key: jax.Array, dtype: Any
+) -> dict[str, jax.Array]:
     """Fresh canonical weights {"layer/weight": array} for a WEIGHTS table: each
     layer's weights drawn from its own stream (rng_key folded with a hash of the
     layer name), Keras' formulas."""
@@ -1121,7 +1236,7 @@ def _init_weights(weights, rng_key, dtype):
     return out
 
 
-def _zero_state(entry, dtype):
+def _zero_state(entry: tuple[Any, Any, Sequence[str]], dtype: Any) -> dict[str, jax.Array]:
     """The zero states of one stateful recurrent layer. Its STATEFUL entry is
     (batch, units, names) for a built-in layer, (batch, state shapes, names)
     for a cell block."""
@@ -1131,7 +1246,11 @@ def _zero_state(entry, dtype):
     return {n: jnp.zeros((batch, *s), dtype) for n, s in zip(names, units, strict=True)}
 
 
-def _from_canonical(table, stateful, weights):
+def _from_canonical(
+    table: Mapping[str, Sequence[tuple[Any, ...]]],
+    stateful: Mapping[str, tuple[Any, Any, Sequence[str]]],
+    weights: Mapping[str, Any],
+) -> dict[str, dict[str, dict[str, jax.Array]]]:
     """Variables from canonical weights {"layer/weight": array} (Keras layout),
     checked against the WEIGHTS table; the (zero) states of the STATEFUL layers.
 
@@ -1160,7 +1279,9 @@ def _from_canonical(table, stateful, weights):
     return {"params": params, "state": state}
 
 
-def _to_canonical(table, variables):
+def _to_canonical(
+    table: Mapping[str, Sequence[tuple[Any, ...]]], variables: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
     """Canonical weights {"layer/weight": numpy array} by a WEIGHTS table (the
     bit-exact inverse of _from_canonical)."""
     out = {}
@@ -1174,12 +1295,14 @@ def _to_canonical(table, variables):
 # padding and input checks
 
 
-def _pad_sequences(sequences, side, value, maxlen, truncate, dtype):
+def _pad_sequences(
+    sequences: Sequence[Any], side: str, value: float, maxlen: int | None, truncate: str, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """keras.utils.pad_sequences in `dtype`: returns (batch, int32 lengths after truncation)."""
     return pad_sequences(sequences, side, value, maxlen, truncate, dtype, np.int32)
 
 
-def _pad(pads, raw):
+def _pad(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Any]) -> Any:
     """Pad ragged data by a PADS table (keras.utils.pad_sequences semantics, in
     the declared dtype): one list of sequences per padded input, in declaration
     order. Returns (batch, lengths) for one input, a tuple of them for several.
@@ -1211,7 +1334,9 @@ def _pad(pads, raw):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def _input_symbols(inputs, arrays):
+def _input_symbols(
+    inputs: Mapping[str, tuple[str, tuple[Any, ...]]], arrays: Sequence[Any]
+) -> dict[str, int]:
     """Static checks of the inputs against an INPUTS table (shapes are known at
     trace time, also under jax.jit): ranks, declared sizes and symbols agreeing
     across inputs (B, T, ...). Returns the symbol values."""
@@ -1254,35 +1379,35 @@ class _Model:
     to_canonical: Any
     stateful: Any
 
-    def __init__(self, variables=None, rng_key=None):
+    def __init__(self, variables: Any = None, rng_key: Any = None) -> None:
         if variables is None:
             variables = self.init(jax.random.key(0) if rng_key is None else rng_key)
         self.variables = variables
         self._jitted = jax.jit(self.apply, static_argnames=("training", "return_state", "debug"))
 
-    def __call__(self, *inputs, **options):
+    def __call__(self, *inputs: Any, **options: Any) -> Any:
         outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
         self.variables = {"params": self.variables["params"], "state": state}
         return outputs
 
-    def debug(self, *inputs, **options):
+    def debug(self, *inputs: Any, **options: Any) -> Any:
         outputs, state = self.apply(
             self.variables, *inputs, return_state=True, debug=True, **options
         )
         self.variables = {"params": self.variables["params"], "state": state}
         return outputs
 
-    def reset_states(self):
+    def reset_states(self) -> None:
         """Zero the states of stateful recurrent layers (not the normalisation statistics)."""
         state = dict(self.variables["state"])
         for layer, entry in self.stateful.items():
             state[layer] = _zero_state(entry, state[layer][entry[2][0]].dtype)
         self.variables = {"params": self.variables["params"], "state": state}
 
-    def load_canonical(self, weights):
+    def load_canonical(self, weights: Mapping[str, Any]) -> None:
         self.variables = self.from_canonical(weights)
 
-    def canonical_weights(self):
+    def canonical_weights(self) -> dict[str, np.ndarray]:
         return self.to_canonical(self.variables)
 
 
@@ -1293,7 +1418,7 @@ class _ExternModel(_Model):
 
     resolve_externs: Any
 
-    def __init__(self, variables=None, rng_key=None, externs=None):
+    def __init__(self, variables: Any = None, rng_key: Any = None, externs: Any = None) -> None:
         if variables is None:
             variables = self.init(jax.random.key(0) if rng_key is None else rng_key)
         self.variables = variables
@@ -1303,7 +1428,7 @@ class _ExternModel(_Model):
             static_argnames=("training", "return_state", "debug"),
         )
 
-    def debug(self, *inputs, **options):
+    def debug(self, *inputs: Any, **options: Any) -> Any:
         outputs, state = self.apply(
             self.variables, *inputs, return_state=True, debug=True, externs=self.externs, **options
         )
