@@ -15,7 +15,6 @@ runs without JAX installed).
 
 from __future__ import annotations
 
-import ast
 import builtins
 import functools
 import keyword
@@ -263,6 +262,7 @@ class _Emitter:
         t = CodeWriter()
         self.tables(t)
         w.lines.extend(fit(t.lines))
+        n_tables = len(w.lines)  # literals only: no names to import
         if self.cell_fns:
             w("")
             w("")
@@ -300,14 +300,14 @@ class _Emitter:
         w("")
         w("")
         w.lines.extend(_class_lines(class_name(m), bool(m.externs)))
-        body = w.text()
+        imports = self.imports("\n".join(w.lines[n_tables:]))
         head = CodeWriter()
         self.header(head)
-        return head.text() + "\n" + "\n".join(self.imports(body)) + "\n" + body
+        return head.text() + "\n" + "\n".join(imports) + "\n" + w.text()
 
-    def imports(self, body: str) -> list[str]:
-        """The import block: the libraries and runtime names ``body`` reads, in ruff's order."""
-        read = {n.id for n in ast.walk(ast.parse(body)) if isinstance(n, ast.Name)}
+    def imports(self, code: str) -> list[str]:
+        """The import block: the libraries and runtime names ``code`` reads, in ruff's order."""
+        read = set(_NAMES.findall(code))
         items = [ImportItem("__future__", "annotations")]
         items += [_LIBRARIES[n] for n in sorted(read & set(_LIBRARIES))]
         items += [ImportItem(RUNTIME_MODULE, n) for n in sorted(read & runtime_names())]
@@ -1301,3 +1301,10 @@ _LIBRARIES = {
     "np": ImportItem("numpy", alias="np"),
     "get_extern": ImportItem("seqdsl.externs", "get_extern"),
 }
+
+#: the names code reads: group 1 of each match, the first part of a dotted name
+#: (`jnp.split` reads jnp); strings (docstrings, messages) and comments match
+#: without a group, so their words are not names
+_NAMES = re.compile(
+    r'"""[\s\S]*?"""|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|#[^\n]*|([A-Za-z_]\w*)[\w.]*'
+)
