@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..catalogue import BoundLayer
+from ..catalogue import Cfg
 from ..cells import BoundCell, bound_cell_of, names_read
 from ..checker import LayerInfo
 from ..ir import ApplyOp, CellDef, CExpr, ExternDef, MaskContract, ParamDecl
@@ -400,22 +400,16 @@ def emit_cell_rnn(em: EmitterLike, op: ApplyOp, layer: LayerInfo) -> None:
     (one per distinct bound cell) run by _cell_rnn / _cell_bidirectional."""
     b = em.body
     bc = bound_cell_of(layer, em.m.types)
-    cfg = layer.config
+    cfg = Cfg(layer.config)
     bi = layer.kind == "Bidirectional"
-    if bi:
-        inner = cfg["layer"]
-        assert isinstance(inner, BoundLayer)
-        rcfg = inner.config
-    else:
-        rcfg = cfg
-    cell_bl = rcfg["cell"]
-    assert isinstance(cell_bl, BoundLayer)
-    merge_mode = str(cfg["merge_mode"]) if bi else "concat"
-    rs = bool(rcfg["return_sequences"])
-    rst = bool(rcfg["return_state"])
-    go_back = bool(rcfg.get("go_backwards", False))
-    stateful = bool(rcfg.get("stateful", False))
-    masked_output = str(rcfg.get("masked_output", "zero"))
+    rcfg = Cfg(cfg.layer("layer").config) if bi else cfg
+    cell_bl = rcfg.layer("cell")
+    merge_mode = cfg.text("merge_mode") if bi else "concat"
+    rs = rcfg.flag("return_sequences")
+    rst = rcfg.flag("return_state")
+    go_back = "go_backwards" in rcfg and rcfg.flag("go_backwards")
+    stateful = "stateful" in rcfg and rcfg.flag("stateful")
+    masked_output = rcfg.text("masked_output") if "masked_output" in rcfg else "zero"
     xs = [em.names.value(u.name) for u in op.inputs]
     res = [em.names.value(r) for r in op.results]
 
