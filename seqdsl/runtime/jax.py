@@ -838,7 +838,9 @@ def _bidirectional_lstm(
 
 
 #: "auto": the fused kernel (cuDNN, jax.experimental.rnn.lstm) for float32 on a
-#: CUDA GPU, lax.scan elsewhere; "always" / "never" force the choice.
+#: CUDA GPU, lax.scan elsewhere; "always" / "never" force the choice. Read when an
+#: LSTM is traced (by _use_fused_lstm): setting it here acts on every generated
+#: module that imports from this one.
 FUSED_LSTM = "auto"
 
 
@@ -866,9 +868,10 @@ def _cudnn_lstm(
     )
 
 
-#: The fused kernel (same signature as _cudnn_lstm). jax.experimental.rnn.lstm
-#: raises on CPU; tests put an adapter around jax.experimental.rnn.lstm_ref here
-#: (with FUSED_LSTM = "always") to check this code path anywhere.
+#: The fused kernel (same signature as _cudnn_lstm), called through this global.
+#: jax.experimental.rnn.lstm raises on CPU; tests put an adapter around
+#: jax.experimental.rnn.lstm_ref here (with FUSED_LSTM = "always", both set with
+#: pytest's monkeypatch) to check this code path anywhere.
 _fused_lstm = _cudnn_lstm
 
 
