@@ -550,7 +550,7 @@ def test_emitted_module_is_standalone_and_deterministic() -> None:
     imports = set(re.findall(r"^(?:import|from) ([\w.]+)", text, re.M))
     assert imports <= {
         "__future__",
-        "collections.abc",  # annotations of the runtime's code (seqdsl.runtime.common)
+        "collections.abc",  # the annotations of the copied runtime code (stdlib)
         "typing",
         "zlib",
         "jax",
