@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,12 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import seqdsl  # noqa: E402
+import seqdsl.runtime.jax as jax_runtime  # noqa: E402
 from seqdsl.checker import CheckedModel  # noqa: E402
 from seqdsl.emit import load_source  # noqa: E402
 from seqdsl.emit.jax_backend import class_name, instantiate  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
+from seqdsl.types import TensorType  # noqa: E402
 from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
 from tests.parity_cases import OPTIONS, Case, all_cases, make_case  # noqa: E402
 
@@ -259,11 +263,12 @@ def hoisted_results() -> list[tuple[Case, CheckedModel, Any, Any]]:
     """Every case with the input projection done before the scan: on the CPU the
     small test layers project inside the scan body (_hoist_projection)."""
     built = []
-    for c in CASES:
-        model, jm = build(c.source)
-        module_of(jm)._hoist_projection = lambda x, kernel: True
-        built.append((c, model, jm))
-    results = run_all(built)
+    with pytest.MonkeyPatch.context() as mp:  # the knob lives in the shared runtime
+        mp.setattr(jax_runtime, "_hoist_projection", lambda x, kernel: True)
+        for c in CASES:
+            model, jm = build(c.source)
+            built.append((c, model, jm))
+        results = run_all(built)
     return [(c, m, jm, r) for (c, m, jm), r in zip(built, results, strict=True)]
 
 
@@ -278,8 +283,7 @@ def test_projection_in_the_scan_body_by_shape() -> None:
     on GPUs): the projection goes in the scan body except for one-row batches,
     kernels of 2**20 entries or more, and F >= 256 features into at most 2F gates
     in batches under 64 rows."""
-    _, jm = build(CASES[0].source)
-    hoist = module_of(jm)._hoist_projection
+    hoist = jax_runtime._hoist_projection
 
     def case(b: int, f: int, g: int) -> bool:
         return bool(hoist(jnp.zeros((b, 2, f)), jnp.zeros((f, g))))
@@ -330,13 +334,13 @@ FUSED_CASES = _fused_cases()
 def fused_results() -> list[Any]:
     calls: list[int] = []
     built = []
-    for c in FUSED_CASES:
-        model, jm = build(c.source)
-        mod = module_of(jm)
-        mod.FUSED_LSTM = "always"
-        mod._fused_lstm = lstm_ref_adapter(calls)
-        built.append((c, model, jm))
-    results = run_all(built)
+    with pytest.MonkeyPatch.context() as mp:  # the knobs live in the shared runtime
+        mp.setattr(jax_runtime, "FUSED_LSTM", "always")
+        mp.setattr(jax_runtime, "_fused_lstm", lstm_ref_adapter(calls))
+        for c in FUSED_CASES:
+            model, jm = build(c.source)
+            built.append((c, model, jm))
+        results = run_all(built)
     assert calls, "the fused kernel was never called"
     return [(c, m, jm, r) for (c, m, jm), r in zip(built, results, strict=True)]
 
@@ -352,8 +356,7 @@ def test_fused_lstm_parity(fused_results: list[Any], index: int) -> None:
 
 
 def test_fused_lstm_is_selected_only_on_gpu() -> None:
-    _, jm = build(CASES[0].source)
-    mod = module_of(jm)
+    mod = jax_runtime
     assert mod.FUSED_LSTM == "auto"
     x = jnp.zeros((1, 2, 3), jnp.float32)
     assert mod._use_fused_lstm(x) == (jax.default_backend() == "gpu")
@@ -470,7 +473,7 @@ def test_canary_swapped_gates_fail_parity() -> None:
     case = next(c for c in CASES if c.options["cell"] == "LSTM" and not c.training)
     prog = seqdsl.loads(case.source)
     model = prog.model()
-    text = prog.compile("jax")
+    text = prog.compile("jax", standalone=True)  # the runtime's code, copied in
     line = "i, f, g, o = jnp.split(z, 4, axis=-1)"
     assert text.count(line) == 1
     jm = prog.build("jax", seed=1)
@@ -497,7 +500,7 @@ SCALING = {
 
 
 @pytest.mark.parametrize("kind", list(SCALING))
-def test_no_per_step_loop(kind: str) -> None:
+def test_no_per_step_loop(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The traced program does not grow with T: recurrent layers are one scan
     (also the fused path), windows one reduce_window/conv."""
     first = "x = LayerNormalization()(x0, mask=m)" if kind == "any" else ""
@@ -525,8 +528,8 @@ model Scaling {{
         )
 
     assert count(8) == count(256)
-    mod.FUSED_LSTM = "always"
-    mod._fused_lstm = lstm_ref_adapter([])
+    monkeypatch.setattr(jax_runtime, "FUSED_LSTM", "always")
+    monkeypatch.setattr(jax_runtime, "_fused_lstm", lstm_ref_adapter([]))
     assert count(8) == count(256)
 
 
@@ -541,11 +544,13 @@ def test_jit_matches_eager() -> None:
 
 
 def test_emitted_module_is_standalone_and_deterministic() -> None:
-    text = seqdsl.load(ROOT / "examples" / "seq2seq_bidir_encoder.seq").compile("jax")
-    assert text == seqdsl.load(ROOT / "examples" / "seq2seq_bidir_encoder.seq").compile("jax")
+    path = ROOT / "examples" / "seq2seq_bidir_encoder.seq"
+    text = seqdsl.load(path).compile("jax", standalone=True)
+    assert text == seqdsl.load(path).compile("jax", standalone=True)
     imports = set(re.findall(r"^(?:import|from) ([\w.]+)", text, re.M))
     assert imports <= {
         "__future__",
+        "collections.abc",  # the annotations of the copied runtime code (stdlib)
         "typing",
         "zlib",
         "jax",
@@ -558,6 +563,112 @@ def test_emitted_module_is_standalone_and_deterministic() -> None:
     # one small function per layer kind used, and only those
     assert "def _lstm(" in text and "def _gru(" not in text and "def _conv1d(" not in text
     assert "lax.scan" in text and "for t in range" not in text
+
+
+# Runs in a subprocess whose import system refuses seqdsl: imports standalone
+# modules from files and runs each on its inputs (all from one .npz).
+_STANDALONE_DRIVER = textwrap.dedent(
+    """
+    import importlib.util, sys
+
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "seqdsl":
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Refuse())
+    import jax
+    import numpy as np
+
+    data, out, *paths = sys.argv[1:]
+    d = np.load(data)
+    results = {}
+    for i, path in enumerate(paths):
+        spec = importlib.util.spec_from_file_location(f"standalone_{i}", path)
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except ImportError as e:
+            results[f"{i}/import_error"] = np.array(str(e))
+            continue
+        pre = f"{i}/"
+        weights = {k[len(pre) + 2 :]: d[k] for k in d.files if k.startswith(pre + "w:")}
+        inputs = [d[f"{pre}x{j}"] for j in range(int(d[pre + "n"]))]
+        lengths = {k[len(pre) + 2 :]: d[k] for k in d.files if k.startswith(pre + "l:")}
+        masks = {k[len(pre) + 2 :]: d[k] for k in d.files if k.startswith(pre + "m:")}
+        variables = mod.from_canonical(weights)
+        outs = mod.apply(variables, *inputs, lengths=lengths or None, masks=masks or None)
+        for j, leaf in enumerate(jax.tree_util.tree_leaves(outs)):
+            results[f"{pre}{j}"] = np.asarray(leaf)
+    assert not [m for m in sys.modules if m.partition(".")[0] == "seqdsl"]
+    np.savez(out, **results)
+    """
+)
+
+
+def test_standalone_modules_run_without_seqdsl(tmp_path: Path) -> None:
+    """Standalone modules (standalone=True: the runtime's code copied in) import in
+    an interpreter that refuses seqdsl and compute exactly what the modules that
+    import seqdsl.runtime.jax compute. (Extern models import seqdsl.externs even
+    standalone: left out.)"""
+    names = (
+        "sentiment_lstm", "bilstm_tagger", "conv_frontend_lstm", "masking_temporal_split",
+        "masking_temporal_softmax", "attention_seq2seq", "rnn_guide_stateful",
+        "rnn_guide_mnist_lstm", "global_pool_classifier", "gru_pre_padding",
+        "custom/builtin_cells", "custom/nested_cell", "custom/seed_masking_layers",
+    )  # fmt: skip
+    sources = [ROOT / "examples" / f"{name}.seq" for name in names]
+    data: dict[str, np.ndarray] = {}
+    paths, wants = [], []
+    for path in sources:
+        prog = seqdsl.load(path)
+        model = prog.model()
+        if model.externs:
+            continue
+        i = len(paths)
+        jm = prog.build("jax", seed=0)
+        inputs, lengths = example_inputs(model)
+        masks = {}  # lengths cannot say which steps are valid without a pad side: masks
+        for inp, x in zip(model.model.inputs, inputs, strict=True):
+            t = model.types[inp.name]
+            if (
+                inp.name in lengths
+                and isinstance(t, TensorType)
+                and t.mask
+                and t.mask.side == "any"
+            ):
+                masks[inp.name] = np.arange(x.shape[1])[None, :] < lengths.pop(inp.name)[:, None]
+        out = jm.apply(jm.variables, *inputs, lengths=lengths or None, masks=masks or None)
+        wants.append(leaves(out))
+        data.update({f"{i}/m:{k}": v for k, v in masks.items()})
+        data[f"{i}/n"] = np.array(len(inputs))
+        data.update({f"{i}/x{j}": x for j, x in enumerate(inputs)})
+        data.update({f"{i}/l:{k}": v for k, v in lengths.items()})
+        data.update({f"{i}/w:{k}": v for k, v in jm.canonical_weights().items()})
+        file = tmp_path / f"{path.stem}_standalone.py"
+        file.write_text(prog.compile("jax", standalone=True))
+        paths.append(str(file))
+    # the importing module of the last one: the finder must refuse it
+    file = tmp_path / "importing.py"
+    file.write_text(prog.compile("jax"))
+    paths.append(str(file))
+    np.savez(tmp_path / "data.npz", **data)  # type: ignore[arg-type]
+    run = subprocess.run(
+        [sys.executable, "-c", _STANDALONE_DRIVER, str(tmp_path / "data.npz"),
+         str(tmp_path / "out.npz"), *paths],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = np.load(tmp_path / "out.npz")
+    assert f"{len(wants)}/import_error" in got.files  # the importing module needs seqdsl
+    assert len(wants) >= 10
+    for i, want in enumerate(wants):
+        assert [k for k in got.files if k.startswith(f"{i}/")] == [
+            f"{i}/{j}" for j in range(len(want))
+        ]
+        for j, w in enumerate(want):
+            np.testing.assert_array_equal(got[f"{i}/{j}"], w, err_msg=paths[i])
 
 
 @pytest.mark.parametrize("name", GOLDEN_EXAMPLES)
@@ -799,8 +910,7 @@ def keras_pad() -> Callable[..., np.ndarray]:
 
 
 def _pad_module() -> Any:
-    _, jm = build("model P { input x: f32[B, T, 1] pad(post) masked\n output x }")
-    return module_of(jm)
+    return jax_runtime  # pad() of every generated module calls its _pad_sequences
 
 
 def test_pad_matches_keras(keras_pad: Callable[..., np.ndarray]) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
 import seqdsl  # noqa: E402
+import seqdsl.runtime.jax as jax_runtime  # noqa: E402
 from seqdsl.checker import CheckedModel  # noqa: E402
 from seqdsl.padding import lengths_to_mask  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
@@ -196,6 +197,15 @@ def reference(m: CheckedModel, w: dict[str, np.ndarray], inp: Inputs, **kw: Any)
 # the three backends behind one interface
 
 
+_KNOBS = pytest.MonkeyPatch()
+
+
+@pytest.fixture(autouse=True)
+def _restore_runtime_knobs() -> Iterator[None]:
+    yield
+    _KNOBS.undo()
+
+
 class Runner:
     """A built model of one backend: load weights, call, read and reset states."""
 
@@ -209,9 +219,9 @@ class Runner:
             if not fusable:
                 pytest.skip("no LSTM here: JAX has no fused kernel for GRU and SimpleRNN")
             self.net: Any = prog.build("jax", seed=0)
-            mod = sys.modules[type(self.net).__module__]
-            mod.FUSED_LSTM = "always"  # type: ignore[attr-defined]
-            mod._fused_lstm = lstm_ref_adapter(self.fused_calls)  # type: ignore[attr-defined]
+            # the knobs live in the shared runtime: set for this test, restored after it
+            _KNOBS.setattr(jax_runtime, "FUSED_LSTM", "always")
+            _KNOBS.setattr(jax_runtime, "_fused_lstm", lstm_ref_adapter(self.fused_calls))
             backend = "jax"
         else:
             self.net = prog.build(backend, seed=0)

@@ -1,11 +1,14 @@
-"""The JAX emitter: a checked model -> a standalone, readable JAX module.
+"""The JAX emitter: a checked model -> a readable JAX module.
 
-The emitted module imports only numpy and jax (no neural-network library) and
-provides ``init``, ``apply``, ``from_canonical``, ``to_canonical``, ``pad``,
-``debug`` and a small class named after the model (docs/backend-jax.md).
+The emitted module holds the model (its tables, ``apply``, thin ``init``,
+``from_canonical``, ``to_canonical``, ``pad`` and ``debug``, and a small class
+named after the model: docs/backend-jax.md) and imports its run-time code from
+:mod:`seqdsl.runtime.jax` (``from seqdsl.runtime.jax import _dense, _lstm``);
+``standalone=True`` copies that code in instead (:mod:`seqdsl.emit.standalone`).
 Recurrent layers run on ``jax.lax.scan`` (never a per-step Python loop), or on
 the fused cuDNN LSTM of ``jax.experimental.rnn`` on CUDA GPUs.
 
+Each layer kind has one small method, found through a table (``_Emitter.LAYERS``).
 This module only writes text; it imports no framework (``seqdsl compile``
 runs without JAX installed).
 """
@@ -17,13 +20,14 @@ import functools
 import keyword
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..catalogue import BoundLayer
+from ..catalogue import Cfg
 from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
@@ -32,7 +36,6 @@ from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
-from .common import pad_sequences_text
 from .common import py_literal as _lit
 from .common import seq_value as _fmt_value
 from .jax_cells import (
@@ -43,7 +46,8 @@ from .jax_cells import (
     externs_section,
     snake_case,
 )
-from .jax_snippets import ACTIVATION_EXPR, SECTIONS, SNIPPETS, closure, defined_names
+from .jax_common import ACTIVATION_EXPR, RUNTIME_MODULE, runtime_names
+from .standalone import ImportItem, format_imports
 
 if TYPE_CHECKING:
     from ..cells import BoundCell
@@ -59,7 +63,7 @@ _CELL_FN = {"lstm": "_lstm", "gru": "_gru", "simple_rnn": "_simple_rnn"}
 _MODULE_NAMES = {
     "MODEL", "INPUTS", "OUTPUTS", "WEIGHTS", "STATEFUL", "PADS", "FUSED_LSTM", "init", "apply",
     "debug", "pad", "from_canonical", "to_canonical", "jax", "jnp", "lax", "np", "zlib",
-    "Any", "NamedTuple",
+    "functools", "Any", "NamedTuple", "seqdsl",
 }  # fmt: skip
 _APPLY_LOCALS = {
     "l", "O", "I",  # ambiguous names (E741)
@@ -71,7 +75,7 @@ _APPLY_LOCALS = {
 def class_name(model: CheckedModel) -> str:
     """The name of the wrapper class in the emitted module."""
     name = model.name
-    if name in _MODULE_NAMES or name in defined_names() or keyword.iskeyword(name):
+    if name in _MODULE_NAMES or name in runtime_names() or keyword.iskeyword(name):
         name += "Model"
     return name
 
@@ -102,12 +106,6 @@ def emit_model(model: CheckedModel, source: str) -> str:
 # small helpers
 
 
-def _num(cfg: Mapping[str, object], key: str) -> float:
-    v = cfg[key]
-    assert isinstance(v, (int, float))
-    return float(v)
-
-
 @functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
 def _dim_code(d: Dim) -> tuple[str, int]:
     """(integer expression over ``env``, denominator L): ``d == expr / L`` exactly."""
@@ -129,6 +127,27 @@ def _dim_code(d: Dim) -> tuple[str, int]:
     if c or not parts:
         parts.append(str(c))
     return " + ".join(parts).replace("+ -", "- "), den
+
+
+def _fold(fn: str) -> Callable[[list[str]], str]:
+    def expr(ins: list[str]) -> str:
+        out = ins[0]
+        for x in ins[1:]:
+            out = f"jnp.{fn}({out}, {x})"
+        return out
+
+    return expr
+
+
+#: elementwise merges (concat has its own code): fn -> the expression of the inputs
+_MERGES: dict[str, Callable[[list[str]], str]] = {
+    "add": lambda ins: " + ".join(ins),
+    "subtract": lambda ins: f"{ins[0]} - {ins[1]}",
+    "multiply": lambda ins: " * ".join(ins),
+    "average": lambda ins: f"({' + '.join(ins)}) / {len(ins)}.0",
+    "maximum": _fold("maximum"),
+    "minimum": _fold("minimum"),
+}
 
 
 class _Namer:
@@ -159,17 +178,37 @@ class _Namer:
 # the emitter
 
 
+@dataclass
+class _Apply:
+    """One application of a built-in layer, as its method in the table sees it."""
+
+    op: ApplyOp
+    layer: LayerInfo
+    cfg: Cfg
+    #: the first input: its value name and its variable
+    src: str
+    x: str
+    #: the mask the layer reads (the explicit one, else its input's) and its kind
+    mask: str | None
+    in_kind: MaskKind | None
+    #: the layer's parameters and the variables of its results
+    p: str
+    res: list[str]
+
+    @property
+    def out(self) -> str:
+        return self.res[0]
+
+
 class _Emitter:
     def __init__(self, model: CheckedModel, source: str):
         self.m = model
         self.source = source
-        self.used: set[str] = set()
-        self.acts: set[str] = set()
         reserved = (
             set(dir(builtins))
             | _MODULE_NAMES
             | _APPLY_LOCALS
-            | defined_names()
+            | runtime_names()
             | {class_name(model)}
         )
         if model.externs:
@@ -183,7 +222,6 @@ class _Emitter:
         self.stateful: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self.bn_layers: list[str] = []
         self.pending: list[str] = []
-        self.force_lax = False
         #: cell blocks: step function text (named __STEP__) -> its name; stateful cell layers
         self.cell_fns: dict[str, str] = {}
         self.cell_states: dict[str, tuple[int, tuple[tuple[int, ...], ...], tuple[str, ...]]] = {}
@@ -211,39 +249,20 @@ class _Emitter:
             return t.mask
         return None
 
-    def act(self, name: object) -> str:
-        assert isinstance(name, str)
-        expr = ACTIVATION_EXPR[name]
-        if expr.startswith("_"):
-            self.used.add(expr)
-        return expr
-
-    def use(self, *names: str) -> None:
-        self.used.update(names)
+    def act(self, name: str) -> str:
+        return ACTIVATION_EXPR[name]
 
     # ------------------------------------------------------------ module
     def module(self) -> str:
+        """The module: docstring, imports (what the code below reads), tables,
+        cell step functions, extern lookup, then the model's functions and class."""
         m = self.m
         apply_text = self.apply_text()
         w = CodeWriter()
-        self.header(w)
         t = CodeWriter()
         self.tables(t)
         w.lines.extend(fit(t.lines))
-        snippets = closure(self.used)
-        for section in SECTIONS:
-            chunk = [SNIPPETS[n] for n in snippets if SNIPPETS[n].section == section]
-            if not chunk:
-                continue
-            w("")
-            w("")
-            w(f"# {'-' * 74}")
-            w(f"# {_SECTION_TITLES[section]}")
-            for s in chunk:
-                w("")
-                w("")
-                for line in s.text.rstrip("\n").split("\n"):
-                    w(line)
+        n_tables = len(w.lines)  # literals only: no names to import
         if self.cell_fns:
             w("")
             w("")
@@ -263,16 +282,8 @@ class _Emitter:
         w("")
         w("")
         w(f"# {'-' * 74}")
-        w("# variables: init, canonical weights")
-        variables_text = _stateful_shapes(_VARIABLES_TEXT, bool(self.cell_states))
-        for line in variables_text.strip("\n").split("\n"):
-            w(line)
-        w("")
-        w("")
-        w(f"# {'-' * 74}")
-        w("# padding and input checks")
-        for line in _PAD_TEXT.strip("\n").split("\n"):
-            w(line)
+        w("# variables, padding and input checks")
+        w.lines.extend(_glue_lines())
         w("")
         w("")
         t = CodeWriter()
@@ -288,27 +299,30 @@ class _Emitter:
             w(line)
         w("")
         w("")
-        for line in _DEBUG_TEXT.strip("\n").split("\n"):
-            w(line)
-        w("")
-        w("")
-        cls = _stateful_shapes(_CLASS_TEXT, bool(self.cell_states))
-        if m.externs:
-            cls = _extern_class(cls)
-        for line in cls.strip("\n").replace("{Model}", class_name(m)).split("\n"):
-            w(line)
-        return w.text()
+        w.lines.extend(_class_lines(class_name(m), bool(m.externs)))
+        imports = self.imports("\n".join(w.lines[n_tables:]))
+        head = CodeWriter()
+        self.header(head)
+        return head.text() + "\n" + "\n".join(imports) + "\n" + w.text()
 
-    @property
-    def uses_lax(self) -> bool:
-        return self.force_lax or any("lax." in SNIPPETS[n].text for n in closure(self.used))
+    def imports(self, code: str) -> list[str]:
+        """The import block: the libraries and runtime names ``code`` reads, in ruff's order."""
+        read = set(_NAMES.findall(code))
+        items = [ImportItem("__future__", "annotations")]
+        items += [_LIBRARIES[n] for n in sorted(read & set(_LIBRARIES))]
+        items += [ImportItem(RUNTIME_MODULE, n) for n in sorted(read & runtime_names())]
+        if self.m.externs:  # the modules of `use "..."` register the implementations
+            items += [ImportItem(mod, comment="# noqa: F401") for mod in self.m.python_modules]
+        return format_imports(items)
 
     def header(self, w: CodeWriter) -> None:
         m = self.m
         w(f'"""{m.name}: a JAX module generated by seqdsl from {self.source}.')
         w("")
         w("Pure JAX (jax.numpy, jax.lax), no neural-network library; weights in the")
-        w("canonical (Keras) layout. Usage:")
+        w("canonical (Keras) layout. The layers' functions (_lstm, _dense, ...) are those")
+        w("of seqdsl.runtime.jax: imported, or copied in by `seqdsl compile --standalone`.")
+        w("Usage:")
         w("")
         ins = ", ".join(i.name for i in m.model.inputs)
         w("    variables = init(jax.random.key(0))           # or from_canonical(weights)")
@@ -330,28 +344,6 @@ class _Emitter:
                 reason = f" ({kc.reason})" if kc is not None and kc.reason else ""
                 w(f"    {layer.name}: {kc}{reason}")
         w('"""')
-        w("")
-        w("from __future__ import annotations")
-        w("")
-        if m.externs:
-            w("import functools")
-        w("import zlib")
-        if "_RNN" in closure(self.used):
-            w("from typing import Any, NamedTuple")
-        w("")
-        w("import jax")
-        if "_lstm_fused" in closure(self.used):
-            w("import jax.experimental.rnn")
-        third = ["import jax.numpy as jnp", "import numpy as np"]
-        if m.externs:  # the modules of `use "..."` register the implementations
-            third += [f"import {mod}  # noqa: F401" for mod in m.python_modules]
-        for line in sorted(third, key=lambda s: s.split()[1].lower()):
-            w(line)
-        if self.uses_lax:
-            w("from jax import lax")
-        if m.externs:
-            w("")
-            w("from seqdsl.externs import ExternError, check_output_shapes, get_extern")
 
     def tables(self, w: CodeWriter) -> None:
         m = self.m
@@ -436,29 +428,10 @@ class _Emitter:
         w('    """Static checks (shapes are known at trace time, also under jax.jit): ranks,')
         w("    declared sizes, symbols agreeing across inputs (B, T, ...) and the")
         w('    checker\'s run-time constraints. Returns the symbol values."""')
-        w("    env, seen = {}, {}")
-        w("    for (name, (_, dims)), x in zip(INPUTS.items(), arrays, strict=True):")
-        w("        shape = jnp.shape(x)")
-        w("        if len(shape) != len(dims):")
-        w(
-            '            raise ValueError(f"input `{name}` must have rank {len(dims)} {list(dims)}, got shape {shape}")'
-        )
-        w("        for d, n in zip(dims, shape, strict=True):")
-        w("            if isinstance(d, int) and n != d:")
-        w(
-            '                raise ValueError(f"input `{name}`: size {n} where {d} is declared (shape {shape})")'
-        )
-        w("            if isinstance(d, str):")
-        w("                if d in env and env[d] != n:")
-        w("                    raise ValueError(")
-        w(
-            '                        f"input `{name}`: {d} = {n}, but input `{seen[d]}` has {d} = {env[d]}; "'
-        )
-        w(
-            '                        f"inputs sharing a symbol must agree (pad them together: pad())"'
-        )
-        w("                    )")
-        w("                env[d], seen[d] = n, name")
+        if not self.m.constraints:
+            w("    return _input_symbols(INPUTS, arrays)")
+            return
+        w("    env = _input_symbols(INPUTS, arrays)")
         for c in self.m.constraints:
             code, den = _dim_code(c.dim)
             names = sorted(c.dim.symbols())
@@ -482,7 +455,6 @@ class _Emitter:
             b("externs = _externs(externs)  # the given implementations, else seqdsl's registry")
         masked = [inp.name for inp in m.model.inputs if inp.masked]
         if masked:
-            self.use("_named")
             b(f'lengths = _named(lengths, {_lit(tuple(masked))}, "lengths")')
             b(f'masks = _named(masks, {_lit(tuple(masked))}, "masks")')
         b("dropout_masks = dropout_masks or {}")
@@ -495,7 +467,6 @@ class _Emitter:
             b("# trainable=false: no gradient flows into these weights")
             items = ", ".join(f"{_lit(n)}: lax.stop_gradient(params[{_lit(n)}])" for n in frozen)
             b(f"params = {{**params, {items}}}")
-            self.force_lax = True
         b(f"_check_inputs({', '.join(v for _, v in inputs)})")
         floats = [v for inp, v in inputs if not inp.is_mask and inp.dtype in ("f32", "f64")]
         b(f"dtype = _compute_dtype(params{''.join(', ' + v for v in floats)})")
@@ -530,9 +501,7 @@ class _Emitter:
         else:
             b(f"outputs = ({', '.join(outs)})")
         b("return (outputs, new_state) if return_state else outputs")
-        if any(re.search(r"\bdtype\b", line) for line in b.lines[dtype_line + 1 :]):
-            self.use("_compute_dtype")
-        else:
+        if not any(re.search(r"\bdtype\b", line) for line in b.lines[dtype_line + 1 :]):
             del b.lines[dtype_line]
 
         w = CodeWriter()
@@ -581,7 +550,6 @@ class _Emitter:
             self.mask[inp.name] = None
             kind = self.kind_of(inp.name)
             if kind is not None and (kind.side != "any" or kind.nonempty):
-                self.use("_check_mask")
                 hint = "pass a mask of the declared kind, or declare it `mask[B, T]` (kind any)"
                 self.pending.append(
                     f"_check_mask({v}, {_lit(kind.side)}, {_lit(kind.nonempty)}, "
@@ -595,13 +563,11 @@ class _Emitter:
             b(f"{v} = jnp.asarray({v})  # {decl}")
         t = self.tensor(inp.name)
         if inp.masked and t.mask is not None:
-            self.use("_input_mask")
             mk = self.names.fresh(f"{v}_mask")
             b(
                 f"{mk} = _input_mask({_lit(inp.name)}, {v}, {_lit(t.mask.side)}, lengths, masks)  # mask {t.mask}"
             )
             self.mask[inp.name] = mk
-            self.use("_check_mask", "_check_lengths")
             self.pending.append(
                 f"_check_lengths({_lit(inp.name)}, {v}, lengths, {_lit(t.mask.nonempty)})"
             )
@@ -639,19 +605,8 @@ class _Emitter:
             b(
                 f"{out} = jnp.concatenate([{', '.join(ins)}], axis={-1 if ax == first.rank - 1 else ax})"
             )
-        elif fn == "add":
-            b(f"{out} = {' + '.join(ins)}")
-        elif fn == "subtract":
-            b(f"{out} = {ins[0]} - {ins[1]}")
-        elif fn == "multiply":
-            b(f"{out} = {' * '.join(ins)}")
-        elif fn == "average":
-            b(f"{out} = ({' + '.join(ins)}) / {len(ins)}.0")
-        elif fn in ("maximum", "minimum"):
-            expr = ins[0]
-            for x in ins[1:]:
-                expr = f"jnp.{fn}({expr}, {x})"
-            b(f"{out} = {expr}")
+        elif fn in _MERGES:
+            b(f"{out} = {_MERGES[fn](ins)}")
         else:  # pragma: no cover - catalogue and emitter out of step
             raise Unsupported(layer.name, f"merge {fn}")
         kind = self.kind_of(op.results[0])
@@ -683,154 +638,184 @@ class _Emitter:
         return "training"
 
     def keep(self, key: str, shape: str, rate: float) -> str:
-        self.use("_keep")
         idx = self.n_keep
         self.n_keep += 1
         return f"_keep(dropout_masks, rng, {_lit(key)}, {idx}, {shape}, {_lit(rate)}, dtype)"
 
     def emit_apply(self, op: ApplyOp, layer: LayerInfo) -> None:
-        b = self.body
+        """One layer application: extern layers and cell blocks have their own
+        emitters (jax_cells); every built-in kind its method in :attr:`LAYERS`."""
         kind = layer.kind
-        cfg = layer.config
         if kind in self.m.externs:
             return emit_extern(self, op, layer)
-        if kind in ("RNN", "Bidirectional") and is_cell_layer(cfg):
+        if kind in ("RNN", "Bidirectional") and is_cell_layer(layer.config):
             return emit_cell_rnn(self, op, layer)
-        src_name = op.inputs[0].name
-        x = self.names.value(src_name)
+        method = self.LAYERS.get(kind)
+        if method is None:
+            raise Unsupported(layer.name, f"the JAX backend has no implementation of {kind}")
+        src = op.inputs[0].name
+        x = self.names.value(src)
         mask: str | None
         if op.mask is not None:
             mask = self.mask.get(op.mask.name) or self.names.value(op.mask.name)
             in_kind = self.kind_of(op.mask.name)
         else:
-            mask = self.mask.get(src_name)
-            in_kind = self.kind_of(src_name)
-        b(f"# {layer.name}: {_describe(kind, cfg)}" + (f" -- input mask {in_kind}" if mask else ""))
-        p = f"params[{_lit(layer.name)}]"
-        res = [self.names.value(r) for r in op.results]
-        out = res[0]
+            mask = self.mask.get(src)
+            in_kind = self.kind_of(src)
+        a = _Apply(
+            op=op,
+            layer=layer,
+            cfg=Cfg(layer.config),
+            src=src,
+            x=x,
+            mask=mask,
+            in_kind=in_kind,
+            p=f"params[{_lit(layer.name)}]",
+            res=[self.names.value(r) for r in op.results],
+        )
+        self.body(
+            f"# {layer.name}: {_describe(kind, layer.config)}"
+            + (f" -- input mask {in_kind}" if mask else "")
+        )
+        method(self, a)
 
-        def propagate() -> None:
-            self.mask[op.results[0]] = mask
+    def out_mask(self, a: _Apply) -> str:
+        """A fresh name for the output's mask, or ``_`` when the output has none."""
+        if self.kind_of(a.op.results[0]) is None:
+            return "_"
+        return self.names.fresh(f"{a.out}_mask")
 
-        if kind == "Embedding":
-            self.use("_embedding")
-            b(f"{out} = _embedding({p}, {x})")
-            self.emit_debug_ids(x, layer)
-            okind = self.kind_of(op.results[0])
-            if not cfg["mask_zero"]:
-                propagate()  # the ids' own mask (a `masked` input), if any, passes through
-            elif okind is not None:
-                mk = self.names.fresh(f"{out}_mask")
-                b(f"{mk} = {x} != 0  # mask_zero: id 0 is padding -> mask {okind}")
-                self.mask[op.results[0]] = mk
-                self.emit_declared_check(mk, okind, layer, src_name, "Embedding(mask_zero=true) masks id 0",
-                                         "an id 0 inside the data? Keep id 0 for padding only")  # fmt: skip
-            else:
-                self.mask[op.results[0]] = None
-        elif kind == "Masking":
-            self.use("_masking")
-            mk = self.names.fresh(f"{out}_mask")
-            b(
-                f"{out}, {mk} = _masking({x}, {_lit(_num(cfg, 'mask_value'))})  # mask {self.kind_of(op.results[0])}"
-            )
-            self.mask[op.results[0]] = mk
-            okind = self.kind_of(op.results[0])
-            if okind is not None:
-                self.emit_declared_check(
-                    mk,
-                    okind,
-                    layer,
-                    src_name,
-                    f"Masking(mask_value={_fmt_value(cfg['mask_value'])}) masks steps whose features all equal it",
-                    "a step of data with every feature equal to the padding value?",
-                )
-        elif kind in ("Dense", "Activation", "Dropout", "LayerNormalization"):
-            self.emit_per_step(kind, cfg, x, out, p, layer.name, op)
-            propagate()
-        elif kind == "TimeDistributed":
-            inner = cfg["layer"]
-            assert isinstance(inner, BoundLayer)
-            b(f"# the inner {inner.kind} acts on the last axis, at every step at once")
-            self.emit_per_step(inner.kind, inner.config, x, out, p, layer.name, op)
-            propagate()
-        elif kind == "BatchNormalization":
-            self.use("_batch_norm")
-            tr = self.training_expr(op)
-            if cfg.get("trainable") is False:
-                tr = "False"  # Keras: a frozen BatchNormalization runs in inference mode
-            b(
-                f"{out}, new_state[{_lit(layer.name)}] = _batch_norm({p}, state[{_lit(layer.name)}], {x}, "
-                f"{mask or 'None'}, {tr}, momentum={_lit(_num(cfg, 'momentum'))}, "
-                f"epsilon={_lit(_num(cfg, 'epsilon'))})"
-            )
-            self.bn_layers.append(layer.name)
-            propagate()
-        elif kind == "Conv1D":
-            self.use("_conv1d")
-            mk = self.names.fresh(f"{out}_mask") if self.kind_of(op.results[0]) is not None else "_"
-            b(
-                f"{out}, {mk} = _conv1d({p}, {x}, {mask or 'None'}, kernel_size={cfg['kernel_size']}, "
-                f"strides={cfg['strides']}, dilation={cfg['dilation_rate']}, padding={_lit(cfg['padding'])}, "
-                f"activation={self.act(cfg['activation'])})"
-            )
-            self.mask[op.results[0]] = mk if mk != "_" else None
-        elif kind in ("MaxPooling1D", "AveragePooling1D"):
-            self.use("_pool")
-            s = cfg["strides"] if cfg["strides"] is not None else cfg["pool_size"]
-            mk = self.names.fresh(f"{out}_mask") if self.kind_of(op.results[0]) is not None else "_"
-            b(
-                f"{out}, {mk} = _pool({x}, {mask or 'None'}, {_lit('max' if kind.startswith('Max') else 'average')}, "
-                f"pool_size={cfg['pool_size']}, strides={s}, padding={_lit(cfg['padding'])})"
-            )
-            self.mask[op.results[0]] = mk if mk != "_" else None
-        elif kind in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-            self.use("_global_pool")
-            k = "max" if "Max" in kind else "average"
-            b(
-                f"{out} = _global_pool({x}, {mask or 'None'}, {_lit(k)}, keepdims={_lit(cfg['keepdims'])})"
-            )
-            self.mask[op.results[0]] = None
-        elif kind == "Flatten":
-            b(f"{out} = {x}.reshape({x}.shape[0], -1)")
-            self.mask[op.results[0]] = None
-        elif kind == "Reshape":
-            target = cfg["target_shape"]
-            assert isinstance(target, tuple)
-            b(f"{out} = {x}.reshape({x}.shape[0], {', '.join(str(t) for t in target)})")
-            self.mask[op.results[0]] = None
-        elif kind == "TemporalSoftmax":
-            self.use("_temporal_softmax")
-            b(f"{out} = _temporal_softmax({x}, {mask})  # no output mask")
-            self.mask[op.results[0]] = None
-        elif kind == "TemporalSplit":
-            n = cfg["parts"]
-            b(
-                f"{', '.join(res)} = jnp.split({x}, {n}, axis=1)"
-                if len(res) > 1
-                else f"({res[0]},) = jnp.split({x}, 1, axis=1)"
-            )
-            if mask is not None:
-                mks = [self.names.fresh(f"{r}_mask") for r in res]
-                lhs = ", ".join(mks) if len(mks) > 1 else f"({mks[0]},)"
-                b(f"{lhs} = jnp.split({mask}, {n}, axis=1)  # masks split likewise")
-                for r, mk in zip(op.results, mks, strict=True):
-                    self.mask[r] = mk
-            else:
-                for r in op.results:
-                    self.mask[r] = None
-        elif kind in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional"):
-            self.emit_recurrent(op, layer, x, mask, in_kind, res)
-        elif kind in ("Attention", "MultiHeadAttention"):
-            self.emit_attention(op, layer, res)
-        else:
-            raise Unsupported(layer.name, f"the JAX backend has no implementation of {kind}")
+    # one method per layer kind or family (the table LAYERS below)
 
-    def emit_attention(self, op: ApplyOp, layer: LayerInfo, res: list[str]) -> None:
-        """(query, value[, key]): each brings its own mask; a key step is valid where
-        the value's and the key's masks both are."""
+    def layer_embedding(self, a: _Apply) -> None:
         b = self.body
-        cfg = layer.config
+        b(f"{a.out} = _embedding({a.p}, {a.x})")
+        self.emit_debug_ids(a.x, a.layer)
+        okind = self.kind_of(a.op.results[0])
+        if not a.cfg.flag("mask_zero"):
+            self.mask[a.op.results[0]] = a.mask  # the ids' own mask (a `masked` input), if any
+        elif okind is not None:
+            mk = self.names.fresh(f"{a.out}_mask")
+            b(f"{mk} = {a.x} != 0  # mask_zero: id 0 is padding -> mask {okind}")
+            self.mask[a.op.results[0]] = mk
+            self.emit_declared_check(mk, okind, a.layer, a.src, "Embedding(mask_zero=true) masks id 0",
+                                     "an id 0 inside the data? Keep id 0 for padding only")  # fmt: skip
+        else:
+            self.mask[a.op.results[0]] = None
+
+    def layer_masking(self, a: _Apply) -> None:
+        mk = self.names.fresh(f"{a.out}_mask")
+        okind = self.kind_of(a.op.results[0])
+        value = a.cfg.number("mask_value")
+        self.body(f"{a.out}, {mk} = _masking({a.x}, {_lit(value)})  # mask {okind}")
+        self.mask[a.op.results[0]] = mk
+        if okind is not None:
+            self.emit_declared_check(
+                mk,
+                okind,
+                a.layer,
+                a.src,
+                f"Masking(mask_value={_fmt_value(a.cfg.raw('mask_value'))}) masks steps whose features all equal it",
+                "a step of data with every feature equal to the padding value?",
+            )
+
+    def layer_per_step(self, a: _Apply) -> None:
+        """Dense, Activation, Dropout, LayerNormalization: the last axis, every step."""
+        self.PER_STEP[a.layer.kind](self, a.cfg, a)
+        self.mask[a.op.results[0]] = a.mask
+
+    def layer_time_distributed(self, a: _Apply) -> None:
+        inner = a.cfg.layer("layer")
+        self.body(f"# the inner {inner.kind} acts on the last axis, at every step at once")
+        self.PER_STEP[inner.kind](self, Cfg(inner.config), a)
+        self.mask[a.op.results[0]] = a.mask
+
+    def layer_batch_norm(self, a: _Apply) -> None:
+        tr = self.training_expr(a.op)
+        if a.cfg.raw("trainable") is False:
+            tr = "False"  # Keras: a frozen BatchNormalization runs in inference mode
+        name = _lit(a.layer.name)
+        self.body(
+            f"{a.out}, new_state[{name}] = _batch_norm({a.p}, state[{name}], {a.x}, "
+            f"{a.mask or 'None'}, {tr}, momentum={_lit(a.cfg.number('momentum'))}, "
+            f"epsilon={_lit(a.cfg.number('epsilon'))})"
+        )
+        self.bn_layers.append(a.layer.name)
+        self.mask[a.op.results[0]] = a.mask
+
+    def layer_conv1d(self, a: _Apply) -> None:
+        c = a.cfg
+        mk = self.out_mask(a)
+        self.body(
+            f"{a.out}, {mk} = _conv1d({a.p}, {a.x}, {a.mask or 'None'}, "
+            f"kernel_size={c.integer('kernel_size')}, strides={c.integer('strides')}, "
+            f"dilation={c.integer('dilation_rate')}, padding={_lit(c.text('padding'))}, "
+            f"activation={self.act(c.text('activation'))})"
+        )
+        self.mask[a.op.results[0]] = mk if mk != "_" else None
+
+    def layer_pool(self, a: _Apply) -> None:
+        c = a.cfg
+        pool_size = c.integer("pool_size")
+        strides = c.opt_integer("strides")
+        mk = self.out_mask(a)
+        kind = "max" if a.layer.kind.startswith("Max") else "average"
+        self.body(
+            f"{a.out}, {mk} = _pool({a.x}, {a.mask or 'None'}, {_lit(kind)}, "
+            f"pool_size={pool_size}, strides={pool_size if strides is None else strides}, "
+            f"padding={_lit(c.text('padding'))})"
+        )
+        self.mask[a.op.results[0]] = mk if mk != "_" else None
+
+    def layer_global_pool(self, a: _Apply) -> None:
+        kind = "max" if "Max" in a.layer.kind else "average"
+        self.body(
+            f"{a.out} = _global_pool({a.x}, {a.mask or 'None'}, {_lit(kind)}, "
+            f"keepdims={_lit(a.cfg.flag('keepdims'))})"
+        )
+        self.mask[a.op.results[0]] = None
+
+    def layer_flatten(self, a: _Apply) -> None:
+        self.body(f"{a.out} = {a.x}.reshape({a.x}.shape[0], -1)")
+        self.mask[a.op.results[0]] = None
+
+    def layer_reshape(self, a: _Apply) -> None:
+        target = ", ".join(str(t) for t in a.cfg.integers("target_shape"))
+        self.body(f"{a.out} = {a.x}.reshape({a.x}.shape[0], {target})")
+        self.mask[a.op.results[0]] = None
+
+    def layer_temporal_softmax(self, a: _Apply) -> None:
+        self.body(f"{a.out} = _temporal_softmax({a.x}, {a.mask})  # no output mask")
+        self.mask[a.op.results[0]] = None
+
+    def layer_temporal_split(self, a: _Apply) -> None:
+        b = self.body
+        n = a.cfg.integer("parts")
+        res = a.res
+        b(
+            f"{', '.join(res)} = jnp.split({a.x}, {n}, axis=1)"
+            if len(res) > 1
+            else f"({res[0]},) = jnp.split({a.x}, 1, axis=1)"
+        )
+        if a.mask is not None:
+            mks = [self.names.fresh(f"{r}_mask") for r in res]
+            lhs = ", ".join(mks) if len(mks) > 1 else f"({mks[0]},)"
+            b(f"{lhs} = jnp.split({a.mask}, {n}, axis=1)  # masks split likewise")
+            for r, mk in zip(a.op.results, mks, strict=True):
+                self.mask[r] = mk
+        else:
+            for r in a.op.results:
+                self.mask[r] = None
+
+    def layer_recurrent(self, a: _Apply) -> None:
+        self.emit_recurrent(a.op, a.layer, a.x, a.mask, a.in_kind, a.res)
+
+    def layer_attention(self, a: _Apply) -> None:
+        """Attention, MultiHeadAttention: (query, value[, key]): each brings its own
+        mask; a key step is valid where the value's and the key's masks both are."""
+        op, layer, res = a.op, a.layer, a.res
+        b = self.body
+        cfg = a.cfg
         kind = layer.kind
         xs = [self.names.value(u.name) for u in op.inputs]
         q_mask = self.mask.get(op.inputs[0].name)
@@ -838,13 +823,13 @@ class _Emitter:
             dict.fromkeys(m for m in (self.mask.get(u.name) for u in op.inputs[1:]) if m)
         )
         key_mask = " & ".join(key_masks) if key_masks else "None"
-        causal = bool(cfg["use_causal_mask"])
-        rate = _num(cfg, "dropout")
+        causal = cfg.flag("use_causal_mask")
+        rate = cfg.number("dropout")
         tr = self.training_expr(op)
         keep = "None"
         if rate > 0 and tr != "False":
             q, v = xs[0], xs[1]
-            heads = "" if kind == "Attention" else f"{cfg['num_heads']}, "
+            heads = "" if kind == "Attention" else f"{cfg.integer('num_heads')}, "
             shape = f"({q}.shape[0], {heads}{q}.shape[1], {v}.shape[1])"
             keep = self.names.fresh(f"{layer.name}_keep")
             expr = self.keep(layer.name, shape, rate)
@@ -857,9 +842,8 @@ class _Emitter:
         if key_mask != "None":
             args.append(f"key_mask={key_mask}")
         fn = "_attention" if kind == "Attention" else "_multi_head_attention"
-        self.use(fn)
-        if kind == "Attention" and cfg["score_mode"] != "dot":
-            args.append(f"score_mode={_lit(cfg['score_mode'])}")
+        if kind == "Attention" and cfg.text("score_mode") != "dot":
+            args.append(f"score_mode={_lit(cfg.text('score_mode'))}")
         if causal:
             args.append("causal=True")
         if keep != "None":
@@ -870,36 +854,42 @@ class _Emitter:
         for r in op.results[1:]:
             self.mask[r] = None
 
-    def emit_per_step(self, kind: str, cfg: Mapping[str, object], x: str, out: str, p: str, name: str,
-                      op: ApplyOp) -> None:  # fmt: skip
+    # the per-step layers (alone or inside TimeDistributed): the table PER_STEP
+
+    def step_dense(self, c: Cfg, a: _Apply) -> None:
+        self.body(f"{a.out} = _dense({a.p}, {a.x}, {self.act(c.text('activation'))})")
+
+    def step_activation(self, c: Cfg, a: _Apply) -> None:
+        self.body(f"{a.out} = {self.act(c.text('activation'))}({a.x})")
+
+    def step_layer_norm(self, c: Cfg, a: _Apply) -> None:
+        self.body(f"{a.out} = _layer_norm({a.p}, {a.x}, epsilon={_lit(c.number('epsilon'))})")
+
+    def step_dropout(self, c: Cfg, a: _Apply) -> None:
         b = self.body
-        if kind == "Dense":
-            self.use("_dense")
-            b(f"{out} = _dense({p}, {x}, {self.act(cfg['activation'])})")
-        elif kind == "Activation":
-            b(f"{out} = {self.act(cfg['activation'])}({x})")
-        elif kind == "LayerNormalization":
-            self.use("_layer_norm")
-            b(f"{out} = _layer_norm({p}, {x}, epsilon={_lit(_num(cfg, 'epsilon'))})")
-        elif kind == "Dropout":
-            rate = _num(cfg, "rate")
-            tr = self.training_expr(op)
-            if tr == "False" or rate == 0.0:
-                b(f"{out} = {x}  # dropout is the identity in inference")
-                return
-            keep = self.keep(name, f"{x}.shape", rate)
-            if tr == "True":
-                b(f"{out} = {x} * {keep}  # inverted dropout: keep-mask / (1 - rate)")
-            else:
-                b("if training:  # inverted dropout: keep-mask / (1 - rate)")
-                b(f"    {out} = {x} * {keep}")
-                b("else:")
-                b(f"    {out} = {x}")
-        else:  # pragma: no cover
-            raise Unsupported(name, f"no per-step implementation of {kind}")
+        rate = c.number("rate")
+        tr = self.training_expr(a.op)
+        x, out = a.x, a.out
+        if tr == "False" or rate == 0.0:
+            b(f"{out} = {x}  # dropout is the identity in inference")
+            return
+        keep = self.keep(a.layer.name, f"{x}.shape", rate)
+        if tr == "True":
+            b(f"{out} = {x} * {keep}  # inverted dropout: keep-mask / (1 - rate)")
+        else:
+            b("if training:  # inverted dropout: keep-mask / (1 - rate)")
+            b(f"    {out} = {x} * {keep}")
+            b("else:")
+            b(f"    {out} = {x}")
+
+    PER_STEP: ClassVar[dict[str, Callable[[_Emitter, Cfg, _Apply], None]]] = {
+        "Dense": step_dense,
+        "Activation": step_activation,
+        "LayerNormalization": step_layer_norm,
+        "Dropout": step_dropout,
+    }
 
     def emit_debug_ids(self, x: str, layer: LayerInfo) -> None:
-        self.use("_check_ids")
         self.pending.append(f"_check_ids({x}, {layer.config['input_dim']}, {_lit(layer.name)})")
 
     def emit_declared_check(
@@ -907,7 +897,6 @@ class _Emitter:
     ) -> None:
         if kind.side == "any" and not kind.nonempty:
             return
-        self.use("_check_mask")
         t = self.m.types.get(src)
         decl = None
         if isinstance(t, TensorType) and t.padded_from is not None:
@@ -930,43 +919,38 @@ class _Emitter:
     def emit_recurrent(self, op: ApplyOp, layer: LayerInfo, x: str, mask: str | None,
                        in_kind: MaskKind | None, res: list[str]) -> None:  # fmt: skip
         b = self.body
-        cfg = layer.config
+        cfg = Cfg(layer.config)
         bi = layer.kind == "Bidirectional"
         if bi:
-            inner = cfg["layer"]
-            assert isinstance(inner, BoundLayer)
-            rkind, rcfg = inner.kind, inner.config
-            merge_mode = str(cfg["merge_mode"])
+            inner = cfg.layer("layer")
+            rkind, rcfg = inner.kind, Cfg(inner.config)
+            merge_mode = cfg.text("merge_mode")
         else:
             rkind, rcfg = layer.kind, cfg
             merge_mode = "concat"
         if rkind == "RNN":
-            cell_bl = rcfg["cell"]
-            assert isinstance(cell_bl, BoundLayer)
-            cell, ccfg = _CELL_LAYER[cell_bl.kind], cell_bl.config
+            cell_bl = rcfg.layer("cell")
+            cell, ccfg = _CELL_LAYER[cell_bl.kind], Cfg(cell_bl.config)
         else:
             cell, ccfg = _CELL_OF[rkind], rcfg
-        units = int(_num(ccfg, "units"))
+        units = ccfg.integer("units")
         n_states = _N_STATES[cell]
         dirs = 2 if bi else 1
-        rs = bool(rcfg["return_sequences"])
-        rst = bool(rcfg["return_state"])
-        go_back = bool(rcfg.get("go_backwards", False))
-        stateful = bool(rcfg.get("stateful", False))
-        masked_output = str(rcfg.get("masked_output", "zero"))
+        rs = rcfg.flag("return_sequences")
+        rst = rcfg.flag("return_state")
+        go_back = "go_backwards" in rcfg and rcfg.flag("go_backwards")
+        stateful = "stateful" in rcfg and rcfg.flag("stateful")
+        masked_output = rcfg.text("masked_output") if "masked_output" in rcfg else "zero"
         tr = self.training_expr(op)
         fn = _CELL_FN[cell]
-        self.use(fn)
-        if bi:
-            self.use("_bidirectional")
 
         # keyword arguments of the cell
         kw: list[str] = []
-        if str(ccfg["activation"]) != "tanh":
-            kw.append(f"activation={self.act(ccfg['activation'])}")
-        if cell != "simple_rnn" and str(ccfg["recurrent_activation"]) != "sigmoid":
-            kw.append(f"recurrent_activation={self.act(ccfg['recurrent_activation'])}")
-        if cell == "gru" and not ccfg["reset_after"]:
+        if ccfg.text("activation") != "tanh":
+            kw.append(f"activation={self.act(ccfg.text('activation'))}")
+        if cell != "simple_rnn" and ccfg.text("recurrent_activation") != "sigmoid":
+            kw.append(f"recurrent_activation={self.act(ccfg.text('recurrent_activation'))}")
+        if cell == "gru" and not ccfg.flag("reset_after"):
             kw.append("reset_after=False")
         if not bi:
             if go_back:
@@ -982,8 +966,8 @@ class _Emitter:
             kw.append(f"fused={_lit(side)}")
 
         # dropout keep-masks (training only)
-        rate = _num(ccfg, "dropout")
-        rrate = _num(ccfg, "recurrent_dropout")
+        rate = ccfg.number("dropout")
+        rrate = ccfg.number("recurrent_dropout")
         prefixes = [f"{layer.name}/forward", f"{layer.name}/backward"] if bi else [layer.name]
         keeps_in: list[str] = []
         keeps_rec: list[str] = []
@@ -1039,7 +1023,6 @@ class _Emitter:
                 + ")"
             ]
         else:
-            self.use("_zero_states")
             init = [f"_zero_states({x}, {units}, {n_states})"] * dirs
 
         rv = self.names.fresh(f"{layer.name}_rnn")
@@ -1047,8 +1030,6 @@ class _Emitter:
         p = f"params[{_lit(layer.name)}]"
         if bi:
             head = "_bidirectional_lstm(" if fused else f"_bidirectional({fn}, "
-            if fused:
-                self.use("_bidirectional_lstm")
             call = (
                 f"{rv} = {head}{p}, {x}, {m_arg}, {init[0]}, {init[1]}, "
                 f"merge_mode={_lit(merge_mode)}, return_sequences={_lit(rs)}"
@@ -1091,6 +1072,35 @@ class _Emitter:
                 self.mask[r] = mk
             else:
                 self.mask[r] = mask
+
+    #: layer kind -> its method (built-in layers; extern layers and cell blocks
+    #: go to jax_cells)
+    LAYERS: ClassVar[dict[str, Callable[[_Emitter, _Apply], None]]] = {
+        "Embedding": layer_embedding,
+        "Masking": layer_masking,
+        "Dense": layer_per_step,
+        "Activation": layer_per_step,
+        "Dropout": layer_per_step,
+        "LayerNormalization": layer_per_step,
+        "TimeDistributed": layer_time_distributed,
+        "BatchNormalization": layer_batch_norm,
+        "Conv1D": layer_conv1d,
+        "MaxPooling1D": layer_pool,
+        "AveragePooling1D": layer_pool,
+        "GlobalMaxPooling1D": layer_global_pool,
+        "GlobalAveragePooling1D": layer_global_pool,
+        "Flatten": layer_flatten,
+        "Reshape": layer_reshape,
+        "TemporalSoftmax": layer_temporal_softmax,
+        "TemporalSplit": layer_temporal_split,
+        "LSTM": layer_recurrent,
+        "GRU": layer_recurrent,
+        "SimpleRNN": layer_recurrent,
+        "RNN": layer_recurrent,
+        "Bidirectional": layer_recurrent,
+        "Attention": layer_attention,
+        "MultiHeadAttention": layer_attention,
+    }
 
 
 WIDTH = 100
@@ -1213,245 +1223,90 @@ def _split_args(text: str) -> list[str]:
     return out
 
 
-_SECTION_TITLES = {
-    "activations": "activations (Keras' definitions)",
-    "inputs": "inputs, masks and run-time checks",
-    "layers": "per-step layers",
-    "time": "time-changing layers (windows use the mask: docs/semantics.md section 3)",
-    "recurrent": "recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA",
-    "attention": "attention layers: masked softmax weights (docs/semantics.md section 3)",
+def _glue_lines() -> list[str]:
+    """init, from_canonical, to_canonical and pad: the runtime's, on this module's tables."""
+    w = CodeWriter()
+    w("")
+    w("")
+    w("def init(rng_key, dtype=jnp.float32):")
+    w('    """Fresh variables: each layer\'s weights drawn from its own stream')
+    w("    (rng_key folded with a hash of the layer name), Keras' formulas. (The")
+    w("    seeded weights of seqdsl's build() come from NumPy instead; they are")
+    w('    loaded with from_canonical.)"""')
+    w("    return from_canonical(_init_weights(WEIGHTS, rng_key, dtype))")
+    w("")
+    w("")
+    w("def from_canonical(weights):")
+    w('    """Variables from canonical weights {"layer/weight": array} (Keras layout).')
+    w("")
+    w('    Returns {"params": {layer: {weight: array}}, "state": {...}}: the state holds')
+    w("    BatchNormalization's moving statistics and the (zero) states of stateful")
+    w('    recurrent layers. Arrays keep their dtype (float64 needs jax_enable_x64)."""')
+    w("    return _from_canonical(WEIGHTS, STATEFUL, weights)")
+    w("")
+    w("")
+    w("def to_canonical(variables):")
+    w(
+        '    """Canonical weights {"layer/weight": numpy array} (bit-exact inverse of from_canonical)."""'
+    )
+    w("    return _to_canonical(WEIGHTS, variables)")
+    w("")
+    w("")
+    w("def pad(*raw):")
+    w('    """Pad ragged data by the pad(...) declarations (keras.utils.pad_sequences')
+    w("    semantics, in the declared dtype): one list of sequences per padded input,")
+    w("    in declaration order. Returns (batch, lengths) for one input, a tuple of")
+    w('    them for several. Inputs sharing a time symbol are padded to one length."""')
+    w("    return _pad(PADS, raw)")
+    return w.lines
+
+
+def _class_lines(name: str, externs: bool) -> list[str]:
+    """debug() and the model class (the runtime's _Model, or _ExternModel, on this module)."""
+    w = CodeWriter()
+    w("def debug(variables, *inputs, **options):")
+    w('    """apply(..., debug=True), outside jax.jit: also verifies at run time what')
+    w("    the checker took from declarations: mask kinds (a `post` mask really is")
+    w("    right-padded, e.g. no id 0 inside the data under pad(post, value=0) with")
+    w('    Embedding(mask_zero=true)), nonempty rows, lengths in range, ids in range."""')
+    w("    return apply(variables, *inputs, debug=True, **options)")
+    w("")
+    w("")
+    w(f"class {name}({'_ExternModel' if externs else '_Model'}):")
+    w('    """The model with its variables. Calling it runs apply (jitted) and keeps')
+    w("    the new state (BatchNormalization statistics after training calls, the")
+    if externs:
+        w("    states of stateful recurrent layers) for the next call. The implementations")
+        w("    of its extern layers are found when it is built (`externs=`, then seqdsl's")
+        w('    registry)."""')
+    else:
+        w('    states of stateful recurrent layers) for the next call."""')
+    w("")
+    w("    init = staticmethod(init)")
+    w("    apply = staticmethod(apply)")
+    w("    pad = staticmethod(pad)")
+    w("    from_canonical = staticmethod(from_canonical)")
+    w("    to_canonical = staticmethod(to_canonical)")
+    if externs:
+        w("    resolve_externs = staticmethod(_externs)")
+    w("    stateful = STATEFUL")
+    return w.lines
+
+
+#: library names generated code may read -> the import that binds them
+_LIBRARIES = {
+    "functools": ImportItem("functools"),
+    "zlib": ImportItem("zlib"),
+    "jax": ImportItem("jax"),
+    "jnp": ImportItem("jax.numpy", alias="jnp"),
+    "lax": ImportItem("jax", "lax"),
+    "np": ImportItem("numpy", alias="np"),
+    "get_extern": ImportItem("seqdsl.externs", "get_extern"),
 }
 
-
-def _stateful_shapes(text: str, on: bool) -> str:
-    """With stateful cell blocks, STATEFUL gives each state's shape (not units)."""
-    if not on:
-        return text
-    old_loop = "for layer, (batch, units, names) in STATEFUL.items():"
-    old_zeros = "{n: jnp.zeros((batch, units), dtype) for n in names}"
-    assert old_loop in text and old_zeros in text
-    return text.replace(old_loop, "for layer, (batch, shapes, names) in STATEFUL.items():").replace(
-        old_zeros, "{n: jnp.zeros((batch, *s), dtype) for n, s in zip(names, shapes, strict=True)}"
-    )
-
-
-def _extern_class(text: str) -> str:
-    """The class of a model with extern layers: implementations resolved at build."""
-    edits = [
-        (
-            "def __init__(self, variables=None, rng_key=None):",
-            "def __init__(self, variables=None, rng_key=None, externs=None):",
-        ),
-        (
-            "        self.variables = variables\n"
-            '        self._jitted = jax.jit(apply, static_argnames=("training", "return_state", "debug"))',
-            "        self.variables = variables\n"
-            "        self.externs = _externs(externs)  # now: a missing implementation raises here\n"
-            "        self._jitted = jax.jit(\n"
-            "            functools.partial(apply, externs=self.externs),\n"
-            '            static_argnames=("training", "return_state", "debug"),\n'
-            "        )",
-        ),
-        (
-            "apply(self.variables, *inputs, return_state=True, debug=True, **options)",
-            "apply(\n            self.variables, *inputs, return_state=True, debug=True, externs=self.externs, **options\n        )",
-        ),
-    ]
-    for old, new in edits:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text
-
-
-_VARIABLES_TEXT = '''
-def _initialize(name, key, shape, dtype):
-    """One weight by Keras' initializer formula, drawn with jax.random."""
-    if name.startswith("unit_forget_bias("):  # LSTM bias: [init(U), ones(U), init(2U)]
-        inner, u = name[len("unit_forget_bias(") : -1], shape[0] // 4
-        k1, k2 = jax.random.split(key)
-        return jnp.concatenate(
-            [
-                _initialize(inner, k1, (u,), dtype),
-                jnp.ones((u,), dtype),
-                _initialize(inner, k2, (2 * u,), dtype),
-            ]
-        )
-    if len(shape) < 2:
-        fan_in = fan_out = float(shape[0]) if shape else 1.0
-    else:
-        receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    uniform = lambda limit: jax.random.uniform(key, shape, dtype, -limit, limit)  # noqa: E731
-    normal = lambda std: jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std  # noqa: E731
-    trunc = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
-    if name == "zeros":
-        return jnp.zeros(shape, dtype)
-    if name == "ones":
-        return jnp.ones(shape, dtype)
-    if name in ("uniform", "random_uniform"):
-        return uniform(0.05)
-    if name == "random_normal":
-        return jax.random.normal(key, shape, dtype) * 0.05
-    if name == "truncated_normal":
-        return normal(0.05)
-    if name == "glorot_uniform":
-        return uniform(np.sqrt(6.0 / (fan_in + fan_out)))
-    if name == "glorot_normal":
-        return normal(np.sqrt(2.0 / (fan_in + fan_out)) / trunc)
-    if name == "he_uniform":
-        return uniform(np.sqrt(6.0 / fan_in))
-    if name == "he_normal":
-        return normal(np.sqrt(2.0 / fan_in) / trunc)
-    if name == "lecun_uniform":
-        return uniform(np.sqrt(3.0 / fan_in))
-    if name == "lecun_normal":
-        return normal(np.sqrt(1.0 / fan_in) / trunc)
-    if name == "orthogonal":  # Q of the QR of a normal matrix, sign-fixed
-        rows, cols = int(np.prod(shape[:-1])), shape[-1]
-        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
-        q, r = jnp.linalg.qr(a)
-        q = q * jnp.sign(jnp.diag(r))
-        return (q.T if rows < cols else q).reshape(shape)
-    if name == "identity":
-        return jnp.eye(shape[0], shape[1], dtype=dtype)
-    raise ValueError(f"unknown initializer {name!r}")
-
-
-def init(rng_key, dtype=jnp.float32):
-    """Fresh variables: each layer's weights drawn from its own stream
-    (rng_key folded with a hash of the layer name), Keras' formulas. (The
-    seeded weights of seqdsl's build() come from NumPy instead; they are
-    loaded with from_canonical.)"""
-    weights = {}
-    for layer, specs in WEIGHTS.items():
-        key = jax.random.fold_in(rng_key, zlib.crc32(layer.encode()) & 0x7FFFFFFF)
-        for i, (name, shape, initializer, _, _) in enumerate(specs):
-            weights[f"{layer}/{name}"] = _initialize(
-                initializer, jax.random.fold_in(key, i), shape, dtype
-            )
-    return from_canonical(weights)
-
-
-def from_canonical(weights):
-    """Variables from canonical weights {"layer/weight": array} (Keras layout).
-
-    Returns {"params": {layer: {weight: array}}, "state": {...}}: the state holds
-    BatchNormalization's moving statistics and the (zero) states of stateful
-    recurrent layers. Arrays keep their dtype (float64 needs jax_enable_x64)."""
-    params, state = {}, {}
-    dtype = jnp.float32
-    expected = set()
-    for layer, specs in WEIGHTS.items():
-        for name, shape, _, _, where in specs:
-            key = f"{layer}/{name}"
-            expected.add(key)
-            if key not in weights:
-                raise KeyError(f"missing weight {key!r}")
-            w = jnp.asarray(weights[key])
-            if w.shape != tuple(shape):
-                raise ValueError(f"weight {key!r} has shape {w.shape}, expected {tuple(shape)}")
-            dtype = w.dtype
-            (params if where == "params" else state).setdefault(layer, {})[name] = w
-    unknown = sorted(set(weights) - expected)
-    if unknown:
-        raise KeyError(f"unknown weights: {', '.join(unknown)}")
-    for layer, (batch, units, names) in STATEFUL.items():
-        state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-    return {"params": params, "state": state}
-
-
-def to_canonical(variables):
-    """Canonical weights {"layer/weight": numpy array} (bit-exact inverse of from_canonical)."""
-    out = {}
-    for layer, specs in WEIGHTS.items():
-        for name, _, _, _, where in specs:
-            out[f"{layer}/{name}"] = np.asarray(variables[where][layer][name])
-    return out
-'''
-
-_PAD_TEXT = (
-    pad_sequences_text("_pad_sequences", "np.int32")
-    + '''
-
-def pad(*raw):
-    """Pad ragged data by the pad(...) declarations (keras.utils.pad_sequences
-    semantics, in the declared dtype): one list of sequences per padded input,
-    in declaration order. Returns (batch, lengths) for one input, a tuple of
-    them for several. Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(PADS):
-        raise TypeError(
-            f"pad takes {len(PADS)} list(s) of sequences ({', '.join(PADS)}), got {len(raw)}"
-        )
-    target = {}
-    for name, (_, _, maxlen, _, _, time) in PADS.items():
-        group = time if time is not None else name
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            target[group] = min(target.get(group, maxlen), maxlen)
-    longest = {}
-    for (name, (*_, time)), seqs in zip(PADS.items(), raw, strict=True):
-        group = time if time is not None else name
-        n = max((len(s) for s in seqs), default=0)
-        longest[group] = max(longest.get(group, 0), n)
-    out = []
-    for (name, (side, value, _, truncate, dtype, time)), seqs in zip(
-        PADS.items(), raw, strict=True
-    ):
-        group = time if time is not None else name
-        out.append(
-            _pad_sequences(seqs, side, value, target.get(group, longest[group]), truncate, dtype)
-        )
-    return out[0] if len(out) == 1 else tuple(out)
-'''
+#: the names code reads: group 1 of each match, the first part of a dotted name
+#: (`jnp.split` reads jnp); strings (docstrings, messages) and comments match
+#: without a group, so their words are not names
+_NAMES = re.compile(
+    r'"""[\s\S]*?"""|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|#[^\n]*|([A-Za-z_]\w*)[\w.]*'
 )
-
-_DEBUG_TEXT = '''
-def debug(variables, *inputs, **options):
-    """apply(..., debug=True), outside jax.jit: also verifies at run time what
-    the checker took from declarations: mask kinds (a `post` mask really is
-    right-padded, e.g. no id 0 inside the data under pad(post, value=0) with
-    Embedding(mask_zero=true)), nonempty rows, lengths in range, ids in range."""
-    return apply(variables, *inputs, debug=True, **options)
-'''
-
-_CLASS_TEXT = '''
-class {Model}:
-    """The model with its variables. Calling it runs apply (jitted) and keeps
-    the new state (BatchNormalization statistics after training calls, the
-    states of stateful recurrent layers) for the next call."""
-
-    init = staticmethod(init)
-    apply = staticmethod(apply)
-    pad = staticmethod(pad)
-
-    def __init__(self, variables=None, rng_key=None):
-        if variables is None:
-            variables = init(jax.random.key(0) if rng_key is None else rng_key)
-        self.variables = variables
-        self._jitted = jax.jit(apply, static_argnames=("training", "return_state", "debug"))
-
-    def __call__(self, *inputs, **options):
-        outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def debug(self, *inputs, **options):
-        outputs, state = apply(self.variables, *inputs, return_state=True, debug=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def reset_states(self):
-        """Zero the states of stateful recurrent layers (not the normalisation statistics)."""
-        state = dict(self.variables["state"])
-        for layer, (batch, units, names) in STATEFUL.items():
-            dtype = state[layer][names[0]].dtype
-            state[layer] = {n: jnp.zeros((batch, units), dtype) for n in names}
-        self.variables = {"params": self.variables["params"], "state": state}
-
-    def load_canonical(self, weights):
-        self.variables = from_canonical(weights)
-
-    def canonical_weights(self):
-        return to_canonical(self.variables)
-'''

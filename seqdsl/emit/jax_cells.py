@@ -16,9 +16,8 @@ import keyword
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..catalogue import BoundLayer
+from ..catalogue import Cfg
 from ..cells import BoundCell, bound_cell_of, names_read
 from ..checker import LayerInfo
 from ..ir import ApplyOp, CellDef, CExpr, ExternDef, MaskContract, ParamDecl
@@ -26,10 +25,7 @@ from ..types import TensorType
 from . import CodeWriter
 from .common import describe_layer, seq_value
 from .common import py_literal as _lit
-from .jax_snippets import defined_names
-
-if TYPE_CHECKING:
-    from .jax_backend import _Emitter
+from .jax_common import EmitterLike, runtime_names
 
 __all__ = [
     "EXTERN_NAMES",
@@ -168,7 +164,7 @@ class _StepWriter:
         self.bc = bc
         reserved = (
             set(dir(builtins))
-            | defined_names()
+            | runtime_names()
             | {"p", "inputs", "states", "jax", "jnp", "lax", "np"}
         )
         self.taken = set(reserved)
@@ -399,27 +395,21 @@ def cell_step_function(bc: BoundCell, fname: str) -> list[str]:
 # cell blocks in apply
 
 
-def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
+def emit_cell_rnn(em: EmitterLike, op: ApplyOp, layer: LayerInfo) -> None:
     """``RNN(MyCell(...))`` / ``Bidirectional(RNN(MyCell(...)))``: the step function
     (one per distinct bound cell) run by _cell_rnn / _cell_bidirectional."""
     b = em.body
     bc = bound_cell_of(layer, em.m.types)
-    cfg = layer.config
+    cfg = Cfg(layer.config)
     bi = layer.kind == "Bidirectional"
-    if bi:
-        inner = cfg["layer"]
-        assert isinstance(inner, BoundLayer)
-        rcfg = inner.config
-    else:
-        rcfg = cfg
-    cell_bl = rcfg["cell"]
-    assert isinstance(cell_bl, BoundLayer)
-    merge_mode = str(cfg["merge_mode"]) if bi else "concat"
-    rs = bool(rcfg["return_sequences"])
-    rst = bool(rcfg["return_state"])
-    go_back = bool(rcfg.get("go_backwards", False))
-    stateful = bool(rcfg.get("stateful", False))
-    masked_output = str(rcfg.get("masked_output", "zero"))
+    rcfg = Cfg(cfg.layer("layer").config) if bi else cfg
+    cell_bl = rcfg.layer("cell")
+    merge_mode = cfg.text("merge_mode") if bi else "concat"
+    rs = rcfg.flag("return_sequences")
+    rst = rcfg.flag("return_state")
+    go_back = "go_backwards" in rcfg and rcfg.flag("go_backwards")
+    stateful = "stateful" in rcfg and rcfg.flag("stateful")
+    masked_output = rcfg.text("masked_output") if "masked_output" in rcfg else "zero"
     xs = [em.names.value(u.name) for u in op.inputs]
     res = [em.names.value(r) for r in op.results]
 
@@ -458,7 +448,6 @@ def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
     elif stateful:
         init = [_tuple([f"state[{_lit(layer.name)}][{_lit(n)}]" for n in names])]
     else:
-        em.use("_cell_states")
         init = [f"_cell_states({xs[0]}, {_lit(shapes)})"] * dirs
 
     rv = em.names.fresh(f"{layer.name}_rnn")
@@ -467,13 +456,11 @@ def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
     outputs = _lit(tuple(s for _, s in bc.outputs))
     xs_arg = _tuple(xs)
     if bi:
-        em.use("_cell_bidirectional")
         b(
             f"{rv} = _cell_bidirectional({fn}, {p}, {xs_arg}, {m_arg}, {init[0]}, {init[1]}, "
             f"{outputs}, merge_mode={_lit(merge_mode)}, return_sequences={_lit(rs)})"
         )
     else:
-        em.use("_cell_rnn")
         kw = ""
         if go_back:
             kw += ", go_backwards=True"
@@ -515,7 +502,7 @@ def emit_cell_rnn(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
 # extern layers
 
 
-def externs_section(em: _Emitter) -> list[str]:
+def externs_section(em: EmitterLike) -> list[str]:
     """The EXTERNS table and _externs(): how a module finds its implementations."""
     w = CodeWriter()
     w("#: extern layers: name -> declaration. The implementations come from seqdsl's")
@@ -535,7 +522,7 @@ def externs_section(em: _Emitter) -> list[str]:
     return w.lines
 
 
-def emit_extern(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
+def emit_extern(em: EmitterLike, op: ApplyOp, layer: LayerInfo) -> None:
     """An extern layer: its implementation called on the inputs, the output masks
     computed from the declared contract, debug checks against the declaration."""
     b = em.body
@@ -554,7 +541,6 @@ def emit_extern(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
     declared = _param_args(edef.params, cfg)
     b(f"# {layer.name}: {edef.name}({declared}) -- extern layer; mask: {_mask_text(mk)}"
       + ("" if active else f" (off: {mk.cond}=false)"))  # fmt: skip
-    em.use("_extern")
     config = (
         "{"
         + ", ".join(f"{_lit(p.name)}: {_lit(cfg[p.name])}" for p in edef.params if p.name in cfg)
@@ -611,7 +597,6 @@ def emit_extern(em: _Emitter, op: ApplyOp, layer: LayerInfo) -> None:
         em.mask[r] = om
 
     # debug: the outputs against the declaration; a returned mask against the contract
-    em.use("_check_extern")
     spec = []
     for r in op.results:
         t = em.tensor(r)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from numpy.typing import DTypeLike
 
 __all__ = ["pad_sequences"]
 
@@ -22,8 +21,8 @@ def pad_sequences(
     value: float,
     maxlen: int | None,
     truncate: str,
-    dtype: DTypeLike,
-    lengths_dtype: DTypeLike = np.int32,
+    dtype: np.typing.DTypeLike,
+    lengths_dtype: np.typing.DTypeLike = np.int32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
     if len(sequences) == 0:

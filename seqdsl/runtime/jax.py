@@ -1,135 +1,74 @@
-"""The building blocks of emitted JAX modules: one small function per layer kind.
+"""The run-time code of generated JAX modules: one small function per layer kind.
 
-Each snippet is source text copied verbatim into a generated module when the
-model uses it (with the snippets it depends on), so an emitted module carries
-exactly the functions it needs and nothing else. The text is plain JAX:
-``jax``, ``jax.numpy as jnp``, ``jax.lax as lax`` and ``numpy as np``.
+A generated module imports what it uses from here (``from seqdsl.runtime.jax
+import _dense, _lstm``); ``seqdsl compile --standalone`` copies those
+definitions into the module instead (:mod:`seqdsl.emit.standalone`). Plain JAX:
+``jax``, ``jax.numpy``, ``jax.lax`` and NumPy, no neural-network library.
 Semantics: docs/semantics.md; the JAX-specific choices: docs/backend-jax.md.
+
+Module-level knobs, read when a layer is traced: ``FUSED_LSTM`` ("auto",
+"always", "never"), ``_fused_lstm`` (the fused kernel) and ``_hoist_projection``
+(where ``_scan`` projects the inputs). They are shared by every generated module
+that imports them from here; a standalone module has its own copies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from .common import with_dependencies
+import jax
+import jax.experimental.rnn
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-__all__ = ["SNIPPETS", "Snippet", "closure", "ACTIVATION_EXPR"]
+from seqdsl.externs import ExternError, check_output_shapes
 
-
-@dataclass(frozen=True)
-class Snippet:
-    name: str
-    text: str
-    deps: tuple[str, ...] = ()
-    section: str = "layers"
-
-
-#: Keras activation name -> the expression naming the JAX function (a snippet
-#: when jax.nn has no exact twin of Keras' definition).
-ACTIVATION_EXPR = {
-    "linear": "_linear",
-    "relu": "jax.nn.relu",
-    "sigmoid": "jax.nn.sigmoid",
-    "tanh": "jnp.tanh",
-    "softmax": "_softmax",
-    "log_softmax": "_log_softmax",
-    "softplus": "jax.nn.softplus",
-    "softsign": "jax.nn.soft_sign",
-    "elu": "jax.nn.elu",
-    "selu": "jax.nn.selu",
-    "gelu": "_gelu",
-    "silu": "jax.nn.silu",
-    "swish": "jax.nn.silu",
-    "exponential": "jnp.exp",
-    "hard_sigmoid": "_hard_sigmoid",
-    "relu6": "jax.nn.relu6",
-    "leaky_relu": "_leaky_relu",
-    "mish": "_mish",
-}
-
-_S: list[Snippet] = []
-
-
-def _add(name: str, text: str, deps: tuple[str, ...] = (), section: str = "layers") -> None:
-    _S.append(Snippet(name, text.strip("\n") + "\n", deps, section))
-
+from .common import pad_sequences
 
 # --------------------------------------------------------------------------
-# activations (Keras 3 definitions where jax.nn differs)
+# activations (Keras' definitions)
 
-_add(
-    "_linear",
-    """
-def _linear(x):
+
+def _linear(x: jax.Array) -> jax.Array:
     return x
-""",
-    section="activations",
-)
 
-_add(
-    "_softmax",
-    """
-def _softmax(x):
+
+def _softmax(x: jax.Array) -> jax.Array:
     return jax.nn.softmax(x, axis=-1)
-""",
-    section="activations",
-)
 
-_add(
-    "_log_softmax",
-    """
-def _log_softmax(x):
+
+def _log_softmax(x: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(x, axis=-1)
-""",
-    section="activations",
-)
 
-_add(
-    "_gelu",
-    """
-def _gelu(x):
+
+def _gelu(x: jax.Array) -> jax.Array:
     # Keras' gelu is the exact one (approximate=False); jax.nn.gelu defaults to tanh's
     return jax.nn.gelu(x, approximate=False)
-""",
-    section="activations",
-)
 
-_add(
-    "_hard_sigmoid",
-    """
-def _hard_sigmoid(x):
+
+def _hard_sigmoid(x: jax.Array) -> jax.Array:
     # Keras 3: relu6(x + 3) / 6
     return jnp.clip(x / 6.0 + 0.5, 0.0, 1.0)
-""",
-    section="activations",
-)
 
-_add(
-    "_leaky_relu",
-    """
-def _leaky_relu(x):
+
+def _leaky_relu(x: jax.Array) -> jax.Array:
     # Keras' default negative_slope is 0.2 (jax.nn.leaky_relu's is 0.01)
     return jax.nn.leaky_relu(x, negative_slope=0.2)
-""",
-    section="activations",
-)
 
-_add(
-    "_mish",
-    """
-def _mish(x):
+
+def _mish(x: jax.Array) -> jax.Array:
     return x * jnp.tanh(jax.nn.softplus(x))
-""",
-    section="activations",
-)
+
 
 # --------------------------------------------------------------------------
-# inputs, masks, checks
+# inputs, masks and run-time checks
 
-_add(
-    "_compute_dtype",
-    '''
-def _compute_dtype(params, *inputs):
+
+def _compute_dtype(params: Mapping[str, Mapping[str, jax.Array]], *inputs: Any) -> Any:
     """The float dtype of the computation: the weights' (float32, or float64 when
     float64 weights are loaded with jax_enable_x64 on), else the inputs'."""
     for layer in params.values():
@@ -140,40 +79,27 @@ def _compute_dtype(params, *inputs):
         if jnp.issubdtype(x.dtype, jnp.floating):
             return x.dtype
     return jnp.float32
-''',
-    section="inputs",
-)
 
-_add(
-    "_named",
-    '''
-def _named(arrays, names, what):
+
+def _named(arrays: Any, names: Sequence[str], what: str) -> dict[str, Any]:
     """`lengths=` / `masks=`: a dict keyed by input name, or one array for the one masked input."""
     if arrays is None or isinstance(arrays, dict):
         return arrays or {}
     if len(names) != 1:
         raise TypeError(f"{what}= must be a dict keyed by input name ({', '.join(names)})")
     return {names[0]: arrays}
-''',
-    section="inputs",
-)
 
-_add(
-    "_lengths_to_mask",
-    '''
-def _lengths_to_mask(lengths, T, side):
+
+def _lengths_to_mask(lengths: Any, T: int, side: str) -> jax.Array:
     """post: step t of row b is valid iff t < len[b]; pre: iff t >= T - len[b]."""
     steps = jnp.arange(T)[None, :]
     lengths = jnp.asarray(lengths)[:, None]
     return steps < lengths if side == "post" else steps >= T - lengths
-''',
-    section="inputs",
-)
 
-_add(
-    "_input_mask",
-    '''
-def _input_mask(name, x, side, lengths, masks):
+
+def _input_mask(
+    name: str, x: jax.Array, side: str, lengths: Mapping[str, Any], masks: Mapping[str, Any]
+) -> jax.Array:
     """The mask of a `masked` input: masks[name] (bool [B, T]) or lengths[name] ([B])."""
     B, T = x.shape[0], x.shape[1]
     if name in masks:
@@ -195,15 +121,9 @@ def _input_mask(name, x, side, lengths, masks):
         f"input `{name}` is declared `masked`: pass lengths={{{name!r}: ...}} "
         f"or masks={{{name!r}: ...}}"
     )
-''',
-    deps=("_lengths_to_mask",),
-    section="inputs",
-)
 
-_add(
-    "_concrete",
-    '''
-def _concrete(x):
+
+def _concrete(x: Any) -> np.ndarray:
     """A NumPy copy of x for the debug checks, which need values (no tracers)."""
     try:
         return np.asarray(x)
@@ -211,14 +131,9 @@ def _concrete(x):
         raise ValueError(
             "debug checks need concrete values: call debug() outside jax.jit"
         ) from None
-''',
-    section="inputs",
-)
 
-_add(
-    "_check_mask",
-    '''
-def _check_mask(mask, side, nonempty, where, hint):
+
+def _check_mask(mask: Any, side: str, nonempty: bool, where: str, hint: str) -> None:
     """debug: verify that a mask has its declared kind."""
     m = _concrete(mask).astype(bool)
     T = m.shape[1]
@@ -240,15 +155,9 @@ def _check_mask(mask, side, nonempty, where, hint):
     if nonempty and (n == 0).any():
         b = int(np.nonzero(n == 0)[0][0])
         raise ValueError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
-''',
-    deps=("_concrete",),
-    section="inputs",
-)
 
-_add(
-    "_check_lengths",
-    '''
-def _check_lengths(name, x, lengths, nonempty):
+
+def _check_lengths(name: str, x: jax.Array, lengths: Mapping[str, Any], nonempty: bool) -> None:
     """debug: lengths of a `masked` input are in [0, T] ([1, T] when declared nonempty)."""
     if name not in lengths:
         return
@@ -256,28 +165,24 @@ def _check_lengths(name, x, lengths, nonempty):
     lo, T = (1 if nonempty else 0), x.shape[1]
     if lens.size and (lens.min() < lo or lens.max() > T):
         raise ValueError(f"input `{name}`: lengths must lie in [{lo}, {T}], got {lens.tolist()}")
-''',
-    deps=("_concrete",),
-    section="inputs",
-)
 
-_add(
-    "_check_ids",
-    '''
-def _check_ids(ids, input_dim, where):
+
+def _check_ids(ids: Any, input_dim: int, where: str) -> None:
     """debug: token ids index the embedding table."""
     ids = _concrete(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= input_dim):
         raise ValueError(f"{where}: ids must lie in [0, {input_dim}), got {ids.min()}..{ids.max()}")
-''',
-    deps=("_concrete",),
-    section="inputs",
-)
 
-_add(
-    "_keep",
-    '''
-def _keep(dropout_masks, rng, key, index, shape, rate, dtype):
+
+def _keep(
+    dropout_masks: Mapping[str, Any],
+    rng: Any,
+    key: str,
+    index: int,
+    shape: Sequence[int],
+    rate: float,
+    dtype: Any,
+) -> jax.Array:
     """A dropout keep-mask, scaled: keep / (1 - rate), where keep (1 keep, 0 drop)
     is dropout_masks[key] when given, else drawn from rng (folded with index)."""
     if key in dropout_masks:
@@ -293,48 +198,81 @@ def _keep(dropout_masks, rng, key, index, shape, rate, dtype):
     else:
         keep = jax.random.bernoulli(jax.random.fold_in(rng, index), 1.0 - rate, shape).astype(dtype)
     return keep / (1.0 - rate)
-''',
-    section="inputs",
-)
+
+
+def _check_extern(
+    layer: str,
+    declaration: str,
+    outputs: Sequence[Any],
+    declared: Any,
+    returned: Any,
+    expected: Sequence[Any],
+) -> None:
+    """debug: an extern layer against its declaration. The number, dtypes and
+    shapes of its outputs are static (checked at trace time, so also under
+    jax.jit); a mask the implementation returns is compared with the masks the
+    declared contract gives (concrete values)."""
+    got = [(str(jnp.asarray(o).dtype), tuple(jnp.shape(o))) for o in outputs]
+    check_output_shapes(layer, declared, got, declaration)
+    if returned is None:
+        return
+    masks = tuple(returned) if isinstance(returned, (tuple, list)) else (returned,) * len(expected)
+    if len(masks) != len(expected):
+        raise ExternError(
+            f"extern layer {layer} returned {len(masks)} masks for {len(expected)} outputs "
+            f"(declaration: {declaration})"
+        )
+    for i, (m, want) in enumerate(zip(masks, expected, strict=True)):
+        if m is None and want is None:
+            continue
+        if m is None or want is None:
+            raise ExternError(
+                f"extern layer {layer}: output {i + 1} has "
+                + ("no mask" if m is None else "a mask")
+                + f" from the implementation, but its declaration ({declaration}) gives "
+                + ("one" if m is None else "none")
+            )
+        m, want = _concrete(m).astype(bool), _concrete(want)
+        if m.shape != want.shape or (m != want).any():
+            rows = (
+                np.nonzero((m != want).any(axis=tuple(range(1, m.ndim))))[0]
+                if m.shape == want.shape
+                else None
+            )
+            raise ExternError(
+                f"extern layer {layer}: the mask it returned for output {i + 1} "
+                + (f"has shape {m.shape}, " if rows is None else f"differs in row {int(rows[0])}, ")
+                + f"but its declaration ({declaration}) gives "
+                + (f"shape {want.shape}" if rows is None else "another mask")
+            )
+
 
 # --------------------------------------------------------------------------
 # per-step layers
 
-_add(
-    "_embedding",
-    """
-def _embedding(p, ids):
+
+def _embedding(p: Mapping[str, jax.Array], ids: jax.Array) -> jax.Array:
     # the vector of id 0 is not zeroed (as Keras): the mask, not the value, marks padding
     return jnp.take(p["embeddings"], ids, axis=0)
-""",
-)
 
-_add(
-    "_masking",
-    '''
-def _masking(x, mask_value):
+
+def _masking(x: jax.Array, mask_value: float) -> tuple[jax.Array, jax.Array]:
     """Masking: a step is masked when all its features equal mask_value (NaN never
     does); masked steps are zeroed. Replaces any incoming mask."""
     mask = jnp.any(x != mask_value, axis=-1)
     return x * mask[..., None].astype(x.dtype), mask
-''',
-)
 
-_add(
-    "_dense",
-    """
-def _dense(p, x, activation):
+
+def _dense(
+    p: Mapping[str, jax.Array], x: jax.Array, activation: Callable[[jax.Array], jax.Array]
+) -> jax.Array:
     y = x @ p["kernel"]
     if "bias" in p:
         y = y + p["bias"]
     return activation(y)
-""",
-)
 
-_add(
-    "_layer_norm",
-    '''
-def _layer_norm(p, x, epsilon):
+
+def _layer_norm(p: Mapping[str, jax.Array], x: jax.Array, epsilon: float) -> jax.Array:
     """LayerNormalization over the features of each step (masked steps computed too)."""
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -344,13 +282,17 @@ def _layer_norm(p, x, epsilon):
     if "beta" in p:
         y = y + p["beta"]
     return y
-''',
-)
 
-_add(
-    "_batch_norm",
-    '''
-def _batch_norm(p, s, x, mask, training, momentum, epsilon):
+
+def _batch_norm(
+    p: Mapping[str, jax.Array],
+    s: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    training: bool,
+    momentum: float,
+    epsilon: float,
+) -> tuple[jax.Array, Mapping[str, jax.Array]]:
     """BatchNormalization over the last axis; returns (y, new moving statistics).
 
     Inference normalises with the moving statistics. Training uses the batch's
@@ -380,16 +322,26 @@ def _batch_norm(p, s, x, mask, training, momentum, epsilon):
     if "beta" in p:
         y = y + p["beta"]
     return y, s
-''',
-)
+
+
+def _extern(
+    impl: Any, inputs: Sequence[Any], mask: Any, weights: Any, config: Any, training: bool
+) -> tuple[tuple[Any, ...], Any]:
+    """Call an extern layer's implementation. Returns (its outputs as a tuple, the
+    mask it returned or None); the layer's output masks come from its
+    declaration, a returned mask is only compared with them (debug)."""
+    out = impl.fn(*inputs, mask=mask, weights=weights, config=config, training=training)
+    returned = None
+    if impl.returns_mask:
+        out, returned = out
+    return (tuple(out) if isinstance(out, (tuple, list)) else (out,)), returned
+
 
 # --------------------------------------------------------------------------
-# time-changing layers
+# time-changing layers (windows use the mask: docs/semantics.md section 3)
 
-_add(
-    "_window",
-    '''
-def _window(T, k_eff, stride, padding):
+
+def _window(T: int, k_eff: int, stride: int, padding: str) -> tuple[int, int, int]:
     """(zeros before, zeros after, output steps) of a window of k_eff steps, as
     Keras/TensorFlow pad: valid: none; causal: k_eff - 1 before; same: the
     zeros needed for ceil(T / stride) windows, split evenly, the odd one after."""
@@ -400,14 +352,11 @@ def _window(T, k_eff, stride, padding):
         return k_eff - 1, 0, out
     total = max((out - 1) * stride + k_eff - T, 0)
     return total // 2, total - total // 2, out
-''',
-    section="time",
-)
 
-_add(
-    "_window_mask",
-    '''
-def _window_mask(mask, size, stride, dilation, padding, out):
+
+def _window_mask(
+    mask: jax.Array, size: int, stride: int, dilation: int, padding: str, out: int
+) -> jax.Array:
     """Output mask of a window layer. valid: step j is valid iff every input step
     its window reads is valid; same/causal: iff its anchor input step j * stride is.
     For post/pre masks this maps each row's length L to max(0, (L - k_eff) // s + 1)
@@ -419,14 +368,18 @@ def _window_mask(mask, size, stride, dilation, padding, out):
         invalid, 0, lax.add, (1, size), (1, stride), "VALID", window_dilation=(1, dilation)
     )
     return bad[:, :out] == 0
-''',
-    section="time",
-)
 
-_add(
-    "_conv1d",
-    '''
-def _conv1d(p, x, mask, kernel_size, strides, dilation, padding, activation):
+
+def _conv1d(
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    kernel_size: int,
+    strides: int,
+    dilation: int,
+    padding: str,
+    activation: Callable[[jax.Array], jax.Array],
+) -> tuple[jax.Array, jax.Array | None]:
     """Conv1D (Keras layout: kernel [k, F, filters]). Masked input steps are zeroed
     first, so padding never leaks into a valid window; returns (y, output mask)."""
     if mask is not None:
@@ -447,15 +400,11 @@ def _conv1d(p, x, mask, kernel_size, strides, dilation, padding, activation):
     if mask is None:
         return y, None
     return y, _window_mask(mask, kernel_size, strides, dilation, padding, out)
-''',
-    deps=("_window", "_window_mask"),
-    section="time",
-)
 
-_add(
-    "_pool",
-    '''
-def _pool(x, mask, kind, pool_size, strides, padding):
+
+def _pool(
+    x: jax.Array, mask: jax.Array | None, kind: str, pool_size: int, strides: int, padding: str
+) -> tuple[jax.Array, jax.Array | None]:
     """MaxPooling1D / AveragePooling1D over the valid steps of each window (0 when
     a window has none; same-padding zeros are not steps). Returns (y, output mask)."""
     before, after, out = _window(x.shape[1], pool_size, strides, padding)
@@ -472,15 +421,9 @@ def _pool(x, mask, kind, pool_size, strides, padding):
     if mask is None:
         return y, None
     return y, _window_mask(mask, pool_size, strides, 1, padding, out)
-''',
-    deps=("_window", "_window_mask"),
-    section="time",
-)
 
-_add(
-    "_global_pool",
-    '''
-def _global_pool(x, mask, kind, keepdims):
+
+def _global_pool(x: jax.Array, mask: jax.Array | None, kind: str, keepdims: bool) -> jax.Array:
     """GlobalMax/AveragePooling1D over the valid steps; 0 for a row with none."""
     valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
     v = valid[..., None]
@@ -491,14 +434,9 @@ def _global_pool(x, mask, kind, keepdims):
         count = jnp.sum(valid, axis=1).astype(x.dtype)[:, None]
         y = jnp.sum(jnp.where(v, x, 0.0), axis=1) / jnp.maximum(count, 1.0)
     return y[:, None, :] if keepdims else y
-''',
-    section="time",
-)
 
-_add(
-    "_temporal_softmax",
-    '''
-def _temporal_softmax(x, mask):
+
+def _temporal_softmax(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Per feature, a softmax over the valid steps of each row (max-subtracted);
     0 at masked steps and for a row with no valid step."""
     v = mask[..., None]
@@ -507,16 +445,12 @@ def _temporal_softmax(x, mask):
     e = jnp.where(v, jnp.exp(x - top), 0.0)
     total = jnp.sum(e, axis=1, keepdims=True)
     return jnp.where(total > 0, e / jnp.where(total > 0, total, 1.0), 0.0)
-''',
-    section="time",
-)
+
 
 # --------------------------------------------------------------------------
-# recurrent layers
+# recurrent layers: lax.scan, or the fused cuDNN LSTM on CUDA
 
-_add(
-    "_RNN",
-    '''
+
 class _RNN(NamedTuple):
     """What a recurrent layer gives: its output sequence (None without
     return_sequences), its last output (the output at the last valid step, 0 for
@@ -525,46 +459,37 @@ class _RNN(NamedTuple):
     sequence: Any
     last: Any
     states: tuple
-''',
-    section="recurrent",
-)
 
-_add(
-    "_zero_states",
-    """
-def _zero_states(x, units, n):
+
+def _zero_states(x: jax.Array, units: int, n: int) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((x.shape[0], units), x.dtype) for _ in range(n))
-""",
-    section="recurrent",
-)
 
-_add(
-    "_flip_time",
-    """
-def _flip_time(x):
+
+def _flip_time(x: Any) -> Any:
     return None if x is None else jnp.flip(x, axis=1)
-""",
-    section="recurrent",
-)
 
-_add(
-    "_go_backwards",
-    '''
-def _go_backwards(x, mask, side):
+
+def _go_backwards(
+    x: jax.Array, mask: jax.Array | None, side: str
+) -> tuple[Any, jax.Array | None, str]:
     """go_backwards on the fused kernel: the layer reads the steps in reverse order
     (Keras), so it runs on the flipped sequence and mask; its outputs stay in that
     reversed order. A flipped post mask is a pre mask and vice versa."""
     side = {"post": "pre", "pre": "post"}.get(side, side)
     return _flip_time(x), _flip_time(mask), side
-''',
-    deps=("_flip_time",),
-    section="recurrent",
-)
 
-_add(
-    "_scan",
-    '''
-def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards):
+
+def _scan(
+    step: Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]],
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
+    return_sequences: bool,
+    masked_output: str,
+    go_backwards: bool,
+) -> _RNN:
     """Runs a cell over time with lax.scan: one compiled loop body, whatever T.
 
     x: the layer's inputs [B, T, F]. The state-independent part of the cell, the
@@ -598,32 +523,22 @@ def _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, 
     if mask is not None:  # h keeps its last valid value, or its initial one in an empty row
         last = jnp.where(jnp.any(mask, axis=1)[:, None], last, 0.0)
         if return_sequences:
+            assert m is not None
             if masked_output == "carry":  # from the first valid step on, in reading order
                 m = jnp.cumsum(m[::-1], axis=0)[::-1] if go_backwards else jnp.cumsum(m, axis=0)
                 m = m > 0
             hs = jnp.where(m[:, :, None], hs, 0.0)
     sequence = None if hs is None else jnp.swapaxes(hs, 0, 1)
     return _RNN(_flip_time(sequence) if go_backwards else sequence, last, states)
-''',
-    deps=("_RNN", "_project", "_hoist_projection", "_flip_time"),
-    section="recurrent",
-)
 
-_add(
-    "_project",
-    '''
-def _project(x, kernel, bias=None):
+
+def _project(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     """x @ kernel (+ bias): the part of a cell that does not depend on the state."""
     xw = x @ kernel
     return xw if bias is None else xw + bias
-''',
-    section="recurrent",
-)
 
-_add(
-    "_hoist_projection",
-    '''
-def _hoist_projection(x, kernel):
+
+def _hoist_projection(x: jax.Array, kernel: jax.Array) -> bool:
     """Whether _scan computes x @ kernel for every step at once, before the loop (one
     large matmul), rather than step by step in its body. Measured per layer on XLA's
     CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
@@ -636,14 +551,14 @@ def _hoist_projection(x, kernel):
     if batch == 1 or features * gates >= 2**20:
         return True
     return batch < 64 and features >= 256 and gates <= 2 * features
-''',
-    section="recurrent",
-)
 
-_add(
-    "_lstm_step",
-    '''
-def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
+
+def _lstm_step(
+    recurrent_kernel: jax.Array,
+    activation: Callable[[jax.Array], jax.Array],
+    recurrent_activation: Callable[[jax.Array], jax.Array],
+    recurrent_keep: jax.Array | None,
+) -> Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
     """Keras' LSTM cell on a precomputed input projection; gates i, f, c, o."""
 
     def step(xw_t, states):
@@ -657,28 +572,23 @@ def _lstm_step(recurrent_kernel, activation, recurrent_activation, recurrent_kee
         return h, c
 
     return step
-''',
-    section="recurrent",
-)
 
-_add(
-    "_lstm",
-    '''
+
 def _lstm(
-    p,
-    x,
-    mask,
-    states,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
     *,
-    activation=jnp.tanh,
-    recurrent_activation=jax.nn.sigmoid,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-    fused=None,
-):
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    recurrent_activation: Callable[[jax.Array], jax.Array] = jax.nn.sigmoid,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+    input_keep: jax.Array | None = None,
+    recurrent_keep: jax.Array | None = None,
+    fused: str | None = None,
+) -> _RNN:
     """An LSTM layer (Keras' LSTM and RNN(LSTMCell)); returns _RNN.
 
     fused: the static mask side ("post", "pre" or "any") when the layer may run
@@ -695,15 +605,15 @@ def _lstm(
     step = _lstm_step(p["recurrent_kernel"], activation, recurrent_activation, recurrent_keep)
     kernel, bias = p["kernel"], p.get("bias")
     return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
-''',
-    deps=("_lstm_step", "_scan", "_go_backwards", "_lstm_fused"),
-    section="recurrent",
-)
 
-_add(
-    "_gru_step",
-    '''
-def _gru_step(recurrent_kernel, recurrent_bias, activation, recurrent_activation, recurrent_keep):
+
+def _gru_step(
+    recurrent_kernel: jax.Array,
+    recurrent_bias: jax.Array | None,
+    activation: Callable[[jax.Array], jax.Array],
+    recurrent_activation: Callable[[jax.Array], jax.Array],
+    recurrent_keep: jax.Array | None,
+) -> Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
     """Keras' GRU cell with reset_after=true (gates z, r, h): the reset gate
     multiplies the recurrent projection, which has its own bias."""
 
@@ -721,14 +631,14 @@ def _gru_step(recurrent_kernel, recurrent_bias, activation, recurrent_activation
         return (z * h + (1.0 - z) * candidate,)
 
     return step
-''',
-    section="recurrent",
-)
 
-_add(
-    "_gru_v1_step",
-    '''
-def _gru_v1_step(recurrent_kernel, activation, recurrent_activation, recurrent_keep):
+
+def _gru_v1_step(
+    recurrent_kernel: jax.Array,
+    activation: Callable[[jax.Array], jax.Array],
+    recurrent_activation: Callable[[jax.Array], jax.Array],
+    recurrent_keep: jax.Array | None,
+) -> Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]]:
     """Keras' GRU cell with reset_after=false (gates z, r, h): the reset gate
     multiplies the state before its projection; one bias, on the inputs."""
     units = recurrent_kernel.shape[0]
@@ -744,28 +654,23 @@ def _gru_v1_step(recurrent_kernel, activation, recurrent_activation, recurrent_k
         return (z * h + (1.0 - z) * candidate,)
 
     return step
-''',
-    section="recurrent",
-)
 
-_add(
-    "_gru",
-    '''
+
 def _gru(
-    p,
-    x,
-    mask,
-    states,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
     *,
-    activation=jnp.tanh,
-    recurrent_activation=jax.nn.sigmoid,
-    reset_after=True,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-):
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    recurrent_activation: Callable[[jax.Array], jax.Array] = jax.nn.sigmoid,
+    reset_after: bool = True,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+    input_keep: jax.Array | None = None,
+    recurrent_keep: jax.Array | None = None,
+) -> _RNN:
     """A GRU layer (Keras' GRU and RNN(GRUCell)); always lax.scan: JAX has no fused GRU."""
     if input_keep is not None:  # input dropout: one keep-mask per sequence, every gate
         x = x * input_keep[:, None, :]
@@ -783,27 +688,21 @@ def _gru(
         step = _gru_v1_step(p["recurrent_kernel"], activation, recurrent_activation, recurrent_keep)
     kernel = p["kernel"]
     return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
-''',
-    deps=("_gru_step", "_gru_v1_step", "_scan"),
-    section="recurrent",
-)
 
-_add(
-    "_simple_rnn",
-    '''
+
 def _simple_rnn(
-    p,
-    x,
-    mask,
-    states,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
     *,
-    activation=jnp.tanh,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-    input_keep=None,
-    recurrent_keep=None,
-):
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+    input_keep: jax.Array | None = None,
+    recurrent_keep: jax.Array | None = None,
+) -> _RNN:
     """A SimpleRNN layer (Keras' SimpleRNN and RNN(SimpleRNNCell)): h = act(x W + h R + b)."""
     if input_keep is not None:
         x = x * input_keep[:, None, :]
@@ -817,15 +716,9 @@ def _simple_rnn(
 
     kernel, bias = p["kernel"], p.get("bias")
     return _scan(step, x, kernel, bias, mask, states, return_sequences, masked_output, go_backwards)
-''',
-    deps=("_scan",),
-    section="recurrent",
-)
 
-_add(
-    "_merge_directions",
-    """
-def _merge_directions(a, b, merge_mode):
+
+def _merge_directions(a: Any, b: Any, merge_mode: str) -> Any:
     if merge_mode == "concat":
         return jnp.concatenate([a, b], axis=-1)
     if merge_mode == "sum":
@@ -835,41 +728,44 @@ def _merge_directions(a, b, merge_mode):
     if merge_mode == "ave":
         return (a + b) / 2.0
     return a, b  # merge_mode="none": two outputs
-""",
-    section="recurrent",
-)
 
-_add(
-    "_bidirectional",
-    '''
-def _directions(p):
+
+def _directions(p: Mapping[str, jax.Array]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """A Bidirectional layer's weights, split into forward and backward."""
     fw = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
     bw = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
     return fw, bw
 
 
-def _merged(seqs, lasts, finals, merge_mode, return_sequences):
-    sequence = _merge_directions(*seqs, merge_mode) if return_sequences else None
+def _merged(
+    seqs: Sequence[Any],
+    lasts: Sequence[Any],
+    finals: Sequence[Any],
+    merge_mode: str,
+    return_sequences: bool,
+) -> _RNN:
+    sequence = _merge_directions(seqs[0], seqs[1], merge_mode) if return_sequences else None
     return _RNN(
-        sequence, _merge_directions(*lasts, merge_mode), tuple(finals[0]) + tuple(finals[1])
+        sequence,
+        _merge_directions(lasts[0], lasts[1], merge_mode),
+        tuple(finals[0]) + tuple(finals[1]),
     )
 
 
 def _bidirectional(
-    layer,
-    p,
-    x,
-    mask,
-    states_fw,
-    states_bw,
+    layer: Callable[..., _RNN],
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states_fw: tuple[jax.Array, ...],
+    states_bw: tuple[jax.Array, ...],
     *,
-    merge_mode,
-    return_sequences,
-    input_keeps=(None, None),
-    recurrent_keeps=(None, None),
-    **cell,
-):
+    merge_mode: str,
+    return_sequences: bool,
+    input_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    recurrent_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    **cell: Any,
+) -> _RNN:
     """Bidirectional: the forward layer on x; the backward layer reads the valid
     steps in reverse (go_backwards) and its outputs are flipped back to input
     order; merged by merge_mode. Outputs at masked steps are 0 in both halves.
@@ -898,27 +794,21 @@ def _bidirectional(
     )
     seqs = (fw.sequence, _flip_time(bw.sequence))
     return _merged(seqs, (fw.last, bw.last), (fw.states, bw.states), merge_mode, return_sequences)
-''',
-    deps=("_RNN", "_flip_time", "_merge_directions"),
-    section="recurrent",
-)
 
-_add(
-    "_bidirectional_lstm",
-    '''
+
 def _bidirectional_lstm(
-    p,
-    x,
-    mask,
-    states_fw,
-    states_bw,
+    p: Mapping[str, jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    states_fw: tuple[jax.Array, ...],
+    states_bw: tuple[jax.Array, ...],
     *,
-    merge_mode,
-    return_sequences,
-    input_keeps=(None, None),
-    fused=None,
-    **cell,
-):
+    merge_mode: str,
+    return_sequences: bool,
+    input_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    fused: str | None = None,
+    **cell: Any,
+) -> _RNN:
     """Bidirectional(LSTM): on the fused kernel both directions run in one call
     (the kernel reverses each row within its length), unless the directions
     have different input dropout masks; otherwise _bidirectional."""
@@ -945,20 +835,25 @@ def _bidirectional_lstm(
         fused=fused,
         **cell,
     )
-''',
-    deps=("_bidirectional", "_lstm", "_lstm_fused"),
-    section="recurrent",
-)
 
-_add(
-    "_lstm_fused",
-    '''
+
 #: "auto": the fused kernel (cuDNN, jax.experimental.rnn.lstm) for float32 on a
-#: CUDA GPU, lax.scan elsewhere; "always" / "never" force the choice.
+#: CUDA GPU, lax.scan elsewhere; "always" / "never" force the choice. Read when an
+#: LSTM is traced (by _use_fused_lstm): setting it here acts on every generated
+#: module that imports from this one.
 FUSED_LSTM = "auto"
 
 
-def _cudnn_lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, bidirectional):
+def _cudnn_lstm(
+    x: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    weights: jax.Array,
+    seq_lengths: jax.Array,
+    input_size: int,
+    hidden_size: int,
+    bidirectional: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.experimental.rnn.lstm(
         x,
         h0,
@@ -973,13 +868,14 @@ def _cudnn_lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, bidire
     )
 
 
-#: The fused kernel (same signature as _cudnn_lstm). jax.experimental.rnn.lstm
-#: raises on CPU; tests put an adapter around jax.experimental.rnn.lstm_ref here
-#: (with FUSED_LSTM = "always") to check this code path anywhere.
+#: The fused kernel (same signature as _cudnn_lstm), called through this global.
+#: jax.experimental.rnn.lstm raises on CPU; tests put an adapter around
+#: jax.experimental.rnn.lstm_ref here (with FUSED_LSTM = "always", both set with
+#: pytest's monkeypatch) to check this code path anywhere.
 _fused_lstm = _cudnn_lstm
 
 
-def _use_fused_lstm(x):
+def _use_fused_lstm(x: jax.Array) -> bool:
     if FUSED_LSTM == "auto":
         return (
             x.dtype == jnp.float32
@@ -989,14 +885,14 @@ def _use_fused_lstm(x):
     return FUSED_LSTM == "always"
 
 
-def _roll_rows(x, shift):
+def _roll_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
     """Roll each row b of x [B, T, ...] in time by shift[b] steps (to the right)."""
     T = x.shape[1]
     index = (jnp.arange(T)[None, :] - shift[:, None]) % T
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _cudnn_weights(ps):
+def _cudnn_weights(ps: Sequence[Mapping[str, jax.Array]]) -> jax.Array:
     """jax.experimental.rnn's flat weight vector: every W_ih [4U, F] and W_hh
     [4U, U] first (forward, then backward; row-major), then every bias pair
     b_ih, b_hh. Its gates i, f, g, o are Keras' i, f, c, o; Keras has one bias,
@@ -1009,7 +905,15 @@ def _cudnn_weights(ps):
     return jnp.concatenate(mats + biases)
 
 
-def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
+def _lstm_fused(
+    ps: Sequence[Mapping[str, jax.Array]],
+    x: jax.Array,
+    mask: jax.Array | None,
+    side: str,
+    states: Sequence[tuple[jax.Array, ...]],
+    return_sequences: bool,
+    masked_output: str,
+) -> tuple[list[Any], list[jax.Array], list[tuple[jax.Array, jax.Array]]]:
     """LSTM on the fused kernel, which takes right-padded rows and their lengths.
 
     Every mask kind is brought to that layout and back, exactly:
@@ -1067,42 +971,29 @@ def _lstm_fused(ps, x, mask, side, states, return_sequences, masked_output):
         valid = mask if masked_output == "zero" else k > 0
         seq = jnp.where(valid[:, :, None], seq, 0.0)
     return jnp.split(seq, n_dir, axis=-1), lasts, finals
-''',
-    section="recurrent",
-)
 
-# --------------------------------------------------------------------------
-# cell blocks (one generated step function each) and extern layers
 
-_add(
-    "_cell_states",
-    """
-def _cell_states(x, shapes):
+def _cell_states(x: jax.Array, shapes: Sequence[tuple[int, ...]]) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((x.shape[0], *shape), x.dtype) for shape in shapes)
-""",
-    section="recurrent",
-)
 
-_add(
-    "_cell_rnn",
-    '''
-def _valid_where(m_t, new, old):
+
+def _valid_where(m_t: jax.Array, new: Any, old: Any) -> jax.Array:
     """where(mask, new, old) for a per-step value of any rank (mask [B])."""
     return jnp.where(m_t.reshape(m_t.shape + (1,) * (jnp.ndim(new) - 1)), new, old)
 
 
 def _cell_rnn(
-    step,
-    p,
-    xs,
-    mask,
-    states,
-    outputs,
+    step: Callable[..., Any],
+    p: Mapping[str, jax.Array],
+    xs: Sequence[jax.Array],
+    mask: jax.Array | None,
+    states: tuple[jax.Array, ...],
+    outputs: Sequence[tuple[int, ...]],
     *,
-    go_backwards=False,
-    return_sequences=False,
-    masked_output="zero",
-):
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    masked_output: str = "zero",
+) -> _RNN:
     """A cell block over time with lax.scan: one compiled loop body, whatever T.
 
     step(p, inputs_t, states) -> (outputs, new states), all tuples; xs: the input
@@ -1143,24 +1034,27 @@ def _cell_rnn(
         (states, last), ys = lax.scan(body, (tuple(states), last), (seqs, mask.T))
     sequence = None if ys is None else tuple(jnp.swapaxes(y, 0, 1) for y in ys)
     return _RNN(sequence, last, states)
-''',
-    deps=("_RNN", "_flip_time"),
-    section="recurrent",
-)
 
-_add(
-    "_cell_bidirectional",
-    '''
+
 def _cell_bidirectional(
-    step, p, xs, mask, states_fw, states_bw, outputs, *, merge_mode, return_sequences
-):
+    step: Callable[..., Any],
+    p: Mapping[str, jax.Array],
+    xs: Sequence[jax.Array],
+    mask: jax.Array | None,
+    states_fw: tuple[jax.Array, ...],
+    states_bw: tuple[jax.Array, ...],
+    outputs: Sequence[tuple[int, ...]],
+    *,
+    merge_mode: str,
+    return_sequences: bool,
+) -> _RNN:
     """Bidirectional(RNN(cell)) for a cell with one output [n]: the forward run on
     xs; the backward run reads the valid steps in reverse (go_backwards) and its
     outputs are flipped back to input order; merged by merge_mode (two arrays for
     "none"). States: forward then backward."""
     fw_p = {k[len("forward/") :]: v for k, v in p.items() if k.startswith("forward/")}
     bw_p = {k[len("backward/") :]: v for k, v in p.items() if k.startswith("backward/")}
-    run = dict(outputs=outputs, return_sequences=return_sequences)
+    run: dict[str, Any] = dict(outputs=outputs, return_sequences=return_sequences)
     fw = _cell_rnn(step, fw_p, xs, mask, states_fw, **run)
     bw = _cell_rnn(step, bw_p, xs, mask, states_bw, go_backwards=True, **run)
     sequence = None
@@ -1168,80 +1062,19 @@ def _cell_bidirectional(
         sequence = _merge_directions(fw.sequence[0], _flip_time(bw.sequence[0]), merge_mode)
     last = _merge_directions(fw.last[0], bw.last[0], merge_mode)
     return _RNN(sequence, last, tuple(fw.states) + tuple(bw.states))
-''',
-    deps=("_cell_rnn", "_merge_directions", "_flip_time", "_RNN"),
-    section="recurrent",
-)
-
-_add(
-    "_extern",
-    '''
-def _extern(impl, inputs, mask, weights, config, training):
-    """Call an extern layer's implementation. Returns (its outputs as a tuple, the
-    mask it returned or None); the layer's output masks come from its
-    declaration, a returned mask is only compared with them (debug)."""
-    out = impl.fn(*inputs, mask=mask, weights=weights, config=config, training=training)
-    returned = None
-    if impl.returns_mask:
-        out, returned = out
-    return (tuple(out) if isinstance(out, (tuple, list)) else (out,)), returned
-''',
-)
-
-_add(
-    "_check_extern",
-    '''
-def _check_extern(layer, declaration, outputs, declared, returned, expected):
-    """debug: an extern layer against its declaration. The number, dtypes and
-    shapes of its outputs are static (checked at trace time, so also under
-    jax.jit); a mask the implementation returns is compared with the masks the
-    declared contract gives (concrete values)."""
-    got = [(str(jnp.asarray(o).dtype), tuple(jnp.shape(o))) for o in outputs]
-    check_output_shapes(layer, declared, got, declaration)
-    if returned is None:
-        return
-    masks = tuple(returned) if isinstance(returned, (tuple, list)) else (returned,) * len(expected)
-    if len(masks) != len(expected):
-        raise ExternError(
-            f"extern layer {layer} returned {len(masks)} masks for {len(expected)} outputs "
-            f"(declaration: {declaration})"
-        )
-    for i, (m, want) in enumerate(zip(masks, expected, strict=True)):
-        if m is None and want is None:
-            continue
-        if m is None or want is None:
-            raise ExternError(
-                f"extern layer {layer}: output {i + 1} has "
-                + ("no mask" if m is None else "a mask")
-                + f" from the implementation, but its declaration ({declaration}) gives "
-                + ("one" if m is None else "none")
-            )
-        m, want = _concrete(m).astype(bool), _concrete(want)
-        if m.shape != want.shape or (m != want).any():
-            rows = (
-                np.nonzero((m != want).any(axis=tuple(range(1, m.ndim))))[0]
-                if m.shape == want.shape
-                else None
-            )
-            raise ExternError(
-                f"extern layer {layer}: the mask it returned for output {i + 1} "
-                + (f"has shape {m.shape}, " if rows is None else f"differs in row {int(rows[0])}, ")
-                + f"but its declaration ({declaration}) gives "
-                + (f"shape {want.shape}" if rows is None else "another mask")
-            )
-''',
-    deps=("_concrete",),
-    section="inputs",
-)
 
 
 # --------------------------------------------------------------------------
-# attention
+# attention layers: masked softmax weights (docs/semantics.md section 3)
 
-_add(
-    "_attention_allowed",
-    '''
-def _attention_allowed(query, key, key_mask, query_mask, causal):
+
+def _attention_allowed(
+    query: jax.Array,
+    key: jax.Array,
+    key_mask: jax.Array | None,
+    query_mask: jax.Array | None,
+    causal: bool,
+) -> jax.Array | None:
     """Which key steps each query step attends to, bool [B, Tq, Tk] (None: all): the
     valid key steps, the valid query steps (MultiHeadAttention: a masked query step
     attends to nothing) and, with causal, the steps j <= i."""
@@ -1254,14 +1087,9 @@ def _attention_allowed(query, key, key_mask, query_mask, causal):
     if allowed is None:
         return None
     return jnp.broadcast_to(allowed, (query.shape[0], query.shape[1], key.shape[1]))
-''',
-    section="attention",
-)
 
-_add(
-    "_masked_softmax",
-    '''
-def _masked_softmax(scores, allowed):
+
+def _masked_softmax(scores: jax.Array, allowed: jax.Array | None) -> jax.Array:
     """Softmax over the last axis among the allowed entries: 0 elsewhere, and 0 for a
     row with none (Keras gives such a row a uniform average)."""
     if allowed is None:
@@ -1271,25 +1099,20 @@ def _masked_softmax(scores, allowed):
     e = jnp.exp(jnp.where(allowed, scores - top, -jnp.inf))
     total = jnp.sum(e, axis=-1, keepdims=True)
     return e / jnp.where(total > 0, total, 1.0)
-''',
-    section="attention",
-)
 
-_add(
-    "_attention",
-    '''
+
 def _attention(
-    p,
-    query,
-    value,
-    key=None,
+    p: Mapping[str, jax.Array],
+    query: jax.Array,
+    value: jax.Array,
+    key: jax.Array | None = None,
     *,
-    query_mask=None,
-    key_mask=None,
-    score_mode="dot",
-    causal=False,
-    keep=None,
-):
+    query_mask: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    score_mode: str = "dot",
+    causal: bool = False,
+    keep: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Keras' Attention (Luong); returns (output, weights). The weights are a softmax
     of the scores over the valid key steps (query . key, times p["scale"] with
     use_scale; "concat": concat_score_weight * sum(tanh(scale * (query + key)))); a
@@ -1307,17 +1130,19 @@ def _attention(
     if query_mask is not None:
         out = jnp.where(query_mask[..., None], out, 0.0)
     return out, weights
-''',
-    deps=("_attention_allowed", "_masked_softmax"),
-    section="attention",
-)
 
-_add(
-    "_multi_head_attention",
-    '''
+
 def _multi_head_attention(
-    p, query, value, key=None, *, query_mask=None, key_mask=None, causal=False, keep=None
-):
+    p: Mapping[str, jax.Array],
+    query: jax.Array,
+    value: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    query_mask: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    causal: bool = False,
+    keep: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Keras' MultiHeadAttention; returns (output, weights [B, heads, Tq, Tk]).
     query, key and value are projected to heads (Keras' EinsumDense kernels
     [F, heads, size]); the weights are softmax(q . k / sqrt(key_dim)) over the
@@ -1339,27 +1164,276 @@ def _multi_head_attention(
     if "attention_output/bias" in p:
         out = out + p["attention_output/bias"]
     return out, weights
-''',
-    deps=("_attention_allowed", "_masked_softmax"),
-    section="attention",
-)
-
-SNIPPETS: dict[str, Snippet] = {s.name: s for s in _S}
-ORDER: list[str] = [s.name for s in _S]
-SECTIONS = ("activations", "inputs", "layers", "time", "recurrent", "attention")
 
 
-def closure(names: set[str]) -> list[str]:
-    """The snippets ``names`` need, in library order (deterministic)."""
-    return with_dependencies(names, {n: SNIPPETS[n].deps for n in ORDER})
+# --------------------------------------------------------------------------
+# variables: init, canonical weights
 
 
-def defined_names() -> set[str]:
-    """Every module-level name the snippets define (reserved in generated code)."""
-    import re
+def _initialize(name: str, key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
+    """One weight by Keras' initializer formula, drawn with jax.random."""
+    if name.startswith("unit_forget_bias("):  # LSTM bias: [init(U), ones(U), init(2U)]
+        inner, u = name[len("unit_forget_bias(") : -1], shape[0] // 4
+        k1, k2 = jax.random.split(key)
+        return jnp.concatenate(
+            [
+                _initialize(inner, k1, (u,), dtype),
+                jnp.ones((u,), dtype),
+                _initialize(inner, k2, (2 * u,), dtype),
+            ]
+        )
+    if len(shape) < 2:
+        fan_in = fan_out = float(shape[0]) if shape else 1.0
+    else:
+        receptive = float(np.prod(shape[:-2])) if len(shape) > 2 else 1.0
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    uniform = lambda limit: jax.random.uniform(key, shape, dtype, -limit, limit)  # noqa: E731
+    normal = lambda std: jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std  # noqa: E731
+    trunc = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+    if name == "zeros":
+        return jnp.zeros(shape, dtype)
+    if name == "ones":
+        return jnp.ones(shape, dtype)
+    if name in ("uniform", "random_uniform"):
+        return uniform(0.05)
+    if name == "random_normal":
+        return jax.random.normal(key, shape, dtype) * 0.05
+    if name == "truncated_normal":
+        return normal(0.05)
+    if name == "glorot_uniform":
+        return uniform(np.sqrt(6.0 / (fan_in + fan_out)))
+    if name == "glorot_normal":
+        return normal(np.sqrt(2.0 / (fan_in + fan_out)) / trunc)
+    if name == "he_uniform":
+        return uniform(np.sqrt(6.0 / fan_in))
+    if name == "he_normal":
+        return normal(np.sqrt(2.0 / fan_in) / trunc)
+    if name == "lecun_uniform":
+        return uniform(np.sqrt(3.0 / fan_in))
+    if name == "lecun_normal":
+        return normal(np.sqrt(1.0 / fan_in) / trunc)
+    if name == "orthogonal":  # Q of the QR of a normal matrix, sign-fixed
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
+        q, r = jnp.linalg.qr(a)
+        q = q * jnp.sign(jnp.diag(r))
+        return (q.T if rows < cols else q).reshape(shape)
+    if name == "identity":
+        return jnp.eye(shape[0], shape[1], dtype=dtype)
+    raise ValueError(f"unknown initializer {name!r}")
 
-    out: set[str] = set()
-    for s in _S:
-        out |= set(re.findall(r"^(?:def|class) (\w+)", s.text, re.M))
-        out |= set(re.findall(r"^(\w+) = ", s.text, re.M))
+
+def _init_weights(
+    weights: Mapping[str, Sequence[tuple[Any, ...]]], rng_key: jax.Array, dtype: Any
+) -> dict[str, jax.Array]:
+    """Fresh canonical weights {"layer/weight": array} for a WEIGHTS table: each
+    layer's weights drawn from its own stream (rng_key folded with a hash of the
+    layer name), Keras' formulas."""
+    out = {}
+    for layer, specs in weights.items():
+        key = jax.random.fold_in(rng_key, zlib.crc32(layer.encode()) & 0x7FFFFFFF)
+        for i, (name, shape, initializer, _, _) in enumerate(specs):
+            out[f"{layer}/{name}"] = _initialize(
+                initializer, jax.random.fold_in(key, i), shape, dtype
+            )
     return out
+
+
+def _zero_state(entry: tuple[Any, Any, Sequence[str]], dtype: Any) -> dict[str, jax.Array]:
+    """The zero states of one stateful recurrent layer. Its STATEFUL entry is
+    (batch, units, names) for a built-in layer, (batch, state shapes, names)
+    for a cell block."""
+    batch, units, names = entry
+    if isinstance(units, int):
+        return {n: jnp.zeros((batch, units), dtype) for n in names}
+    return {n: jnp.zeros((batch, *s), dtype) for n, s in zip(names, units, strict=True)}
+
+
+def _from_canonical(
+    table: Mapping[str, Sequence[tuple[Any, ...]]],
+    stateful: Mapping[str, tuple[Any, Any, Sequence[str]]],
+    weights: Mapping[str, Any],
+) -> dict[str, dict[str, dict[str, jax.Array]]]:
+    """Variables from canonical weights {"layer/weight": array} (Keras layout),
+    checked against the WEIGHTS table; the (zero) states of the STATEFUL layers.
+
+    Returns {"params": {layer: {weight: array}}, "state": {...}}. Arrays keep
+    their dtype (float64 needs jax_enable_x64)."""
+    params: dict[str, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any]] = {}
+    dtype = jnp.float32
+    expected = set()
+    for layer, specs in table.items():
+        for name, shape, _, _, where in specs:
+            key = f"{layer}/{name}"
+            expected.add(key)
+            if key not in weights:
+                raise KeyError(f"missing weight {key!r}")
+            w = jnp.asarray(weights[key])
+            if w.shape != tuple(shape):
+                raise ValueError(f"weight {key!r} has shape {w.shape}, expected {tuple(shape)}")
+            dtype = w.dtype
+            (params if where == "params" else state).setdefault(layer, {})[name] = w
+    unknown = sorted(set(weights) - expected)
+    if unknown:
+        raise KeyError(f"unknown weights: {', '.join(unknown)}")
+    for layer, entry in stateful.items():
+        state[layer] = _zero_state(entry, dtype)
+    return {"params": params, "state": state}
+
+
+def _to_canonical(
+    table: Mapping[str, Sequence[tuple[Any, ...]]], variables: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Canonical weights {"layer/weight": numpy array} by a WEIGHTS table (the
+    bit-exact inverse of _from_canonical)."""
+    out = {}
+    for layer, specs in table.items():
+        for name, _, _, _, where in specs:
+            out[f"{layer}/{name}"] = np.asarray(variables[where][layer][name])
+    return out
+
+
+# --------------------------------------------------------------------------
+# padding and input checks
+
+
+def _pad_sequences(
+    sequences: Sequence[Any], side: str, value: float, maxlen: int | None, truncate: str, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """keras.utils.pad_sequences in `dtype`: returns (batch, int32 lengths after truncation)."""
+    return pad_sequences(sequences, side, value, maxlen, truncate, dtype, np.int32)
+
+
+def _pad(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Any]) -> Any:
+    """Pad ragged data by a PADS table (keras.utils.pad_sequences semantics, in
+    the declared dtype): one list of sequences per padded input, in declaration
+    order. Returns (batch, lengths) for one input, a tuple of them for several.
+    Inputs sharing a time symbol are padded to one length."""
+    if len(raw) != len(pads):
+        raise TypeError(
+            f"pad takes {len(pads)} list(s) of sequences ({', '.join(pads)}), got {len(raw)}"
+        )
+    target: dict[Any, int] = {}
+    for name, (_, _, maxlen, _, _, time) in pads.items():
+        group = time if time is not None else name
+        if maxlen is None and isinstance(time, int):
+            maxlen = time
+        if maxlen is not None:
+            target[group] = min(target.get(group, maxlen), maxlen)
+    longest: dict[Any, int] = {}
+    for (name, (*_, time)), seqs in zip(pads.items(), raw, strict=True):
+        group = time if time is not None else name
+        n = max((len(s) for s in seqs), default=0)
+        longest[group] = max(longest.get(group, 0), n)
+    out = []
+    for (name, (side, value, _, truncate, dtype, time)), seqs in zip(
+        pads.items(), raw, strict=True
+    ):
+        group = time if time is not None else name
+        out.append(
+            _pad_sequences(seqs, side, value, target.get(group, longest[group]), truncate, dtype)
+        )
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def _input_symbols(
+    inputs: Mapping[str, tuple[str, tuple[Any, ...]]], arrays: Sequence[Any]
+) -> dict[str, int]:
+    """Static checks of the inputs against an INPUTS table (shapes are known at
+    trace time, also under jax.jit): ranks, declared sizes and symbols agreeing
+    across inputs (B, T, ...). Returns the symbol values."""
+    env: dict[str, int] = {}
+    seen: dict[str, str] = {}
+    for (name, (_, dims)), x in zip(inputs.items(), arrays, strict=True):
+        shape = jnp.shape(x)
+        if len(shape) != len(dims):
+            raise ValueError(
+                f"input `{name}` must have rank {len(dims)} {list(dims)}, got shape {shape}"
+            )
+        for d, n in zip(dims, shape, strict=True):
+            if isinstance(d, int) and n != d:
+                raise ValueError(f"input `{name}`: size {n} where {d} is declared (shape {shape})")
+            if isinstance(d, str):
+                if d in env and env[d] != n:
+                    raise ValueError(
+                        f"input `{name}`: {d} = {n}, but input `{seen[d]}` has {d} = {env[d]}; "
+                        f"inputs sharing a symbol must agree (pad them together: pad())"
+                    )
+                env[d], seen[d] = n, name
+    return env
+
+
+# --------------------------------------------------------------------------
+# the model class
+
+
+class _Model:
+    """The base of a generated model class: the model with its variables.
+    Calling it runs apply (jitted) and keeps the new state (BatchNormalization
+    statistics after training calls, the states of stateful recurrent layers)
+    for the next call. The generated subclass sets the module's functions and
+    its STATEFUL table as class attributes."""
+
+    init: Any
+    apply: Any
+    pad: Any
+    from_canonical: Any
+    to_canonical: Any
+    stateful: Any
+
+    def __init__(self, variables: Any = None, rng_key: Any = None) -> None:
+        if variables is None:
+            variables = self.init(jax.random.key(0) if rng_key is None else rng_key)
+        self.variables = variables
+        self._jitted = jax.jit(self.apply, static_argnames=("training", "return_state", "debug"))
+
+    def __call__(self, *inputs: Any, **options: Any) -> Any:
+        outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
+        self.variables = {"params": self.variables["params"], "state": state}
+        return outputs
+
+    def debug(self, *inputs: Any, **options: Any) -> Any:
+        outputs, state = self.apply(
+            self.variables, *inputs, return_state=True, debug=True, **options
+        )
+        self.variables = {"params": self.variables["params"], "state": state}
+        return outputs
+
+    def reset_states(self) -> None:
+        """Zero the states of stateful recurrent layers (not the normalisation statistics)."""
+        state = dict(self.variables["state"])
+        for layer, entry in self.stateful.items():
+            state[layer] = _zero_state(entry, state[layer][entry[2][0]].dtype)
+        self.variables = {"params": self.variables["params"], "state": state}
+
+    def load_canonical(self, weights: Mapping[str, Any]) -> None:
+        self.variables = self.from_canonical(weights)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return self.to_canonical(self.variables)
+
+
+class _ExternModel(_Model):
+    """The base of a generated model class with extern layers: their
+    implementations are resolved when the model is built (resolve_externs: the
+    module's _externs)."""
+
+    resolve_externs: Any
+
+    def __init__(self, variables: Any = None, rng_key: Any = None, externs: Any = None) -> None:
+        if variables is None:
+            variables = self.init(jax.random.key(0) if rng_key is None else rng_key)
+        self.variables = variables
+        self.externs = self.resolve_externs(externs)  # now: a missing implementation raises here
+        self._jitted = jax.jit(
+            functools.partial(self.apply, externs=self.externs),
+            static_argnames=("training", "return_state", "debug"),
+        )
+
+    def debug(self, *inputs: Any, **options: Any) -> Any:
+        outputs, state = self.apply(
+            self.variables, *inputs, return_state=True, debug=True, externs=self.externs, **options
+        )
+        self.variables = {"params": self.variables["params"], "state": state}
+        return outputs
