@@ -5,7 +5,7 @@ A cell block becomes the ``keras.layers.Layer`` cell a Keras user writes for
 weights created in ``build`` with ``add_weight`` under their canonical names, and
 ``call(inputs, states)`` with one line of ``keras.ops`` per equation. An extern
 layer becomes a small ``keras.layers.Layer`` that creates the declared weights,
-calls the registered implementation (``_ExternLayer.run``, keras_runtime.py) and
+calls the registered implementation (``ExternLayer.run``, seqdsl/runtime/keras.py) and
 states the declared mask behaviour as ``compute_mask``.
 
 Sizes are written in terms of the cell's (or extern's) parameters where they can
@@ -52,7 +52,7 @@ _LAYER_ATTRS = frozenset(
         "save_own_variables", "set_weights", "state_size", "states", "stateless_call",
         "supports_masking", "symbolic_call", "trainable", "trainable_variables",
         "trainable_weights", "variable_dtype", "variables", "weights", "impl", "debug", "extern",
-        "declaration", "run", "check", "self", "kwargs",
+        "declaration", "declared_outputs", "run", "check", "self", "kwargs",
     }
 )  # fmt: skip
 #: names the generated call() uses itself
@@ -642,12 +642,13 @@ def extern_class_lines(edef: ExternDef, cls: str) -> list[str]:
     contract = mk.kind + ("(required)" if mk.required else "")
     if mk.kind == "generate":
         contract = f"generate(x != {_num(mk.value)})" + (f" if {mk.cond}" if mk.cond else "")
-    out = ["@_register_own", f"class {cls}(_ExternLayer):"]
+    out = ["@_register_own", f"class {cls}(ExternLayer):"]
     out.append(f'    """extern layer {edef.name}{f"({sig})" if sig else ""}: mask {contract};')
     out.append(f'    {where}."""')
     out.append("")
     out.append(f"    extern = {_lit(edef.name)}")
     out.append(f"    declaration = {_lit(where)}")
+    out.append("    declared_outputs = EXTERNS")
     n_in = len(edef.in_types) if edef.in_types else 1
     if edef.inputs is not None and edef.inputs.op == "int" and isinstance(edef.inputs.value, int):
         n_in = edef.inputs.value
@@ -727,7 +728,7 @@ def _mask_lines(edef: ExternDef, params: Mapping[str, str], several_in: bool) ->
     i = "        "
     n = _n_outputs(edef, params)
     single = n == "1"
-    first = "_and_masks(mask)" if several_in else "mask"
+    first = "and_masks(mask)" if several_in else "mask"
     out: list[str] = []
     if mk.cond is not None and mk.kind != "none":
         out.append(f"{i}if not self.{params.get(mk.cond, mk.cond)}:")
