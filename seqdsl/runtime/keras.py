@@ -391,7 +391,7 @@ def _steps_to_front(mask, side):
     return ops.cast(ops.argsort(target, axis=1), "int32")
 
 
-class _MaskedRecurrent:
+class _MaskedRecurrent(keras.layers.RNN):
     """seqdsl's mask semantics around a Keras recurrent layer (docs/semantics.md).
 
     With a mask, the Keras layer always runs forwards on right-padded rows with
@@ -403,6 +403,9 @@ class _MaskedRecurrent:
     an empty row gives 0 and keeps its initial state (also the state a stateful
     layer keeps). Without a mask it is the Keras layer itself. Weights and
     config are the Keras layer's, plus mask_side and masked_output."""
+
+    go_backwards: bool
+    return_state: bool
 
     def __init__(self, *args, mask_side="any", masked_output="zero", **kwargs):
         super().__init__(*args, **kwargs)
@@ -616,7 +619,7 @@ class _FlatCell(keras.layers.Layer):
         return cls(cell, **config)
 
 
-class _NestedSteps:
+class _NestedSteps(keras.layers.RNN):
     """keras.layers.RNN for a cell block that Keras' RNN cannot run as it is: several
     inputs (a list of sequences [B, T, ...]), or inputs, states or outputs of more
     than one axis. The cell runs inside a _FlatCell; the sequences are packed into
@@ -747,7 +750,7 @@ class ExternLayer(keras.layers.Layer):
         args = list(inputs) if several else [inputs]
         if several:
             mask = tuple(mask) if isinstance(mask, (list, tuple)) else (mask,) * len(args)
-        result = self.impl.fn(
+        result: Any = self.impl.fn(
             *args, mask=mask, weights=weights, config=config, training=bool(training)
         )
         returned_mask = None
