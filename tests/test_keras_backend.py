@@ -1203,7 +1203,7 @@ def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:
         weights = {k: v.astype(np.float32) for k, v in rand_weights(m, 5).items()}
         net = prog.build("keras", seed=0)
         net.load_canonical(weights)
-        inputs, lengths, masks = example_inputs(m, steps=8)
+        inputs, lengths, masks = example_inputs(m, steps=16)  # long enough for every window
         xs = keras_inputs(m, inputs, lengths, masks)
         expected[name] = flat(call(net, xs, training=False))
         arrays = {f"w:{k}": v for k, v in weights.items()}

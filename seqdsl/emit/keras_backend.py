@@ -1,16 +1,19 @@
-"""The Keras 3 emitter: a checked model -> a standalone, readable Keras 3 module.
+"""The Keras 3 emitter: a checked model -> a readable Keras 3 module.
 
 The emitted module imports numpy and keras (``keras.ops`` only, so it runs on
 Keras' TensorFlow, JAX and torch backends) and defines ``build_model()``, which
 returns a functional ``keras.Model`` made of standard Keras layers where they
-compute what docs/semantics.md says, and of small custom layers (defined in the
-module) where Keras deviates. Every layer is named after its seqdsl layer, the
-masks are explicit tensors passed with ``mask=`` to every layer that takes one,
-and every Keras LSTM/GRU receives a strictly right-padded mask with no empty row
-(cuDNN-eligible on a GPU). docs/backend-keras.md describes the emitted code.
+compute what docs/semantics.md says, and of small custom layers where Keras
+deviates, imported from :mod:`seqdsl.runtime.keras` (``--standalone`` copies
+them in: :mod:`seqdsl.emit.standalone`). Every layer is named after its seqdsl
+layer, the masks are explicit tensors passed with ``mask=`` to every layer that
+takes one, and every Keras LSTM/GRU receives a strictly right-padded mask with
+no empty row (cuDNN-eligible on a GPU). docs/backend-keras.md describes the
+emitted code.
 
-This module only writes text; it imports no framework (``seqdsl compile`` runs
-without Keras installed).
+Each layer kind has one small rule, found through :data:`RULES` (kind -> rule);
+extern layers have theirs (``_Emitter.emit_extern``). This module only writes
+text; it imports no framework (``seqdsl compile`` runs without Keras installed).
 """
 
 from __future__ import annotations
