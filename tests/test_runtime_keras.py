@@ -121,6 +121,21 @@ def test_nonzero_masking_and_not_equal_masks() -> None:
     np.testing.assert_array_equal(_np(rt.NotEqualMask(0)(y)), (y != 0).any(axis=(2, 3)))
 
 
+def test_extern_mask_helpers() -> None:
+    """not_equal_mask and concat_time_masks: an extern layer's generate and concat."""
+    y = RNG.integers(0, 2, size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_np(rt.not_equal_mask(y, 1)), (y != 1).any(axis=-1))
+    a = np.zeros((2, 3, 4), np.float32)
+    b = np.zeros((2, 2, 2, 2), np.float32)
+    ma = RNG.random((2, 3)) > 0.5
+    mb = RNG.random((2, 2)) > 0.5
+    joined = _np(rt.concat_time_masks([a, b], [ma, mb]))
+    np.testing.assert_array_equal(joined, np.concatenate([ma, mb], axis=1))
+    joined = _np(rt.concat_time_masks([a, b], [None, mb]))
+    np.testing.assert_array_equal(joined, np.concatenate([np.ones((2, 3), bool), mb], axis=1))
+    assert rt.concat_time_masks([a, b], [None, None]) is None
+
+
 def test_temporal_split() -> None:
     x = RNG.normal(size=(2, 6, 3)).astype(np.float32)
     mask = RNG.random((2, 6)) > 0.5

@@ -40,6 +40,7 @@ from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
 from .common import py_literal as _lit
 from .keras_custom import (
+    EXTERN_HELPERS,
     cell_class_lines,
     cell_is_nested,
     custom_args,
@@ -1154,8 +1155,10 @@ class _Emitter:
             cls = self.py.fresh(edef.name)
             self.extern_classes[edef.name] = cls
             self.custom_classes.append(extern_class_lines(edef, cls))
-            if any("and_masks(" in ln for ln in self.custom_classes[-1]):
-                self.use("and_masks")
+            text = "\n".join(self.custom_classes[-1])
+            for helper in EXTERN_HELPERS:
+                if re.search(rf"\b{helper}\(", text):
+                    self.use(helper)
         self.use("ExternLayer")
         ins = [u.name for u in op.inputs]
         masks = [self.mask[i] for i in ins]

@@ -29,6 +29,7 @@ from ..ir import CellDef, CExpr, DimExpr, ExternDef, ParamDecl
 from .common import py_literal as _lit
 
 __all__ = [
+    "EXTERN_HELPERS",
     "cell_is_nested",
     "cell_class_lines",
     "extern_class_lines",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 _WIDTH = 100
+
+#: the seqdsl.runtime.keras functions an extern layer's class may call
+EXTERN_HELPERS = ("and_masks", "concat_time_masks", "not_equal_mask")
 
 #: attributes a keras.layers.Layer / RNN cell has (a weight or parameter named so gets a `_`)
 _LAYER_ATTRS = frozenset(
@@ -739,31 +743,17 @@ def _mask_lines(edef: ExternDef, params: Mapping[str, str], several_in: bool) ->
         out.append(f"{i}return mask  # propagate" if single else f"{i}return [mask] * {n}")
     elif mk.kind == "generate":
         x = "inputs[0]" if several_in else "inputs"
-        out.append(
-            f"{i}valid = ops.not_equal({x}, {_num(mk.value)})  # generate(x != {_num(mk.value)})"
-        )
-        out.append(f"{i}if len(valid.shape) > 2:  # a step is valid where any of its values is")
-        out.append(f"{i}    valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))")
-        out.append(f"{i}return valid" if single else f"{i}return [valid] * {n}")
+        valid = f"not_equal_mask({x}, {_num(mk.value)})"
+        note = f"  # generate(x != {_num(mk.value)})"
+        out.append(f"{i}return {valid}{note}" if single else f"{i}return [{valid}] * {n}{note}")
     elif mk.kind == "split":
         out.append(f"{i}if {first} is None:")
         out.append(f"{i}    return [None] * {n}")
         out.append(f"{i}return ops.split({first}, {n}, axis=1)  # split: the mask in time slices")
     elif mk.kind == "concat":
-        out.append(f"{i}if all(m is None for m in mask):")
-        out.append(f"{i}    return None" if single else f"{i}    return [None] * {n}")
-        out.append(f"{i}parts = []")
-        out.append(
-            f"{i}for x, m in zip(inputs, mask, strict=True):  # an unmasked input: all valid"
-        )
-        out.append(f'{i}    ones = ops.ones_like(x, dtype="bool")')
-        out.append(f"{i}    if len(ones.shape) > 2:")
-        out.append(f"{i}        ones = ops.all(ones, axis=tuple(range(2, len(ones.shape))))")
-        out.append(f"{i}    parts.append(ones if m is None else m)")
-        out.append(
-            f"{i}joined = ops.concatenate(parts, axis=1)  # concat: the masks joined in time"
-        )
-        out.append(f"{i}return joined" if single else f"{i}return [joined] * {n}")
+        joined = "concat_time_masks(inputs, mask)"
+        note = "  # concat: the masks joined in time"
+        out.append(f"{i}return {joined}{note}" if single else f"{i}return [{joined}] * {n}{note}")
     else:
         what = {
             "consume": "consume: the mask is used, the outputs have none",

@@ -58,7 +58,9 @@ __all__ = [
     "WindowMask",
     "WithMask",
     "and_masks",
+    "concat_time_masks",
     "dropout_masks",
+    "not_equal_mask",
     "pad_inputs",
 ]
 
@@ -703,13 +705,33 @@ class NotEqualMask(_MaskLayer):
         self.value = value
 
     def call(self, inputs):
-        valid = ops.not_equal(inputs, self.value)
-        if len(valid.shape) > 2:
-            valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
-        return valid
+        return not_equal_mask(inputs, self.value)
 
     def get_config(self):
         return {**super().get_config(), "value": self.value}
+
+
+def not_equal_mask(inputs, value):
+    """`generate(x != value)`: a step is valid where any of its values (beyond [B, T])
+    differs from value."""
+    valid = ops.not_equal(inputs, value)
+    if len(valid.shape) > 2:
+        valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
+    return valid
+
+
+def concat_time_masks(inputs, masks):
+    """The mask of inputs joined in time (an extern layer's `mask: concat`): their masks
+    joined, an unmasked input counting as all valid; None when no input has a mask."""
+    if all(m is None for m in masks):
+        return None
+    parts = []
+    for x, m in zip(inputs, masks, strict=True):
+        ones = ops.ones_like(x, dtype="bool")
+        if len(ones.shape) > 2:
+            ones = ops.all(ones, axis=tuple(range(2, len(ones.shape))))
+        parts.append(ones if m is None else m)
+    return ops.concatenate(parts, axis=1)
 
 
 def _concrete(x):

@@ -34,6 +34,7 @@ from seqdsl.runtime.keras import (
     NonZeroMask,
     SeqdslModel,
     TemporalSplit,
+    not_equal_mask,
     pad_inputs,
 )
 
@@ -112,10 +113,7 @@ class MyEmbedding(ExternLayer):
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
-        valid = ops.not_equal(inputs, 0)  # generate(x != 0)
-        if len(valid.shape) > 2:  # a step is valid where any of its values is
-            valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
-        return valid
+        return not_equal_mask(inputs, 0)  # generate(x != 0)
 
     def get_config(self):
         return {
