@@ -744,20 +744,21 @@ def _concrete(x):
 
 @keras.saving.register_keras_serializable(package="seqdsl")
 class ExternLayer(keras.layers.Layer):
-    """Base of the extern layers below. The implementation is resolved at
-    construction: `externs` (name -> function) first, then the functions registered
-    with @seqdsl.extern(name, backend="keras") by the modules the .seq file `use`s
-    (imported at the top of this module); none is an ExternError. It is called as
-    fn(*inputs, mask=..., weights={name: variable}, config={param: value},
-    training=bool). The output masks follow the declaration (compute_mask below);
-    the output types are the declared ones (declared_outputs) while the graph is built. With
+    """Base of a generated module's extern layer classes. The implementation is
+    resolved at construction: `externs` (name -> function) first, then the functions
+    registered with @seqdsl.extern(name, backend="keras") by the modules the .seq file
+    `use`s (imported at the top of the generated module); none is an ExternError. It
+    is called as fn(*inputs, mask=..., weights={name: variable}, config={param: value},
+    training=bool). The output masks follow the declaration (the subclass's
+    compute_mask); the output types are the declared ones (declared_outputs: the
+    module's EXTERNS) while the graph is built. With
     debug on (model.debug = True), every call checks the outputs against the
     declaration, and a mask the implementation returns against the declared one
     (in eager calls, where values exist)."""
 
     extern = ""  # the extern layer's name in the .seq file
     declaration = ""  # where it is declared
-    #: the model's extern layers -> their declared outputs ((dtype, shape), ...): EXTERNS
+    #: the model's extern layers -> their declared outputs ((dtype, shape), ...)
     declared_outputs: Mapping[str, Any] = {}
 
     def __init__(self, externs=None, debug=False, **kwargs):
