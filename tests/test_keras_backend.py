@@ -1157,6 +1157,11 @@ sys.meta_path.insert(0, Refuse())
 import keras
 from keras import ops
 
+def flat(o):
+    if isinstance(o, (list, tuple)):
+        return [a for item in o for a in flat(item)]
+    return [np.asarray(ops.convert_to_numpy(o))]
+
 folder = sys.argv[1]
 for name in sys.argv[2:]:
     spec = importlib.util.spec_from_file_location(f"standalone_{name}", f"{folder}/{name}.py")
@@ -1166,16 +1171,14 @@ for name in sys.argv[2:]:
     net = mod.build_model()
     net.load_canonical({k[2:]: data[k] for k in data.files if k.startswith("w:")})
     xs = [data[f"x{i}"] for i in range(sum(k.startswith("x") for k in data.files))]
-    out = net(xs if len(xs) > 1 else xs[0], training=False)
-    flat = []
-    def walk(o):
-        if isinstance(o, (list, tuple)):
-            for item in o:
-                walk(item)
-        else:
-            flat.append(np.asarray(ops.convert_to_numpy(o)))
-    walk(out)
-    np.savez(f"{folder}/{name}_out.npz", *flat)
+    x = xs if len(xs) > 1 else xs[0]
+    out = flat(net(x, training=False))
+    np.savez(f"{folder}/{name}_out.npz", *out)
+    # the .keras file loads where only the standalone module registered the layers
+    net.save(f"{folder}/{name}.keras")
+    back = flat(keras.models.load_model(f"{folder}/{name}.keras")(x, training=False))
+    assert len(back) == len(out), name
+    assert all(np.array_equal(a, b) for a, b in zip(back, out)), name
 assert not any(m == "seqdsl" or m.startswith("seqdsl.") for m in sys.modules), "seqdsl imported"
 print("OK")
 """
@@ -1183,7 +1186,8 @@ print("OK")
 
 def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:
     """`compile("keras", standalone=True)` gives modules that import no seqdsl (a
-    subprocess refuses it) and compute what the importing modules compute."""
+    subprocess refuses it) and compute what the importing modules compute; their
+    `.keras` files load there and in a process that imports seqdsl.runtime.keras."""
     _tensorflow()
     programs = {
         p.stem: seqdsl.load(p)
@@ -1193,6 +1197,8 @@ def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:
     programs |= {f"zoo_{k}": seqdsl.loads(ZOO[k]) for k in ("windows", "merges", "split")}
     programs["zoo_attention"] = seqdsl.loads(ZOO["attention"])
     expected: dict[str, list[np.ndarray]] = {}
+    nets: dict[str, Any] = {}
+    inputs_of: dict[str, list[np.ndarray]] = {}
     for name, prog in programs.items():
         m = prog.model()
         text = prog.compile("keras", standalone=True)
@@ -1206,6 +1212,7 @@ def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:
         inputs, lengths, masks = example_inputs(m, steps=16)  # long enough for every window
         xs = keras_inputs(m, inputs, lengths, masks)
         expected[name] = flat(call(net, xs, training=False))
+        nets[name], inputs_of[name] = net, xs
         arrays = {f"w:{k}": v for k, v in weights.items()}
         arrays |= {f"x{i}": np.asarray(x) for i, x in enumerate(xs)}
         np.savez(tmp_path / f"{name}_in.npz", **arrays)  # type: ignore[arg-type]
@@ -1220,3 +1227,9 @@ def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:
         assert len(outs) == len(want), name
         for i, (a, b) in enumerate(zip(outs, want, strict=True)):
             np.testing.assert_array_equal(a, b, err_msg=f"{name} output {i}")
+        # the standalone module's .keras file, loaded here (seqdsl.runtime.keras registered)
+        loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+        assert type(loaded).__name__ == type(nets[name]).__name__
+        back = flat(call(loaded, inputs_of[name], training=False))
+        for i, (a, b) in enumerate(zip(back, want, strict=True)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} output {i}, loaded")
