@@ -83,7 +83,7 @@ class LengthsToMask(_MaskLayer):
     """The mask of a `masked` input from its lengths: mask[b, t] = t < lengths[b]
     for side "post", t >= T - lengths[b] for side "pre"."""
 
-    def __init__(self, side="post", **kwargs):
+    def __init__(self, side: str = "post", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.side = side
 
@@ -95,7 +95,7 @@ class LengthsToMask(_MaskLayer):
             return ops.less(t, n)
         return ops.greater_equal(t, steps - n)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "side": self.side}
 
 
@@ -112,14 +112,14 @@ class MaskingMask(_MaskLayer):
     """The mask of Masking(mask_value): a step is valid when any of its features
     differs from mask_value (NaN never masks)."""
 
-    def __init__(self, mask_value=0.0, **kwargs):
+    def __init__(self, mask_value: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mask_value = mask_value
 
     def call(self, inputs):
         return ops.any(ops.not_equal(inputs, self.mask_value), axis=-1)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mask_value": self.mask_value}
 
 
@@ -140,7 +140,7 @@ class ConcatMasks(_MaskLayer):
     """The mask of concat(..., axis=time): the parts' masks joined in time. An
     unmasked part is passed as its value (masked[i] false) and counts as all valid."""
 
-    def __init__(self, masked=(), **kwargs):
+    def __init__(self, masked: Sequence[bool] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.masked = tuple(masked)
 
@@ -151,7 +151,7 @@ class ConcatMasks(_MaskLayer):
         ]
         return ops.concatenate(masks, axis=1)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "masked": list(self.masked)}
 
 
@@ -164,7 +164,7 @@ class FlipTime(_MaskLayer):
         return ops.flip(mask, axis=1)
 
 
-def _window_mask(mask, size, strides, dilation, padding):
+def _window_mask(mask: Any, size: int, strides: int, dilation: int, padding: str) -> Any:
     """The output mask of a convolution or pooling window: with padding "valid" a
     step is valid iff its whole window is; with "same" and "causal" iff its
     anchor input step j * strides is (docs/semantics.md, section 3)."""
@@ -184,14 +184,21 @@ def _window_mask(mask, size, strides, dilation, padding):
 class WindowMask(_MaskLayer):
     """The output mask of Conv1D / MaxPooling1D / AveragePooling1D on a masked input."""
 
-    def __init__(self, size=1, strides=1, dilation=1, padding="valid", **kwargs):
+    def __init__(
+        self,
+        size: int = 1,
+        strides: int = 1,
+        dilation: int = 1,
+        padding: str = "valid",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.size, self.strides, self.dilation, self.padding = size, strides, dilation, padding
 
     def call(self, mask):
         return _window_mask(mask, self.size, self.strides, self.dilation, self.padding)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "size": self.size,
@@ -240,7 +247,7 @@ class MaskedConv1D(keras.layers.Conv1D):
         return None  # the output mask is computed by WindowMask
 
 
-def _window_sum(x, size, strides, padding):
+def _window_sum(x: Any, size: int, strides: int, padding: str) -> Any:
     """The sum over each pooling window of x [B, T, C], TensorFlow's windows (the
     padding of "same" adds zeros), as a depthwise convolution with a kernel of ones:
     Keras' torch backend repeats the edge value into asymmetric "same" padding."""
@@ -360,7 +367,7 @@ class TemporalSplit(keras.layers.Layer):
     """Splits the time axis into `parts` equal parts (the masking guide's layer).
     A mask is split by a second TemporalSplit applied to it."""
 
-    def __init__(self, parts=2, **kwargs):
+    def __init__(self, parts: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.parts = parts
 
@@ -375,11 +382,11 @@ class TemporalSplit(keras.layers.Layer):
     def compute_mask(self, inputs, previous_mask=None):
         return None  # the masks are split explicitly
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "parts": self.parts}
 
 
-def _steps_to_front(mask, side):
+def _steps_to_front(mask: Any, side: str) -> Any:
     """Per row, the source step of each position once the valid steps are moved
     to the front (in order) and the masked steps after them: [B, T] int32.
     Left padding ("pre") is rolled; gaps ("any") are compacted."""
@@ -409,7 +416,9 @@ class _MaskedRecurrent(keras.layers.RNN):
     go_backwards: bool
     return_state: bool
 
-    def __init__(self, *args, mask_side="any", masked_output="zero", **kwargs):
+    def __init__(
+        self, *args: Any, mask_side: str = "any", masked_output: str = "zero", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.mask_side = mask_side
         self.masked_output = masked_output
@@ -470,7 +479,7 @@ class _MaskedRecurrent(keras.layers.RNN):
             return [None if out[0] is None else ops.flip(out[0], axis=1), *out[1:]]
         return None if out is None else ops.flip(out, axis=1)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "mask_side": self.mask_side,
@@ -547,7 +556,7 @@ class MaskedRNN(_MaskedRecurrent, keras.layers.RNN):
     """keras.layers.RNN with seqdsl's mask handling (see _MaskedRecurrent)."""
 
 
-def and_masks(mask):
+def and_masks(mask: Any) -> Any:
     """One mask for a layer with several inputs: valid where every given mask is."""
     if not isinstance(mask, (list, tuple)):
         return mask
@@ -558,7 +567,7 @@ def and_masks(mask):
     return out
 
 
-def _shape(size):
+def _shape(size: Any) -> tuple[int, ...]:
     """A state_size / output_size entry (an int or a shape) as a shape tuple."""
     return tuple(size) if isinstance(size, (list, tuple)) else (size,)
 
@@ -607,7 +616,7 @@ class _FlatCell(keras.layers.Layer):
         new_states = [ops.reshape(s, (-1, n)) for s, n in zip(new_states, sizes, strict=True)]
         return flat, [flat, *new_states]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "cell": keras.saving.serialize_keras_object(self.cell),
@@ -700,18 +709,18 @@ class NotEqualMask(_MaskLayer):
     """The mask an extern layer declares with `mask: generate(x != value)`: a step is
     valid where its input differs from value (any of its values, beyond [B, T])."""
 
-    def __init__(self, value=0, **kwargs):
+    def __init__(self, value: float = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.value = value
 
     def call(self, inputs):
         return not_equal_mask(inputs, self.value)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "value": self.value}
 
 
-def not_equal_mask(inputs, value):
+def not_equal_mask(inputs: Any, value: float) -> Any:
     """`generate(x != value)`: a step is valid where any of its values (beyond [B, T])
     differs from value."""
     valid = ops.not_equal(inputs, value)
@@ -720,7 +729,7 @@ def not_equal_mask(inputs, value):
     return valid
 
 
-def concat_time_masks(inputs, masks):
+def concat_time_masks(inputs: Sequence[Any], masks: Sequence[Any]) -> Any:
     """The mask of inputs joined in time (an extern layer's `mask: concat`): their masks
     joined, an unmasked input counting as all valid; None when no input has a mask."""
     if all(m is None for m in masks):
@@ -734,7 +743,7 @@ def concat_time_masks(inputs, masks):
     return ops.concatenate(parts, axis=1)
 
 
-def _concrete(x):
+def _concrete(x: Any) -> np.ndarray | None:
     """x as a NumPy array, or None while tracing (no values yet)."""
     try:
         return np.asarray(ops.convert_to_numpy(x))
@@ -761,7 +770,9 @@ class ExternLayer(keras.layers.Layer):
     #: the model's extern layers -> their declared outputs ((dtype, shape), ...)
     declared_outputs: Mapping[str, Any] = {}
 
-    def __init__(self, externs=None, debug=False, **kwargs):
+    def __init__(
+        self, externs: Mapping[str, Any] | None = None, debug: bool = False, **kwargs: Any
+    ) -> None:
         from seqdsl.externs import get_extern
 
         super().__init__(**kwargs)
@@ -886,7 +897,7 @@ class SeqdslModel(keras.Model):
     #: extern layers -> their declared outputs
     EXTERNS: Mapping[str, Any] = {}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in self.FIXED_TRAINING:
             # the layer's node keeps its own `training=`; Keras would override it with the
@@ -919,10 +930,10 @@ class SeqdslModel(keras.Model):
                 out[f"{layer}/{w}"] = value
         return out
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         return [value for layer in self.TWIN_ORDER for value in self.get_layer(layer).get_weights()]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[Any]) -> None:
         weights = list(weights)
         sizes = [len(self.get_layer(layer).weights) for layer in self.TWIN_ORDER]
         if len(weights) != sum(sizes):
@@ -932,7 +943,7 @@ class SeqdslModel(keras.Model):
             self.get_layer(layer).set_weights(weights[start : start + n])
             start += n
 
-    def reset_states(self):
+    def reset_states(self) -> None:
         """Zero the states of the stateful recurrent layers."""
         for layer in self.STATEFUL:
             self.get_layer(layer).reset_states()
