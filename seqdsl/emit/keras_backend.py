@@ -1013,7 +1013,7 @@ class _Emitter:
         key_names = list(dict.fromkeys(n for n in names[1:] if self.mask[n] is not None))
         key_masks = list(dict.fromkeys(m for m in (self.mask[n] for n in key_names) if m))
         kinds = [k for k in (self.seq_mask(n) for n in key_names) if k is not None]
-        causal = bool(cfg["use_causal_mask"])
+        causal = a.cfg.flag("use_causal_mask")
         dropout = _rate(cfg, "dropout")
         if dropout > 0:
             self.has_dropout = True
@@ -1028,7 +1028,7 @@ class _Emitter:
         safe = not kinds or (nonempty and (not causal or sides == {"post"}))
         fixed = [f"training={training}"] if training is not None else []
         flags = ["use_causal_mask=True"] if causal else []
-        if cfg["return_attention_scores"]:
+        if a.cfg.flag("return_attention_scores"):
             flags.append("return_attention_scores=True")
         if kind == "Attention":
             plain = safe and dropout == 0
@@ -1236,12 +1236,13 @@ class _Emitter:
         kind = info.kind
         cfg = info.config
         bi = kind == "Bidirectional"
-        inner = cfg["layer"] if bi else None
-        flags = inner.config if isinstance(inner, BoundLayer) else cfg
-        rs = bool(flags["return_sequences"])
-        gb = bool(flags["go_backwards"])
-        unroll = bool(flags["unroll"])
-        mo = str(flags.get("masked_output", "zero"))
+        inner = a.cfg.layer("layer") if bi else None
+        flags = inner.config if inner is not None else cfg
+        typed = Cfg(flags)
+        rs = typed.flag("return_sequences")
+        gb = typed.flag("go_backwards")
+        unroll = typed.flag("unroll")
+        mo = typed.text("masked_output") if "masked_output" in typed else "zero"
         cell_cfg = flags
         cell = flags.get("cell")
         if isinstance(cell, BoundLayer):
@@ -1313,12 +1314,12 @@ class _Emitter:
                 _REARRANGED[kind_.side] + ("" if kind_.nonempty else "; empty rows as length 1")
             )
         self.assign(vars_, ctor, call_args)
-        if bool(flags["stateful"]):
+        if typed.flag("stateful"):
             self.stateful.append(info.name)
         out_mask = mask_var
         if rs and mask_var is not None and gb and not bi:  # reversed time order
             out_mask = self.mask_layer(op.results[0], info.name, "FlipTime", [], [mask_var])
-        n_seq = 2 if bi and cfg["merge_mode"] == "none" else n_outputs
+        n_seq = 2 if bi and a.cfg.text("merge_mode") == "none" else n_outputs
         sequences = vars_[:n_seq] if rs else []
         for r, v in zip(op.results, vars_, strict=True):
             self.mask[r] = out_mask if v in sequences else None
