@@ -412,3 +412,36 @@ def test_seqdsl_model_helpers() -> None:
         net.load_canonical({"d/kernel": k, "d/bias": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="weight arrays"):
         net.set_weights([k])
+
+
+# --------------------------------------------------------------------------
+# the emitter carries no run-time code as text
+
+
+def test_no_runtime_code_in_keras_emitter_strings() -> None:
+    """The Keras emitter writes the model; the run-time code is seqdsl/runtime/keras.py.
+    No string literal of seqdsl/emit/keras_*.py (docstrings aside) holds a block of
+    Python code (a `def` or `class` with a body on further lines)."""
+    import ast
+    from pathlib import Path
+
+    emit = Path(rt.__file__).resolve().parent.parent / "emit"
+    assert not (emit / "keras_runtime.py").exists()
+    for path in sorted(emit.glob("keras_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) in docstrings or "\n" not in node.value.strip("\n"):
+                    continue
+                code = any(
+                    line.lstrip().startswith(("def ", "class ", "@"))
+                    for line in node.value.splitlines()
+                )
+                assert not code, f"{path.name}:{node.lineno}: run-time code in a string"
