@@ -233,6 +233,10 @@ class WithMask(keras.layers.Layer):
         return mask
 
 
+# --------------------------------------------------------------------------
+# layers that use the mask where Keras does not
+
+
 @keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedConv1D(keras.layers.Conv1D):
     """keras.layers.Conv1D that zeroes the masked input steps first (Keras drops
@@ -386,6 +390,10 @@ class TemporalSplit(keras.layers.Layer):
         return {**super().get_config(), "parts": self.parts}
 
 
+# --------------------------------------------------------------------------
+# recurrent layers
+
+
 def _steps_to_front(mask: Any, side: str) -> Any:
     """Per row, the source step of each position once the valid steps are moved
     to the front (in order) and the masked steps after them: [B, T] int32.
@@ -488,6 +496,30 @@ class _MaskedRecurrent(keras.layers.RNN):
 
 
 @keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedLSTM(_MaskedRecurrent, keras.layers.LSTM):
+    """keras.layers.LSTM with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedGRU(_MaskedRecurrent, keras.layers.GRU):
+    """keras.layers.GRU with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedSimpleRNN(_MaskedRecurrent, keras.layers.SimpleRNN):
+    """keras.layers.SimpleRNN with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedRNN(_MaskedRecurrent, keras.layers.RNN):
+    """keras.layers.RNN with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+# --------------------------------------------------------------------------
+# attention
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedAttention(keras.layers.Attention):
     """keras.layers.Attention where a query step with no valid key (value mask and
     causal mask) gets weights 0 and output 0 (Keras gives it the mean of the values),
@@ -536,24 +568,8 @@ class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention):
         )
 
 
-@keras.saving.register_keras_serializable(package="seqdsl")
-class MaskedLSTM(_MaskedRecurrent, keras.layers.LSTM):
-    """keras.layers.LSTM with seqdsl's mask handling (see _MaskedRecurrent)."""
-
-
-@keras.saving.register_keras_serializable(package="seqdsl")
-class MaskedGRU(_MaskedRecurrent, keras.layers.GRU):
-    """keras.layers.GRU with seqdsl's mask handling (see _MaskedRecurrent)."""
-
-
-@keras.saving.register_keras_serializable(package="seqdsl")
-class MaskedSimpleRNN(_MaskedRecurrent, keras.layers.SimpleRNN):
-    """keras.layers.SimpleRNN with seqdsl's mask handling (see _MaskedRecurrent)."""
-
-
-@keras.saving.register_keras_serializable(package="seqdsl")
-class MaskedRNN(_MaskedRecurrent, keras.layers.RNN):
-    """keras.layers.RNN with seqdsl's mask handling (see _MaskedRecurrent)."""
+# --------------------------------------------------------------------------
+# cell blocks with several inputs, or inputs / states / outputs of any shape
 
 
 def and_masks(mask: Any) -> Any:
@@ -704,6 +720,19 @@ class MaskedNestedRNN(_NestedSteps, _MaskedRecurrent, keras.layers.RNN):
     """NestedRNN with seqdsl's mask handling (see _MaskedRecurrent)."""
 
 
+# --------------------------------------------------------------------------
+# extern layers
+
+
+def not_equal_mask(inputs: Any, value: float) -> Any:
+    """`generate(x != value)`: a step is valid where any of its values (beyond [B, T])
+    differs from value."""
+    valid = ops.not_equal(inputs, value)
+    if len(valid.shape) > 2:
+        valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
+    return valid
+
+
 @keras.saving.register_keras_serializable(package="seqdsl")
 class NotEqualMask(_MaskLayer):
     """The mask an extern layer declares with `mask: generate(x != value)`: a step is
@@ -718,15 +747,6 @@ class NotEqualMask(_MaskLayer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "value": self.value}
-
-
-def not_equal_mask(inputs: Any, value: float) -> Any:
-    """`generate(x != value)`: a step is valid where any of its values (beyond [B, T])
-    differs from value."""
-    valid = ops.not_equal(inputs, value)
-    if len(valid.shape) > 2:
-        valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
-    return valid
 
 
 def concat_time_masks(inputs: Sequence[Any], masks: Sequence[Any]) -> Any:
