@@ -987,14 +987,19 @@ def test_models_without_externs_unchanged() -> None:
     assert seqdsl.loads(decl + plain).compile("keras") == seqdsl.loads(plain).compile("keras")
 
 
-def test_emitted_code_is_ruff_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("standalone", [False, True])
+def test_emitted_code_is_ruff_clean(tmp_path: Path, standalone: bool) -> None:
     if subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode:
         pytest.skip("ruff is not installed")
-    sources = {p.stem: seqdsl.load(p).compile("keras") for p in sorted(CUSTOM.glob("*.seq"))}
-    sources["cell_parity"] = seqdsl.loads(_parity_source(True)).compile("keras")
-    sources["small_nested"] = seqdsl.loads(NESTED).compile("keras")
-    sources["zoo"] = seqdsl.loads(ZOO).compile("keras")
-    sources["contracts"] = seqdsl.loads(CONTRACTS).compile("keras")
+
+    def keras_text(prog: seqdsl.Program) -> str:
+        return prog.compile("keras", standalone=standalone)
+
+    sources = {p.stem: keras_text(seqdsl.load(p)) for p in sorted(CUSTOM.glob("*.seq"))}
+    sources["cell_parity"] = keras_text(seqdsl.loads(_parity_source(True)))
+    sources["small_nested"] = keras_text(seqdsl.loads(NESTED))
+    sources["zoo"] = keras_text(seqdsl.loads(ZOO))
+    sources["contracts"] = keras_text(seqdsl.loads(CONTRACTS))
     for name, text in sources.items():
         (tmp_path / f"{name}.py").write_text(text)
         compile(text, name, "exec")

@@ -1089,13 +1089,14 @@ def test_compile_imports_no_framework() -> None:
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
-def test_emitted_code_is_deterministic_and_compiles() -> None:
+@pytest.mark.parametrize("standalone", [False, True])
+def test_emitted_code_is_deterministic_and_compiles(standalone: bool) -> None:
     for path in EXAMPLES:
-        a = seqdsl.load(path).compile("keras")
-        assert a == seqdsl.load(path).compile("keras")
+        a = seqdsl.load(path).compile("keras", standalone=standalone)
+        assert a == seqdsl.load(path).compile("keras", standalone=standalone)
         compile(a, str(path), "exec")
     for source in (*ZOO.values(), F64_SOURCE):
-        compile(seqdsl.loads(source).compile("keras"), "<zoo>", "exec")
+        compile(seqdsl.loads(source).compile("keras", standalone=standalone), "<zoo>", "exec")
 
 
 @pytest.mark.parametrize("name", GOLDEN_EXAMPLES)
@@ -1113,15 +1114,20 @@ def test_golden(name: str, request: pytest.FixtureRequest) -> None:
     )
 
 
-def test_emitted_code_is_ruff_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("standalone", [False, True])
+def test_emitted_code_is_ruff_clean(tmp_path: Path, standalone: bool) -> None:
     """Emitted modules pass `ruff check` and are left unchanged by `ruff format`
-    (the golden files are linted with the rest of tests/)."""
+    (the golden files are linted with the rest of tests/), importing or standalone."""
     if subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode:
         pytest.skip("ruff is not installed")
-    sources = {p.stem: seqdsl.load(p).compile("keras") for p in EXAMPLES}
-    sources |= {f"zoo_{k}": seqdsl.loads(v).compile("keras") for k, v in ZOO.items()}
-    sources["double"] = seqdsl.loads(F64_SOURCE).compile("keras")
-    sources |= {f"case_{i}": seqdsl.loads(c.source).compile("keras") for i, c in enumerate(CASES)}
+
+    def keras_text(prog: seqdsl.Program) -> str:
+        return prog.compile("keras", standalone=standalone)
+
+    sources = {p.stem: keras_text(seqdsl.load(p)) for p in EXAMPLES}
+    sources |= {f"zoo_{k}": keras_text(seqdsl.loads(v)) for k, v in ZOO.items()}
+    sources["double"] = keras_text(seqdsl.loads(F64_SOURCE))
+    sources |= {f"case_{i}": keras_text(seqdsl.loads(c.source)) for i, c in enumerate(CASES)}
     for name, text in sources.items():
         (tmp_path / f"{name}.py").write_text(text)
     for cmd in (["format", "--check", "--diff"], ["check", "--output-format", "concise"]):
@@ -1130,3 +1136,100 @@ def test_emitted_code_is_ruff_clean(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------
+# standalone modules
+
+# Runs in a subprocess whose import system refuses seqdsl: imports each standalone
+# module, loads the weights, runs it on the inputs, saves the outputs.
+STANDALONE_DRIVER = """
+import importlib.util, sys
+import numpy as np
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "seqdsl":
+            raise ImportError(f"{name} is refused in this test")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+import keras
+from keras import ops
+
+def flat(o):
+    if isinstance(o, (list, tuple)):
+        return [a for item in o for a in flat(item)]
+    return [np.asarray(ops.convert_to_numpy(o))]
+
+folder = sys.argv[1]
+for name in sys.argv[2:]:
+    spec = importlib.util.spec_from_file_location(f"standalone_{name}", f"{folder}/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    data = np.load(f"{folder}/{name}_in.npz")
+    net = mod.build_model()
+    net.load_canonical({k[2:]: data[k] for k in data.files if k.startswith("w:")})
+    xs = [data[f"x{i}"] for i in range(sum(k.startswith("x") for k in data.files))]
+    x = xs if len(xs) > 1 else xs[0]
+    out = flat(net(x, training=False))
+    np.savez(f"{folder}/{name}_out.npz", *out)
+    # the .keras file loads where only the standalone module registered the layers
+    net.save(f"{folder}/{name}.keras")
+    back = flat(keras.models.load_model(f"{folder}/{name}.keras")(x, training=False))
+    assert len(back) == len(out), name
+    assert all(np.array_equal(a, b) for a, b in zip(back, out)), name
+assert not any(m == "seqdsl" or m.startswith("seqdsl.") for m in sys.modules), "seqdsl imported"
+print("OK")
+"""
+
+
+def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:
+    """`compile("keras", standalone=True)` gives modules that import no seqdsl (a
+    subprocess refuses it) and compute what the importing modules compute; their
+    `.keras` files load there and in a process that imports seqdsl.runtime.keras."""
+    _tensorflow()
+    programs = {
+        p.stem: seqdsl.load(p)
+        for p in EXAMPLES
+        if p.stem in ("sentiment_lstm", "gru_pre_padding", "conv_frontend_lstm")
+    }
+    programs |= {f"zoo_{k}": seqdsl.loads(ZOO[k]) for k in ("windows", "merges", "split")}
+    programs["zoo_attention"] = seqdsl.loads(ZOO["attention"])
+    expected: dict[str, list[np.ndarray]] = {}
+    nets: dict[str, Any] = {}
+    inputs_of: dict[str, list[np.ndarray]] = {}
+    for name, prog in programs.items():
+        m = prog.model()
+        text = prog.compile("keras", standalone=True)
+        assert "seqdsl" not in "".join(
+            line for line in text.splitlines() if line.startswith(("import ", "from "))
+        )
+        (tmp_path / f"{name}.py").write_text(text)
+        weights = {k: v.astype(np.float32) for k, v in rand_weights(m, 5).items()}
+        net = prog.build("keras", seed=0)
+        net.load_canonical(weights)
+        inputs, lengths, masks = example_inputs(m, steps=16)  # long enough for every window
+        xs = keras_inputs(m, inputs, lengths, masks)
+        expected[name] = flat(call(net, xs, training=False))
+        nets[name], inputs_of[name] = net, xs
+        arrays = {f"w:{k}": v for k, v in weights.items()}
+        arrays |= {f"x{i}": np.asarray(x) for i, x in enumerate(xs)}
+        np.savez(tmp_path / f"{name}_in.npz", **arrays)  # type: ignore[arg-type]
+    r = subprocess.run(
+        [sys.executable, "-c", STANDALONE_DRIVER, str(tmp_path), *programs],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )  # fmt: skip
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    for name, want in expected.items():
+        with np.load(tmp_path / f"{name}_out.npz") as got:
+            outs = [got[f"arr_{i}"] for i in range(len(got.files))]
+        assert len(outs) == len(want), name
+        for i, (a, b) in enumerate(zip(outs, want, strict=True)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} output {i}")
+        # the standalone module's .keras file, loaded here (seqdsl.runtime.keras registered)
+        loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+        assert type(loaded).__name__ == type(nets[name]).__name__
+        back = flat(call(loaded, inputs_of[name], training=False))
+        for i, (a, b) in enumerate(zip(back, want, strict=True)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} output {i}, loaded")

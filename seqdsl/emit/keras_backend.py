@@ -1,40 +1,46 @@
-"""The Keras 3 emitter: a checked model -> a standalone, readable Keras 3 module.
+"""The Keras 3 emitter: a checked model -> a readable Keras 3 module.
 
 The emitted module imports numpy and keras (``keras.ops`` only, so it runs on
 Keras' TensorFlow, JAX and torch backends) and defines ``build_model()``, which
 returns a functional ``keras.Model`` made of standard Keras layers where they
-compute what docs/semantics.md says, and of small custom layers (defined in the
-module) where Keras deviates. Every layer is named after its seqdsl layer, the
-masks are explicit tensors passed with ``mask=`` to every layer that takes one,
-and every Keras LSTM/GRU receives a strictly right-padded mask with no empty row
-(cuDNN-eligible on a GPU). docs/backend-keras.md describes the emitted code.
+compute what docs/semantics.md says, and of small custom layers where Keras
+deviates, imported from :mod:`seqdsl.runtime.keras` (``--standalone`` copies
+them in: :mod:`seqdsl.emit.standalone`). Every layer is named after its seqdsl
+layer, the masks are explicit tensors passed with ``mask=`` to every layer that
+takes one, and every Keras LSTM/GRU receives a strictly right-padded mask with
+no empty row (cuDNN-eligible on a GPU). docs/backend-keras.md describes the
+emitted code.
 
-This module only writes text; it imports no framework (``seqdsl compile`` runs
-without Keras installed).
+Each layer kind has one small rule, found through :data:`RULES` (kind -> rule);
+extern layers have theirs (``_Emitter.emit_extern``). This module only writes
+text; it imports no framework (``seqdsl compile`` runs without Keras installed).
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
 import keyword
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-from ..catalogue import REQUIRED, BoundLayer, spec_for
+from ..catalogue import REQUIRED, BoundLayer, Cfg, spec_for
 from ..cells import bound_cell_of, is_cell_layer
 from ..checker import CheckedModel, LayerInfo
-from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
+from ..ir import ApplyOp, CellDef, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
-from .common import pad_sequences_text
 from .common import py_literal as _lit
 from .keras_custom import (
+    EXTERN_HELPERS,
     cell_class_lines,
     cell_is_nested,
     custom_args,
@@ -42,9 +48,9 @@ from .keras_custom import (
     extern_class_lines,
     uses_externs,
 )
-from .keras_runtime import SNIPPETS, class_names, closure
+from .standalone import ImportItem, format_imports
 
-__all__ = ["emit_model", "instantiate", "class_name", "twin_order"]
+__all__ = ["RULES", "class_name", "emit_model", "instantiate", "runtime_names", "twin_order"]
 
 _KERAS_DTYPE = {"f32": "float32", "f64": "float64", "i32": "int32", "i64": "int64", "bool": "bool"}
 _RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN")
@@ -72,17 +78,38 @@ _NOT_KERAS = {
     # Keras call arguments, and attention_axes (the time axis only: Keras' default)
     "use_causal_mask", "return_attention_scores", "attention_axes",
 }  # fmt: skip
+#: the names a generated module binds itself
 _MODULE_NAMES = {
     "MODEL", "INPUTS", "OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING", "PADS",
-    "build_model", "pad", "dropout_masks", "keras", "layers", "ops", "np", "contextlib",
-    "_register", "_pad_sequences", "_dropout_key", "EXTERNS", "_register_own",
+    "EXTERNS", "build_model", "pad", "keras", "layers", "ops", "np", "_register_own",
 }  # fmt: skip
+#: the runtime module generated modules import from (and standalone ones copy)
+RUNTIME_MODULE = "seqdsl.runtime.keras"
+
+
+@cache
+def runtime_names() -> frozenset[str]:
+    """Every name the Keras runtime modules bind at top level (definitions and imports):
+    a generated module may import them, and a standalone one holds copies."""
+    names: set[str] = set()
+    folder = Path(__file__).resolve().parent.parent / "runtime"
+    for module in ("keras", "common"):
+        tree = ast.parse((folder / f"{module}.py").read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names |= {a.asname or a.name.partition(".")[0] for a in node.names}
+    return frozenset(names)
 
 
 def class_name(model: CheckedModel) -> str:
     """The name of the keras.Model subclass in the emitted module."""
     name = model.name
-    if name in _MODULE_NAMES or name in class_names() or keyword.iskeyword(name):
+    if name in _MODULE_NAMES or name in runtime_names() or keyword.iskeyword(name):
         name += "Model"
     if name in dir(builtins):
         name += "Model"
@@ -285,12 +312,46 @@ def _exploded_dict(name: str, entries: Sequence[tuple[str, object]]) -> list[str
 # the emitter
 
 
+@dataclass
+class _Apply:
+    """One layer call being emitted: what every rule of RULES reads."""
+
+    op: ApplyOp
+    info: LayerInfo
+    cfg: Cfg
+    #: the first input value, the results and their Python variables
+    x: str
+    results: list[str]
+    vars: list[str]
+    #: the explicit mask the layer gets (variable) and its kind
+    mask_var: str | None
+    mask_kind: MaskKind | None
+    #: `training=` as written in the .seq source
+    training: bool | None
+    #: ``dtype="float64"`` where the layer computes in f64
+    dtype: list[str]
+    #: the call's first argument: the input's variable
+    call_args: list[str]
+
+    @property
+    def name_kw(self) -> list[str]:
+        return [*self.dtype, f"name={_lit(self.info.name)}"]
+
+    @property
+    def with_mask(self) -> list[str]:
+        return [f"mask={self.mask_var}"] if self.mask_var is not None else []
+
+    @property
+    def fixed(self) -> list[str]:
+        return [f"training={self.training}"] if self.training is not None else []
+
+
 class _Emitter:
     def __init__(self, model: CheckedModel, source: str):
         self.m = model
         self.source = source
         self.by_op = {layer.op_index: layer for layer in model.layers}
-        reserved = set(dir(builtins)) | _MODULE_NAMES | class_names() | {class_name(model)}
+        reserved = set(dir(builtins)) | _MODULE_NAMES | runtime_names() | {class_name(model)}
         reserved |= {"l", "O", "I"}  # ambiguous names (ruff E741)
         self.py = _Namer(reserved)
         # Keras layer names: the seqdsl layer names and the input names are taken first
@@ -413,20 +474,7 @@ class _Emitter:
     def module(self) -> str:
         self.emit_body()
         w = CodeWriter()
-        self.header(w)
         self.tables(w)
-        names = closure(self.used)
-        w("")
-        w("")
-        w(f"# {'-' * 74}")
-        w("# custom layers: where Keras' own layers deviate from docs/semantics.md")
-        w("")
-        w('_register = keras.saving.register_keras_serializable(package="seqdsl")')
-        for n in names:
-            w("")
-            w("")
-            for ln in SNIPPETS[n].text.rstrip("\n").split("\n"):
-                w(ln)
         if self.custom_classes:
             w("")
             w("")
@@ -440,33 +488,74 @@ class _Emitter:
                 w("")
                 for ln in lines:
                     w(ln)
-        model_text = _MODEL_TEXT + (_DEBUG_TEXT if self.externs_used else "")
-        for title, text in (("padding", _PAD_TEXT), ("the model", model_text)):
-            w("")
-            w("")
-            w(f"# {'-' * 74}")
-            w(f"# {title}")
-            w("")
-            w("")
-            for ln in text.strip("\n").replace("{Model}", class_name(self.m)).split("\n"):
-                w(ln)
+        w("")
+        w("")
+        w(f"# {'-' * 74}")
+        w("# the model")
+        w("")
+        w("")
+        self.model_class(w)
         w("")
         w("")
         self.build_function(w)
+        rest = w.text()
+        head = CodeWriter()
+        self.header(head)
+        head("")
+        for ln in format_imports(self.imports(rest)):
+            head(ln)
+        head("")
+        return head.text() + rest
+
+    def imports(self, rest: str) -> list[ImportItem]:
+        """The imports the module's code (``rest``) reads."""
+        items = [ImportItem("__future__", "annotations")]
+        if re.search(r"(?<![\w.])keras\.", rest):
+            items.append(ImportItem("keras"))
+        if re.search(r"(?<![\w.])np\.", rest):
+            items.append(ImportItem("numpy", None, "np"))
+        for name in ("layers", "ops"):
+            if re.search(rf"(?<![\w.]){name}\.", rest):
+                items.append(ImportItem("keras", name))
+        if self.externs_used:  # their imports register the extern layers' implementations
+            note = "# noqa: F401 (extern layers)"
+            items += [ImportItem(m, None, None, note) for m in self.m.python_modules]
+        items += [ImportItem(RUNTIME_MODULE, n) for n in sorted(self.used)]
+        return items
+
+    def model_class(self, w: CodeWriter) -> None:
+        """pad() and the model's keras.Model subclass (SeqdslModel with this module's tables)."""
+        self.use("pad_inputs")
+        w("def pad(*raw):")
+        w('    """Pad ragged data by the pad(...) declarations (PADS), keras.utils.pad_sequences')
+        w("    semantics in the declared dtype: one list of sequences per padded input, in")
+        w("    declaration order. Returns (batch, lengths) for one input, a tuple of them for")
+        w('    several. Inputs sharing a time symbol are padded to one length."""')
+        w("    return pad_inputs(PADS, raw)")
+        w("")
+        w("")
+        w('@keras.saving.register_keras_serializable(package="seqdsl")')
+        w(f"class {class_name(self.m)}({self.use('SeqdslModel')}):")
+        w('    """The functional keras.Model that build_model() returns, with seqdsl\'s helpers')
+        w("    (SeqdslModel): canonical weights, pad(), reset_states(), and get_weights() /")
+        w('    set_weights() in the order of a hand-written Keras twin (TWIN_ORDER)."""')
+        w("")
+        for table in ("WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING"):
+            w(f"    {table} = {table}")
+        if self.externs_used:
+            w("    EXTERNS = EXTERNS")
+        w("    pad = staticmethod(pad)")
         if self.has_dropout:
-            w("")
-            w("")
-            for ln in _DROPOUT_TEXT.strip("\n").split("\n"):
-                w(ln)
-        return w.text()
+            w("    #: `with model.dropout_masks({key: keep}):` fixed dropout keep-masks")
+            w(f"    dropout_masks = {self.use('dropout_masks')}")
 
     def header(self, w: CodeWriter) -> None:
         m = self.m
         w(f'"""{m.name}: a Keras 3 model generated by seqdsl from {self.source}.')
         w("")
         w("Standard Keras layers named after the seqdsl layers, and a few custom layers")
-        w("(defined below) where Keras' behaviour differs from seqdsl's semantics. Only")
-        w("keras.ops is used: it runs with KERAS_BACKEND=tensorflow, jax or torch.")
+        w("(seqdsl.runtime.keras) where Keras' behaviour differs from seqdsl's semantics.")
+        w("Only keras.ops is used: it runs with KERAS_BACKEND=tensorflow, jax or torch.")
         w("")
         w(f"    model = build_model()                # a keras.Model ({class_name(m)})")
         w('    model.load_canonical(weights)        # {"layer/weight": array}, Keras\' layout')
@@ -494,27 +583,6 @@ class _Emitter:
             for note in self.kernel_notes:
                 w(f"    {note}")
         w('"""')
-        w("")
-        w("from __future__ import annotations")
-        w("")
-        if self.has_dropout:
-            w("import contextlib")
-            w("")
-        straight = ["keras", "numpy as np"]
-        if self.externs_used:  # their imports register the extern layers' implementations
-            straight += [f"{m}  # noqa: F401 (extern layers)" for m in self.m.python_modules]
-        for mod in sorted(straight, key=lambda m: (m.partition(" ")[0].lower(), m)):
-            w(f"import {mod}")
-        names = [
-            n
-            for n, needed in (
-                ("layers", self.has_dropout or any("layers." in ln for ln in self.body)),
-                ("ops", self.has_dropout or bool(self.used) or bool(self.custom_classes)),
-            )
-            if needed
-        ]
-        if names:
-            w(f"from keras import {', '.join(names)}")
 
     def tables(self, w: CodeWriter) -> None:
         m = self.m
@@ -687,7 +755,12 @@ class _Emitter:
         time_concat = False
         if op.fn == "concat":
             a = info.config.get("axis", "features")
-            axis = rank - 1 if a == "features" else 1 if a == "time" else int(a) % rank  # type: ignore[call-overload]
+            if a == "features":
+                axis = rank - 1
+            elif a == "time":
+                axis = 1
+            else:
+                axis = (a if isinstance(a, int) else int(str(a))) % rank
             time_concat = axis == 1 and rank >= 3
             args.append(f"axis={-1 if axis == rank - 1 else axis}")
             note = f", axis={a}"
@@ -773,6 +846,7 @@ class _Emitter:
         return _Call(cls or f"layers.{_PLAIN_CLASS[kind]}", tuple(args))
 
     def emit_apply(self, op: ApplyOp, info: LayerInfo) -> None:
+        """A layer call: the prelude every layer shares, then its kind's rule (RULES)."""
         kind = info.kind
         cfg = info.config
         x = op.inputs[0].name
@@ -796,139 +870,142 @@ class _Emitter:
             src.append(f"training={'true' if training else 'false'}")
         self.comment(f"{', '.join(results)} = {self.describe(kind, cfg)}({', '.join(src)})")
         vars_ = [self.new_var(r, single=len(results) == 1) for r in results]
-        name_kw = [*dtype, f"name={_lit(info.name)}"]
-        call_args = [self.var[x]]
-        if kind in _RECURRENT or kind == "Bidirectional":
-            self.emit_recurrent(op, info, vars_, mask_var, mask_kind, training, dtype)
-            return
+        a = _Apply(
+            op,
+            info,
+            Cfg(cfg),
+            x,
+            results,
+            vars_,
+            mask_var,
+            mask_kind,
+            training,
+            dtype,
+            [self.var[x]],
+        )
         if kind in self.m.externs:
-            self.emit_extern(op, info, vars_, training, dtype)
+            self.emit_extern(a)
             return
-        if kind in ("Attention", "MultiHeadAttention"):
-            self.emit_attention(op, info, vars_, training, name_kw)
-            return
-        takes_mask = kind in (
-            "BatchNormalization", "TimeDistributed", "TemporalSoftmax", "GlobalAveragePooling1D",
-        )  # fmt: skip
-        if takes_mask and mask_var is None:
+        rule = RULES.get(kind)
+        if rule is None:  # pragma: no cover
+            raise Unsupported(info.name, f"the Keras backend has no rule for {kind}")
+        if kind in _TAKES_MASK and mask_var is None:
             # a value without a seqdsl mask carries no Keras mask either: none is picked up
             assert self.ok[x], (info.name, x)
         inner = cfg.get("layer")
         if kind == "Dropout" or (isinstance(inner, BoundLayer) and inner.kind == "Dropout"):
             self.has_dropout = True
-        with_mask = [f"mask={mask_var}"] if mask_var is not None else []
-        fixed = [f"training={training}"] if training is not None else []
+        rule(self, a)
 
-        def finish(mask: str | None, ok: bool) -> None:
-            for r in results:
-                masked = self.tensor(r).mask is not None
-                self.mask[r] = mask if masked else None
-                self.ok[r] = ok if masked else True
+    def finish(self, a: _Apply, mask: str | None, ok: bool) -> None:
+        """The results' explicit masks (``mask`` for the masked ones), and whether their
+        Keras masks equal them."""
+        for r in a.results:
+            masked = self.tensor(r).mask is not None
+            self.mask[r] = mask if masked else None
+            self.ok[r] = ok if masked else True
 
-        if kind == "Embedding":
-            self.assign(
-                vars_, _Call("layers.Embedding", (*self.keras_args(kind, cfg), *name_kw)), call_args
-            )
-            if cfg["mask_zero"]:
-                finish(self.mask_layer(results[0], info.name, "NonZeroMask", [], call_args), True)
-            else:  # a `masked` id input's mask passes through
-                finish(mask_var, self.ok[x])
+    def emit_embedding(self, a: _Apply) -> None:
+        ctor = _Call("layers.Embedding", (*self.keras_args(a.info.kind, a.info.config), *a.name_kw))
+        self.assign(a.vars, ctor, a.call_args)
+        if a.cfg.flag("mask_zero"):
+            mv = self.mask_layer(a.results[0], a.info.name, "NonZeroMask", [], a.call_args)
+            self.finish(a, mv, True)
+        else:  # a `masked` id input's mask passes through
+            self.finish(a, a.mask_var, self.ok[a.x])
+
+    def emit_masking(self, a: _Apply) -> None:
+        ctor = _Call("layers.Masking", (*self.keras_args(a.info.kind, a.info.config), *a.name_kw))
+        self.assign(a.vars, ctor, a.call_args)
+        value = _lit(a.cfg.raw("mask_value"))
+        mv = self.mask_layer(
+            a.results[0], a.info.name, "MaskingMask", [value, *a.dtype], a.call_args
+        )
+        self.finish(a, mv, True)
+
+    def emit_elementwise(self, a: _Apply) -> None:
+        """Dense, Activation, Dropout, LayerNormalization, Flatten, Reshape: the mask passes."""
+        kind = a.info.kind
+        ctor = _Call(f"layers.{kind}", (*self.keras_args(kind, a.info.config), *a.name_kw))
+        self.assign(a.vars, ctor, a.call_args + a.fixed)
+        self.finish(a, a.mask_var, self.ok[a.x] and a.op.mask is None)
+
+    def emit_mask_taking(self, a: _Apply) -> None:
+        """BatchNormalization, TimeDistributed: Keras' own layer, given the mask."""
+        kind = a.info.kind
+        nested: list[str | _Call] = []
+        if "layer" in a.cfg:
+            nested.append(self.inner_layer(a.cfg.layer("layer"), a.dtype))
+        ctor = _Call(f"layers.{kind}", (*nested, *self.keras_args(kind, a.info.config), *a.name_kw))
+        self.assign(a.vars, ctor, a.call_args + a.with_mask + a.fixed)
+        self.finish(a, a.mask_var, True)
+
+    def emit_window(self, a: _Apply) -> None:
+        """Conv1D, MaxPooling1D, AveragePooling1D: the masked variant on a masked input,
+        and an explicit output mask (WindowMask)."""
+        kind, cfg = a.info.kind, a.cfg
+        args = (*self.keras_args(kind, a.info.config), *a.name_kw)
+        same_avg = kind == "AveragePooling1D" and cfg.text("padding") == "same"
+        if a.mask_var is None and not same_avg:
+            self.assign(a.vars, _Call(f"layers.{kind}", args), a.call_args)
+            self.finish(a, None, True)
             return
-        if kind == "Masking":
-            self.assign(
-                vars_, _Call("layers.Masking", (*self.keras_args(kind, cfg), *name_kw)), call_args
-            )
-            mv = self.mask_layer(
-                results[0], info.name, "MaskingMask", [_lit(cfg["mask_value"]), *dtype], call_args
-            )
-            finish(mv, True)
+        if a.mask_var is None:
+            self.comment("padding=same as TensorFlow pads (Keras' torch backend repeats the edge)")
+        self.assign(a.vars, _Call(self.use(f"Masked{kind}"), args), a.call_args + a.with_mask)
+        if a.mask_var is None:
+            self.finish(a, None, True)
             return
-        if kind in ("Dense", "Activation", "Dropout", "LayerNormalization", "Flatten", "Reshape"):
-            ctor = _Call(f"layers.{kind}", (*self.keras_args(kind, cfg), *name_kw))
-            self.assign(vars_, ctor, call_args + fixed)
-            finish(mask_var, self.ok[x] and op.mask is None)
+        if kind == "Conv1D":
+            k, s, d = cfg.raw("kernel_size"), cfg.raw("strides"), cfg.raw("dilation_rate")
+        else:
+            k, d = cfg.raw("pool_size"), 1
+            s = cfg.raw("strides") if cfg.raw("strides") is not None else k
+        wargs = [_lit(k), _lit(s), _lit(d), _lit(cfg.text("padding"))]
+        mv = self.mask_layer(a.results[0], a.info.name, "WindowMask", wargs, [a.mask_var])
+        self.finish(a, mv, False)
+
+    def emit_global_pooling(self, a: _Apply) -> None:
+        kind = a.info.kind
+        args = (*self.keras_args(kind, a.info.config), *a.name_kw)
+        if a.mask_var is None:
+            self.assign(a.vars, _Call(f"layers.{kind}", args), a.call_args)
+        elif kind == "GlobalAveragePooling1D" and a.mask_kind is not None and a.mask_kind.nonempty:
+            # Keras' masked mean: exact when no row is empty
+            self.assign(a.vars, _Call(f"layers.{kind}", args), a.call_args + a.with_mask)
+        else:
+            cls = self.use(f"Masked{kind}")
+            self.assign(a.vars, _Call(cls, args), a.call_args + a.with_mask)
+        self.finish(a, None, True)
+
+    def emit_temporal_softmax(self, a: _Apply) -> None:
+        ctor = _Call(self.use("TemporalSoftmax"), tuple(a.name_kw))
+        self.assign(a.vars, ctor, a.call_args + a.with_mask)
+        self.finish(a, None, True)
+
+    def emit_temporal_split(self, a: _Apply) -> None:
+        n = _lit(a.cfg.integer("parts"))
+        targets = a.vars if len(a.vars) > 1 else [a.vars[0] + ","]
+        self.assign(targets, _Call(self.use("TemporalSplit"), (n, *a.name_kw)), a.call_args)
+        if a.mask_var is None:
+            self.finish(a, None, True)
             return
-        if kind in ("BatchNormalization", "TimeDistributed"):
-            nested: list[str | _Call] = []
-            if isinstance(inner, BoundLayer):
-                nested.append(self.inner_layer(inner, dtype))
-            ctor = _Call(f"layers.{kind}", (*nested, *self.keras_args(kind, cfg), *name_kw))
-            self.assign(vars_, ctor, call_args + with_mask + fixed)
-            finish(mask_var, True)
-            return
-        if kind in ("Conv1D", "MaxPooling1D", "AveragePooling1D"):
-            args = (*self.keras_args(kind, cfg), *name_kw)
-            same_avg = kind == "AveragePooling1D" and cfg["padding"] == "same"
-            if mask_var is None and not same_avg:
-                self.assign(vars_, _Call(f"layers.{kind}", args), call_args)
-                finish(None, True)
-                return
-            if mask_var is None:
-                self.comment(
-                    "padding=same as TensorFlow pads (Keras' torch backend repeats the edge)"
-                )
-            self.assign(vars_, _Call(self.use(f"Masked{kind}"), args), call_args + with_mask)
-            if mask_var is None:
-                finish(None, True)
-                return
-            if kind == "Conv1D":
-                k, s, d = cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"]
-            else:
-                k, d = cfg["pool_size"], 1
-                s = cfg["strides"] if cfg["strides"] is not None else k
-            wargs = [_lit(k), _lit(s), _lit(d), _lit(cfg["padding"])]
-            finish(self.mask_layer(results[0], info.name, "WindowMask", wargs, [mask_var]), False)
-            return
-        if kind in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-            args = (*self.keras_args(kind, cfg), *name_kw)
-            if mask_var is None:
-                self.assign(vars_, _Call(f"layers.{kind}", args), call_args)
-            elif kind == "GlobalAveragePooling1D" and mask_kind is not None and mask_kind.nonempty:
-                # Keras' masked mean: exact when no row is empty
-                self.assign(vars_, _Call(f"layers.{kind}", args), call_args + with_mask)
-            else:
-                self.assign(vars_, _Call(self.use(f"Masked{kind}"), args), call_args + with_mask)
-            finish(None, True)
-            return
-        if kind == "TemporalSoftmax":
-            self.assign(
-                vars_, _Call(self.use("TemporalSoftmax"), tuple(name_kw)), call_args + with_mask
-            )
-            finish(None, True)
-            return
-        if kind == "TemporalSplit":
-            n = _lit(cfg["parts"])
-            targets = vars_ if len(vars_) > 1 else [vars_[0] + ","]
-            self.assign(targets, _Call(self.use("TemporalSplit"), (n, *name_kw)), call_args)
-            if mask_var is None:
-                finish(None, True)
-                return
-            mvs = [self.py.fresh(f"{r}_mask") for r in results]
-            mname = self.kn.fresh(f"{info.name}_mask", python=False)
-            targets = mvs if len(mvs) > 1 else [mvs[0] + ","]
-            ctor = _Call("TemporalSplit", (n, f"name={_lit(mname)}"))
-            self.lazy(targets, ctor, [mask_var], "the mask, split likewise")
-            for r, mv in zip(results, mvs, strict=True):
-                self.mask[r] = mv
-                self.ok[r] = False
-            return
-        raise Unsupported(
-            info.name, f"the Keras backend has no rule for {kind}"
-        )  # pragma: no cover
+        mvs = [self.py.fresh(f"{r}_mask") for r in a.results]
+        mname = self.kn.fresh(f"{a.info.name}_mask", python=False)
+        targets = mvs if len(mvs) > 1 else [mvs[0] + ","]
+        ctor = _Call("TemporalSplit", (n, f"name={_lit(mname)}"))
+        self.lazy(targets, ctor, [a.mask_var], "the mask, split likewise")
+        for r, mv in zip(a.results, mvs, strict=True):
+            self.mask[r] = mv
+            self.ok[r] = False
 
     # ------------------------------------------------------------ attention
-    def emit_attention(
-        self,
-        op: ApplyOp,
-        info: LayerInfo,
-        vars_: list[str],
-        training: bool | None,
-        name_kw: list[str],
-    ) -> None:
+    def emit_attention(self, a: _Apply) -> None:
         """Keras' Attention / MultiHeadAttention with explicit masks: the query's, and
         for the key steps the AND of the value's and the key's. Keras' own layer where
         no query step can be left without a valid key (and, for Attention, without
         dropout); a small subclass otherwise (docs/backend-keras.md)."""
+        op, info, vars_, training, name_kw = a.op, a.info, a.vars, a.training, a.name_kw
         kind, cfg = info.kind, info.config
         names = [u.name for u in op.inputs]
         xs = [self.var[n] for n in names]
@@ -936,7 +1013,7 @@ class _Emitter:
         key_names = list(dict.fromkeys(n for n in names[1:] if self.mask[n] is not None))
         key_masks = list(dict.fromkeys(m for m in (self.mask[n] for n in key_names) if m))
         kinds = [k for k in (self.seq_mask(n) for n in key_names) if k is not None]
-        causal = bool(cfg["use_causal_mask"])
+        causal = a.cfg.flag("use_causal_mask")
         dropout = _rate(cfg, "dropout")
         if dropout > 0:
             self.has_dropout = True
@@ -951,7 +1028,7 @@ class _Emitter:
         safe = not kinds or (nonempty and (not causal or sides == {"post"}))
         fixed = [f"training={training}"] if training is not None else []
         flags = ["use_causal_mask=True"] if causal else []
-        if cfg["return_attention_scores"]:
+        if a.cfg.flag("return_attention_scores"):
             flags.append("return_attention_scores=True")
         if kind == "Attention":
             plain = safe and dropout == 0
@@ -1014,7 +1091,8 @@ class _Emitter:
             cell = inner["cell"]
             assert isinstance(cell, BoundLayer)
             cdef = cell.config["__cell__"]
-            call = custom_text(cell.kind, cdef.params, cell.config)  # type: ignore[attr-defined]
+            assert isinstance(cdef, CellDef)
+            call = custom_text(cell.kind, cdef.params, cell.config)
             text = re.sub(rf"\b{re.escape(cell.kind)}\b", call, text, count=1)
         return text
 
@@ -1067,25 +1145,21 @@ class _Emitter:
             kind_ = MaskKind(side, nonempty, any(k.declared for k in kinds))
         return len(bc.outputs), nested, mask_var, kind_
 
-    def emit_extern(
-        self,
-        op: ApplyOp,
-        info: LayerInfo,
-        vars_: list[str],
-        training: bool | None,
-        dtype: list[str],
-    ) -> None:
+    def emit_extern(self, a: _Apply) -> None:
         """An extern layer: its class (one per declaration), the call, the output masks
         the declaration gives (explicit mask layers, as everywhere)."""
+        op, info, vars_, training, dtype = a.op, a.info, a.vars, a.training, a.dtype
         edef = self.m.externs[info.kind]
         cls = self.extern_classes.get(edef.name)
         if cls is None:
             cls = self.py.fresh(edef.name)
             self.extern_classes[edef.name] = cls
             self.custom_classes.append(extern_class_lines(edef, cls))
-            if any("_and_masks(" in ln for ln in self.custom_classes[-1]):
-                self.use("_and_masks")
-        self.use("_ExternLayer")
+            text = "\n".join(self.custom_classes[-1])
+            for helper in EXTERN_HELPERS:
+                if re.search(rf"\b{helper}\(", text):
+                    self.use(helper)
+        self.use("ExternLayer")
         ins = [u.name for u in op.inputs]
         masks = [self.mask[i] for i in ins]
         if op.mask is not None:
@@ -1153,25 +1227,22 @@ class _Emitter:
             self.ok[r] = True
 
     # ------------------------------------------------------------ recurrent
-    def emit_recurrent(
-        self,
-        op: ApplyOp,
-        info: LayerInfo,
-        vars_: list[str],
-        mask_var: str | None,
-        kind_: MaskKind | None,
-        training: bool | None,
-        dtype: list[str],
-    ) -> None:
+    def emit_recurrent(self, a: _Apply) -> None:
+        """LSTM, GRU, SimpleRNN, RNN (cell blocks included) and Bidirectional: Keras' own
+        layer on right-padded rows with no empty row read forwards, else its Masked
+        variant (_MaskedRecurrent), which rearranges the rows to that shape."""
+        op, info, vars_, training, dtype = a.op, a.info, a.vars, a.training, a.dtype
+        mask_var, kind_ = a.mask_var, a.mask_kind
         kind = info.kind
         cfg = info.config
         bi = kind == "Bidirectional"
-        inner = cfg["layer"] if bi else None
-        flags = inner.config if isinstance(inner, BoundLayer) else cfg
-        rs = bool(flags["return_sequences"])
-        gb = bool(flags["go_backwards"])
-        unroll = bool(flags["unroll"])
-        mo = str(flags.get("masked_output", "zero"))
+        inner = a.cfg.layer("layer") if bi else None
+        flags = inner.config if inner is not None else cfg
+        typed = Cfg(flags)
+        rs = typed.flag("return_sequences")
+        gb = typed.flag("go_backwards")
+        unroll = typed.flag("unroll")
+        mo = typed.text("masked_output") if "masked_output" in typed else "zero"
         cell_cfg = flags
         cell = flags.get("cell")
         if isinstance(cell, BoundLayer):
@@ -1201,9 +1272,11 @@ class _Emitter:
                 extra.append(f"masked_output={_lit(mo)}")
         if bi:
             assert isinstance(inner, BoundLayer)
-            cls = None if plain else self.use(f"Masked{inner.kind}")
+            cls = None if plain else f"Masked{inner.kind}"
             if nested_cell:
-                cls = self.use("NestedRNN" if plain else "MaskedNestedRNN")
+                cls = "NestedRNN" if plain else "MaskedNestedRNN"
+            if cls is not None:
+                self.use(cls)
             nested = self.inner_layer(inner, dtype, extra, cls)
             ctor = _Call(
                 "layers.Bidirectional",
@@ -1241,17 +1314,39 @@ class _Emitter:
                 _REARRANGED[kind_.side] + ("" if kind_.nonempty else "; empty rows as length 1")
             )
         self.assign(vars_, ctor, call_args)
-        if bool(flags["stateful"]):
+        if typed.flag("stateful"):
             self.stateful.append(info.name)
         out_mask = mask_var
         if rs and mask_var is not None and gb and not bi:  # reversed time order
             out_mask = self.mask_layer(op.results[0], info.name, "FlipTime", [], [mask_var])
-        n_seq = 2 if bi and cfg["merge_mode"] == "none" else n_outputs
+        n_seq = 2 if bi and a.cfg.text("merge_mode") == "none" else n_outputs
         sequences = vars_[:n_seq] if rs else []
         for r, v in zip(op.results, vars_, strict=True):
             self.mask[r] = out_mask if v in sequences else None
             self.ok[r] = True
 
+
+#: the rule of each built-in layer kind (extern layers: _Emitter.emit_extern)
+RULES: dict[str, Callable[[_Emitter, _Apply], None]] = {
+    "Embedding": _Emitter.emit_embedding,
+    "Masking": _Emitter.emit_masking,
+    **dict.fromkeys(
+        ("Dense", "Activation", "Dropout", "LayerNormalization", "Flatten", "Reshape"),
+        _Emitter.emit_elementwise,
+    ),
+    **dict.fromkeys(("BatchNormalization", "TimeDistributed"), _Emitter.emit_mask_taking),
+    **dict.fromkeys(("Conv1D", "MaxPooling1D", "AveragePooling1D"), _Emitter.emit_window),
+    **dict.fromkeys(("GlobalAveragePooling1D", "GlobalMaxPooling1D"), _Emitter.emit_global_pooling),
+    "TemporalSoftmax": _Emitter.emit_temporal_softmax,
+    "TemporalSplit": _Emitter.emit_temporal_split,
+    **dict.fromkeys(("Attention", "MultiHeadAttention"), _Emitter.emit_attention),
+    **dict.fromkeys((*_RECURRENT, "Bidirectional"), _Emitter.emit_recurrent),
+}
+
+#: layers that take Keras' mask from their input: it must be the seqdsl one
+_TAKES_MASK = frozenset(
+    ("BatchNormalization", "TimeDistributed", "TemporalSoftmax", "GlobalAveragePooling1D")
+)
 
 _REARRANGED = {
     "post": "the Keras layer runs on right-padded rows",
@@ -1287,165 +1382,3 @@ def _snake(kind: str) -> str:
             out += "_"
         out += c.lower()
     return out
-
-
-# --------------------------------------------------------------------------
-# module text
-
-_PAD_TEXT = (
-    pad_sequences_text("_pad_sequences", "np.int32")
-    + '''
-
-def pad(*raw):
-    """Pad ragged data by the pad(...) declarations (keras.utils.pad_sequences
-    semantics, in the declared dtype): one list of sequences per padded input, in
-    declaration order. Returns (batch, lengths) for one input, a tuple of them for
-    several. Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(PADS):
-        raise TypeError(
-            f"pad takes {len(PADS)} list(s) of sequences ({', '.join(PADS)}), got {len(raw)}"
-        )
-    group = {name: (time if time is not None else name) for name, (*_, time) in PADS.items()}
-    limit, longest = {}, {}
-    for (name, (_, _, maxlen, _, _, time)), seqs in zip(PADS.items(), raw, strict=True):
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            limit[group[name]] = min(limit.get(group[name], maxlen), maxlen)
-        longest[group[name]] = max(
-            longest.get(group[name], 0), max((len(s) for s in seqs), default=0)
-        )
-    out = []
-    for (name, (side, value, _, truncate, dtype, _)), seqs in zip(PADS.items(), raw, strict=True):
-        steps = limit.get(group[name], longest[group[name]])
-        out.append(_pad_sequences(seqs, side, value, steps, truncate, dtype))
-    return out[0] if len(out) == 1 else tuple(out)
-'''
-)
-
-_MODEL_TEXT = '''
-@_register
-class {Model}(keras.Model):
-    """The functional keras.Model that build_model() returns, plus seqdsl's helpers:
-    canonical weights, pad(), reset_states(), and get_weights()/set_weights() in the
-    order of a hand-written Keras twin (TWIN_ORDER)."""
-
-    pad = staticmethod(pad)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for name in FIXED_TRAINING:
-            # the layer's node keeps its own `training=`; Keras would override it with the
-            # model's flag (there is no public switch for this)
-            self.get_layer(name)._call_context_args = set()
-
-    def load_canonical(self, weights):
-        """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md)."""
-        expected = {f"{layer}/{w}" for layer, specs in WEIGHTS.items() for w, _ in specs}
-        unknown = sorted(set(weights) - expected)
-        missing = sorted(expected - set(weights))
-        if unknown or missing:
-            raise KeyError(f"weights: missing {missing}, unknown {unknown}")
-        for layer, specs in WEIGHTS.items():
-            values = []
-            for w, shape in specs:
-                value = np.asarray(weights[f"{layer}/{w}"])
-                if value.shape != tuple(shape):
-                    raise ValueError(
-                        f"weight {layer}/{w} has shape {value.shape}, expected {tuple(shape)}"
-                    )
-                values.append(value)
-            self.get_layer(layer).set_weights(values)
-
-    def canonical_weights(self):
-        """{"layer/weight": numpy array}, Keras' layout."""
-        out = {}
-        for layer, specs in WEIGHTS.items():
-            for (w, _), value in zip(specs, self.get_layer(layer).get_weights(), strict=True):
-                out[f"{layer}/{w}"] = value
-        return out
-
-    def get_weights(self):
-        return [value for layer in TWIN_ORDER for value in self.get_layer(layer).get_weights()]
-
-    def set_weights(self, weights):
-        weights = list(weights)
-        sizes = [len(self.get_layer(layer).weights) for layer in TWIN_ORDER]
-        if len(weights) != sum(sizes):
-            raise ValueError(f"{self.name} has {sum(sizes)} weight arrays, got {len(weights)}")
-        start = 0
-        for layer, n in zip(TWIN_ORDER, sizes, strict=True):
-            self.get_layer(layer).set_weights(weights[start : start + n])
-            start += n
-
-    def reset_states(self):
-        """Zero the states of the stateful recurrent layers."""
-        for layer in STATEFUL:
-            self.get_layer(layer).reset_states()
-'''
-
-_DEBUG_TEXT = '''
-    @property
-    def debug(self):
-        """Debug mode: the extern layers check their outputs against their declarations."""
-        return any(self.get_layer(name).debug for name in EXTERNS)
-
-    @debug.setter
-    def debug(self, on):
-        for name in EXTERNS:
-            self.get_layer(name).debug = bool(on)
-'''
-
-_DROPOUT_TEXT = '''
-@contextlib.contextmanager
-def dropout_masks(model, masks):
-    """Within the block, training calls use the given keep-masks (1 = keep) instead
-    of random ones (reproducible runs, comparisons across backends). Keys:
-    "{layer}" for Dropout and TimeDistributed(Dropout) (the shape of the layer's
-    input) and for the attention weights of Attention [B, Tq, Tk] and
-    MultiHeadAttention [B, heads, Tq, Tk]; "{layer}/input" [B, F] and
-    "{layer}/recurrent" [B, U] for a recurrent layer's dropout and recurrent_dropout
-    ("{layer}/forward/input", ... inside Bidirectional); one mask serves every gate.
-    Kept values are divided by 1 - rate."""
-    undo = []
-    try:
-        for key, keep in masks.items():
-            name, _, part = key.partition("/")
-            layer = model.get_layer(name)
-            if part:
-                direction, _, part = part.rpartition("/")
-                cell = (getattr(layer, f"{direction}_layer") if direction else layer).cell
-                rate = cell.dropout if part == "input" else cell.recurrent_dropout
-                value = ops.convert_to_tensor(
-                    np.asarray(keep) / (1.0 - rate), dtype=cell.compute_dtype
-                )
-                count = getattr(cell, "dropout_mask_count", None)  # Keras' one mask per gate
-                attr = "_dropout_mask" if part == "input" else "_recurrent_dropout_mask"
-                reset = "reset_dropout_mask" if part == "input" else "reset_recurrent_dropout_mask"
-                setattr(cell, attr, [value] * count if count else value)
-                object.__setattr__(cell, reset, lambda: None)  # keep it for every call in the block
-                undo.append((cell, reset, attr))
-            elif isinstance(layer, layers.Attention):  # MaskedAttention: its `keep`
-                value = np.asarray(keep) / (1.0 - layer.dropout)
-                object.__setattr__(layer, "keep", ops.convert_to_tensor(value, layer.compute_dtype))
-                undo.append((layer, "keep", None))
-            else:
-                if isinstance(layer, layers.MultiHeadAttention):
-                    layer = layer._dropout_layer  # the Dropout on its attention weights
-                rate = layer.layer.rate if isinstance(layer, layers.TimeDistributed) else layer.rate
-                value = ops.convert_to_tensor(
-                    np.asarray(keep) / (1.0 - rate), dtype=layer.compute_dtype
-                )
-
-                def call(inputs, training=False, mask=None, value=value):
-                    return inputs * value if training else inputs
-
-                object.__setattr__(layer, "call", call)
-                undo.append((layer, "call", None))
-        yield
-    finally:
-        for obj, method, attr in reversed(undo):
-            object.__delattr__(obj, method)
-            if attr is not None:
-                setattr(obj, attr, None)
-'''

@@ -5,7 +5,7 @@ A cell block becomes the ``keras.layers.Layer`` cell a Keras user writes for
 weights created in ``build`` with ``add_weight`` under their canonical names, and
 ``call(inputs, states)`` with one line of ``keras.ops`` per equation. An extern
 layer becomes a small ``keras.layers.Layer`` that creates the declared weights,
-calls the registered implementation (``_ExternLayer.run``, keras_runtime.py) and
+calls the registered implementation (``ExternLayer.run``, seqdsl/runtime/keras.py) and
 states the declared mask behaviour as ``compute_mask``.
 
 Sizes are written in terms of the cell's (or extern's) parameters where they can
@@ -29,6 +29,7 @@ from ..ir import CellDef, CExpr, DimExpr, ExternDef, ParamDecl
 from .common import py_literal as _lit
 
 __all__ = [
+    "EXTERN_HELPERS",
     "cell_is_nested",
     "cell_class_lines",
     "extern_class_lines",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 _WIDTH = 100
+
+#: the seqdsl.runtime.keras functions an extern layer's class may call
+EXTERN_HELPERS = ("and_masks", "concat_time_masks", "not_equal_mask")
 
 #: attributes a keras.layers.Layer / RNN cell has (a weight or parameter named so gets a `_`)
 _LAYER_ATTRS = frozenset(
@@ -52,7 +56,7 @@ _LAYER_ATTRS = frozenset(
         "save_own_variables", "set_weights", "state_size", "states", "stateless_call",
         "supports_masking", "symbolic_call", "trainable", "trainable_variables",
         "trainable_weights", "variable_dtype", "variables", "weights", "impl", "debug", "extern",
-        "declaration", "run", "check", "self", "kwargs",
+        "declaration", "declared_outputs", "run", "check", "self", "kwargs",
     }
 )  # fmt: skip
 #: names the generated call() uses itself
@@ -642,12 +646,13 @@ def extern_class_lines(edef: ExternDef, cls: str) -> list[str]:
     contract = mk.kind + ("(required)" if mk.required else "")
     if mk.kind == "generate":
         contract = f"generate(x != {_num(mk.value)})" + (f" if {mk.cond}" if mk.cond else "")
-    out = ["@_register_own", f"class {cls}(_ExternLayer):"]
+    out = ["@_register_own", f"class {cls}(ExternLayer):"]
     out.append(f'    """extern layer {edef.name}{f"({sig})" if sig else ""}: mask {contract};')
     out.append(f'    {where}."""')
     out.append("")
     out.append(f"    extern = {_lit(edef.name)}")
     out.append(f"    declaration = {_lit(where)}")
+    out.append("    declared_outputs = EXTERNS")
     n_in = len(edef.in_types) if edef.in_types else 1
     if edef.inputs is not None and edef.inputs.op == "int" and isinstance(edef.inputs.value, int):
         n_in = edef.inputs.value
@@ -727,7 +732,7 @@ def _mask_lines(edef: ExternDef, params: Mapping[str, str], several_in: bool) ->
     i = "        "
     n = _n_outputs(edef, params)
     single = n == "1"
-    first = "_and_masks(mask)" if several_in else "mask"
+    first = "and_masks(mask)" if several_in else "mask"
     out: list[str] = []
     if mk.cond is not None and mk.kind != "none":
         out.append(f"{i}if not self.{params.get(mk.cond, mk.cond)}:")
@@ -738,31 +743,17 @@ def _mask_lines(edef: ExternDef, params: Mapping[str, str], several_in: bool) ->
         out.append(f"{i}return mask  # propagate" if single else f"{i}return [mask] * {n}")
     elif mk.kind == "generate":
         x = "inputs[0]" if several_in else "inputs"
-        out.append(
-            f"{i}valid = ops.not_equal({x}, {_num(mk.value)})  # generate(x != {_num(mk.value)})"
-        )
-        out.append(f"{i}if len(valid.shape) > 2:  # a step is valid where any of its values is")
-        out.append(f"{i}    valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))")
-        out.append(f"{i}return valid" if single else f"{i}return [valid] * {n}")
+        valid = f"not_equal_mask({x}, {_num(mk.value)})"
+        note = f"  # generate(x != {_num(mk.value)})"
+        out.append(f"{i}return {valid}{note}" if single else f"{i}return [{valid}] * {n}{note}")
     elif mk.kind == "split":
         out.append(f"{i}if {first} is None:")
         out.append(f"{i}    return [None] * {n}")
         out.append(f"{i}return ops.split({first}, {n}, axis=1)  # split: the mask in time slices")
     elif mk.kind == "concat":
-        out.append(f"{i}if all(m is None for m in mask):")
-        out.append(f"{i}    return None" if single else f"{i}    return [None] * {n}")
-        out.append(f"{i}parts = []")
-        out.append(
-            f"{i}for x, m in zip(inputs, mask, strict=True):  # an unmasked input: all valid"
-        )
-        out.append(f'{i}    ones = ops.ones_like(x, dtype="bool")')
-        out.append(f"{i}    if len(ones.shape) > 2:")
-        out.append(f"{i}        ones = ops.all(ones, axis=tuple(range(2, len(ones.shape))))")
-        out.append(f"{i}    parts.append(ones if m is None else m)")
-        out.append(
-            f"{i}joined = ops.concatenate(parts, axis=1)  # concat: the masks joined in time"
-        )
-        out.append(f"{i}return joined" if single else f"{i}return [joined] * {n}")
+        joined = "concat_time_masks(inputs, mask)"
+        note = "  # concat: the masks joined in time"
+        out.append(f"{i}return {joined}{note}" if single else f"{i}return [{joined}] * {n}{note}")
     else:
         what = {
             "consume": "consume: the mask is used, the outputs have none",

@@ -1,46 +1,74 @@
-"""The code the Keras emitter copies into generated modules, as text.
+"""The run-time code of the Keras 3 models seqdsl generates.
 
-Each snippet is a piece of standalone Python that uses only ``numpy``,
-``keras`` and ``keras.ops`` (so it runs on Keras' TensorFlow, JAX and torch
-backends). The emitter includes the snippets a model needs, with their
-dependencies, in the order of :data:`SNIPPETS`. This module only holds text:
-it imports no framework.
+A generated module imports what it uses from here
+(``from seqdsl.runtime.keras import LengthsToMask, MaskedLSTM``); ``seqdsl compile
+--standalone`` copies the same definitions into the module instead
+(:mod:`seqdsl.emit.standalone`). Everything here uses only ``numpy``, ``keras`` and
+``keras.ops``, so it runs on Keras' TensorFlow, JAX and torch backends.
 
-docs/backend-keras.md explains each custom layer and why Keras' own layer does
-not do (Keras' deviations from docs/semantics.md, cuDNN eligibility).
+Every layer class is registered with
+``keras.saving.register_keras_serializable(package="seqdsl")``: once this module is
+imported (a generated module imports it), ``keras.models.load_model`` finds the
+layers of a saved model by their names (``"seqdsl>MaskedLSTM"``). A standalone
+module registers its own copies under the same names (the last one imported wins;
+they are the same code).
+
+docs/backend-keras.md explains each layer and why Keras' own layer does not do
+(Keras' deviations from docs/semantics.md, cuDNN eligibility).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
-from .common import with_dependencies
+import keras
+import numpy as np
+from keras import layers, ops
 
-__all__ = ["SNIPPETS", "Snippet", "closure", "class_names"]
+from .common import pad_sequences
 
-
-@dataclass(frozen=True)
-class Snippet:
-    name: str
-    text: str
-    deps: tuple[str, ...] = ()
-    #: the class or function names the snippet defines at module level
-    defines: tuple[str, ...] = ()
-
-
-SNIPPETS: dict[str, Snippet] = {}
-
-
-def _add(name: str, text: str, deps: tuple[str, ...] = (), defines: tuple[str, ...] = ()) -> None:
-    SNIPPETS[name] = Snippet(name, text.strip("\n") + "\n", deps, defines or (name,))
+__all__ = [
+    "ConcatMasks",
+    "DropMask",
+    "ExternLayer",
+    "FlipTime",
+    "LengthsToMask",
+    "MaskAnd",
+    "MaskedAttention",
+    "MaskedAveragePooling1D",
+    "MaskedConv1D",
+    "MaskedGlobalAveragePooling1D",
+    "MaskedGlobalMaxPooling1D",
+    "MaskedGRU",
+    "MaskedLSTM",
+    "MaskedMaxPooling1D",
+    "MaskedMultiHeadAttention",
+    "MaskedNestedRNN",
+    "MaskedRNN",
+    "MaskedSimpleRNN",
+    "MaskingMask",
+    "NestedRNN",
+    "NonZeroMask",
+    "NotEqualMask",
+    "SeqdslModel",
+    "TemporalSoftmax",
+    "TemporalSplit",
+    "WindowMask",
+    "WithMask",
+    "and_masks",
+    "concat_time_masks",
+    "dropout_masks",
+    "not_equal_mask",
+    "pad_inputs",
+]
 
 
 # --------------------------------------------------------------------------
 # masks
 
-_add(
-    "_MaskLayer",
-    '''
+
 class _MaskLayer(keras.layers.Layer):
     """Base of the layers that compute masks: boolean outputs, which carry no
     Keras mask themselves. (Overriding compute_mask also makes Keras accept
@@ -48,18 +76,14 @@ class _MaskLayer(keras.layers.Layer):
 
     def compute_mask(self, inputs, previous_mask=None):
         return None
-''',
-)
 
-_add(
-    "LengthsToMask",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class LengthsToMask(_MaskLayer):
     """The mask of a `masked` input from its lengths: mask[b, t] = t < lengths[b]
     for side "post", t >= T - lengths[b] for side "pre"."""
 
-    def __init__(self, side="post", **kwargs):
+    def __init__(self, side: str = "post", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.side = side
 
@@ -71,50 +95,35 @@ class LengthsToMask(_MaskLayer):
             return ops.less(t, n)
         return ops.greater_equal(t, steps - n)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "side": self.side}
-''',
-    ("_MaskLayer",),
-)
 
-_add(
-    "NonZeroMask",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class NonZeroMask(_MaskLayer):
     """The mask of Embedding(mask_zero=true): ids != 0."""
 
     def call(self, ids):
         return ops.not_equal(ids, 0)
-''',
-    ("_MaskLayer",),
-)
 
-_add(
-    "MaskingMask",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskingMask(_MaskLayer):
     """The mask of Masking(mask_value): a step is valid when any of its features
     differs from mask_value (NaN never masks)."""
 
-    def __init__(self, mask_value=0.0, **kwargs):
+    def __init__(self, mask_value: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mask_value = mask_value
 
     def call(self, inputs):
         return ops.any(ops.not_equal(inputs, self.mask_value), axis=-1)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mask_value": self.mask_value}
-''',
-    ("_MaskLayer",),
-)
 
-_add(
-    "MaskAnd",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskAnd(_MaskLayer):
     """The mask of a merge: a step is valid where every masked input is valid.
     (Keras' merge layers OR the masks, and drop them when one input is unmasked.)"""
@@ -124,19 +133,14 @@ class MaskAnd(_MaskLayer):
         for m in masks[1:]:
             out = ops.logical_and(out, m)
         return out
-''',
-    ("_MaskLayer",),
-)
 
-_add(
-    "ConcatMasks",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class ConcatMasks(_MaskLayer):
     """The mask of concat(..., axis=time): the parts' masks joined in time. An
     unmasked part is passed as its value (masked[i] false) and counts as all valid."""
 
-    def __init__(self, masked=(), **kwargs):
+    def __init__(self, masked: Sequence[bool] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.masked = tuple(masked)
 
@@ -147,30 +151,20 @@ class ConcatMasks(_MaskLayer):
         ]
         return ops.concatenate(masks, axis=1)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "masked": list(self.masked)}
-''',
-    ("_MaskLayer",),
-)
 
-_add(
-    "FlipTime",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class FlipTime(_MaskLayer):
     """The output mask of a go_backwards layer: its outputs are in reversed time
     order, and so is their mask (Keras keeps the input mask unflipped)."""
 
     def call(self, mask):
         return ops.flip(mask, axis=1)
-''',
-    ("_MaskLayer",),
-)
 
-_add(
-    "_window_mask",
-    '''
-def _window_mask(mask, size, strides, dilation, padding):
+
+def _window_mask(mask: Any, size: int, strides: int, dilation: int, padding: str) -> Any:
     """The output mask of a convolution or pooling window: with padding "valid" a
     step is valid iff its whole window is; with "same" and "causal" iff its
     anchor input step j * strides is (docs/semantics.md, section 3)."""
@@ -184,24 +178,27 @@ def _window_mask(mask, size, strides, dilation, padding):
         dilation_rate=dilation,
     )
     return ops.greater(count[:, :, 0], size - 0.5)
-''',
-)
 
-_add(
-    "WindowMask",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class WindowMask(_MaskLayer):
     """The output mask of Conv1D / MaxPooling1D / AveragePooling1D on a masked input."""
 
-    def __init__(self, size=1, strides=1, dilation=1, padding="valid", **kwargs):
+    def __init__(
+        self,
+        size: int = 1,
+        strides: int = 1,
+        dilation: int = 1,
+        padding: str = "valid",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.size, self.strides, self.dilation, self.padding = size, strides, dilation, padding
 
     def call(self, mask):
         return _window_mask(mask, self.size, self.strides, self.dilation, self.padding)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "size": self.size,
@@ -209,14 +206,9 @@ class WindowMask(_MaskLayer):
             "dilation": self.dilation,
             "padding": self.padding,
         }
-''',
-    ("_MaskLayer", "_window_mask"),
-)
 
-_add(
-    "DropMask",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class DropMask(keras.layers.Layer):
     """drop_mask: the same values, with no Keras mask attached (so that no later
     layer picks one up implicitly)."""
@@ -226,13 +218,9 @@ class DropMask(keras.layers.Layer):
 
     def compute_mask(self, inputs, previous_mask=None):
         return None
-''',
-)
 
-_add(
-    "WithMask",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class WithMask(keras.layers.Layer):
     """The same values, carrying the given mask as their Keras mask: an output
     whose Keras mask would differ from its seqdsl mask (after a merge, a custom
@@ -243,16 +231,13 @@ class WithMask(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         return mask
-''',
-)
+
 
 # --------------------------------------------------------------------------
 # layers that use the mask where Keras does not
 
-_add(
-    "MaskedConv1D",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedConv1D(keras.layers.Conv1D):
     """keras.layers.Conv1D that zeroes the masked input steps first (Keras drops
     the mask with a warning and convolves the padding). Same weights and config."""
@@ -264,25 +249,17 @@ class MaskedConv1D(keras.layers.Conv1D):
 
     def compute_mask(self, inputs, mask=None):
         return None  # the output mask is computed by WindowMask
-''',
-)
 
-_add(
-    "_window_sum",
-    '''
-def _window_sum(x, size, strides, padding):
+
+def _window_sum(x: Any, size: int, strides: int, padding: str) -> Any:
     """The sum over each pooling window of x [B, T, C], TensorFlow's windows (the
     padding of "same" adds zeros), as a depthwise convolution with a kernel of ones:
     Keras' torch backend repeats the edge value into asymmetric "same" padding."""
     kernel = ops.ones((size, x.shape[-1], 1), dtype=x.dtype)
     return ops.depthwise_conv(x, kernel, strides=strides, padding=padding)
-''',
-)
 
-_add(
-    "MaskedMaxPooling1D",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedMaxPooling1D(keras.layers.MaxPooling1D):
     """MaxPooling1D over the valid steps of each window, 0 where a window has none
     (Keras pools over the padding)."""
@@ -298,14 +275,9 @@ class MaskedMaxPooling1D(keras.layers.MaxPooling1D):
 
     def compute_mask(self, inputs, mask=None):
         return None  # the output mask is computed by WindowMask
-''',
-    ("_window_sum",),
-)
 
-_add(
-    "MaskedAveragePooling1D",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedAveragePooling1D(keras.layers.AveragePooling1D):
     """AveragePooling1D over the valid steps of each window, 0 where a window has
     none (Keras averages over the padding). Also used without a mask for
@@ -328,14 +300,9 @@ class MaskedAveragePooling1D(keras.layers.AveragePooling1D):
 
     def compute_mask(self, inputs, mask=None):
         return None  # the output mask is computed by WindowMask
-''',
-    ("_window_sum",),
-)
 
-_add(
-    "MaskedGlobalMaxPooling1D",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedGlobalMaxPooling1D(keras.layers.GlobalMaxPooling1D):
     """GlobalMaxPooling1D over the valid steps, 0 for an empty row (Keras'
     GlobalMaxPooling1D takes no mask and lets the padding into the max)."""
@@ -354,13 +321,9 @@ class MaskedGlobalMaxPooling1D(keras.layers.GlobalMaxPooling1D):
 
     def compute_mask(self, inputs, mask=None):
         return None
-''',
-)
 
-_add(
-    "MaskedGlobalAveragePooling1D",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedGlobalAveragePooling1D(keras.layers.GlobalAveragePooling1D):
     """GlobalAveragePooling1D over the valid steps, 0 for an empty row (Keras
     gives NaN there: 0 / 0)."""
@@ -378,13 +341,9 @@ class MaskedGlobalAveragePooling1D(keras.layers.GlobalAveragePooling1D):
 
     def compute_mask(self, inputs, mask=None):
         return None
-''',
-)
 
-_add(
-    "TemporalSoftmax",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class TemporalSoftmax(keras.layers.Layer):
     """Softmax over time at the valid steps of each row, per feature
     (max-subtracted); 0 at masked steps and for an empty row. The masking
@@ -405,18 +364,14 @@ class TemporalSoftmax(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         return None
-''',
-)
 
-_add(
-    "TemporalSplit",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class TemporalSplit(keras.layers.Layer):
     """Splits the time axis into `parts` equal parts (the masking guide's layer).
     A mask is split by a second TemporalSplit applied to it."""
 
-    def __init__(self, parts=2, **kwargs):
+    def __init__(self, parts: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.parts = parts
 
@@ -431,18 +386,15 @@ class TemporalSplit(keras.layers.Layer):
     def compute_mask(self, inputs, previous_mask=None):
         return None  # the masks are split explicitly
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "parts": self.parts}
-''',
-)
+
 
 # --------------------------------------------------------------------------
 # recurrent layers
 
-_add(
-    "_steps_to_front",
-    '''
-def _steps_to_front(mask, side):
+
+def _steps_to_front(mask: Any, side: str) -> Any:
     """Per row, the source step of each position once the valid steps are moved
     to the front (in order) and the masked steps after them: [B, T] int32.
     Left padding ("pre") is rolled; gaps ("any") are compacted."""
@@ -454,13 +406,9 @@ def _steps_to_front(mask, side):
     count = ops.cumsum(ops.cast(mask, "int32"), axis=1)
     target = ops.where(mask, count - 1, n + t - count)  # where each step moves to
     return ops.cast(ops.argsort(target, axis=1), "int32")
-''',
-)
 
-_add(
-    "_MaskedRecurrent",
-    '''
-class _MaskedRecurrent:
+
+class _MaskedRecurrent(keras.layers.RNN):
     """seqdsl's mask semantics around a Keras recurrent layer (docs/semantics.md).
 
     With a mask, the Keras layer always runs forwards on right-padded rows with
@@ -473,7 +421,12 @@ class _MaskedRecurrent:
     layer keeps). Without a mask it is the Keras layer itself. Weights and
     config are the Keras layer's, plus mask_side and masked_output."""
 
-    def __init__(self, *args, mask_side="any", masked_output="zero", **kwargs):
+    go_backwards: bool
+    return_state: bool
+
+    def __init__(
+        self, *args: Any, mask_side: str = "any", masked_output: str = "zero", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.mask_side = mask_side
         self.masked_output = masked_output
@@ -534,23 +487,39 @@ class _MaskedRecurrent:
             return [None if out[0] is None else ops.flip(out[0], axis=1), *out[1:]]
         return None if out is None else ops.flip(out, axis=1)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "mask_side": self.mask_side,
             "masked_output": self.masked_output,
         }
-''',
-    ("_steps_to_front",),
-)
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedLSTM(_MaskedRecurrent, keras.layers.LSTM):
+    """keras.layers.LSTM with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedGRU(_MaskedRecurrent, keras.layers.GRU):
+    """keras.layers.GRU with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedSimpleRNN(_MaskedRecurrent, keras.layers.SimpleRNN):
+    """keras.layers.SimpleRNN with seqdsl's mask handling (see _MaskedRecurrent)."""
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedRNN(_MaskedRecurrent, keras.layers.RNN):
+    """keras.layers.RNN with seqdsl's mask handling (see _MaskedRecurrent)."""
+
 
 # --------------------------------------------------------------------------
 # attention
 
-_add(
-    "MaskedAttention",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedAttention(keras.layers.Attention):
     """keras.layers.Attention where a query step with no valid key (value mask and
     causal mask) gets weights 0 and output 0 (Keras gives it the mean of the values),
@@ -574,13 +543,9 @@ class MaskedAttention(keras.layers.Attention):
             else:
                 used = keras.random.dropout(weights, self.dropout, seed=self.seed_generator)
         return ops.matmul(used, value), weights
-''',
-)
 
-_add(
-    "MaskedMultiHeadAttention",
-    '''
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention):
     """keras.layers.MultiHeadAttention always on its explicit softmax path, which gives
     a query step with no key to attend to (a masked query step, or no valid key)
@@ -601,29 +566,14 @@ class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention):
         return super()._compute_attention(
             query, key, value, attention_mask, training, return_attention_scores=True
         )
-''',
-)
-
-for _cls in ("LSTM", "GRU", "SimpleRNN", "RNN"):
-    _add(
-        f"Masked{_cls}",
-        f'''
-@_register
-class Masked{_cls}(_MaskedRecurrent, keras.layers.{_cls}):
-    """keras.layers.{_cls} with seqdsl's mask handling (see _MaskedRecurrent)."""
-''',
-        ("_MaskedRecurrent",),
-    )
 
 
 # --------------------------------------------------------------------------
 # cell blocks with several inputs, or inputs / states / outputs of any shape
 
-_add(
-    "_and_masks",
-    """
-def _and_masks(mask):
-    \"\"\"One mask for a layer with several inputs: valid where every given mask is.\"\"\"
+
+def and_masks(mask: Any) -> Any:
+    """One mask for a layer with several inputs: valid where every given mask is."""
     if not isinstance(mask, (list, tuple)):
         return mask
     out = None
@@ -631,26 +581,22 @@ def _and_masks(mask):
         if m is not None:
             out = m if out is None else ops.logical_and(out, m)
     return out
-""",
-)
 
-_add(
-    "_FlatCell",
-    """
-def _shape(size):
-    \"\"\"A state_size / output_size entry (an int or a shape) as a shape tuple.\"\"\"
+
+def _shape(size: Any) -> tuple[int, ...]:
+    """A state_size / output_size entry (an int or a shape) as a shape tuple."""
     return tuple(size) if isinstance(size, (list, tuple)) else (size,)
 
 
-@_register
+@keras.saving.register_keras_serializable(package="seqdsl")
 class _FlatCell(keras.layers.Layer):
-    \"\"\"A cell with several inputs, or with inputs, states or outputs of any shape, as
+    """A cell with several inputs, or with inputs, states or outputs of any shape, as
     keras.layers.RNN runs cells: one flat [B, F] input per step and flat [B, n]
     states. Each step is unpacked for the cell (its inputs as a list, its states in
     their shapes) and its outputs and new states are packed back. The cell's
     output_size is a list of shapes when it has several outputs. The packed output
     is also state 0 (Keras' JAX backend carries state 0 as the output of a masked
-    step); NestedRNN hides it.\"\"\"
+    step); NestedRNN hides it."""
 
     def __init__(self, cell, input_shapes=None, several_inputs=False, **kwargs):
         kwargs.setdefault("dtype", cell.dtype_policy)
@@ -686,7 +632,7 @@ class _FlatCell(keras.layers.Layer):
         new_states = [ops.reshape(s, (-1, n)) for s, n in zip(new_states, sizes, strict=True)]
         return flat, [flat, *new_states]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "cell": keras.saving.serialize_keras_object(self.cell),
@@ -698,21 +644,16 @@ class _FlatCell(keras.layers.Layer):
     def from_config(cls, config):
         cell = keras.saving.deserialize_keras_object(config.pop("cell"))
         return cls(cell, **config)
-""",
-    defines=("_shape", "_FlatCell"),
-)
 
-_add(
-    "_NestedSteps",
-    """
-class _NestedSteps:
-    \"\"\"keras.layers.RNN for a cell block that Keras' RNN cannot run as it is: several
+
+class _NestedSteps(keras.layers.RNN):
+    """keras.layers.RNN for a cell block that Keras' RNN cannot run as it is: several
     inputs (a list of sequences [B, T, ...]), or inputs, states or outputs of more
     than one axis. The cell runs inside a _FlatCell; the sequences are packed into
     one [B, T, F] tensor, the initial states flattened, and the outputs and final
     states given back in the cell's shapes. Returns the output (a list of them when
     the cell has several), then the final states with return_state. The layer's mask
-    is the AND of the inputs' masks.\"\"\"
+    is the AND of the inputs' masks."""
 
     def __init__(self, cell, *args, **kwargs):
         if not isinstance(cell, _FlatCell):
@@ -736,7 +677,7 @@ class _NestedSteps:
             last = ops.zeros((batch, self.cell.output_size), dtype=self.cell.compute_dtype)
             initial_state = [last, *(ops.reshape(s, (batch, -1)) for s in initial_state)]
         result = super().call(
-            flat, initial_state=initial_state, mask=_and_masks(mask), training=training
+            flat, initial_state=initial_state, mask=and_masks(mask), training=training
         )
         outputs, *states = result if self.return_state else [result]
         shapes = self.cell.output_shapes
@@ -759,7 +700,7 @@ class _NestedSteps:
         return outputs if self.cell.several_outputs else outputs[0]
 
     def compute_mask(self, inputs, mask=None):
-        mask = _and_masks(mask)
+        mask = and_masks(mask)
         out = mask if self.return_sequences else None
         if out is not None and self.go_backwards:  # the outputs are in reversed time order
             out = ops.flip(out, axis=1)
@@ -767,84 +708,91 @@ class _NestedSteps:
         if self.return_state:
             return masks + [None] * len(self.cell.state_shapes)
         return masks if self.cell.several_outputs else masks[0]
-""",
-    ("_FlatCell", "_and_masks"),
-)
 
-_add(
-    "NestedRNN",
-    """
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class NestedRNN(_NestedSteps, keras.layers.RNN):
-    \"\"\"keras.layers.RNN for a cell with several inputs or shaped states and outputs.\"\"\"
-""",
-    ("_NestedSteps",),
-)
+    """keras.layers.RNN for a cell with several inputs or shaped states and outputs."""
 
-_add(
-    "MaskedNestedRNN",
-    """
-@_register
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedNestedRNN(_NestedSteps, _MaskedRecurrent, keras.layers.RNN):
-    \"\"\"NestedRNN with seqdsl's mask handling (see _MaskedRecurrent).\"\"\"
-""",
-    ("_NestedSteps", "_MaskedRecurrent"),
-)
+    """NestedRNN with seqdsl's mask handling (see _MaskedRecurrent)."""
+
 
 # --------------------------------------------------------------------------
 # extern layers
 
-_add(
-    "NotEqualMask",
-    """
-@_register
-class NotEqualMask(_MaskLayer):
-    \"\"\"The mask an extern layer declares with `mask: generate(x != value)`: a step is
-    valid where its input differs from value (any of its values, beyond [B, T]).\"\"\"
 
-    def __init__(self, value=0, **kwargs):
+def not_equal_mask(inputs: Any, value: float) -> Any:
+    """`generate(x != value)`: a step is valid where any of its values (beyond [B, T])
+    differs from value."""
+    valid = ops.not_equal(inputs, value)
+    if len(valid.shape) > 2:
+        valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
+    return valid
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class NotEqualMask(_MaskLayer):
+    """The mask an extern layer declares with `mask: generate(x != value)`: a step is
+    valid where its input differs from value (any of its values, beyond [B, T])."""
+
+    def __init__(self, value: float = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.value = value
 
     def call(self, inputs):
-        valid = ops.not_equal(inputs, self.value)
-        if len(valid.shape) > 2:
-            valid = ops.any(valid, axis=tuple(range(2, len(valid.shape))))
-        return valid
+        return not_equal_mask(inputs, self.value)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "value": self.value}
-""",
-    ("_MaskLayer",),
-)
 
-_add(
-    "_ExternLayer",
-    """
-def _concrete(x):
-    \"\"\"x as a NumPy array, or None while tracing (no values yet).\"\"\"
+
+def concat_time_masks(inputs: Sequence[Any], masks: Sequence[Any]) -> Any:
+    """The mask of inputs joined in time (an extern layer's `mask: concat`): their masks
+    joined, an unmasked input counting as all valid; None when no input has a mask."""
+    if all(m is None for m in masks):
+        return None
+    parts = []
+    for x, m in zip(inputs, masks, strict=True):
+        ones = ops.ones_like(x, dtype="bool")
+        if len(ones.shape) > 2:
+            ones = ops.all(ones, axis=tuple(range(2, len(ones.shape))))
+        parts.append(ones if m is None else m)
+    return ops.concatenate(parts, axis=1)
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """x as a NumPy array, or None while tracing (no values yet)."""
     try:
         return np.asarray(ops.convert_to_numpy(x))
     except Exception:
         return None
 
 
-class _ExternLayer(keras.layers.Layer):
-    \"\"\"Base of the extern layers below. The implementation is resolved at
-    construction: `externs` (name -> function) first, then the functions registered
-    with @seqdsl.extern(name, backend="keras") by the modules the .seq file `use`s
-    (imported at the top of this module); none is an ExternError. It is called as
-    fn(*inputs, mask=..., weights={name: variable}, config={param: value},
-    training=bool). The output masks follow the declaration (compute_mask below);
-    the output types are the declared ones (EXTERNS) while the graph is built. With
+@keras.saving.register_keras_serializable(package="seqdsl")
+class ExternLayer(keras.layers.Layer):
+    """Base of a generated module's extern layer classes. The implementation is
+    resolved at construction: `externs` (name -> function) first, then the functions
+    registered with @seqdsl.extern(name, backend="keras") by the modules the .seq file
+    `use`s (imported at the top of the generated module); none is an ExternError. It
+    is called as fn(*inputs, mask=..., weights={name: variable}, config={param: value},
+    training=bool). The output masks follow the declaration (the subclass's
+    compute_mask); the output types are the declared ones (declared_outputs: the
+    module's EXTERNS) while the graph is built. With
     debug on (model.debug = True), every call checks the outputs against the
     declaration, and a mask the implementation returns against the declared one
-    (in eager calls, where values exist).\"\"\"
+    (in eager calls, where values exist)."""
 
     extern = ""  # the extern layer's name in the .seq file
     declaration = ""  # where it is declared
+    #: the model's extern layers -> their declared outputs ((dtype, shape), ...)
+    declared_outputs: Mapping[str, Any] = {}
 
-    def __init__(self, externs=None, debug=False, **kwargs):
+    def __init__(
+        self, externs: Mapping[str, Any] | None = None, debug: bool = False, **kwargs: Any
+    ) -> None:
         from seqdsl.externs import get_extern
 
         super().__init__(**kwargs)
@@ -856,7 +804,7 @@ class _ExternLayer(keras.layers.Layer):
         args = list(inputs) if several else [inputs]
         if several:
             mask = tuple(mask) if isinstance(mask, (list, tuple)) else (mask,) * len(args)
-        result = self.impl.fn(
+        result: Any = self.impl.fn(
             *args, mask=mask, weights=weights, config=config, training=bool(training)
         )
         returned_mask = None
@@ -871,7 +819,7 @@ class _ExternLayer(keras.layers.Layer):
         from seqdsl.externs import ExternError, check_output_shapes
 
         who = f"{self.extern} (layer `{self.name}`)"
-        declared = EXTERNS.get(self.name)
+        declared = self.declared_outputs.get(self.name)
         if declared is not None:
             got = []
             for i, o in enumerate(outputs):
@@ -908,7 +856,7 @@ class _ExternLayer(keras.layers.Layer):
                 )
 
     def compute_output_spec(self, inputs, mask=None, training=None):
-        declared = EXTERNS.get(self.name)
+        declared = self.declared_outputs.get(self.name)
         if declared is None:
             return super().compute_output_spec(inputs, mask=mask, training=training)
         first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
@@ -917,16 +865,168 @@ class _ExternLayer(keras.layers.Layer):
             for dtype, shape in declared
         ]
         return specs if len(specs) > 1 else specs[0]
-""",
-    defines=("_concrete", "_ExternLayer"),
-)
 
 
-def closure(names: set[str]) -> list[str]:
-    """``names`` and their dependencies, in :data:`SNIPPETS` order."""
-    return with_dependencies(names, {n: s.deps for n, s in SNIPPETS.items()})
+# --------------------------------------------------------------------------
+# the model
 
 
-def class_names() -> set[str]:
-    """Every module-level name a snippet may define."""
-    return {d for s in SNIPPETS.values() for d in s.defines}
+def pad_inputs(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Sequence[Any]]) -> Any:
+    """The body of a generated module's pad(*raw): pad ragged data by the pad(...)
+    declarations ``pads`` (input -> (side, value, maxlen, truncate, dtype, time length);
+    keras.utils.pad_sequences semantics, in the declared dtype): one list of sequences
+    per padded input, in declaration order. Returns (batch, lengths) for one input, a
+    tuple of them for several. Inputs sharing a time symbol are padded to one length."""
+    if len(raw) != len(pads):
+        raise TypeError(
+            f"pad takes {len(pads)} list(s) of sequences ({', '.join(pads)}), got {len(raw)}"
+        )
+    group = {name: (time if time is not None else name) for name, (*_, time) in pads.items()}
+    limit: dict[Any, int] = {}
+    longest: dict[Any, int] = {}
+    for (name, (_, _, maxlen, _, _, time)), seqs in zip(pads.items(), raw, strict=True):
+        if maxlen is None and isinstance(time, int):
+            maxlen = time
+        if maxlen is not None:
+            limit[group[name]] = min(limit.get(group[name], maxlen), maxlen)
+        longest[group[name]] = max(
+            longest.get(group[name], 0), max((len(s) for s in seqs), default=0)
+        )
+    out = []
+    for (name, (side, value, _, truncate, dtype, _)), seqs in zip(pads.items(), raw, strict=True):
+        steps = limit.get(group[name], longest[group[name]])
+        out.append(pad_sequences(seqs, side, value, steps, truncate, dtype))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class SeqdslModel(keras.Model):
+    """Base of the functional keras.Model a generated build_model() returns: canonical
+    weights, reset_states(), get_weights()/set_weights() in the order of a hand-written
+    Keras twin, and the extern layers' debug switch. A generated subclass sets the
+    tables below to its module's (and pad to its module's pad())."""
+
+    #: layer -> ((weight, shape), ...): canonical weights, Keras' layout and order
+    WEIGHTS: Mapping[str, Sequence[tuple[str, Sequence[int]]]] = {}
+    #: the layers with weights in the order of a hand-written twin's get_weights()
+    TWIN_ORDER: Sequence[str] = ()
+    #: stateful recurrent layers (reset_states)
+    STATEFUL: Sequence[str] = ()
+    #: layers called with `training=` in the .seq source: it wins over the model's flag
+    FIXED_TRAINING: Sequence[str] = ()
+    #: extern layers -> their declared outputs
+    EXTERNS: Mapping[str, Any] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.FIXED_TRAINING:
+            # the layer's node keeps its own `training=`; Keras would override it with the
+            # model's flag (there is no public switch for this)
+            self.get_layer(name)._call_context_args = set()
+
+    def load_canonical(self, weights: Mapping[str, Any]) -> None:
+        """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md)."""
+        expected = {f"{layer}/{w}" for layer, specs in self.WEIGHTS.items() for w, _ in specs}
+        unknown = sorted(set(weights) - expected)
+        missing = sorted(expected - set(weights))
+        if unknown or missing:
+            raise KeyError(f"weights: missing {missing}, unknown {unknown}")
+        for layer, specs in self.WEIGHTS.items():
+            values = []
+            for w, shape in specs:
+                value = np.asarray(weights[f"{layer}/{w}"])
+                if value.shape != tuple(shape):
+                    raise ValueError(
+                        f"weight {layer}/{w} has shape {value.shape}, expected {tuple(shape)}"
+                    )
+                values.append(value)
+            self.get_layer(layer).set_weights(values)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """{"layer/weight": numpy array}, Keras' layout."""
+        out = {}
+        for layer, specs in self.WEIGHTS.items():
+            for (w, _), value in zip(specs, self.get_layer(layer).get_weights(), strict=True):
+                out[f"{layer}/{w}"] = value
+        return out
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [value for layer in self.TWIN_ORDER for value in self.get_layer(layer).get_weights()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        weights = list(weights)
+        sizes = [len(self.get_layer(layer).weights) for layer in self.TWIN_ORDER]
+        if len(weights) != sum(sizes):
+            raise ValueError(f"{self.name} has {sum(sizes)} weight arrays, got {len(weights)}")
+        start = 0
+        for layer, n in zip(self.TWIN_ORDER, sizes, strict=True):
+            self.get_layer(layer).set_weights(weights[start : start + n])
+            start += n
+
+    def reset_states(self) -> None:
+        """Zero the states of the stateful recurrent layers."""
+        for layer in self.STATEFUL:
+            self.get_layer(layer).reset_states()
+
+    @property
+    def debug(self) -> bool:
+        """Debug mode: the extern layers check their outputs against their declarations."""
+        return any(self.get_layer(name).debug for name in self.EXTERNS)
+
+    @debug.setter
+    def debug(self, on: bool) -> None:
+        for name in self.EXTERNS:
+            self.get_layer(name).debug = bool(on)
+
+
+@contextlib.contextmanager
+def dropout_masks(model: keras.Model, masks: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, training calls use the given keep-masks (1 = keep) instead
+    of random ones (reproducible runs, comparisons across backends). Keys:
+    "{layer}" for Dropout and TimeDistributed(Dropout) (the shape of the layer's
+    input) and for the attention weights of Attention [B, Tq, Tk] and
+    MultiHeadAttention [B, heads, Tq, Tk]; "{layer}/input" [B, F] and
+    "{layer}/recurrent" [B, U] for a recurrent layer's dropout and recurrent_dropout
+    ("{layer}/forward/input", ... inside Bidirectional); one mask serves every gate.
+    Kept values are divided by 1 - rate."""
+    undo: list[tuple[Any, str, str | None]] = []
+    try:
+        for key, keep in masks.items():
+            name, _, part = key.partition("/")
+            layer = model.get_layer(name)
+            if part:
+                direction, _, part = part.rpartition("/")
+                cell = (getattr(layer, f"{direction}_layer") if direction else layer).cell
+                rate = cell.dropout if part == "input" else cell.recurrent_dropout
+                value = ops.convert_to_tensor(
+                    np.asarray(keep) / (1.0 - rate), dtype=cell.compute_dtype
+                )
+                count = getattr(cell, "dropout_mask_count", None)  # Keras' one mask per gate
+                attr = "_dropout_mask" if part == "input" else "_recurrent_dropout_mask"
+                reset = "reset_dropout_mask" if part == "input" else "reset_recurrent_dropout_mask"
+                setattr(cell, attr, [value] * count if count else value)
+                object.__setattr__(cell, reset, lambda: None)  # keep it for every call in the block
+                undo.append((cell, reset, attr))
+            elif isinstance(layer, layers.Attention):  # MaskedAttention: its `keep`
+                value = np.asarray(keep) / (1.0 - layer.dropout)
+                object.__setattr__(layer, "keep", ops.convert_to_tensor(value, layer.compute_dtype))
+                undo.append((layer, "keep", None))
+            else:
+                if isinstance(layer, layers.MultiHeadAttention):
+                    layer = layer._dropout_layer  # the Dropout on its attention weights
+                rate = layer.layer.rate if isinstance(layer, layers.TimeDistributed) else layer.rate
+                value = ops.convert_to_tensor(
+                    np.asarray(keep) / (1.0 - rate), dtype=layer.compute_dtype
+                )
+
+                def call(inputs, training=False, mask=None, value=value):
+                    return inputs * value if training else inputs
+
+                object.__setattr__(layer, "call", call)
+                undo.append((layer, "call", None))
+        yield
+    finally:
+        for obj, method, attr in reversed(undo):
+            object.__delattr__(obj, method)
+            if attr is not None:
+                setattr(obj, attr, None)
