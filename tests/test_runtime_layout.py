@@ -25,8 +25,6 @@ PACKAGE = ROOT / "seqdsl"
 #: a string needs at least this many lines to count as a piece of program
 MIN_LINES = 4
 
-_NOT_CONVERTED = pytest.mark.xfail(strict=True, reason="backends not converted yet")
-
 
 def _files() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
@@ -89,7 +87,6 @@ def _report(found: dict[Path, list[int]]) -> str:
     )
 
 
-@_NOT_CONVERTED
 def test_no_runtime_code_in_string_literals() -> None:
     found = {p: lines for p in _files() if (lines := code_in_strings(p))}
     assert not found, "run-time code in string literals (move it to seqdsl/runtime):\n" + _report(
@@ -143,11 +140,3 @@ def test_line_tag_finder(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert line_tags(src) == [1, 2]
-
-
-def test_the_current_tree_is_what_the_xfail_says() -> None:
-    """Outside the backends there is nothing to convert (the integrator removes the
-    xfail marks above once they are converted)."""
-    for check in (code_in_strings, line_tags):
-        found = {p.relative_to(ROOT).as_posix() for p in _files() if check(p)}
-        assert not {f for f in found if not f.startswith("seqdsl/emit/")}, check.__name__
