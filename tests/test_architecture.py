@@ -22,6 +22,7 @@ from pathlib import Path
 PACKAGE = "seqdsl"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
+
 def module_files(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
     """Dotted module name -> file, for every ``.py`` file of the package."""
     out: dict[str, Path] = {}

@@ -17,8 +17,6 @@ import re
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "seqdsl"
 
