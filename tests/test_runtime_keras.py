@@ -310,13 +310,13 @@ def test_pad_inputs_matches_keras() -> None:
     }
     a = [[1, 2, 3, 4], [5], []]
     b = [RNG.normal(size=(n, 2)) for n in (2, 5, 1)]
-    (pa, la), (pb, lb) = rt.pad_inputs(pads, [a, b])
+    (pa, la), (pb, lb) = rt.pad_batches(pads, [a, b])
     kpad = keras.utils.pad_sequences
     np.testing.assert_array_equal(pa, kpad(a, maxlen=3, padding="post", truncating="post"))
     np.testing.assert_array_equal(pb, kpad(b, maxlen=3, padding="pre", value=-1.0, dtype="float32"))
     assert la.tolist() == [3, 1, 0] and lb.tolist() == [2, 3, 1]
     with pytest.raises(TypeError, match="pad takes 2"):
-        rt.pad_inputs(pads, [a])
+        rt.pad_batches(pads, [a])
 
 
 # --------------------------------------------------------------------------

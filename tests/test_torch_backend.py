@@ -791,7 +791,7 @@ def test_class_name_avoids_runtime_names() -> None:
     text = seqdsl.loads(
         "model LSTM {\n input x: f32[B, T, 2]\n y = x -> LSTM(3)\n output y\n}"
     ).compile("torch")
-    assert "class LSTMModel(nn.Module):" in text
+    assert "class LSTMModel(SeqdslModule):" in text
     net = seqdsl.loads(
         "model Dense {\n input x: f32[B, 2]\n y = x -> Dense(3)\n output y\n}"
     ).build("torch")

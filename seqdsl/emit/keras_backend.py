@@ -525,13 +525,13 @@ class _Emitter:
 
     def model_class(self, w: CodeWriter) -> None:
         """pad() and the model's keras.Model subclass (SeqdslModel with this module's tables)."""
-        self.use("pad_inputs")
+        self.use("pad_batches")
         w("def pad(*raw):")
         w('    """Pad ragged data by the pad(...) declarations (PADS), keras.utils.pad_sequences')
         w("    semantics in the declared dtype: one list of sequences per padded input, in")
         w("    declaration order. Returns (batch, lengths) for one input, a tuple of them for")
         w('    several. Inputs sharing a time symbol are padded to one length."""')
-        w("    return pad_inputs(PADS, raw)")
+        w("    return pad_batches(PADS, raw)")
         w("")
         w("")
         w('@keras.saving.register_keras_serializable(package="seqdsl")')

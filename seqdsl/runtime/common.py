@@ -1,18 +1,18 @@
 """Run-time code every backend shares: NumPy only.
 
-:func:`pad_sequences` is the body of every generated model's ``pad()``:
-``keras.utils.pad_sequences`` in the declared dtype, returning the lengths a
-``masked`` input takes as well.
+:func:`pad_inputs` is the body of every generated model's ``pad()``, and
+:func:`pad_sequences` its ``keras.utils.pad_sequences`` in the declared dtype,
+returning the lengths a ``masked`` input takes as well.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["pad_sequences"]
+__all__ = ["pad_inputs", "pad_sequences"]
 
 
 def pad_sequences(
@@ -45,3 +45,36 @@ def pad_sequences(
         else:
             batch[i, steps - len(kept) :] = kept.astype(dtype)
     return batch, lengths
+
+
+def pad_inputs(
+    pads: Mapping[str, tuple[Any, ...]],
+    raw: Sequence[Sequence[Any]],
+    lengths_dtype: np.typing.DTypeLike = np.int32,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The body of every generated model's ``pad(*raw)``: pad ragged data by the
+    ``pad(...)`` declarations ``pads`` (input -> (side, value, maxlen, truncate,
+    dtype, time), time a symbol, a size or None) with :func:`pad_sequences`, one
+    list of sequences per padded input, in declaration order. Inputs that share a
+    time symbol are padded to one length: the smallest maxlen among them, else
+    their longest sequence. Returns one (batch, lengths) pair per input."""
+    if len(raw) != len(pads):
+        raise TypeError(
+            f"pad takes {len(pads)} list(s) of sequences ({', '.join(pads)}), got {len(raw)}"
+        )
+    group = {name: (time if time is not None else name) for name, (*_, time) in pads.items()}
+    limit: dict[Any, int] = {}
+    longest: dict[Any, int] = {}
+    for (name, (_, _, maxlen, _, _, time)), seqs in zip(pads.items(), raw, strict=True):
+        if maxlen is None and isinstance(time, int):
+            maxlen = time
+        if maxlen is not None:
+            limit[group[name]] = min(limit.get(group[name], maxlen), maxlen)
+        longest[group[name]] = max(
+            longest.get(group[name], 0), max((len(s) for s in seqs), default=0)
+        )
+    out = []
+    for (name, (side, value, _, truncate, dtype, _)), seqs in zip(pads.items(), raw, strict=True):
+        steps = limit.get(group[name], longest[group[name]])
+        out.append(pad_sequences(seqs, side, value, steps, truncate, dtype, lengths_dtype))
+    return out

@@ -27,7 +27,7 @@ from jax import lax
 
 from seqdsl.externs import ExternError, check_output_shapes
 
-from .common import pad_sequences
+from .common import pad_inputs, pad_sequences
 
 # --------------------------------------------------------------------------
 # activations (Keras' definitions)
@@ -1306,34 +1306,10 @@ def _pad_sequences(
 
 
 def _pad(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Any]) -> Any:
-    """Pad ragged data by a PADS table (keras.utils.pad_sequences semantics, in
-    the declared dtype): one list of sequences per padded input, in declaration
-    order. Returns (batch, lengths) for one input, a tuple of them for several.
-    Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(pads):
-        raise TypeError(
-            f"pad takes {len(pads)} list(s) of sequences ({', '.join(pads)}), got {len(raw)}"
-        )
-    target: dict[Any, int] = {}
-    for name, (_, _, maxlen, _, _, time) in pads.items():
-        group = time if time is not None else name
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            target[group] = min(target.get(group, maxlen), maxlen)
-    longest: dict[Any, int] = {}
-    for (name, (*_, time)), seqs in zip(pads.items(), raw, strict=True):
-        group = time if time is not None else name
-        n = max((len(s) for s in seqs), default=0)
-        longest[group] = max(longest.get(group, 0), n)
-    out = []
-    for (name, (side, value, _, truncate, dtype, time)), seqs in zip(
-        pads.items(), raw, strict=True
-    ):
-        group = time if time is not None else name
-        out.append(
-            _pad_sequences(seqs, side, value, target.get(group, longest[group]), truncate, dtype)
-        )
+    """The body of a generated module's pad(*raw): :func:`seqdsl.runtime.common.pad_inputs`
+    (int32 lengths). Returns (batch, lengths) for one padded input, a tuple of such
+    pairs for several."""
+    out = pad_inputs(pads, raw, np.int32)
     return out[0] if len(out) == 1 else tuple(out)
 
 

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .common import pad_sequences
+from .common import pad_inputs
 
 __all__ = [
     "ConcatMasks",
@@ -871,31 +871,11 @@ class ExternLayer(keras.layers.Layer):
 # the model
 
 
-def pad_inputs(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Sequence[Any]]) -> Any:
-    """The body of a generated module's pad(*raw): pad ragged data by the pad(...)
-    declarations ``pads`` (input -> (side, value, maxlen, truncate, dtype, time length);
-    keras.utils.pad_sequences semantics, in the declared dtype): one list of sequences
-    per padded input, in declaration order. Returns (batch, lengths) for one input, a
-    tuple of them for several. Inputs sharing a time symbol are padded to one length."""
-    if len(raw) != len(pads):
-        raise TypeError(
-            f"pad takes {len(pads)} list(s) of sequences ({', '.join(pads)}), got {len(raw)}"
-        )
-    group = {name: (time if time is not None else name) for name, (*_, time) in pads.items()}
-    limit: dict[Any, int] = {}
-    longest: dict[Any, int] = {}
-    for (name, (_, _, maxlen, _, _, time)), seqs in zip(pads.items(), raw, strict=True):
-        if maxlen is None and isinstance(time, int):
-            maxlen = time
-        if maxlen is not None:
-            limit[group[name]] = min(limit.get(group[name], maxlen), maxlen)
-        longest[group[name]] = max(
-            longest.get(group[name], 0), max((len(s) for s in seqs), default=0)
-        )
-    out = []
-    for (name, (side, value, _, truncate, dtype, _)), seqs in zip(pads.items(), raw, strict=True):
-        steps = limit.get(group[name], longest[group[name]])
-        out.append(pad_sequences(seqs, side, value, steps, truncate, dtype))
+def pad_batches(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Sequence[Any]]) -> Any:
+    """The body of a generated module's pad(*raw): :func:`seqdsl.runtime.common.pad_inputs`
+    (int32 lengths). Returns (batch, lengths) for one padded input, a tuple of such
+    pairs for several."""
+    out = pad_inputs(pads, raw)
     return out[0] if len(out) == 1 else tuple(out)
 
 

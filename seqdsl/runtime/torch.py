@@ -15,12 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from seqdsl.externs import ExternError, check_output_shapes, get_extern
+
+from .common import pad_inputs
 
 __all__ = [
     "Attention",
@@ -1333,3 +1336,60 @@ class MultiHeadAttention(nn.Module):
         if self.attention_output.bias is not None:
             out = out + self.attention_output.bias
         return (out, weights) if self.return_scores else out
+
+
+class SeqdslModule(nn.Module):
+    """The base of a generated model: canonical weights, pad() and reset_states(),
+    from the tables its subclass sets. ``anchor`` follows .to(): the dtype and device
+    that inputs are cast to; ``debug = True`` checks the declared mask kinds."""
+
+    #: canonical keys "layer/weight", in Keras' get_weights() order
+    WEIGHTS: tuple[str, ...] = ()
+    #: declared shapes: a symbol, a size or None (`_`) per axis
+    SHAPES: Mapping[str, tuple[Any, ...]] = {}
+    #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time symbol)
+    PADS: Mapping[str, tuple[Any, ...]] = {}
+    #: the stateful layers (their submodule names)
+    STATEFUL: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.debug = False
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+
+    def pad(self, *raw: Sequence[Any]) -> Any:
+        """Pad ragged data by the pad(...) declarations: keras.utils.pad_sequences in the
+        declared dtype, one list of sequences per padded input, in declaration order.
+        Inputs that share a time symbol are padded to one length. Returns (batch, lengths)
+        for one padded input, a tuple of such pairs for several."""
+        out = [
+            (torch.from_numpy(batch), torch.from_numpy(lengths))
+            for batch, lengths in pad_inputs(self.PADS, raw, np.int64)
+        ]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def load_canonical(self, weights: Mapping[str, Any]) -> None:
+        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same dtype)."""
+        missing = [key for key in self.WEIGHTS if key not in weights]
+        unexpected = [key for key in weights if key not in self.WEIGHTS]
+        if missing or unexpected:
+            raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
+        state = self.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for key in self.WEIGHTS:
+                target = state[key.replace("/", ".")]
+                value = torch.as_tensor(np.asarray(weights[key]))
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
+                target.copy_(value)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """The weights as {"layer/weight": numpy array}, in the canonical layout."""
+        state = self.state_dict()
+        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
+
+    def reset_states(self) -> None:
+        """Zero the states of the stateful layers (as after construction)."""
+        for name in self.STATEFUL:
+            layer: Any = self._modules[name]
+            layer.reset_states()

@@ -29,7 +29,7 @@ from seqdsl.runtime.keras import (
     MaskedLSTM,
     SeqdslModel,
     WindowMask,
-    pad_inputs,
+    pad_batches,
 )
 
 MODEL = "ConvFrontend"
@@ -70,7 +70,7 @@ def pad(*raw):
     semantics in the declared dtype: one list of sequences per padded input, in
     declaration order. Returns (batch, lengths) for one input, a tuple of them for
     several. Inputs sharing a time symbol are padded to one length."""
-    return pad_inputs(PADS, raw)
+    return pad_batches(PADS, raw)
 
 
 @keras.saving.register_keras_serializable(package="seqdsl")

@@ -35,7 +35,7 @@ from seqdsl.runtime.keras import (
     SeqdslModel,
     TemporalSplit,
     not_equal_mask,
-    pad_inputs,
+    pad_batches,
 )
 
 MODEL = "SeedMasking"
@@ -200,7 +200,7 @@ def pad(*raw):
     semantics in the declared dtype: one list of sequences per padded input, in
     declaration order. Returns (batch, lengths) for one input, a tuple of them for
     several. Inputs sharing a time symbol are padded to one length."""
-    return pad_inputs(PADS, raw)
+    return pad_batches(PADS, raw)
 
 
 @keras.saving.register_keras_serializable(package="seqdsl")

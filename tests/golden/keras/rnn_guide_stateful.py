@@ -22,7 +22,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from seqdsl.runtime.keras import SeqdslModel, pad_inputs
+from seqdsl.runtime.keras import SeqdslModel, pad_batches
 
 MODEL = "StatefulParagraphs"
 
@@ -57,7 +57,7 @@ def pad(*raw):
     semantics in the declared dtype: one list of sequences per padded input, in
     declaration order. Returns (batch, lengths) for one input, a tuple of them for
     several. Inputs sharing a time symbol are padded to one length."""
-    return pad_inputs(PADS, raw)
+    return pad_batches(PADS, raw)
 
 
 @keras.saving.register_keras_serializable(package="seqdsl")

@@ -8,15 +8,13 @@ on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compact
 the comments say.
 """
 
-import numpy as np
 import torch
-from torch import nn
 
-from seqdsl.runtime.common import pad_sequences
 from seqdsl.runtime.torch import (
     LSTM,
     Bidirectional,
     Dense,
+    SeqdslModule,
     bind_sizes,
     check_mask,
     dropout,
@@ -24,7 +22,7 @@ from seqdsl.runtime.torch import (
 )
 
 
-class BiLstmTagger(nn.Module):
+class BiLstmTagger(SeqdslModule):
     """The model `BiLstmTagger` of examples/bilstm_tagger.seq.
 
     forward(frames, *, lengths=None, masks=None, dropout_masks=None)
@@ -59,9 +57,6 @@ class BiLstmTagger(nn.Module):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.debug = False
-        # follows .to(): the dtype and device that inputs are cast to
-        self.register_buffer("anchor", torch.zeros(()), persistent=False)
         self.x_bidirectional = Bidirectional(
             "x_bidirectional",
             LSTM("x_bidirectional/forward", 40, 64, mask_side="post", return_sequences=True),
@@ -119,48 +114,3 @@ class BiLstmTagger(nn.Module):
         x = self.x_bidirectional_1(x_dropout, x_masking_mask)
         tags = self.tags_time_distributed(x)
         return (tags, x_masking_mask)
-
-    def pad(self, *raw):
-        """Pad ragged data by the pad(...) declarations: keras.utils.pad_sequences in the
-        declared dtype, one list of sequences per padded input, in declaration order.
-        Inputs that share a time symbol are padded to one length. Returns (batch, lengths)
-        for one padded input, a tuple of such pairs for several."""
-        if len(raw) != len(self.PADS):
-            raise TypeError(f"pad takes one list of sequences per input of {list(self.PADS)}")
-        group = {name: pad[5] or name for name, pad in self.PADS.items()}  # by time symbol
-        steps, longest = {}, {}
-        for (name, pad), seqs in zip(self.PADS.items(), raw, strict=True):
-            maxlen, g = pad[2], group[name]
-            if maxlen is not None:
-                steps[g] = min(steps.get(g, maxlen), maxlen)
-            longest[g] = max(longest.get(g, 0), max((len(s) for s in seqs), default=0))
-        out = []
-        for (name, pad), seqs in zip(self.PADS.items(), raw, strict=True):
-            side, value, _, truncate, dtype, _ = pad
-            n = steps.get(group[name], longest[group[name]])
-            batch, lengths = pad_sequences(seqs, side, value, n, truncate, dtype, np.int64)
-            out.append((torch.from_numpy(batch), torch.from_numpy(lengths)))
-        return out[0] if len(out) == 1 else tuple(out)
-
-    def load_canonical(self, weights):
-        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same dtype)."""
-        missing = [key for key in self.WEIGHTS if key not in weights]
-        unexpected = [key for key in weights if key not in self.WEIGHTS]
-        if missing or unexpected:
-            raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
-        state = self.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for key in self.WEIGHTS:
-                target = state[key.replace("/", ".")]
-                value = torch.as_tensor(np.asarray(weights[key]))
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
-                target.copy_(value)
-
-    def canonical_weights(self):
-        """The weights as {"layer/weight": numpy array}, in the canonical layout."""
-        state = self.state_dict()
-        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
-
-    def reset_states(self):
-        """No layer of this model is stateful: nothing to reset."""

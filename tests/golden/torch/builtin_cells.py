@@ -9,11 +9,17 @@ the comments say.
 Cell blocks run their equations step by step in a loop over time (CellRNN).
 """
 
-import numpy as np
 import torch
 from torch import nn
 
-from seqdsl.runtime.torch import Bidirectional, CellRNN, bind_sizes, check_lengths, input_mask
+from seqdsl.runtime.torch import (
+    Bidirectional,
+    CellRNN,
+    SeqdslModule,
+    bind_sizes,
+    check_lengths,
+    input_mask,
+)
 
 
 class MyLSTMCell(CellRNN):
@@ -141,7 +147,7 @@ class MySimpleRNNCell(CellRNN):
         return [h_next], [h_next]
 
 
-class CellsAsLayers(nn.Module):
+class CellsAsLayers(SeqdslModule):
     """The model `CellsAsLayers` of examples/custom/builtin_cells.seq.
 
     forward(x, *, lengths=None, masks=None, dropout_masks=None)
@@ -174,9 +180,6 @@ class CellsAsLayers(nn.Module):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.debug = False
-        # follows .to(): the dtype and device that inputs are cast to
-        self.register_buffer("anchor", torch.zeros(()), persistent=False)
         self.a_rnn = MyLSTMCell("a_rnn", units=8, in_=6, return_sequences=True, return_state=True)
         self.b_rnn = MyGRUCell("b_rnn", units=8, in_=6, return_sequences=True)
         self.c_rnn = MyGRUCellV1("c_rnn", units=8, in_=6, go_backwards=True)
@@ -217,26 +220,3 @@ class CellsAsLayers(nn.Module):
         # keeps the states (torch.where, masks split once)
         d = self.d_bidirectional(x, mask=x_mask)
         return a, ah, ac, b, c, d
-
-    def load_canonical(self, weights):
-        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same dtype)."""
-        missing = [key for key in self.WEIGHTS if key not in weights]
-        unexpected = [key for key in weights if key not in self.WEIGHTS]
-        if missing or unexpected:
-            raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
-        state = self.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for key in self.WEIGHTS:
-                target = state[key.replace("/", ".")]
-                value = torch.as_tensor(np.asarray(weights[key]))
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
-                target.copy_(value)
-
-    def canonical_weights(self):
-        """The weights as {"layer/weight": numpy array}, in the canonical layout."""
-        state = self.state_dict()
-        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
-
-    def reset_states(self):
-        """No layer of this model is stateful: nothing to reset."""

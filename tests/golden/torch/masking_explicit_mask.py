@@ -8,14 +8,12 @@ on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compact
 the comments say.
 """
 
-import numpy as np
 import torch
-from torch import nn
 
-from seqdsl.runtime.torch import LSTM, Embedding, bind_sizes
+from seqdsl.runtime.torch import LSTM, Embedding, SeqdslModule, bind_sizes
 
 
-class ExplicitMask(nn.Module):
+class ExplicitMask(SeqdslModule):
     """The model `ExplicitMask` of examples/masking_explicit_mask.seq.
 
     forward(tokens, m, *, lengths=None, masks=None, dropout_masks=None)
@@ -39,9 +37,6 @@ class ExplicitMask(nn.Module):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.debug = False
-        # follows .to(): the dtype and device that inputs are cast to
-        self.register_buffer("anchor", torch.zeros(()), persistent=False)
         self.x_embedding = Embedding(5000, 16)
         self.out_lstm = LSTM("out_lstm", 16, 32, mask_side="any")
         self.to(dtype)
@@ -57,26 +52,3 @@ class ExplicitMask(nn.Module):
         # empty rows run as length 1, then get zero outputs and their initial state
         out = self.out_lstm(x, m)
         return out
-
-    def load_canonical(self, weights):
-        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same dtype)."""
-        missing = [key for key in self.WEIGHTS if key not in weights]
-        unexpected = [key for key in weights if key not in self.WEIGHTS]
-        if missing or unexpected:
-            raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
-        state = self.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for key in self.WEIGHTS:
-                target = state[key.replace("/", ".")]
-                value = torch.as_tensor(np.asarray(weights[key]))
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
-                target.copy_(value)
-
-    def canonical_weights(self):
-        """The weights as {"layer/weight": numpy array}, in the canonical layout."""
-        state = self.state_dict()
-        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
-
-    def reset_states(self):
-        """No layer of this model is stateful: nothing to reset."""

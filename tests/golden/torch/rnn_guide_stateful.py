@@ -8,14 +8,12 @@ on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compact
 the comments say.
 """
 
-import numpy as np
 import torch
-from torch import nn
 
-from seqdsl.runtime.torch import LSTM, bind_sizes
+from seqdsl.runtime.torch import LSTM, SeqdslModule, bind_sizes
 
 
-class StatefulParagraphs(nn.Module):
+class StatefulParagraphs(SeqdslModule):
     """The model `StatefulParagraphs` of examples/rnn_guide_stateful.seq.
 
     forward(paragraph, *, lengths=None, masks=None, dropout_masks=None)
@@ -33,12 +31,10 @@ class StatefulParagraphs(nn.Module):
     SHAPES = {
         "paragraph": (20, 10, 50),
     }  # declared shapes: symbols, sizes, None for `_`
+    STATEFUL = ("output_state_lstm",)  # stateful layers: reset_states() zeroes them
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.debug = False
-        # follows .to(): the dtype and device that inputs are cast to
-        self.register_buffer("anchor", torch.zeros(()), persistent=False)
         self.output_state_lstm = LSTM("output_state_lstm", 50, 64, stateful_batch=20)
         self.to(dtype)
 
@@ -49,27 +45,3 @@ class StatefulParagraphs(nn.Module):
         # no mask: torch.lstm on the whole batch
         output_state = self.output_state_lstm(paragraph)
         return output_state
-
-    def load_canonical(self, weights):
-        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same dtype)."""
-        missing = [key for key in self.WEIGHTS if key not in weights]
-        unexpected = [key for key in weights if key not in self.WEIGHTS]
-        if missing or unexpected:
-            raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
-        state = self.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for key in self.WEIGHTS:
-                target = state[key.replace("/", ".")]
-                value = torch.as_tensor(np.asarray(weights[key]))
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
-                target.copy_(value)
-
-    def canonical_weights(self):
-        """The weights as {"layer/weight": numpy array}, in the canonical layout."""
-        state = self.state_dict()
-        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
-
-    def reset_states(self):
-        """Zero the states of the stateful layers (as after construction)."""
-        self.output_state_lstm.reset_states()
