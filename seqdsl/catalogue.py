@@ -808,6 +808,16 @@ def _same_rule(
     return [_propagate(t)]
 
 
+def _sequence_same_rule(
+    cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
+) -> list[TensorType]:
+    """A float sequence ``[B, T, F]`` in, the same type and mask out (SpatialDropout1D)."""
+    (t,) = ins
+    _need_float(call.layer_kind, t)
+    _need_rank(call.layer_kind, t, (3,), "a sequence `[B, T, F]`")
+    return [_propagate(t)]
+
+
 def _norm_rule(
     cfg: Config, ins: Sequence[TensorType], call: CallInfo, ctx: RuleContext
 ) -> list[TensorType]:
@@ -1513,6 +1523,16 @@ _LAYERS: list[LayerSpec] = [
         rule=_same_rule, weights=_no_weights, mask_rule="propagate", padding_invariant=True,
         doc="dropout in training, identity in inference",
         unsupported={**_UNSUPPORTED_COMMON, "noise_shape": "dropout masks are per element"},
+        data_args=frozenset({"mask", "training"}),
+    ),
+    _spec(
+        name="SpatialDropout1D", category="propagate",
+        params=(Param("rate", "float", lo=0.0, hi=1.0, hi_open=True),),
+        rule=_sequence_same_rule, weights=_no_weights, mask_rule="propagate",
+        padding_invariant=True,  # one keep-mask per row and channel: padding changes nothing
+        doc="drops whole feature channels (the same at every step) in training; "
+        "identity in inference",
+        unsupported=_UNSUPPORTED_COMMON,
         data_args=frozenset({"mask", "training"}),
     ),
     _spec(

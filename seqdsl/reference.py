@@ -30,7 +30,8 @@ Conventions of :func:`run_reference`:
 - ``training``: the default training flag; a call's own ``training=`` wins.
 - ``dropout_masks``: keep-masks (1 = keep), divided by ``1 - rate`` when
   applied. Keys: ``"{layer}"`` for ``Dropout`` and ``TimeDistributed(Dropout)``
-  (the shape of the layer's input); ``"{layer}/input"`` ``[B, F]`` and
+  (the shape of the layer's input) and for ``SpatialDropout1D`` (``[B, 1, F]``:
+  one mask for every step of a row); ``"{layer}/input"`` ``[B, F]`` and
   ``"{layer}/recurrent"`` ``[B, U]`` for a recurrent layer's ``dropout`` and
   ``recurrent_dropout``; ``"{layer}/forward/input"``, ``"{layer}/backward/recurrent"``
   ... inside ``Bidirectional``; ``"{layer}"`` for the weights of ``Attention``
@@ -1152,6 +1153,16 @@ def _time_distributed(it: _Interp, c: _Call) -> list[Value]:
     return [(y, c.mask)]
 
 
+def _spatial_dropout_1d(it: _Interp, c: _Call) -> list[Value]:
+    """Keras' SpatialDropout1D: one keep-mask [B, 1, F] for every step of a row."""
+    rate = c.cfg.number("rate")
+    x = c.x
+    if not c.training or rate == 0.0:
+        return [(x, c.mask)]
+    keep = it.keep(c.name, (x.shape[0], 1, x.shape[2]), rate)  # divided by 1 - rate
+    return [(_float(x * keep), c.mask)]
+
+
 # ------------------------------------------------------------ embedding, masking
 def _embedding(it: _Interp, c: _Call) -> list[Value]:
     ids = c.x
@@ -1409,6 +1420,7 @@ LAYERS: dict[str, LayerFn] = {
     "Dense": _per_step,
     "Activation": _per_step,
     "Dropout": _per_step,
+    "SpatialDropout1D": _spatial_dropout_1d,
     "LayerNormalization": _per_step,
     "TimeDistributed": _time_distributed,
     "BatchNormalization": _batch_norm,

@@ -866,19 +866,34 @@ class _Emitter:
         self.body(f"{a.out} = _layer_norm({a.p}, {a.x}, epsilon={_lit(c.number('epsilon'))})")
 
     def step_dropout(self, c: Cfg, a: _Apply) -> None:
+        self.dropout(a, c.number("rate"), spatial=False)
+
+    def layer_spatial_dropout(self, a: _Apply) -> None:
+        self.dropout(a, a.cfg.number("rate"), spatial=True)
+        self.mask[a.op.results[0]] = a.mask
+
+    def dropout(self, a: _Apply, rate: float, spatial: bool) -> None:
+        """Dropout (one keep-mask entry per element) and SpatialDropout1D (one per row
+        and channel, for every step), under the call's training flag."""
         b = self.body
-        rate = c.number("rate")
         tr = self.training_expr(a.op)
         x, out = a.x, a.out
         if tr == "False" or rate == 0.0:
             b(f"{out} = {x}  # dropout is the identity in inference")
             return
-        keep = self.keep(a.layer.name, f"{x}.shape", rate)
-        if tr == "True":
-            b(f"{out} = {x} * {keep}  # inverted dropout: keep-mask / (1 - rate)")
+        if spatial:
+            index = self.n_keep
+            self.n_keep += 1
+            args = f"{x}, dropout_masks, rng, {_lit(a.layer.name)}, {index}, {_lit(rate)}, dtype"
+            value, note = f"_spatial_dropout_1d({args})", "whole channels: keep-mask [B, 1, F]"
         else:
-            b("if training:  # inverted dropout: keep-mask / (1 - rate)")
-            b(f"    {out} = {x} * {keep}")
+            keep = self.keep(a.layer.name, f"{x}.shape", rate)
+            value, note = f"{x} * {keep}", "inverted dropout: keep-mask / (1 - rate)"
+        if tr == "True":
+            b(f"{out} = {value}  # {note}")
+        else:
+            b(f"if training:  # {note}")
+            b(f"    {out} = {value}")
             b("else:")
             b(f"    {out} = {x}")
 
@@ -1081,6 +1096,7 @@ class _Emitter:
         "Dense": layer_per_step,
         "Activation": layer_per_step,
         "Dropout": layer_per_step,
+        "SpatialDropout1D": layer_spatial_dropout,
         "LayerNormalization": layer_per_step,
         "TimeDistributed": layer_time_distributed,
         "BatchNormalization": layer_batch_norm,

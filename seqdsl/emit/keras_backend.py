@@ -63,13 +63,16 @@ _MERGE_CLASS = {
 #: the Keras layer class of each plain (standard) seqdsl layer
 _PLAIN_CLASS = {
     "Embedding": "Embedding", "Masking": "Masking", "Dense": "Dense", "Activation": "Activation",
-    "Dropout": "Dropout", "LayerNormalization": "LayerNormalization",
+    "Dropout": "Dropout", "SpatialDropout1D": "SpatialDropout1D",
+    "LayerNormalization": "LayerNormalization",
     "BatchNormalization": "BatchNormalization", "Conv1D": "Conv1D", "MaxPooling1D": "MaxPooling1D",
     "AveragePooling1D": "AveragePooling1D", "GlobalAveragePooling1D": "GlobalAveragePooling1D",
     "GlobalMaxPooling1D": "GlobalMaxPooling1D", "Flatten": "Flatten", "Reshape": "Reshape",
     "TimeDistributed": "TimeDistributed", "Bidirectional": "Bidirectional",
     "LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "SimpleRNN", "RNN": "RNN",
 }  # fmt: skip
+#: the layers whose keep-masks dropout_masks(model, masks) injects
+_DROPOUT = ("Dropout", "SpatialDropout1D")
 #: arguments emitted even at their seqdsl default (Keras requires them)
 _ALWAYS = {"pool_size"}
 #: config keys that are seqdsl's own, not Keras arguments
@@ -893,7 +896,7 @@ class _Emitter:
             # a value without a seqdsl mask carries no Keras mask either: none is picked up
             assert self.ok[x], (info.name, x)
         inner = cfg.get("layer")
-        if kind == "Dropout" or (isinstance(inner, BoundLayer) and inner.kind == "Dropout"):
+        if kind in _DROPOUT or (isinstance(inner, BoundLayer) and inner.kind in _DROPOUT):
             self.has_dropout = True
         rule(self, a)
 
@@ -924,7 +927,8 @@ class _Emitter:
         self.finish(a, mv, True)
 
     def emit_elementwise(self, a: _Apply) -> None:
-        """Dense, Activation, Dropout, LayerNormalization, Flatten, Reshape: the mask passes."""
+        """Dense, Activation, Dropout, SpatialDropout1D, LayerNormalization, Flatten, Reshape:
+        the mask passes."""
         kind = a.info.kind
         ctor = _Call(f"layers.{kind}", (*self.keras_args(kind, a.info.config), *a.name_kw))
         self.assign(a.vars, ctor, a.call_args + a.fixed)
@@ -1331,7 +1335,8 @@ RULES: dict[str, Callable[[_Emitter, _Apply], None]] = {
     "Embedding": _Emitter.emit_embedding,
     "Masking": _Emitter.emit_masking,
     **dict.fromkeys(
-        ("Dense", "Activation", "Dropout", "LayerNormalization", "Flatten", "Reshape"),
+        ("Dense", "Activation", "Dropout", "SpatialDropout1D", "LayerNormalization", "Flatten")
+        + ("Reshape",),
         _Emitter.emit_elementwise,
     ),
     **dict.fromkeys(("BatchNormalization", "TimeDistributed"), _Emitter.emit_mask_taking),

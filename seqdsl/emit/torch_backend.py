@@ -674,6 +674,14 @@ class _Emitter:
         self.call(self.fwd, f"{v} = ", "dropout", [u.x, rate, u.train, "dropout_masks", _q(u.name)])
         return True
 
+    def spatial_dropout_1d(self, u: _Use) -> bool:
+        self.snippets.add("spatial_dropout_1d")
+        v = self.bind(u.r)
+        rate = _num(u.cfg.number("rate"))
+        args = [u.x, rate, u.train, "dropout_masks", _q(u.name)]
+        self.call(self.fwd, f"{v} = ", "spatial_dropout_1d", args)
+        return True
+
     def normalization_flags(self, u: _Use, args: list[str]) -> None:
         for flag in ("center", "scale"):
             if not u.cfg.flag(flag):
@@ -1236,6 +1244,7 @@ TRANSFORMS: dict[str, Callable[[_Emitter, _Use], bool]] = {
     "Dense": _Emitter.dense,
     "Activation": _Emitter.activation,
     "Dropout": _Emitter.dropout,
+    "SpatialDropout1D": _Emitter.spatial_dropout_1d,
     "LayerNormalization": _Emitter.layer_normalization,
     "BatchNormalization": _Emitter.batch_normalization,
     "Conv1D": _Emitter.conv1d,

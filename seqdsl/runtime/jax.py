@@ -200,6 +200,20 @@ def _keep(
     return keep / (1.0 - rate)
 
 
+def _spatial_dropout_1d(
+    x: jax.Array,
+    dropout_masks: Mapping[str, Any],
+    rng: Any,
+    key: str,
+    index: int,
+    rate: float,
+    dtype: Any,
+) -> jax.Array:
+    """Keras' SpatialDropout1D in training: x [B, T, F] times one keep-mask [B, 1, F]
+    for every step of a row (whole channels dropped), scaled by 1 / (1 - rate)."""
+    return x * _keep(dropout_masks, rng, key, index, (x.shape[0], 1, x.shape[2]), rate, dtype)
+
+
 def _check_extern(
     layer: str,
     declaration: str,

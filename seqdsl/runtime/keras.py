@@ -964,8 +964,9 @@ def dropout_masks(model: keras.Model, masks: Mapping[str, Any]) -> Iterator[None
     """Within the block, training calls use the given keep-masks (1 = keep) instead
     of random ones (reproducible runs, comparisons across backends). Keys:
     "{layer}" for Dropout and TimeDistributed(Dropout) (the shape of the layer's
-    input) and for the attention weights of Attention [B, Tq, Tk] and
-    MultiHeadAttention [B, heads, Tq, Tk]; "{layer}/input" [B, F] and
+    input), for SpatialDropout1D ([B, 1, F]: one mask for every step of a row) and
+    for the attention weights of Attention [B, Tq, Tk] and MultiHeadAttention
+    [B, heads, Tq, Tk]; "{layer}/input" [B, F] and
     "{layer}/recurrent" [B, U] for a recurrent layer's dropout and recurrent_dropout
     ("{layer}/forward/input", ... inside Bidirectional); one mask serves every gate.
     Kept values are divided by 1 - rate."""

@@ -209,6 +209,16 @@ def dropout(
     return x * keep_mask(dropout_masks, key, x.shape, rate, x)
 
 
+def spatial_dropout_1d(
+    x: Tensor, rate: float, training: bool, dropout_masks: Mapping | None, key: str
+) -> Tensor:
+    """Keras' SpatialDropout1D: the identity in inference; in training x * keep / (1 - rate)
+    with one keep-mask [B, 1, F] for every step of a row (whole channels dropped)."""
+    if not training:
+        return x
+    return x * keep_mask(dropout_masks, key, (x.shape[0], 1, x.shape[2]), rate, x)
+
+
 # --------------------------------------------------------------------------
 # recurrent layers: mask rearrangements and torch's fused kernels
 
