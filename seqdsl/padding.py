@@ -1,9 +1,10 @@
 """``pad(...)``: keras.utils.pad_sequences semantics, in the declared dtype.
 
 Returns the padded batch and each row's length after truncation (the lengths
-a ``masked`` input takes). Shared by the reference interpreter and, as data,
-by every emitted model's ``pad()`` (emitted code carries its own copy so that
-it stays standalone; tests compare both with Keras).
+a ``masked`` input takes). The padding itself is the run-time code every
+generated model's ``pad()`` runs (:func:`seqdsl.runtime.common.pad_sequences`);
+this is its checked public form, used by the reference interpreter and
+``seqdsl.batching`` (tests compare both with Keras).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from .runtime.common import pad_sequences as _pad
 
 __all__ = ["pad_sequences", "lengths_to_mask"]
 
@@ -41,29 +44,7 @@ def pad_sequences(
         raise ValueError("pad_sequences needs at least one sequence")
     if maxlen is not None and maxlen < 1:
         raise ValueError(f"maxlen must be positive, got {maxlen}")
-    arrays = [np.asarray(s) for s in sequences]
-    lens = [len(a) for a in arrays]
-    feat: tuple[int, ...] = ()
-    for a in arrays:
-        if len(a):
-            feat = a.shape[1:]
-            break
-    n = maxlen if maxlen is not None else max(lens)
-    out = np.full((len(arrays), n, *feat), np.asarray(value).astype(np_dtype), dtype=np_dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int64)
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        trunc = a[-n:] if truncate == "pre" else a[:n]
-        if trunc.shape[1:] != feat:
-            raise ValueError(f"sequence {i} has feature shape {trunc.shape[1:]}, expected {feat}")
-        k = len(trunc)
-        lengths[i] = k
-        if side == "post":
-            out[i, :k] = trunc.astype(np_dtype)
-        else:
-            out[i, n - k :] = trunc.astype(np_dtype)
-    return out, lengths
+    return _pad(sequences, side, value, maxlen, truncate, np_dtype, np.int64)
 
 
 def lengths_to_mask(lengths: np.ndarray, t: int, side: str = "post") -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from ..catalogue import REQUIRED, BoundLayer, spec_for
 from ..ir import InputDecl
@@ -87,45 +87,3 @@ def decl_text(inp: InputDecl) -> str:
     if inp.masked:
         out += " masked"
     return out
-
-
-def with_dependencies(names: Iterable[str], deps: Mapping[str, Iterable[str]]) -> list[str]:
-    """``names`` and everything they depend on (``deps[name]``), transitively, in the
-    order of ``deps`` (a runtime library's snippets: the emitted text is deterministic)."""
-    need: set[str] = set()
-    todo = list(names)
-    while todo:
-        n = todo.pop()
-        if n not in need:
-            need.add(n)
-            todo.extend(deps[n])
-    return [n for n in deps if n in need]
-
-
-def pad_sequences_text(name: str, lengths_dtype: str) -> str:
-    """The text of ``keras.utils.pad_sequences`` in a generated module (every backend
-    emits it under its own ``name``; lengths in ``lengths_dtype``, e.g. ``np.int32``)."""
-    return f'''
-def {name}(sequences, side, value, maxlen, truncate, dtype):
-    """keras.utils.pad_sequences in `dtype`: returns (batch, lengths after truncation)."""
-    if len(sequences) == 0:
-        raise ValueError("pad needs at least one sequence")
-    arrays = [np.asarray(s) for s in sequences]
-    feature_shape = next((a.shape[1:] for a in arrays if len(a)), ())
-    steps = maxlen if maxlen is not None else max(len(a) for a in arrays)
-    fill = np.asarray(value).astype(dtype)
-    batch = np.full((len(arrays), steps, *feature_shape), fill, dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype={lengths_dtype})
-    for i, a in enumerate(arrays):
-        if not len(a):
-            continue
-        kept = a[-steps:] if truncate == "pre" else a[:steps]
-        if kept.shape[1:] != feature_shape:
-            raise ValueError(f"sequence {{i}}: feature shape {{kept.shape[1:]}}, not {{feature_shape}}")
-        lengths[i] = len(kept)
-        if side == "post":
-            batch[i, : len(kept)] = kept.astype(dtype)
-        else:
-            batch[i, steps - len(kept) :] = kept.astype(dtype)
-    return batch, lengths
-'''

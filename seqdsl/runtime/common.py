@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["pad_inputs", "pad_sequences"]
+__all__ = ["pad_inputs", "pad_sequences", "window_padding"]
 
 
 def pad_sequences(
@@ -78,3 +78,17 @@ def pad_inputs(
         steps = limit.get(group[name], longest[group[name]])
         out.append(pad_sequences(seqs, side, value, steps, truncate, dtype, lengths_dtype))
     return out
+
+
+def window_padding(steps: int, k_eff: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """(zeros before, zeros after, output steps) of Keras' padding for a window of
+    k_eff steps over `steps` (Conv1D, pooling). valid: none; causal: k_eff - 1
+    before; same: TensorFlow's rule, the zeros that ceil(T / stride) outputs need,
+    split evenly, the odd one after."""
+    if padding == "valid":
+        return 0, 0, (steps - k_eff) // stride + 1
+    out = -(-steps // stride)
+    if padding == "causal":
+        return k_eff - 1, 0, out
+    total = max((out - 1) * stride + k_eff - steps, 0)
+    return total // 2, total - total // 2, out

@@ -27,7 +27,7 @@ from jax import lax
 
 from seqdsl.externs import ExternError, check_output_shapes
 
-from .common import pad_inputs, pad_sequences
+from .common import pad_inputs, pad_sequences, window_padding
 
 # --------------------------------------------------------------------------
 # activations (Keras' definitions)
@@ -355,19 +355,6 @@ def _extern(
 # time-changing layers (windows use the mask: docs/semantics.md section 3)
 
 
-def _window(T: int, k_eff: int, stride: int, padding: str) -> tuple[int, int, int]:
-    """(zeros before, zeros after, output steps) of a window of k_eff steps, as
-    Keras/TensorFlow pad: valid: none; causal: k_eff - 1 before; same: the
-    zeros needed for ceil(T / stride) windows, split evenly, the odd one after."""
-    if padding == "valid":
-        return 0, 0, (T - k_eff) // stride + 1
-    out = -(-T // stride)
-    if padding == "causal":
-        return k_eff - 1, 0, out
-    total = max((out - 1) * stride + k_eff - T, 0)
-    return total // 2, total - total // 2, out
-
-
 def _window_mask(
     mask: jax.Array, size: int, stride: int, dilation: int, padding: str, out: int
 ) -> jax.Array:
@@ -399,7 +386,7 @@ def _conv1d(
     if mask is not None:
         x = jnp.where(mask[..., None], x, 0.0)
     k_eff = dilation * (kernel_size - 1) + 1
-    before, after, out = _window(x.shape[1], k_eff, strides, padding)
+    before, after, out = window_padding(x.shape[1], k_eff, strides, padding)
     y = lax.conv_general_dilated(
         x,
         p["kernel"],
@@ -421,7 +408,7 @@ def _pool(
 ) -> tuple[jax.Array, jax.Array | None]:
     """MaxPooling1D / AveragePooling1D over the valid steps of each window (0 when
     a window has none; same-padding zeros are not steps). Returns (y, output mask)."""
-    before, after, out = _window(x.shape[1], pool_size, strides, padding)
+    before, after, out = window_padding(x.shape[1], pool_size, strides, padding)
     valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
     v = valid[..., None]
     dims, steps, pads = (1, pool_size, 1), (1, strides, 1), ((0, 0), (before, after), (0, 0))

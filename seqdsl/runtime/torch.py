@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from seqdsl.externs import ExternError, check_output_shapes, get_extern
 
-from .common import pad_inputs
+from .common import pad_inputs, window_padding
 
 __all__ = [
     "Attention",
@@ -356,6 +356,10 @@ class Recurrent(nn.Module):
 
     state_names: tuple[str, ...] = ("h",)
     op: Callable = torch.rnn_tanh
+    # a subclass's weights, in Keras' layout
+    kernel: nn.Parameter
+    recurrent_kernel: nn.Parameter
+    bias: nn.Parameter | None
 
     def __init__(
         self,
@@ -503,12 +507,16 @@ class Recurrent(nn.Module):
         return torch.stack(outputs, 1), states
 
     def torch_weights(self) -> list[Tensor]:
-        """The weights in the fused op's layout (a subclass's)."""
-        raise NotImplementedError
+        """The weights in the fused op's layout: for torch.lstm and torch.rnn_*,
+        kernel.T, recurrent_kernel.T, the bias and a zero bias_hh (GRU has its own)."""
+        weights = [self.kernel.t(), self.recurrent_kernel.t()]
+        if self.bias is not None:
+            weights += [self.bias, torch.zeros_like(self.bias)]
+        return weights
 
     def input_projection(self, x: Tensor) -> Tensor:
-        """x @ kernel (+ bias) for every step (a subclass's)."""
-        raise NotImplementedError
+        """x @ kernel (+ bias) for every step at once (GRU has its own)."""
+        return x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
 
     def step(
         self, inputs: Tensor, states: list[Tensor], recurrent_mask: Tensor | None
@@ -541,16 +549,6 @@ class LSTM(Recurrent):
         self.bias = nn.Parameter(torch.zeros(4 * units)) if use_bias else None
         self.activation = activation
         self.recurrent_activation = recurrent_activation
-
-    def torch_weights(self) -> list[Tensor]:
-        """torch.lstm's layout: kernel.T, recurrent_kernel.T, bias and a zero bias_hh."""
-        weights = [self.kernel.t(), self.recurrent_kernel.t()]
-        if self.bias is not None:
-            weights += [self.bias, torch.zeros_like(self.bias)]
-        return weights
-
-    def input_projection(self, x: Tensor) -> Tensor:
-        return x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
 
     def step(
         self, inputs: Tensor, states: list[Tensor], recurrent_mask: Tensor | None
@@ -650,16 +648,6 @@ class SimpleRNN(Recurrent):
         self.bias = nn.Parameter(torch.zeros(units)) if use_bias else None
         self.activation = activation
         self.op = torch.rnn_relu if activation is torch.relu else torch.rnn_tanh
-
-    def torch_weights(self) -> list[Tensor]:
-        """torch.rnn_tanh's layout: kernel.T, recurrent_kernel.T, bias and a zero bias_hh."""
-        weights = [self.kernel.t(), self.recurrent_kernel.t()]
-        if self.bias is not None:
-            weights += [self.bias, torch.zeros_like(self.bias)]
-        return weights
-
-    def input_projection(self, x: Tensor) -> Tensor:
-        return x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
 
     def step(
         self, inputs: Tensor, states: list[Tensor], recurrent_mask: Tensor | None
@@ -1026,19 +1014,6 @@ class BatchNormalization(nn.Module):
 
 # --------------------------------------------------------------------------
 # time-changing layers
-
-
-def window_padding(steps: int, k_eff: int, stride: int, padding: str) -> tuple[int, int, int]:
-    """(zeros before, zeros after, output steps) of Keras' padding for a window of
-    k_eff steps. valid: none; causal: k_eff - 1 before; same: TensorFlow's rule, the
-    zeros that ceil(T / stride) outputs need, split evenly, the odd one after."""
-    if padding == "valid":
-        return 0, 0, (steps - k_eff) // stride + 1
-    out = -(-steps // stride)
-    if padding == "causal":
-        return k_eff - 1, 0, out
-    total = max((out - 1) * stride + k_eff - steps, 0)
-    return total // 2, total - total // 2, out
 
 
 def window_mask(
