@@ -123,6 +123,27 @@ def test_compile_writes_a_module(
     assert capsys.readouterr().out == text  # stdout and -o agree: deterministic
 
 
+@pytest.mark.parametrize("backend", ["torch", "jax", "keras"])
+def test_compile_standalone_copies_the_runtime(
+    backend: str, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """By default the module imports seqdsl.runtime.<backend>; --standalone copies what
+    it uses instead, so that it imports no seqdsl at all."""
+    plain, alone = tmp_path / "plain.py", tmp_path / "alone.py"
+    src = str(files[0])
+    assert cli.main(["compile", src, "--backend", backend, "-o", str(plain)]) == cli.EXIT_OK
+    assert cli.main(["compile", src, "--backend", backend, "--standalone", "-o", str(alone)]) == 0
+
+    def imports(path: Path) -> set[str]:
+        lines = path.read_text().splitlines()
+        return {ln.split()[1] for ln in lines if ln.startswith(("import ", "from "))}
+
+    assert f"seqdsl.runtime.{backend}" in imports(plain)
+    assert not {m for m in imports(alone) if m.partition(".")[0] == "seqdsl"}
+    assert len(alone.read_text()) > len(plain.read_text())
+    compile(alone.read_text(), str(alone), "exec")
+
+
 def test_compile_errors(
     files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -513,13 +513,12 @@ class _Emitter:
     def imports(self, rest: str) -> list[ImportItem]:
         """The imports the module's code (``rest``) reads."""
         items = [ImportItem("__future__", "annotations")]
-        if re.search(r"(?<![\w.])keras\.", rest):
+        read = set(_READS_MODULE.findall(rest))  # one pass over the text
+        if "keras" in read:
             items.append(ImportItem("keras"))
-        if re.search(r"(?<![\w.])np\.", rest):
+        if "np" in read:
             items.append(ImportItem("numpy", None, "np"))
-        for name in ("layers", "ops"):
-            if re.search(rf"(?<![\w.]){name}\.", rest):
-                items.append(ImportItem("keras", name))
+        items += [ImportItem("keras", name) for name in ("layers", "ops") if name in read]
         if self.externs_used:  # their imports register the extern layers' implementations
             note = "# noqa: F401 (extern layers)"
             items += [ImportItem(m, None, None, note) for m in self.m.python_modules]
@@ -1329,6 +1328,9 @@ class _Emitter:
             self.mask[r] = out_mask if v in sequences else None
             self.ok[r] = True
 
+
+#: the module names generated code reads (`keras.`, `np.`, `layers.`, `ops.`)
+_READS_MODULE = re.compile(r"(?<![\w.])(keras|np|layers|ops)\.")
 
 #: the rule of each built-in layer kind (extern layers: _Emitter.emit_extern)
 RULES: dict[str, Callable[[_Emitter, _Apply], None]] = {

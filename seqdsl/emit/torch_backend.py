@@ -1065,9 +1065,10 @@ class _Emitter:
             ImportItem("torch"),
             *(ImportItem(RUNTIME, n) for n in sorted(self.snippets - {"F"})),
         ]
-        if re.search(r"\bnp\.", code):
+        # (a substring test first: a regular expression over a large model's text is slow)
+        if "np." in code and re.search(r"\bnp\.", code):
             items.append(ImportItem("numpy", alias="np"))
-        if re.search(r"\bnn\.", code):
+        if "nn." in code and re.search(r"\bnn\.", code):
             items.append(ImportItem("torch", "nn"))
         if "F" in self.snippets:
             items.append(ImportItem("torch.nn.functional", alias="F"))

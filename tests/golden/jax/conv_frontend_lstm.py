@@ -149,10 +149,11 @@ def apply(
     rng: a jax.random key for dropout masks not given in dropout_masks.
     lengths / masks: for the `masked` inputs, {name: lengths [B]} or
         {name: bool mask [B, T]} (a bare array when there is one).
-    dropout_masks: keep-masks by key: "{layer}" for Dropout, "{layer}/input" [B, F]
-        and "{layer}/recurrent" [B, U] for recurrent layers ("{layer}/forward/input"
-        ... in Bidirectional), "{layer}" for the weights of an attention layer
-        ([B, Tq, Tk], [B, heads, Tq, Tk]); kept values are divided by 1 - rate.
+    dropout_masks: keep-masks by key: "{layer}" for Dropout (the input's shape) and
+        SpatialDropout1D ([B, 1, F]), "{layer}/input" [B, F] and "{layer}/recurrent"
+        [B, U] for recurrent layers ("{layer}/forward/input" ... in Bidirectional),
+        "{layer}" for the weights of an attention layer ([B, Tq, Tk],
+        [B, heads, Tq, Tk]); kept values are divided by 1 - rate.
     return_state: also return the new state (BatchNormalization moving
         statistics, final states of stateful layers): (outputs, new_state).
     debug: verify declared mask kinds and lengths (concrete values, no jit).
