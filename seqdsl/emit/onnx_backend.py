@@ -45,7 +45,7 @@ from ..layerspec import Cfg
 from ..types import MaskType, TensorType
 from . import Unsupported
 
-__all__ = ["export_onnx", "LAYERS", "RNN_ACTIVATIONS"]
+__all__ = ["export_onnx", "input_names", "weight_problems", "LAYERS", "RNN_ACTIVATIONS"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -260,9 +260,7 @@ class _Exporter:
 
     def apply(self, info: LayerInfo, op: ApplyOp) -> list[_V]:
         if info.kind in self.model.externs:
-            raise Unsupported(
-                info.name, f"extern layer {info.kind} has no ONNX implementation"
-            )
+            raise Unsupported(info.name, f"extern layer {info.kind} has no ONNX implementation")
         fn = LAYERS.get(info.kind)
         if fn is None:
             raise Unsupported(info.name, f"{info.kind} has no ONNX export")
@@ -281,9 +279,7 @@ class _Exporter:
                     info.name, "training=true with dropout: an exported graph is inference only"
                 )
             if info.kind == "BatchNormalization":
-                raise Unsupported(
-                    info.name, "training=true: an exported graph runs inference only"
-                )
+                raise Unsupported(info.name, "training=true: an exported graph runs inference only")
         return fn(self, _Call(info, cfg, op, ins, masks, side, init))
 
 
@@ -568,15 +564,11 @@ def _run_onnx_rnn(
             inv = g.op1("Sub", [g.ints(1), mi])
             k_inv = g.op1("CumSum", [inv, g.const(1, np.int64)])
             pos_valid = g.op1("Sub", [k_cum, g.ints(1)])
-            pos_masked = g.op1(
-                "Sub", [g.op1("Add", [g.unsqueeze(lens, 1), k_inv]), g.ints(1)]
-            )
+            pos_masked = g.op1("Sub", [g.op1("Add", [g.unsqueeze(lens, 1), k_inv]), g.ints(1)])
             pos = g.op1("Where", [mask, pos_valid, pos_masked])
             idx = g.op1("Expand", [g.unsqueeze(pos, 2), g.op1("Shape", [x])])
             xc = g.op1("ScatterElements", [x, idx, x], axis=1)
-        seq_lens = g.op1(
-            "Cast", [g.op1("Max", [lens, g.ints(1)])], to=ex.g.onnx.TensorProto.INT32
-        )
+        seq_lens = g.op1("Cast", [g.op1("Max", [lens, g.ints(1)])], to=ex.g.onnx.TensorProto.INT32)
         nonempty = g.op1("Greater", [lens, g.ints(0)])
     acts = _rnn_activations(layer, cell, cfg)
     attrs: dict[str, Any] = {
@@ -609,8 +601,7 @@ def _run_onnx_rnn(
         lasts_all = finals[0]
     lasts = [g.squeeze(g.op1("Gather", [lasts_all, g.ints(d)], axis=0), 0) for d in range(nd)]
     states = [
-        [g.squeeze(g.op1("Gather", [f, g.ints(d)], axis=0), 0) for f in finals]
-        for d in range(nd)
+        [g.squeeze(g.op1("Gather", [f, g.ints(d)], axis=0), 0) for f in finals] for d in range(nd)
     ]
     return _RnnResult(y, lasts, states)
 
@@ -821,10 +812,24 @@ def input_names(model: CheckedModel) -> list[str]:
     for decl in model.model.inputs:
         names.append(decl.name)
         if decl.masked:
-            names.append(
-                f"{decl.name}_lengths" if decl.name in model.pads else f"{decl.name}_mask"
-            )
+            names.append(f"{decl.name}_lengths" if decl.name in model.pads else f"{decl.name}_mask")
     return names
+
+
+def weight_problems(model: CheckedModel, weights: Mapping[str, np.ndarray]) -> list[str]:
+    """What is wrong with ``weights`` for ``model``: missing keys and wrong shapes."""
+    out = []
+    for layer in model.layers:
+        for spec in layer.weights:
+            key = f"{layer.name}/{spec.name}"
+            if key not in weights:
+                out.append(f"missing weight {key!r} {spec.shape}")
+            elif tuple(np.shape(weights[key])) != tuple(spec.shape):
+                out.append(
+                    f"weight {key!r} has shape {tuple(np.shape(weights[key]))}, "
+                    f"expected {tuple(spec.shape)}"
+                )
+    return out
 
 
 def export_onnx(
@@ -838,11 +843,14 @@ def export_onnx(
 
     Raises :class:`seqdsl.emit.Unsupported` naming the first layer that ONNX
     cannot express here."""
+    if weights is None:
+        weights = initial_weights(((la.name, la.weights) for la in model.layers), seed, "float32")
+    problems = weight_problems(model, weights)
+    if problems:
+        raise ValueError(f"weights do not fit model {model.name}: " + "; ".join(problems))
     import onnx
     from onnx import TensorProto, helper
 
-    if weights is None:
-        weights = initial_weights(((la.name, la.weights) for la in model.layers), seed, "float32")
     g = _Graph(onnx, opset)
     ex = _Exporter(model, weights, g)
     graph_inputs = []
@@ -870,9 +878,7 @@ def export_onnx(
                 mask = mname
             else:
                 lname = f"{decl.name}_lengths"
-                graph_inputs.append(
-                    helper.make_tensor_value_info(lname, TensorProto.INT64, bt[:1])
-                )
+                graph_inputs.append(helper.make_tensor_value_info(lname, TensorProto.INT64, bt[:1]))
                 tlen = g.squeeze(g.dim(decl.name, 1), 0)
                 steps = g.unsqueeze(
                     g.op1("Range", [g.const(0, np.int64), tlen, g.const(1, np.int64)]), 0
@@ -889,7 +895,7 @@ def export_onnx(
     for out in model.model.outputs:
         v = ex.values[out.name]
         t = model.types[out.name]
-        shape = _dims(t.shape) if isinstance(t, TensorType) else None
+        shape: list[int | str | None] | None = _dims(t.shape) if isinstance(t, TensorType) else None
         elem = {"float": TensorProto.FLOAT, "bool": TensorProto.BOOL}.get(v.kind)
         if elem is None:
             assert isinstance(t, TensorType)
