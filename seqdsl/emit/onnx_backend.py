@@ -540,8 +540,12 @@ def _run_onnx_rnn(
     side: str | None,
     init: list[str] | None,
     masked_output: str,
+    reverse: bool = False,
 ) -> _RnnResult:
-    """Run ONNX's recurrent op on ``x`` [B, T, F] under ``mask`` (any kind)."""
+    """Run ONNX's recurrent op on ``x`` [B, T, F] under ``mask`` (any kind).
+
+    ``reverse``: one direction, ONNX's ``direction="reverse"`` (the valid steps
+    last to first, outputs at their own steps)."""
     g = ex.g
     nd = len(directions)
     n_states = 2 if cell == "lstm" else 1
@@ -573,7 +577,7 @@ def _run_onnx_rnn(
     acts = _rnn_activations(layer, cell, cfg)
     attrs: dict[str, Any] = {
         "hidden_size": cfg.integer("units"),
-        "direction": "bidirectional" if nd == 2 else "forward",
+        "direction": "bidirectional" if nd == 2 else "reverse" if reverse else "forward",
         "activations": acts * nd,
     }
     if cell == "gru":
@@ -637,18 +641,29 @@ def _recurrent(ex: _Exporter, c: _Call) -> list[_V]:
         )
     g = ex.g
     x, mask, side = c.ins[0].t, c.masks[0], c.side
+    masked_output = cfg.text("masked_output") if "masked_output" in cfg else "zero"
+    seqs = cfg.flag("return_sequences")
     go_back = cfg.flag("go_backwards")
-    if go_back:
+    # go_backwards: ONNX's reverse direction on the steps as they are, the output
+    # sequence then put in reversed time order (as Keras); a carried output
+    # follows the processing order, so that case reverses the input instead
+    native_reverse = go_back and (mask is None or masked_output == "zero" or not seqs)
+    if go_back and not native_reverse:
         x = g.reverse_time(x)
         if mask is not None:
             mask = g.reverse_time(mask)
             side = {"post": "pre", "pre": "post"}.get(side or "any", "any")
-    masked_output = cfg.text("masked_output") if "masked_output" in cfg else "zero"
     weights = [_direction_weights(ex, c.info.name, "", cell, ccfg)]
-    res = _run_onnx_rnn(ex, c.info.name, cell, ccfg, weights, x, mask, side, c.init, masked_output)
+    res = _run_onnx_rnn(
+        ex, c.info.name, cell, ccfg, weights, x, mask, side, c.init, masked_output, native_reverse
+    )
     outs: list[_V] = []
-    if cfg.flag("return_sequences"):
-        outs.append(_V(g.squeeze(res.seq, 2), mask))
+    if seqs:
+        y = g.squeeze(res.seq, 2)
+        if native_reverse:
+            y = g.reverse_time(y)
+            mask = None if mask is None else g.reverse_time(mask)
+        outs.append(_V(y, mask))
     else:
         outs.append(_V(res.lasts[0]))
     if cfg.flag("return_state"):
@@ -907,8 +922,8 @@ def export_onnx(
             if v.mask is None:
                 raise Unsupported(out.name, "`with mask` on a value without a mask")
             g.nodes.append(helper.make_node("Identity", [v.mask], [mname], name=f"out_{mname}"))
-            bt = shape[:2] if shape is not None else None
-            graph_outputs.append(helper.make_tensor_value_info(mname, TensorProto.BOOL, bt))
+            mdims = shape[:2] if shape is not None else None
+            graph_outputs.append(helper.make_tensor_value_info(mname, TensorProto.BOOL, mdims))
     graph = helper.make_graph(g.nodes, model.name, graph_inputs, graph_outputs, g.inits)
     proto = helper.make_model(
         graph,
