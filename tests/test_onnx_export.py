@@ -39,9 +39,6 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.seq")) + sorted(
 
 #: example file -> the layer the exporter names as unsupported
 UNSUPPORTED = {
-    "attention_seq2seq.seq": "context_attention",
-    "conv_frontend_lstm.seq": "feats_conv1d",
-    "global_pool_classifier.seq": "x_conv1d",
     "rnn_guide_stateful.seq": "output_state_lstm",
     "stateful_paragraphs.seq": "lstm_layer",
     "builtin_cells.seq": "a_rnn",
@@ -52,6 +49,8 @@ UNSUPPORTED = {
 
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 SIZES = ((2, 4), (3, 6))  # (batch, time): two batch sizes, two time lengths
+#: the examples' convolutions need longer sequences
+EXAMPLE_SIZES = ((2, 12), (3, 16))
 
 
 def _weights(m: CheckedModel, seed: int = 0) -> dict[str, np.ndarray]:
@@ -207,7 +206,7 @@ def test_example(path: Path) -> None:
             assert e.value.layer == UNSUPPORTED[path.name]
             assert e.value.layer in str(e.value)
             continue
-        proto = check_parity(m)
+        proto = check_parity(m, EXAMPLE_SIZES)
         ops = op_types(proto)
         assert not ops & {"Loop", "Scan", "If"}
         if _has_rnn(m):
@@ -301,6 +300,51 @@ model Merges {
 
 def test_merges_explicit_masks_and_per_step_layers() -> None:
     check_parity(seqdsl.loads(MERGES).model())
+
+
+WINDOWS = {
+    "conv_valid": "Conv1D(3, 3, strides=2)",
+    "conv_same": "Conv1D(3, 3, strides=2, padding=same, activation=relu)",
+    "conv_causal": "Conv1D(2, 2, dilation_rate=2, padding=causal, use_bias=false)",
+    "conv_same_s1": "Conv1D(2, 4, padding=same)",
+    "maxpool": "MaxPooling1D(2)",
+    "avgpool_same": "AveragePooling1D(3, strides=2, padding=same)",
+    "avgpool": "AveragePooling1D(2, strides=1)",
+    "maxpool_same": "MaxPooling1D(3, strides=2, padding=same)",
+}
+
+
+@pytest.mark.parametrize("mask", ["post", "pre", "gaps", "none"])
+@pytest.mark.parametrize("layer", list(WINDOWS))
+def test_windows(layer: str, mask: str) -> None:
+    src = f"model W {{\n    {MASKS[mask]}\n    y = x -> {WINDOWS[layer]}\n"
+    src += "    output y%s\n}\n" % ("" if mask == "none" else " with mask")
+    check_parity(seqdsl.loads(src).model(), sizes=((2, 7), (3, 8)))
+
+
+ATTENTION = {
+    "dot": "Attention()(q, v)",
+    "scaled_causal": "Attention(use_scale=true, use_causal_mask=true)(q, v)",
+    "concat_key": "Attention(score_mode=concat)(q, v, k)",
+    "mha": "MultiHeadAttention(num_heads=2, key_dim=3)(q, v)",
+    "mha_causal_key": "MultiHeadAttention(num_heads=2, key_dim=2, value_dim=3, "
+    "use_causal_mask=true, use_bias=false)(q, v, k)",
+}
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("layer", list(ATTENTION))
+def test_attention(layer: str, masked: bool) -> None:
+    qm = " pad(post, value=0.0) masked" if masked else ""
+    vm = " masked" if masked else ""
+    src = f"""model Att {{
+    input q: f32[B, T, 4]{qm}
+    input v: f32[B, S, 4]{vm}
+    input k: f32[B, S, 4]
+    y = {ATTENTION[layer]}
+    output y
+}}"""
+    check_parity(seqdsl.loads(src).model())
 
 
 @pytest.mark.parametrize(

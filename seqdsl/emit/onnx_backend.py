@@ -461,6 +461,183 @@ def _temporal_split(ex: _Exporter, c: _Call) -> list[_V]:
 
 
 # --------------------------------------------------------------------------
+# convolution, pooling (TensorFlow's padding; masks by the window rule)
+
+
+def _window_attrs(k: int, s: int, d: int, padding: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"kernel_shape": [k], "strides": [s]}
+    if d != 1:
+        attrs["dilations"] = [d]
+    if padding == "same":
+        attrs["auto_pad"] = "SAME_UPPER"  # TensorFlow's: the odd zero after
+    elif padding == "causal":
+        attrs["pads"] = [d * (k - 1), 0]
+    else:
+        attrs["pads"] = [0, 0]
+    return attrs
+
+
+def _window_mask(g: _Graph, mask: str | None, k: int, s: int, d: int, padding: str) -> str | None:
+    """The output mask of a window layer: every step of a ``valid`` window valid;
+    for ``same`` and ``causal`` the anchor step ``j * s``."""
+    if mask is None:
+        return None
+    if padding != "valid":
+        return g.op1("Slice", [mask, g.ints(0), g.ints(_INT64_MAX), g.ints(1), g.ints(s)])
+    invalid = g.unsqueeze(g.to_float(g.op1("Not", [mask])), 1)  # [B, 1, T]
+    ones = g.const(np.ones((1, 1, k), np.float32))
+    bad = g.op1("Conv", [invalid, ones], **_window_attrs(k, s, d, "valid"))
+    return g.squeeze(g.op1("Less", [bad, g.scalar(0.5)]), 1)
+
+
+def _conv1d(ex: _Exporter, c: _Call) -> list[_V]:
+    g, cfg, name = ex.g, c.cfg, c.info.name
+    k, s, d = (cfg.integer(n) for n in ("kernel_size", "strides", "dilation_rate"))
+    padding = cfg.text("padding")
+    x, mask = c.ins[0].t, c.masks[0]
+    if mask is not None:
+        x = g.apply_mask_steps(x, mask)
+    kernel = ex.weight(name, "kernel")  # [k, F, filters] -> [filters, F, k]
+    inputs = [g.op1("Transpose", [x], perm=[0, 2, 1]), g.const(kernel.transpose(2, 1, 0))]
+    if cfg.flag("use_bias"):
+        inputs.append(g.const(ex.weight(name, "bias")))
+    y = g.op1(
+        "Transpose", [g.op1("Conv", inputs, **_window_attrs(k, s, d, padding))], perm=[0, 2, 1]
+    )
+    y = _activation_of(ex, name, cfg.text("activation"), y)
+    return [_V(y, _window_mask(g, mask, k, s, d, padding))]
+
+
+def _pool1d(ex: _Exporter, c: _Call) -> list[_V]:
+    g, cfg = ex.g, c.cfg
+    p = cfg.integer("pool_size")
+    strides = cfg.opt_integer("strides")
+    s = p if strides is None else strides
+    padding = cfg.text("padding")
+    x, mask = c.ins[0].t, c.masks[0]
+    attrs = _window_attrs(p, s, 1, padding)
+    xt = g.op1("Transpose", [x], perm=[0, 2, 1])  # [B, F, T]
+    if mask is None:
+        if c.info.kind == "MaxPooling1D":
+            y = g.op1("MaxPool", [xt], **attrs)
+        else:  # padding excluded from the mean
+            y = g.op1("AveragePool", [xt], count_include_pad=0, **attrs)
+        return [_V(g.op1("Transpose", [y], perm=[0, 2, 1]))]
+    ok = g.unsqueeze(mask, 1)  # [B, 1, T]
+    okf = g.to_float(ok)
+    ones = g.const(np.ones((1, 1, p), np.float32))
+    count = g.op1("Conv", [okf, ones], **attrs)  # valid steps per window [B, 1, T_out]
+    some = g.op1("Greater", [count, g.scalar(0.5)])
+    if c.info.kind == "MaxPooling1D":
+        filled = g.op1("Where", [ok, xt, g.scalar(-np.inf)])
+        y = g.op1("MaxPool", [filled], **attrs)
+        y = g.op1("Where", [some, y, g.scalar(0.0)])
+    else:
+        total = g.op1(
+            "Mul",
+            [
+                g.op1("AveragePool", [g.op1("Mul", [xt, okf])], count_include_pad=1, **attrs),
+                g.scalar(float(p)),
+            ],
+        )
+        y = g.op1("Div", [total, g.op1("Max", [count, g.scalar(1.0)])])
+    y = g.op1("Transpose", [y], perm=[0, 2, 1])
+    return [_V(y, _window_mask(g, mask, p, s, 1, padding))]
+
+
+# --------------------------------------------------------------------------
+# attention
+
+
+def _allowed(
+    g: _Graph, q: str, k: str, key_valid: str | None, query_valid: str | None, causal: bool
+) -> str | None:
+    """bool [B, Tq, Tk] (broadcastable): query step i may attend to key step j."""
+    allowed = None
+    if key_valid is not None:
+        allowed = g.unsqueeze(key_valid, 1)  # [B, 1, Tk]
+    if query_valid is not None:
+        qv = g.unsqueeze(query_valid, 2)
+        allowed = qv if allowed is None else g.op1("And", [allowed, qv])
+    if causal:
+        zero, one = g.const(0, np.int64), g.const(1, np.int64)
+        i = g.op1("Range", [zero, g.squeeze(g.dim(q, 1), 0), one])
+        j = g.op1("Range", [zero, g.squeeze(g.dim(k, 1), 0), one])
+        tri = g.op1("LessOrEqual", [g.unsqueeze(j, 0), g.unsqueeze(i, 1)])  # [Tq, Tk]
+        tri = g.unsqueeze(tri, 0)
+        allowed = tri if allowed is None else g.op1("And", [allowed, tri])
+    return allowed
+
+
+def _masked_softmax(g: _Graph, scores: str, allowed: str | None) -> str:
+    """Softmax over the last axis among the allowed entries; 0 elsewhere and for
+    a row with none."""
+    if allowed is None:
+        return g.op1("Softmax", [scores], axis=-1)
+    s = g.op1("Where", [allowed, scores, g.scalar(-1e30)])
+    return g.op1("Mul", [g.op1("Softmax", [s], axis=-1), g.to_float(allowed)])
+
+
+def _attention(ex: _Exporter, c: _Call) -> list[_V]:
+    g, cfg, name = ex.g, c.cfg, c.info.name
+    q, v = c.ins[0].t, c.ins[1].t
+    k = c.ins[2].t if len(c.ins) > 2 else v
+    q_mask, v_mask = c.masks[0], c.masks[1]
+    k_mask = c.masks[2] if len(c.ins) > 2 else v_mask
+    key_valid = _and_masks(g, [v_mask, k_mask] if len(c.ins) > 2 else [v_mask])
+    causal = cfg.flag("use_causal_mask")
+    w = {s.name: ex.weight(name, s.name) for s in c.info.weights}
+    if c.info.kind == "Attention":
+        scale = float(w["scale"]) if "scale" in w else 1.0
+        if cfg.text("score_mode") == "dot":
+            scores = g.op1("MatMul", [q, g.op1("Transpose", [k], perm=[0, 2, 1])])
+            if scale != 1.0:
+                scores = g.op1("Mul", [scores, g.scalar(scale)])
+        else:  # concat: sum over features of tanh(scale * (q_i + k_j))
+            pair = g.op1("Add", [g.unsqueeze(q, 2), g.unsqueeze(k, 1)])
+            if scale != 1.0:
+                pair = g.op1("Mul", [pair, g.scalar(scale)])
+            t = g.reduce("ReduceSum", g.op1("Tanh", [pair]), [-1], keepdims=0)
+            scores = g.op1("Mul", [t, g.scalar(float(w["concat_score_weight"]))])
+        weights = _masked_softmax(g, scores, _allowed(g, q, k, key_valid, None, causal))
+        out = g.op1("MatMul", [weights, v])
+        if q_mask is not None:
+            out = g.apply_mask_steps(out, q_mask)
+    else:
+        heads, key_dim = cfg.integer("num_heads"), cfg.integer("key_dim")
+
+        def project(x: str, part: str) -> str:  # [B, T, F] -> [B, n, T, h]
+            kern = w[f"{part}/kernel"]
+            f, n, h = kern.shape
+            y = g.op1("MatMul", [x, g.const(kern.reshape(f, n * h))])
+            if f"{part}/bias" in w:
+                y = g.op1("Add", [y, g.const(w[f"{part}/bias"].reshape(n * h))])
+            y = g.op1("Reshape", [y, g.ints(0, 0, n, h)])
+            return g.op1("Transpose", [y], perm=[0, 2, 1, 3])
+
+        qp, kp, vp = project(q, "query"), project(k, "key"), project(v, "value")
+        scores = g.op1("MatMul", [qp, g.op1("Transpose", [kp], perm=[0, 1, 3, 2])])
+        scores = g.op1("Mul", [scores, g.scalar(1.0 / float(np.sqrt(key_dim)))])
+        allowed = _allowed(g, q, k, key_valid, q_mask, causal)
+        if allowed is not None:
+            allowed = g.unsqueeze(allowed, 1)  # over the heads
+        weights = _masked_softmax(g, scores, allowed)  # [B, n, Tq, Tk]
+        context = g.op1("MatMul", [weights, vp])  # [B, n, Tq, hv]
+        context = g.op1("Transpose", [context], perm=[0, 2, 1, 3])  # [B, Tq, n, hv]
+        kern = w["attention_output/kernel"]  # [n, hv, Fout]
+        n, hv, fo = kern.shape
+        flat = g.op1("Reshape", [context, g.ints(0, 0, n * hv)])
+        out = g.op1("MatMul", [flat, g.const(kern.reshape(n * hv, fo))])
+        if "attention_output/bias" in w:
+            out = g.op1("Add", [out, g.const(w["attention_output/bias"])])
+        del heads
+    outs = [_V(out, q_mask)]
+    if cfg.flag("return_attention_scores"):
+        outs.append(_V(weights))
+    return outs
+
+
+# --------------------------------------------------------------------------
 # recurrent layers
 
 
@@ -792,6 +969,11 @@ LAYERS: dict[str, Callable[[_Exporter, _Call], list[_V]]] = {
     "LayerNormalization": _per_step,
     "TimeDistributed": _time_distributed,
     "BatchNormalization": _batch_norm,
+    "Conv1D": _conv1d,
+    "MaxPooling1D": _pool1d,
+    "AveragePooling1D": _pool1d,
+    "Attention": _attention,
+    "MultiHeadAttention": _attention,
     "GlobalAveragePooling1D": _global_pool,
     "GlobalMaxPooling1D": _global_pool,
     "Flatten": _flatten,
@@ -930,5 +1112,5 @@ def export_onnx(
         producer_name="seqdsl",
         opset_imports=[helper.make_opsetid("", opset)],
     )
-    proto.ir_version = min(proto.ir_version, 8 if opset <= 17 else 9)
+    proto.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     return bytes(proto.SerializeToString())
