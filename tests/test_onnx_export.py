@@ -227,6 +227,10 @@ LAYERS = {
     "gru_back_last": "GRU(4, go_backwards=true)",
     "lstm_carry": "LSTM(3, return_sequences=true, masked_output=carry)",
     "cell": "RNN(GRUCell(3), return_sequences=true)",
+    "cell_lstm_last": "RNN(LSTMCell(3))",
+    "lstm_nobias": "LSTM(3, use_bias=false, return_sequences=true)",
+    "gru_nobias": "GRU(3, use_bias=false)",
+    "rnn_nobias_back": "SimpleRNN(3, use_bias=false, go_backwards=true, return_sequences=true)",
     "bi_concat": "Bidirectional(LSTM(4, return_sequences=true))",
     "bi_sum_gru": "Bidirectional(GRU(3, return_sequences=true), merge_mode=sum)",
     "bi_mul_rnn": "Bidirectional(SimpleRNN(3, return_sequences=true), merge_mode=mul)",
@@ -360,6 +364,27 @@ def test_activations(act: str) -> None:
     output y
 }}"""
     check_parity(seqdsl.loads(src).model(), sizes=((2, 3),))
+
+
+@pytest.mark.parametrize("opset", [17, 18, 20])
+def test_opsets_and_f64_inputs(opset: int) -> None:
+    src = """model P {
+    input x: f64[B, T, 3] pad(pre, value=0.0) masked
+    y = x -> LSTM(3, return_sequences=true) -> GlobalMaxPooling1D()
+    z = x -> Conv1D(2, 3, padding=same) -> LayerNormalization() -> TemporalSoftmax()
+    output y, z
+}"""
+    m = seqdsl.loads(src).model()
+    w = _weights(m)
+    data = export_onnx(m, w, opset=opset)
+    proto = onnx.load_from_string(data)
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version == opset
+    feeds, inputs, kw = make_case(m, 3, 5)
+    got = _session(data).run(None, feeds)
+    want = _flat_reference(run_reference(m, w, inputs, **kw).outputs)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
 def test_dynamic_dims_and_io_contract() -> None:

@@ -604,7 +604,7 @@ def _attention(ex: _Exporter, c: _Call) -> list[_V]:
         if q_mask is not None:
             out = g.apply_mask_steps(out, q_mask)
     else:
-        heads, key_dim = cfg.integer("num_heads"), cfg.integer("key_dim")
+        key_dim = cfg.integer("key_dim")
 
         def project(x: str, part: str) -> str:  # [B, T, F] -> [B, n, T, h]
             kern = w[f"{part}/kernel"]
@@ -630,7 +630,6 @@ def _attention(ex: _Exporter, c: _Call) -> list[_V]:
         out = g.op1("MatMul", [flat, g.const(kern.reshape(n * hv, fo))])
         if "attention_output/bias" in w:
             out = g.op1("Add", [out, g.const(w["attention_output/bias"])])
-        del heads
     outs = [_V(out, q_mask)]
     if cfg.flag("return_attention_scores"):
         outs.append(_V(weights))
