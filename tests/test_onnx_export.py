@@ -226,6 +226,14 @@ LAYERS = {
     "lstm_back": "LSTM(4, return_sequences=true, go_backwards=true)",
     "gru_back_last": "GRU(4, go_backwards=true)",
     "lstm_carry": "LSTM(3, return_sequences=true, masked_output=carry)",
+    "gru_back_carry": "GRU(3, return_sequences=true, go_backwards=true, masked_output=carry)",
+    "lstm_hard_sigmoid": "LSTM(3, recurrent_activation=hard_sigmoid, activation=relu)",
+    "gru_linear": "GRU(3, activation=linear, return_sequences=true)",
+    "bi_rnn_leaky": "Bidirectional(SimpleRNN(3, activation=leaky_relu))",
+    "lstm_mixed": "LSTM(3, recurrent_activation=hard_sigmoid, activation=elu, "
+    "return_sequences=true)",
+    "bi_gru_mixed": "Bidirectional(GRU(3, recurrent_activation=hard_sigmoid, "
+    "activation=linear, return_sequences=true))",
     "cell": "RNN(GRUCell(3), return_sequences=true)",
     "cell_lstm_last": "RNN(LSTMCell(3))",
     "lstm_nobias": "LSTM(3, use_bias=false, return_sequences=true)",

@@ -50,13 +50,18 @@ __all__ = ["export_onnx", "input_names", "weight_problems", "LAYERS", "RNN_ACTIV
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
-#: Keras activations that ONNX's recurrent ops take (attribute ``activations``)
-RNN_ACTIVATIONS = {
-    "sigmoid": "Sigmoid",
-    "tanh": "Tanh",
-    "relu": "Relu",
-    "softsign": "Softsign",
-    "softplus": "Softplus",
+#: Keras activations that ONNX's recurrent ops take (attribute ``activations``):
+#: the ONNX function and its ``activation_alpha``/``activation_beta`` (None: takes none)
+RNN_ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
+    "sigmoid": ("Sigmoid", None, None),
+    "tanh": ("Tanh", None, None),
+    "relu": ("Relu", None, None),
+    "softsign": ("Softsign", None, None),
+    "softplus": ("Softplus", None, None),
+    "linear": ("Affine", 1.0, 0.0),
+    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),  # keras 3: relu6(x + 3) / 6
+    "leaky_relu": ("LeakyRelu", 0.2, None),
+    "elu": ("Elu", 1.0, None),
 }
 
 
@@ -677,7 +682,9 @@ def _onnx_rnn_weights(
     )
 
 
-def _rnn_activations(layer: str, cell: str, cfg: Cfg) -> list[str]:
+def _rnn_activations(
+    layer: str, cell: str, cfg: Cfg
+) -> list[tuple[str, float | None, float | None]]:
     names = [cfg.text("activation")]
     if cell == "lstm":
         names = [cfg.text("recurrent_activation"), names[0], names[0]]
@@ -750,12 +757,19 @@ def _run_onnx_rnn(
             xc = g.op1("ScatterElements", [x, idx, x], axis=1)
         seq_lens = g.op1("Cast", [g.op1("Max", [lens, g.ints(1)])], to=ex.g.onnx.TensorProto.INT32)
         nonempty = g.op1("Greater", [lens, g.ints(0)])
-    acts = _rnn_activations(layer, cell, cfg)
+    acts = _rnn_activations(layer, cell, cfg) * nd
     attrs: dict[str, Any] = {
         "hidden_size": cfg.integer("units"),
         "direction": "bidirectional" if nd == 2 else "reverse" if reverse else "forward",
-        "activations": acts * nd,
+        "activations": [a[0] for a in acts],
     }
+    # the parameters of the functions that take them, in the order of the functions
+    alphas = [a[1] for a in acts if a[1] is not None]
+    betas = [a[2] for a in acts if a[2] is not None]
+    if alphas:
+        attrs["activation_alpha"] = alphas
+    if betas:
+        attrs["activation_beta"] = betas
     if cell == "gru":
         attrs["linear_before_reset"] = 1 if cfg.flag("reset_after") else 0
     inputs = [g.op1("Transpose", [xc], perm=[1, 0, 2]), w, r, b, seq_lens]
@@ -823,7 +837,13 @@ def _recurrent(ex: _Exporter, c: _Call) -> list[_V]:
     # go_backwards: ONNX's reverse direction on the steps as they are, the output
     # sequence then put in reversed time order (as Keras); a carried output
     # follows the processing order, so that case reverses the input instead
-    native_reverse = go_back and (mask is None or masked_output == "zero" or not seqs)
+    # (unless the mask is post: reversed, every masked step comes before the
+    # first valid one, where carry gives 0 as zero does)
+    native_reverse = go_back and (
+        mask is None or masked_output == "zero" or not seqs or side == "post"
+    )
+    if native_reverse:
+        masked_output = "zero"
     if go_back and not native_reverse:
         x = g.reverse_time(x)
         if mask is not None:
