@@ -166,7 +166,7 @@ def check_parity(m: CheckedModel, sizes: tuple[tuple[int, int], ...] = SIZES) ->
     weights = _weights(m)
     data = export_onnx(m, weights)
     proto = onnx.load_from_string(data)
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(proto, full_check=True)  # strict shape inference too
     sess = _session(data)
     assert [i.name for i in sess.get_inputs()] == input_names(m)
     for seed, (b, t) in enumerate(sizes):
