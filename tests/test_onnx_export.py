@@ -414,6 +414,17 @@ def test_unsupported_activation_inside_rnn_names_the_layer() -> None:
     assert e.value.layer == "enc"
 
 
+def test_training_calls_are_unsupported() -> None:
+    src = """model M {
+    input x: f32[B, T, 3]
+    y = LSTM(3, dropout=0.2, name="r")(x, training=true)
+    output y
+}"""
+    with pytest.raises(Unsupported, match="inference only") as e:
+        export_onnx(seqdsl.loads(src).model())
+    assert e.value.layer == "r"
+
+
 def test_program_api_and_weights() -> None:
     prog = seqdsl.loads(STATES % ("masked", " with mask"))
     m = prog.model()

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import _cell_of
+from ..catalogue import BoundLayer, _cell_of
 from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..initializers import initial_weights
@@ -291,10 +291,10 @@ class _Exporter:
 def _has_dropout(info: LayerInfo) -> bool:
     cfg: Mapping[str, object] = info.config
     inner = cfg.get("layer")
-    if inner is not None and hasattr(inner, "config"):
+    if isinstance(inner, BoundLayer):
         cfg = inner.config
     cell = cfg.get("cell")
-    if cell is not None and hasattr(cell, "config"):
+    if isinstance(cell, BoundLayer):
         cfg = cell.config
     for key in ("rate", "dropout", "recurrent_dropout"):
         v = cfg.get(key)
