@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import ir
 from .checker import CheckedModel, check_program
 from .diagnostics import Diagnostic, SeqError, render
@@ -94,6 +96,21 @@ class Program:
         return build(
             self.model(model), backend, seed=seed, source=self.file, dtype=dtype, externs=externs
         )
+
+    def export_onnx(
+        self,
+        model: str | None = None,
+        weights: Mapping[str, np.ndarray] | None = None,
+        seed: int = 0,
+        opset: int = 17,
+    ) -> bytes:
+        """The serialized ONNX model of ``model`` (see :mod:`seqdsl.emit.onnx_backend`):
+        ``weights`` in the canonical layout, else the initial weights of ``seed``.
+        Needs the ``onnx`` package; raises :class:`seqdsl.emit.Unsupported` naming
+        a layer that ONNX cannot express."""
+        from .emit.onnx_backend import export_onnx
+
+        return export_onnx(self.model(model), weights, seed=seed, opset=opset)
 
     def render_diagnostics(self, fmt: str = "full") -> str:
         return render(self.diagnostics, {**self.sources, self.file: self.source}, fmt)

@@ -1,4 +1,4 @@
-"""The command line: ``seqdsl check|summary|compile``. The only module that prints or exits.
+"""The command line: ``seqdsl check|summary|compile|export``. The only module that prints or exits.
 
 Exit codes (stable):
   0  no errors (warnings allowed)
@@ -70,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
         "numpy and the framework, not seqdsl)",
     )
     common(k)
+    e = sub.add_parser("export", help="write a model file for a runtime (ONNX)")
+    e.add_argument("file", metavar="FILE")
+    e.add_argument("--format", required=True, choices=("onnx",), help="the model format")
+    e.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the file to write")
+    e.add_argument("--model", help="the model to export (default: the first model in the file)")
+    e.add_argument(
+        "--weights",
+        metavar="F.safetensors",
+        help="canonical weights (seqdsl's safetensors file; default: the initial weights)",
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    common(e)
     return p
 
 
@@ -161,6 +174,59 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    prog = _checked_program(args)
+    if isinstance(prog, int):
+        return prog
+    from .emit import Unsupported
+    from .weightsfile import WeightsFileError, load_weights
+
+    try:
+        from .emit.onnx_backend import export_onnx, weight_problems
+    except ImportError as e:  # pragma: no cover - the module itself imports no framework
+        print(f"seqdsl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    model = prog.model(args.model)
+    weights = None
+    if args.weights is not None:
+        try:
+            weights, _meta = load_weights(args.weights)
+        except OSError as e:
+            print(f"seqdsl: cannot read {args.weights}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+        except WeightsFileError as e:
+            print(f"seqdsl: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        problems = weight_problems(model, weights)
+        if problems:
+            print(f"error: {args.weights} does not fit model {model.name}:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            return EXIT_USER
+    try:
+        data = export_onnx(model, weights, seed=args.seed, opset=args.opset)
+    except Unsupported as e:
+        print(
+            f"error: cannot export model {model.name} to ONNX: layer `{e.layer}`: {e.reason}",
+            file=sys.stderr,
+        )
+        return EXIT_USER
+    except ModuleNotFoundError as e:
+        print(
+            f"seqdsl: export --format onnx needs the `{e.name}` package "
+            "(pip install 'seqdsl[onnx]')",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as e:
+        print(f"seqdsl: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {args.output} (model {model.name}, ONNX opset {args.opset})", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
@@ -169,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "compile":
             return _compile(args)
+        if args.command == "export":
+            return _export(args)
         return _summary(args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130
