@@ -355,6 +355,16 @@ def _extern(
 # time-changing layers (windows use the mask: docs/semantics.md section 3)
 
 
+def _first_steps(x: jax.Array, steps: Any) -> jax.Array:
+    """x[:, :steps]: the first `steps` steps of a window layer's result. Nothing to
+    cut when x has them already. A symbolic size (jax.export) is floored at 0 as
+    XLA's window shapes are (max((t - 5) // 2 + 1, 0)): then the comparison can
+    be decided, where a slice to (t - 5) // 2 + 1 could not (not provably >= 0)."""
+    if not isinstance(steps, int):
+        steps = jax.core.max_dim(steps, 0)
+    return x if x.shape[1] == steps else x[:, :steps]
+
+
 def _window_mask(
     mask: jax.Array, size: int, stride: int, dilation: int, padding: str, out: int
 ) -> jax.Array:
@@ -363,12 +373,12 @@ def _window_mask(
     For post/pre masks this maps each row's length L to max(0, (L - k_eff) // s + 1)
     (valid) or ceil(L / s) (same, causal), keeping the side."""
     if padding != "valid":
-        return mask[:, ::stride][:, :out]
+        return _first_steps(mask[:, ::stride], out)
     invalid = (~mask).astype(jnp.int32)
     bad = lax.reduce_window(
         invalid, 0, lax.add, (1, size), (1, stride), "VALID", window_dilation=(1, dilation)
     )
-    return bad[:, :out] == 0
+    return _first_steps(bad, out) == 0
 
 
 def _conv1d(
@@ -394,7 +404,8 @@ def _conv1d(
         padding=[(before, after)],
         rhs_dilation=(dilation,),
         dimension_numbers=("NWC", "WIO", "NWC"),
-    )[:, :out]
+    )
+    y = _first_steps(y, out)
     if "bias" in p:
         y = y + p["bias"]
     y = activation(y)
@@ -418,7 +429,7 @@ def _pool(
     else:
         total = lax.reduce_window(jnp.where(v, x, 0.0), 0.0, lax.add, dims, steps, pads)
         vals = total / jnp.maximum(count, 1.0)
-    y = jnp.where(count > 0, vals, 0.0)[:, :out]
+    y = _first_steps(jnp.where(count > 0, vals, 0.0), out)
     if mask is None:
         return y, None
     return y, _window_mask(mask, pool_size, strides, 1, padding, out)
@@ -480,6 +491,24 @@ def _go_backwards(
     return _flip_time(x), _flip_time(mask), side
 
 
+def _check_steps(steps: Any) -> None:
+    """A symbolic number of steps (jax.export) must be provably >= 1: lax.scan
+    cannot loop over a length that may be 0. Window layers make such lengths
+    (max((t - 5) // 2 + 1, 0)); a lower bound on the time symbol settles it."""
+    if isinstance(steps, int):
+        return
+    try:
+        if steps >= 1:
+            return
+    except jax.errors.InconclusiveDimensionOperation:
+        pass
+    raise ValueError(
+        f"a recurrent layer runs over {steps} steps, which may be 0 for some values of the "
+        f"symbolic sizes: give jax.export a lower bound on the time symbol that makes it at "
+        f"least 1, e.g. jax.export.symbolic_shape(\"b, t\", constraints=(\"t >= 9\",))"
+    )
+
+
 def _scan(
     step: Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]],
     x: jax.Array,
@@ -505,6 +534,7 @@ def _scan(
     for a row with none. go_backwards reads the steps in reverse order (a reverse
     scan) and returns the outputs in that order, as Keras does.
     """
+    _check_steps(x.shape[1])
     xs = jnp.swapaxes(x, 0, 1)  # [T, B, F]: scan runs over the leading axis
     hoist = _hoist_projection(x, kernel)
     if hoist:
@@ -545,13 +575,24 @@ def _hoist_projection(x: jax.Array, kernel: jax.Array) -> bool:
     CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
     for most shapes, but not for a batch of one row, nor for a kernel of 2**20
     entries or more, nor, in batches under 64 rows, for F >= 256 features into at
-    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice."""
+    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice.
+
+    A symbolic batch (jax.export with shapes like symbolic_shape("b, t")) is
+    decided by what its constraints prove (b == 1, b < 64); where they prove
+    nothing, the batch is taken as one of 64 rows or more (the default for a
+    served batch): the projection goes in the body unless the kernel is large.
+    Both choices compute the same numbers."""
     if jax.default_backend() != "cpu":
         return True
     batch, (features, gates) = x.shape[0], kernel.shape
     if batch == 1 or features * gates >= 2**20:
         return True
-    return batch < 64 and features >= 256 and gates <= 2 * features
+    if not (features >= 256 and gates <= 2 * features):
+        return False
+    try:
+        return bool(batch < 64)
+    except jax.errors.InconclusiveDimensionOperation:  # a symbolic batch: the default
+        return False
 
 
 def _lstm_step(
@@ -877,9 +918,13 @@ _fused_lstm = _cudnn_lstm
 
 
 def _use_fused_lstm(x: jax.Array) -> bool:
+    """Whether an LSTM runs on the fused kernel (FUSED_LSTM). "auto" keeps lax.scan
+    for symbolic shapes (jax.export): the cuDNN kernel sizes its workspace from
+    concrete ones, and its custom call is not one jax.export may serialize."""
     if FUSED_LSTM == "auto":
         return (
             x.dtype == jnp.float32
+            and all(isinstance(d, int) for d in x.shape)
             and jax.default_backend() == "gpu"
             and "rocm" not in str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
         )
@@ -1006,6 +1051,7 @@ def _cell_rnn(
     for a row with none). go_backwards: the flipped sequences and mask (outputs
     stay in that reversed order). Returns _RNN with tuples of outputs.
     """
+    _check_steps(xs[0].shape[1])
     if go_backwards:
         xs, mask = tuple(_flip_time(x) for x in xs), _flip_time(mask)
     last = tuple(jnp.zeros((xs[0].shape[0], *shape), xs[0].dtype) for shape in outputs)
@@ -1339,6 +1385,22 @@ def _input_symbols(
                     )
                 env[d], seen[d] = n, name
     return env
+
+
+def _divisible(size: Any, divisor: int, what: str) -> bool:
+    """Whether a size is a multiple of divisor (a checker's run-time constraint).
+    A symbolic size (jax.export, shapes like symbolic_shape("b, t")) must be one
+    provably: declared as a multiple, symbolic_shape("b, 2*k"); otherwise this
+    raises, naming the constraint (`what`), rather than export a model that
+    would fail, or compute something else, on the sizes that are not."""
+    if isinstance(size, int):
+        return size % divisor == 0
+    if size % divisor == 0:  # provable for the symbolic size (False when it cannot tell)
+        return True
+    raise ValueError(
+        f"{what}, which the symbolic size {size} does not guarantee: export with a "
+        f"multiple of {divisor} (e.g. jax.export.symbolic_shape(\"b, {divisor}*k\") for it)"
+    )
 
 
 # --------------------------------------------------------------------------
