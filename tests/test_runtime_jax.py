@@ -240,7 +240,9 @@ def test_hoist_projection_rule_under_symbolic_batch() -> None:
     assert seen == [True]
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the GPU rule hoists, whatever the batch")
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the GPU rule hoists, whatever the batch"
+)
 def test_hoist_projection_rule_under_symbolic_batch_small_kernel() -> None:
     """On CPU the rule compares the batch with 64 (for F >= 256 into at most 2F
     gates): a symbolic batch takes what its constraints prove, else the default,

@@ -505,7 +505,7 @@ def _check_steps(steps: Any) -> None:
     raise ValueError(
         f"a recurrent layer runs over {steps} steps, which may be 0 for some values of the "
         f"symbolic sizes: give jax.export a lower bound on the time symbol that makes it at "
-        f"least 1, e.g. jax.export.symbolic_shape(\"b, t\", constraints=(\"t >= 9\",))"
+        f'least 1, e.g. jax.export.symbolic_shape("b, t", constraints=("t >= 9",))'
     )
 
 
@@ -1399,7 +1399,7 @@ def _divisible(size: Any, divisor: int, what: str) -> bool:
         return True
     raise ValueError(
         f"{what}, which the symbolic size {size} does not guarantee: export with a "
-        f"multiple of {divisor} (e.g. jax.export.symbolic_shape(\"b, {divisor}*k\") for it)"
+        f'multiple of {divisor} (e.g. jax.export.symbolic_shape("b, {divisor}*k") for it)'
     )
 
 
