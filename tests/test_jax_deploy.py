@@ -336,9 +336,9 @@ SCALE_SNIPPET = """
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-mesh = Mesh(jax.devices(), ("batch",))  # a 1-D mesh of every device (axis type Auto)
+mesh = jax.make_mesh((jax.device_count(),), ("batch",))  # every device, one axis
 rows = NamedSharding(mesh, P("batch"))  # split the batch axis over the devices
 everywhere = NamedSharding(mesh, P())  # replicated
 
@@ -381,7 +381,14 @@ from tests.test_jax_deploy import call_args
 
 assert jax.device_count() == 4, jax.devices()
 report = []
-for path in sys.argv[1:]:
+MESHES = {  # the snippet's mesh (Explicit axes: shardings in the types), and Auto axes
+    "explicit": 'jax.make_mesh((jax.device_count(),), ("batch",))',
+    "auto": 'jax.sharding.Mesh(jax.devices(), ("batch",))',
+}
+for arg in sys.argv[1:]:
+    kind, path = arg.split("=", 1)
+    code = SNIPPET.replace(MESHES["explicit"], MESHES[kind])
+    assert MESHES[kind] in code
     prog = seqdsl.load(path)
     model, jm = prog.model(), prog.build("jax", seed=0)
     mod = sys.modules[type(jm).__module__]
@@ -394,7 +401,7 @@ for path in sys.argv[1:]:
     targets = np.random.default_rng(0).normal(size=first.shape).astype(np.float32)
     host = dict(inputs=inputs, lengths=lengths, masks=masks, targets=targets)
     ns = {"mod": mod, **host}
-    exec(compile(SNIPPET, "docs/scale.md", "exec"), ns)
+    exec(compile(code, "docs/scale.md", "exec"), ns)
     sharded_out, sharded_vars, sharded_value = ns["outputs"], ns["variables"], ns["value"]
     # the same step, unsharded
     ns1 = {"mod": mod}  # the imports and the functions of the snippet, nothing sharded
@@ -410,45 +417,52 @@ for path in sys.argv[1:]:
     on_batch = [bool(o.sharding.is_equivalent_to(rows, o.ndim)) for o in jax.tree.leaves(sharded_out)]
     devices = [len(o.sharding.device_set) for o in jax.tree.leaves(sharded_out)]
     params_replicated = all(p.sharding.is_fully_replicated for p in jax.tree.leaves(sharded_vars["params"]))
-    report.append(dict(name=path, out_err=out_err, masks_equal=masks_equal, var_err=var_err,
+    report.append(dict(name=arg, out_err=out_err, masks_equal=masks_equal, var_err=var_err,
                        value_err=err(sharded_value, want_value), on_batch=on_batch, devices=devices,
                        params_replicated=params_replicated))
 print("REPORT" + json.dumps(report))
 """
 
 
-def run_sharded(paths: list[Path]) -> list[dict[str, Any]]:
+def run_sharded(runs: list[tuple[str, Path]]) -> list[dict[str, Any]]:
+    """Each (mesh kind, example) in the subprocess: a report per run."""
     script = "SNIPPET = " + repr(SCALE_SNIPPET) + "\n" + SHARDED_SCRIPT
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", script, *map(str, paths)], env=env, cwd=ROOT,
+    args = [f"{kind}={path}" for kind, path in runs]
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT"))
     return list(json.loads(line[len("REPORT") :]))
 
 
-def check_sharded(paths: list[Path]) -> None:
-    for r in run_sharded(paths):
-        name = Path(r["name"]).stem
+def check_sharded(runs: list[tuple[str, Path]]) -> None:
+    for r in run_sharded(runs):
+        name = r["name"]
         assert r["out_err"] <= TOL and r["masks_equal"], f"{name}: sharded outputs differ: {r}"
         assert r["var_err"] <= TOL and r["value_err"] <= TOL, f"{name}: sharded step differs: {r}"
         assert all(r["on_batch"]) and all(n == 4 for n in r["devices"]), f"{name}: {r}"
         assert r["params_replicated"], f"{name}: {r}"
 
 
-SHARDED_DEFAULT = [p for p in ALL if p.stem in ("conv_frontend_lstm", "attention_seq2seq")]
+SHARDED_DEFAULT = [
+    (kind, ROOT / "examples" / f"{name}.seq")
+    for kind in ("explicit", "auto")
+    for name in ("conv_frontend_lstm", "attention_seq2seq")
+]
 
 
 def test_sharded_batch_inference_and_training() -> None:
+    """Explicit axes (jax.make_mesh) and Auto axes (jax.sharding.Mesh)."""
     check_sharded(SHARDED_DEFAULT)
 
 
 @pytest.mark.full
 def test_sharded_batch_every_example() -> None:
-    check_sharded(ALL)
+    check_sharded([(kind, p) for kind in ("explicit", "auto") for p in ALL])
 
 
 # keep the snippets the docs quote readable

@@ -616,8 +616,7 @@ class _Emitter:
         mk = self.names.fresh(f"{out}_mask")
         if time_concat:
             parts = [
-                m if m is not None else f"jnp.ones({x}.shape[:2], bool)"
-                for m, x in zip(masks, ins, strict=True)
+                m if m is not None else f"_all_valid({x})" for m, x in zip(masks, ins, strict=True)
             ]
             b(
                 f"{mk} = jnp.concatenate([{', '.join(parts)}], axis=1)  # masks joined in time: {kind}"

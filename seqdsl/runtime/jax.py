@@ -265,8 +265,40 @@ def _check_extern(
 # per-step layers
 
 
+def _rows(x: jax.Array, ndim: int) -> Any:
+    """Under explicit sharding (a mesh of jax.sharding.AxisType.Explicit axes, as
+    jax.make_mesh makes), the sharding of an array of ndim axes split by row as
+    x's batch is; None otherwise (no mesh, or Auto axes: types carry no sharding)."""
+    sharding = jax.typeof(x).sharding
+    spec = sharding.spec
+    if not len(spec) or spec[0] is None:
+        return None
+    rows = jax.sharding.PartitionSpec(spec[0], *([None] * (ndim - 1)))
+    return jax.sharding.NamedSharding(sharding.mesh, rows)
+
+
+def _like_rows(states: Sequence[jax.Array], x: jax.Array) -> tuple[jax.Array, ...]:
+    """Recurrent states [B, ...] split by row as x is (explicit sharding: a scan's
+    carry must keep its sharding, and the steps make it x's); else unchanged."""
+    if _rows(x, 1) is None:
+        return tuple(states)
+    return tuple(jax.sharding.reshard(s, _rows(x, s.ndim)) for s in states)
+
+
+def _all_valid(x: jax.Array) -> jax.Array:
+    """The mask of x [B, T, ...] with every step valid, bool [B, T] (split by row
+    as x is, under explicit sharding)."""
+    return jnp.ones(x.shape[:2], bool, out_sharding=_rows(x, 2))
+
+
 def _embedding(p: Mapping[str, jax.Array], ids: jax.Array) -> jax.Array:
     # the vector of id 0 is not zeroed (as Keras): the mask, not the value, marks padding
+    sharding = jax.typeof(ids).sharding
+    if any(a is not None for a in sharding.spec):  # explicit sharding: split as the ids
+        out = jax.sharding.NamedSharding(
+            sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec, None)
+        )
+        return p["embeddings"].at[ids].get(out_sharding=out)
     return jnp.take(p["embeddings"], ids, axis=0)
 
 
@@ -420,7 +452,7 @@ def _pool(
     """MaxPooling1D / AveragePooling1D over the valid steps of each window (0 when
     a window has none; same-padding zeros are not steps). Returns (y, output mask)."""
     before, after, out = window_padding(x.shape[1], pool_size, strides, padding)
-    valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
+    valid = _all_valid(x) if mask is None else mask
     v = valid[..., None]
     dims, steps, pads = (1, pool_size, 1), (1, strides, 1), ((0, 0), (before, after), (0, 0))
     count = lax.reduce_window(v.astype(x.dtype), 0.0, lax.add, dims, steps, pads)
@@ -437,7 +469,7 @@ def _pool(
 
 def _global_pool(x: jax.Array, mask: jax.Array | None, kind: str, keepdims: bool) -> jax.Array:
     """GlobalMax/AveragePooling1D over the valid steps; 0 for a row with none."""
-    valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
+    valid = _all_valid(x) if mask is None else mask
     v = valid[..., None]
     if kind == "max":
         y = jnp.max(jnp.where(v, x, -jnp.inf), axis=1)
@@ -549,6 +581,7 @@ def _scan(
         return new, (new[0] if return_sequences else None)
 
     m = None if mask is None else mask.T
+    states = _like_rows(states, x)
     states, hs = lax.scan(body, states, (xs, m), reverse=go_backwards)
     last = states[0]
     if mask is not None:  # h keeps its last valid value, or its initial one in an empty row
@@ -1055,6 +1088,7 @@ def _cell_rnn(
     if go_backwards:
         xs, mask = tuple(_flip_time(x) for x in xs), _flip_time(mask)
     last = tuple(jnp.zeros((xs[0].shape[0], *shape), xs[0].dtype) for shape in outputs)
+    states, last = _like_rows(states, xs[0]), _like_rows(last, xs[0])
     seqs = tuple(jnp.swapaxes(x, 0, 1) for x in xs)  # [T, B, ...]: scan runs over time
     if mask is None:
 
