@@ -231,7 +231,7 @@ def test_export_symbolic_mask_kinds() -> None:
 
 def test_export_symbolic_time_layer_zoo() -> None:
     """Window layers (Conv1D valid/same/causal with strides and dilation, pooling),
-    time concat, Flatten/Reshape and attention with a symbolic T (and B), in
+    time concat, attention, Flatten and Reshape with a symbolic T (and B), in
     inference."""
     source = """
 model Zoo {
@@ -250,12 +250,48 @@ model Zoo {
     w6 = concat(x, y, axis=time)
     at = Attention(use_causal_mask=true)(x, y)
     mh = MultiHeadAttention(2, 3)(x, y)
+    fl = x -> drop_mask -> Dense(2) -> Flatten()
+    rs = x -> drop_mask -> Dense(2) -> Reshape([-1, 1])
     output a with mask, b with mask, c with mask, d with mask, e with mask, f with mask,
-           g with mask, i, n, w6 with mask, at with mask, mh with mask
+           g with mask, i, n, w6 with mask, at with mask, mh with mask, fl, rs
 }
 """
     prog = seqdsl.loads(source, name="zoo")
     check_export(prog.model(), prog.build("jax", seed=3), ((3, 13), (4, 8)))
+
+
+TRAIN = """
+model Train {
+    input x: f32[B, T, 3] pad(post) masked
+    h = x -> LSTM(4, dropout=0.2, recurrent_dropout=0.3, return_sequences=true)
+          -> Dropout(0.25) -> BatchNormalization() -> GRU(3)
+    output h
+}
+"""
+
+
+def test_export_training_step_with_rng() -> None:
+    """apply(training=True) exported with a symbolic batch and time: dropout masks
+    drawn from an rng argument (a raw uint32 key), BatchNormalization's batch
+    statistics and its new moving statistics (return_state) equal apply's."""
+    prog = seqdsl.loads(TRAIN, name="train")
+    model, jm = prog.model(), prog.build("jax", seed=2)
+    mod = module_of(jm)
+    key = jax.random.PRNGKey(7)
+
+    def step(variables: Any, x: Any, lengths: Any, rng: Any) -> Any:
+        return mod.apply(variables, x, lengths=lengths, training=True, rng=rng, return_state=True)
+
+    calls = [call_args(mod, model, b, t, seed=b) for b, t in SHAPES]
+    xs, ls, _ = specs(mod, model, *calls[0])
+    exported = jax.export.export(jax.jit(step))(
+        jax.tree.map(spec_of, jm.variables), xs[0], ls["x"], spec_of(key)
+    )
+    exported = jax.export.deserialize(exported.serialize())
+    for x, lengths, _ in calls:
+        got = exported.call(jm.variables, x[0], lengths["x"], key)
+        want = jax.jit(step)(jm.variables, x[0], lengths["x"], key)
+        compare(got, want, f"training B, T = {x[0].shape[:2]}")
 
 
 def test_export_divisibility_needs_a_multiple() -> None:
