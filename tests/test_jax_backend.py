@@ -166,11 +166,12 @@ def lstm_ref_adapter(calls: list[int]) -> Callable[..., Any]:
 
 
 def example_inputs(
-    model: CheckedModel, seed: int = 0, t: int = 12
+    model: CheckedModel, seed: int = 0, t: int = 12, b: int = 3
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Inputs for any model: ids below the embedding's vocabulary, padded rows of
     decreasing length (a full one, an empty one unless declared nonempty), masks
-    of the declared kinds."""
+    of the declared kinds. b rows where the batch is a symbol, t steps for the
+    other symbols."""
     rng = np.random.default_rng(seed)
     env: dict[str, int] = {}
     vocab = {
@@ -181,7 +182,7 @@ def example_inputs(
     inputs: list[np.ndarray] = []
     lengths: dict[str, np.ndarray] = {}
     for inp in model.model.inputs:
-        dims = [d.value if isinstance(d.value, int) else env.setdefault(str(d.value), 3 if d.value == "B" else t)
+        dims = [d.value if isinstance(d.value, int) else env.setdefault(str(d.value), b if d.value == "B" else t)
                 for d in inp.dims]  # fmt: skip
         b = dims[0]
         tt = dims[1] if len(dims) > 1 else 1

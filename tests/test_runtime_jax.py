@@ -240,19 +240,48 @@ def test_hoist_projection_rule_under_symbolic_batch() -> None:
     assert seen == [True]
 
 
-@pytest.mark.xfail(
-    raises=Exception,  # jax's InconclusiveDimensionOperation
-    strict=True,
-    reason="known limitation (for the export issue): on CPU the rule compares the batch "
-    "with 64, which a symbolic batch cannot answer",
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the GPU rule hoists, whatever the batch"
 )
 def test_hoist_projection_rule_under_symbolic_batch_small_kernel() -> None:
-    if jax.default_backend() != "cpu":
-        raise RuntimeError("the GPU rule hoists without reading the batch")  # keeps xfail strict
-    kernel = jnp.zeros((8, 32))
-    (b,) = jax.export.symbolic_shape("b")
-    x = jax.ShapeDtypeStruct((b, 3, 8), jnp.float32)
-    jax.eval_shape(lambda x: rt._hoist_projection(x, kernel) and x, x)
+    """On CPU the rule compares the batch with 64 (for F >= 256 into at most 2F
+    gates): a symbolic batch takes what its constraints prove, else the default,
+    a batch of 64 rows or more (in the scan body). Concrete batches: the rule."""
+    hoist = rt._hoist_projection
+
+    def decide(shape: str, f: int, g: int, constraints: tuple[str, ...] = ()) -> list[bool]:
+        (b,) = jax.export.symbolic_shape(shape, constraints=constraints)
+        x = jax.ShapeDtypeStruct((b, 3, f), jnp.float32)
+        seen: list[bool] = []
+        jax.eval_shape(lambda x: seen.append(hoist(x, jnp.zeros((f, g)))) or x, x)
+        return seen
+
+    assert decide("b", 8, 32) == [False]  # a small layer: in the body for any batch
+    assert decide("b", 256, 512) == [False]  # unknown batch: the default (>= 64 rows)
+    assert decide("b", 256, 512, ("b <= 32",)) == [True]  # proven under 64 rows
+    assert decide("b", 256, 512, ("b >= 64",)) == [False]
+    assert bool(hoist(jnp.zeros((32, 3, 256)), jnp.zeros((256, 512))))  # concrete: as before
+    assert not bool(hoist(jnp.zeros((64, 3, 256)), jnp.zeros((256, 512))))
+
+
+def test_symbolic_sizes_in_checks_and_windows() -> None:
+    """What export needs of the helpers that read sizes: divisibility provable or a
+    clear error, a recurrent scan over a length provably >= 1 or a clear error,
+    window results cut to a symbolic length without an undecidable slice."""
+    b, t, k = jax.export.symbolic_shape("b, t, k")
+    assert rt._divisible(6, 2, "w") and not rt._divisible(5, 2, "w")
+    assert rt._divisible(2 * k, 2, "w")
+    with pytest.raises(ValueError, match=r"w, which the symbolic size t does not guarantee"):
+        rt._divisible(t, 2, "w")
+    rt._check_steps(t)
+    rt._check_steps(3)
+    shorter = jax.core.max_dim((t - 5) // 2 + 1, 0)
+    with pytest.raises(ValueError, match="may be 0 for some values"):
+        rt._check_steps(shorter)
+    x = jax.ShapeDtypeStruct((b, t, 4), jnp.float32)
+    y = jax.eval_shape(lambda x: rt._conv1d({"kernel": jnp.zeros((5, 4, 2), x.dtype)}, x, None, 5, 2, 1,
+                                            "valid", rt._linear)[0], x)  # fmt: skip
+    assert y.shape[1] == shorter
 
 
 # --------------------------------------------------------------------------

@@ -436,11 +436,10 @@ class _Emitter:
             code, den = _dim_code(c.dim)
             names = sorted(c.dim.symbols())
             cond = " and ".join(f'"{s}" in env' for s in names) or "True"
-            w(f"    if {cond} and ({code}) % {c.divisor * den} != 0:")
+            rule = f"{c.what}: {c.dim.paren()} must be divisible by {c.divisor}"
+            w(f"    if {cond} and not _divisible({code}, {c.divisor * den}, {_lit(rule)}):")
             vals = ", ".join(f"{s} = {{env[{s!r}]}}" for s in names)
-            w(
-                f'        raise ValueError(f"{c.what}: {c.dim.paren()} must be divisible by {c.divisor} ({vals})")'
-            )
+            w(f'        raise ValueError(f"{rule} ({vals})")')
         w("    return env")
 
     # ------------------------------------------------------------ apply
@@ -617,8 +616,7 @@ class _Emitter:
         mk = self.names.fresh(f"{out}_mask")
         if time_concat:
             parts = [
-                m if m is not None else f"jnp.ones({x}.shape[:2], bool)"
-                for m, x in zip(masks, ins, strict=True)
+                m if m is not None else f"_all_valid({x})" for m, x in zip(masks, ins, strict=True)
             ]
             b(
                 f"{mk} = jnp.concatenate([{', '.join(parts)}], axis=1)  # masks joined in time: {kind}"

@@ -584,10 +584,7 @@ def emit_extern(em: EmitterLike, op: ApplyOp, layer: LayerInfo) -> None:
         )
         out_masks = [m if h else None for m, h in zip(ms, has, strict=True)]
     elif kind == "concat" and any(has):
-        parts = [
-            m if m is not None else f"jnp.ones({x}.shape[:2], bool)"
-            for m, x in zip(masks, xs, strict=True)
-        ]
+        parts = [m if m is not None else f"_all_valid({x})" for m, x in zip(masks, xs, strict=True)]
         m = em.names.fresh(f"{res[0]}_mask")
         b(
             f"{m} = jnp.concatenate([{', '.join(parts)}], axis=1)  # mask: joined in time like the inputs"

@@ -265,8 +265,40 @@ def _check_extern(
 # per-step layers
 
 
+def _rows(x: jax.Array, ndim: int) -> Any:
+    """Under explicit sharding (a mesh of jax.sharding.AxisType.Explicit axes, as
+    jax.make_mesh makes), the sharding of an array of ndim axes split by row as
+    x's batch is; None otherwise (no mesh, or Auto axes: types carry no sharding)."""
+    sharding = jax.typeof(x).sharding
+    spec = sharding.spec
+    if not len(spec) or spec[0] is None:
+        return None
+    rows = jax.sharding.PartitionSpec(spec[0], *([None] * (ndim - 1)))
+    return jax.sharding.NamedSharding(sharding.mesh, rows)
+
+
+def _like_rows(states: Sequence[jax.Array], x: jax.Array) -> tuple[jax.Array, ...]:
+    """Recurrent states [B, ...] split by row as x is (explicit sharding: a scan's
+    carry must keep its sharding, and the steps make it x's); else unchanged."""
+    if _rows(x, 1) is None:
+        return tuple(states)
+    return tuple(jax.sharding.reshard(s, _rows(x, s.ndim)) for s in states)
+
+
+def _all_valid(x: jax.Array) -> jax.Array:
+    """The mask of x [B, T, ...] with every step valid, bool [B, T] (split by row
+    as x is, under explicit sharding)."""
+    return jnp.ones(x.shape[:2], bool, out_sharding=_rows(x, 2))
+
+
 def _embedding(p: Mapping[str, jax.Array], ids: jax.Array) -> jax.Array:
     # the vector of id 0 is not zeroed (as Keras): the mask, not the value, marks padding
+    sharding = jax.typeof(ids).sharding
+    if any(a is not None for a in sharding.spec):  # explicit sharding: split as the ids
+        out = jax.sharding.NamedSharding(
+            sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec, None)
+        )
+        return p["embeddings"].at[ids].get(out_sharding=out)
     return jnp.take(p["embeddings"], ids, axis=0)
 
 
@@ -355,6 +387,16 @@ def _extern(
 # time-changing layers (windows use the mask: docs/semantics.md section 3)
 
 
+def _first_steps(x: jax.Array, steps: Any) -> jax.Array:
+    """x[:, :steps]: the first `steps` steps of a window layer's result. Nothing to
+    cut when x has them already. A symbolic size (jax.export) is floored at 0 as
+    XLA's window shapes are (max((t - 5) // 2 + 1, 0)): then the comparison can
+    be decided, where a slice to (t - 5) // 2 + 1 could not (not provably >= 0)."""
+    if not isinstance(steps, int):
+        steps = jax.core.max_dim(steps, 0)
+    return x if x.shape[1] == steps else x[:, :steps]
+
+
 def _window_mask(
     mask: jax.Array, size: int, stride: int, dilation: int, padding: str, out: int
 ) -> jax.Array:
@@ -363,12 +405,12 @@ def _window_mask(
     For post/pre masks this maps each row's length L to max(0, (L - k_eff) // s + 1)
     (valid) or ceil(L / s) (same, causal), keeping the side."""
     if padding != "valid":
-        return mask[:, ::stride][:, :out]
+        return _first_steps(mask[:, ::stride], out)
     invalid = (~mask).astype(jnp.int32)
     bad = lax.reduce_window(
         invalid, 0, lax.add, (1, size), (1, stride), "VALID", window_dilation=(1, dilation)
     )
-    return bad[:, :out] == 0
+    return _first_steps(bad, out) == 0
 
 
 def _conv1d(
@@ -394,7 +436,8 @@ def _conv1d(
         padding=[(before, after)],
         rhs_dilation=(dilation,),
         dimension_numbers=("NWC", "WIO", "NWC"),
-    )[:, :out]
+    )
+    y = _first_steps(y, out)
     if "bias" in p:
         y = y + p["bias"]
     y = activation(y)
@@ -409,7 +452,7 @@ def _pool(
     """MaxPooling1D / AveragePooling1D over the valid steps of each window (0 when
     a window has none; same-padding zeros are not steps). Returns (y, output mask)."""
     before, after, out = window_padding(x.shape[1], pool_size, strides, padding)
-    valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
+    valid = _all_valid(x) if mask is None else mask
     v = valid[..., None]
     dims, steps, pads = (1, pool_size, 1), (1, strides, 1), ((0, 0), (before, after), (0, 0))
     count = lax.reduce_window(v.astype(x.dtype), 0.0, lax.add, dims, steps, pads)
@@ -418,7 +461,7 @@ def _pool(
     else:
         total = lax.reduce_window(jnp.where(v, x, 0.0), 0.0, lax.add, dims, steps, pads)
         vals = total / jnp.maximum(count, 1.0)
-    y = jnp.where(count > 0, vals, 0.0)[:, :out]
+    y = _first_steps(jnp.where(count > 0, vals, 0.0), out)
     if mask is None:
         return y, None
     return y, _window_mask(mask, pool_size, strides, 1, padding, out)
@@ -426,7 +469,7 @@ def _pool(
 
 def _global_pool(x: jax.Array, mask: jax.Array | None, kind: str, keepdims: bool) -> jax.Array:
     """GlobalMax/AveragePooling1D over the valid steps; 0 for a row with none."""
-    valid = jnp.ones(x.shape[:2], bool) if mask is None else mask
+    valid = _all_valid(x) if mask is None else mask
     v = valid[..., None]
     if kind == "max":
         y = jnp.max(jnp.where(v, x, -jnp.inf), axis=1)
@@ -480,6 +523,24 @@ def _go_backwards(
     return _flip_time(x), _flip_time(mask), side
 
 
+def _check_steps(steps: Any) -> None:
+    """A symbolic number of steps (jax.export) must be provably >= 1: lax.scan
+    cannot loop over a length that may be 0. Window layers make such lengths
+    (max((t - 5) // 2 + 1, 0)); a lower bound on the time symbol settles it."""
+    if isinstance(steps, int):
+        return
+    try:
+        if steps >= 1:
+            return
+    except jax.errors.InconclusiveDimensionOperation:
+        pass
+    raise ValueError(
+        f"a recurrent layer runs over {steps} steps, which may be 0 for some values of the "
+        f"symbolic sizes: give jax.export a lower bound on the time symbol that makes it at "
+        f'least 1, e.g. jax.export.symbolic_shape("b, t", constraints=("t >= 9",))'
+    )
+
+
 def _scan(
     step: Callable[[jax.Array, tuple[jax.Array, ...]], tuple[jax.Array, ...]],
     x: jax.Array,
@@ -505,6 +566,7 @@ def _scan(
     for a row with none. go_backwards reads the steps in reverse order (a reverse
     scan) and returns the outputs in that order, as Keras does.
     """
+    _check_steps(x.shape[1])
     xs = jnp.swapaxes(x, 0, 1)  # [T, B, F]: scan runs over the leading axis
     hoist = _hoist_projection(x, kernel)
     if hoist:
@@ -519,6 +581,7 @@ def _scan(
         return new, (new[0] if return_sequences else None)
 
     m = None if mask is None else mask.T
+    states = _like_rows(states, x)
     states, hs = lax.scan(body, states, (xs, m), reverse=go_backwards)
     last = states[0]
     if mask is not None:  # h keeps its last valid value, or its initial one in an empty row
@@ -545,13 +608,24 @@ def _hoist_projection(x: jax.Array, kernel: jax.Array) -> bool:
     CPU backend (docs/benchmarks.md): in the body, as Keras 3 does, is the faster
     for most shapes, but not for a batch of one row, nor for a kernel of 2**20
     entries or more, nor, in batches under 64 rows, for F >= 256 features into at
-    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice."""
+    most 2F gates. On GPUs (not measured here) one large matmul is the usual choice.
+
+    A symbolic batch (jax.export with shapes like symbolic_shape("b, t")) is
+    decided by what its constraints prove (b == 1, b < 64); where they prove
+    nothing, the batch is taken as one of 64 rows or more (the default for a
+    served batch): the projection goes in the body unless the kernel is large.
+    Both choices compute the same numbers."""
     if jax.default_backend() != "cpu":
         return True
     batch, (features, gates) = x.shape[0], kernel.shape
     if batch == 1 or features * gates >= 2**20:
         return True
-    return batch < 64 and features >= 256 and gates <= 2 * features
+    if not (features >= 256 and gates <= 2 * features):
+        return False
+    try:
+        return bool(batch < 64)
+    except jax.errors.InconclusiveDimensionOperation:  # a symbolic batch: the default
+        return False
 
 
 def _lstm_step(
@@ -877,9 +951,13 @@ _fused_lstm = _cudnn_lstm
 
 
 def _use_fused_lstm(x: jax.Array) -> bool:
+    """Whether an LSTM runs on the fused kernel (FUSED_LSTM). "auto" keeps lax.scan
+    for symbolic shapes (jax.export): the cuDNN kernel sizes its workspace from
+    concrete ones, and its custom call is not one jax.export may serialize."""
     if FUSED_LSTM == "auto":
         return (
             x.dtype == jnp.float32
+            and all(isinstance(d, int) for d in x.shape)
             and jax.default_backend() == "gpu"
             and "rocm" not in str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
         )
@@ -1006,9 +1084,11 @@ def _cell_rnn(
     for a row with none). go_backwards: the flipped sequences and mask (outputs
     stay in that reversed order). Returns _RNN with tuples of outputs.
     """
+    _check_steps(xs[0].shape[1])
     if go_backwards:
         xs, mask = tuple(_flip_time(x) for x in xs), _flip_time(mask)
     last = tuple(jnp.zeros((xs[0].shape[0], *shape), xs[0].dtype) for shape in outputs)
+    states, last = _like_rows(states, xs[0]), _like_rows(last, xs[0])
     seqs = tuple(jnp.swapaxes(x, 0, 1) for x in xs)  # [T, B, ...]: scan runs over time
     if mask is None:
 
@@ -1339,6 +1419,22 @@ def _input_symbols(
                     )
                 env[d], seen[d] = n, name
     return env
+
+
+def _divisible(size: Any, divisor: int, what: str) -> bool:
+    """Whether a size is a multiple of divisor (a checker's run-time constraint).
+    A symbolic size (jax.export, shapes like symbolic_shape("b, t")) must be one
+    provably: declared as a multiple, symbolic_shape("b, 2*k"); otherwise this
+    raises, naming the constraint (`what`), rather than export a model that
+    would fail, or compute something else, on the sizes that are not."""
+    if isinstance(size, int):
+        return size % divisor == 0
+    if size % divisor == 0:  # provable for the symbolic size (False when it cannot tell)
+        return True
+    raise ValueError(
+        f"{what}, which the symbolic size {size} does not guarantee: export with a "
+        f'multiple of {divisor} (e.g. jax.export.symbolic_shape("b, {divisor}*k") for it)'
+    )
 
 
 # --------------------------------------------------------------------------

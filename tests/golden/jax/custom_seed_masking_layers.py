@@ -30,6 +30,7 @@ from seqdsl.runtime.jax import (
     _check_extern,
     _check_mask,
     _dense,
+    _divisible,
     _extern,
     _ExternModel,
     _from_canonical,
@@ -137,7 +138,7 @@ def _check_inputs(*arrays):
     declared sizes, symbols agreeing across inputs (B, T, ...) and the
     checker's run-time constraints. Returns the symbol values."""
     env = _input_symbols(INPUTS, arrays)
-    if "T" in env and (env["T"]) % 2 != 0:
+    if "T" in env and not _divisible(env["T"], 2, "MyTemporalSplit: T must be divisible by 2"):
         raise ValueError(f"MyTemporalSplit: T must be divisible by 2 (T = {env['T']})")
     return env
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from seqdsl.runtime.jax import (
     _check_ids,
     _check_mask,
+    _divisible,
     _embedding,
     _from_canonical,
     _init_weights,
@@ -120,7 +121,7 @@ def _check_inputs(*arrays):
     declared sizes, symbols agreeing across inputs (B, T, ...) and the
     checker's run-time constraints. Returns the symbol values."""
     env = _input_symbols(INPUTS, arrays)
-    if "T" in env and (env["T"]) % 2 != 0:
+    if "T" in env and not _divisible(env["T"], 2, "TemporalSplit: T must be divisible by 2"):
         raise ValueError(f"TemporalSplit: T must be divisible by 2 (T = {env['T']})")
     return env
 
