@@ -343,6 +343,7 @@ def _examples() -> dict[str, Any]:
         "MaskedGlobalAveragePooling1D": rt.MaskedGlobalAveragePooling1D(),
         "TemporalSoftmax": rt.TemporalSoftmax(),
         "TemporalSplit": rt.TemporalSplit(3),
+        "TimeDistributed": rt.TimeDistributed(layers.Dense(2)),
         "MaskedAttention": rt.MaskedAttention(use_scale=True, dropout=0.1),
         "MaskedMultiHeadAttention": rt.MaskedMultiHeadAttention(2, 4),
         "MaskedLSTM": rt.MaskedLSTM(3, mask_side="pre", masked_output="carry"),

@@ -542,7 +542,7 @@ class _Emitter:
         w("    (SeqdslModel): canonical weights, pad(), reset_states(), and get_weights() /")
         w('    set_weights() in the order of a hand-written Keras twin (TWIN_ORDER)."""')
         w("")
-        for table in ("WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING"):
+        for table in ("OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING"):
             w(f"    {table} = {table}")
         if self.externs_used:
             w("    EXTERNS = EXTERNS")
@@ -934,12 +934,14 @@ class _Emitter:
         self.finish(a, a.mask_var, self.ok[a.x] and a.op.mask is None)
 
     def emit_mask_taking(self, a: _Apply) -> None:
-        """BatchNormalization, TimeDistributed: Keras' own layer, given the mask."""
+        """BatchNormalization, TimeDistributed: Keras' own layer, given the mask
+        (TimeDistributed: the runtime's, which maps over the steps in a traced graph)."""
         kind = a.info.kind
         nested: list[str | _Call] = []
         if "layer" in a.cfg:
             nested.append(self.inner_layer(a.cfg.layer("layer"), a.dtype))
-        ctor = _Call(f"layers.{kind}", (*nested, *self.keras_args(kind, a.info.config), *a.name_kw))
+        cls = self.use(kind) if kind == "TimeDistributed" else f"layers.{kind}"
+        ctor = _Call(cls, (*nested, *self.keras_args(kind, a.info.config), *a.name_kw))
         self.assign(a.vars, ctor, a.call_args + a.with_mask + a.fixed)
         self.finish(a, a.mask_var, True)
 

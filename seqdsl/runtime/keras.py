@@ -55,6 +55,7 @@ __all__ = [
     "SeqdslModel",
     "TemporalSoftmax",
     "TemporalSplit",
+    "TimeDistributed",
     "WindowMask",
     "WithMask",
     "and_masks",
@@ -390,6 +391,33 @@ class TemporalSplit(keras.layers.Layer):
         return {**super().get_config(), "parts": self.parts}
 
 
+@keras.saving.register_keras_serializable(package="seqdsl")
+class TimeDistributed(keras.layers.TimeDistributed):
+    """keras.layers.TimeDistributed that also maps over the steps when the time axis is
+    unknown while tracing (model.export(), tf.function with a None time axis). Keras'
+    own (3.15) maps there over range(batch size) instead, so that the exported model
+    returns as many steps as rows. Same weights and config."""
+
+    def call(self, inputs, training=None, mask=None):
+        if inputs.shape[1] is not None:  # a static time axis: Keras' Python loop
+            return super().call(inputs, training=training, mask=mask)
+        axes = [1, 0, *range(2, len(inputs.shape))]
+        steps = ops.transpose(inputs, axes)
+        if mask is not None:
+            mask = ops.transpose(mask, [1, 0, *range(2, len(mask.shape))])
+
+        def step(i):
+            kwargs: dict[str, Any] = {}
+            if self.layer._call_has_mask_arg and mask is not None:
+                kwargs["mask"] = mask[i]
+            if self.layer._call_has_training_arg:
+                kwargs["training"] = training
+            return self.layer.call(steps[i], **kwargs)
+
+        outputs = ops.vectorized_map(step, ops.arange(ops.shape(steps)[0]))
+        return ops.transpose(outputs, [1, 0, *range(2, len(outputs.shape))])
+
+
 # --------------------------------------------------------------------------
 # recurrent layers
 
@@ -671,7 +699,10 @@ class _NestedSteps(keras.layers.RNN):
     def call(self, sequences, initial_state=None, mask=None, training=False):
         parts = list(sequences) if isinstance(sequences, (list, tuple)) else [sequences]
         batch, steps = ops.shape(parts[0])[0], ops.shape(parts[0])[1]
-        parts = [p if len(p.shape) == 3 else ops.reshape(p, (batch, steps, -1)) for p in parts]
+        parts = [  # the features' static size: a traced graph then knows it (model.export())
+            p if len(p.shape) == 3 else ops.reshape(p, (batch, steps, int(np.prod(p.shape[2:]))))
+            for p in parts
+        ]
         flat = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
         if initial_state is not None:  # state 0 is the last output (see _FlatCell)
             last = ops.zeros((batch, self.cell.output_size), dtype=self.cell.compute_dtype)
@@ -884,8 +915,15 @@ class SeqdslModel(keras.Model):
     """Base of the functional keras.Model a generated build_model() returns: canonical
     weights, reset_states(), get_weights()/set_weights() in the order of a hand-written
     Keras twin, and the extern layers' debug switch. A generated subclass sets the
-    tables below to its module's (and pad to its module's pad())."""
+    tables below to its module's (and pad to its module's pad()).
 
+    Deployment: fit()/evaluate() see the values of the outputs only (a `with mask`
+    output's mask is left out of y_pred, and its Keras mask masks the loss);
+    export() writes a SavedModel whose "serve" endpoint returns the outputs by name
+    ({name: value, f"{name}_mask": mask})."""
+
+    #: the .seq outputs in order: "name", or "name with mask" (returned as (value, mask))
+    OUTPUTS: Sequence[str] = ()
     #: layer -> ((weight, shape), ...): canonical weights, Keras' layout and order
     WEIGHTS: Mapping[str, Sequence[tuple[str, Sequence[int]]]] = {}
     #: the layers with weights in the order of a hand-written twin's get_weights()
@@ -903,6 +941,8 @@ class SeqdslModel(keras.Model):
             # the layer's node keeps its own `training=`; Keras would override it with the
             # model's flag (there is no public switch for this)
             self.get_layer(name)._call_context_args = set()
+        if self.OUTPUTS:  # compile(): losses and metrics by .seq output, none for the masks
+            self.output_names = [o.removesuffix(" with mask") for o in self.OUTPUTS]
 
     def load_canonical(self, weights: Mapping[str, Any]) -> None:
         """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md)."""
@@ -942,6 +982,66 @@ class SeqdslModel(keras.Model):
         for layer, n in zip(self.TWIN_ORDER, sizes, strict=True):
             self.get_layer(layer).set_weights(weights[start : start + n])
             start += n
+
+    def output_keys(self) -> list[str]:
+        """The names of the flat outputs: each output's name, then f"{name}_mask" after a
+        `with mask` output (the keys of the exported "serve" endpoint's dict)."""
+        keys = []
+        for o in self.OUTPUTS:
+            name = o.removesuffix(" with mask")
+            keys += [name, f"{name}_mask"] if o.endswith(" with mask") else [name]
+        return keys
+
+    def value_outputs(self, y_pred: Any) -> Any:
+        """y_pred without the masks of the `with mask` outputs: the values, in order (one
+        value alone). Each value keeps its Keras mask, which masks the loss in fit()."""
+        if not self.OUTPUTS:
+            return y_pred
+        items = list(y_pred) if len(self.OUTPUTS) > 1 else [y_pred]
+        values = [
+            item[0] if o.endswith(" with mask") else item
+            for o, item in zip(self.OUTPUTS, items, strict=True)
+        ]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss on the values of the outputs (value_outputs): y, the losses and the
+        metrics name one target per output, none for the masks."""
+        y_pred = None if y_pred is None else self.value_outputs(y_pred)
+        return super().compute_loss(x, y, y_pred, sample_weight, training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, self.value_outputs(y_pred), sample_weight)
+
+    def export(
+        self,
+        filepath: Any,
+        format: str = "tf_saved_model",
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Keras' export; a SavedModel's "serve" endpoint returns a flat dict of the
+        outputs by name ({name: value, f"{name}_mask": mask}), since a SavedModel's
+        signature cannot return the (value, mask) pairs of `with mask` outputs.
+        input_signature defaults to the model's inputs (batch and time of any size)."""
+        if format != "tf_saved_model" or not self.OUTPUTS:
+            return super().export(filepath, format, verbose, input_signature, **kwargs)
+        from keras.export import ExportArchive
+
+        if input_signature is None:
+            specs = [keras.InputSpec(shape=t.shape, dtype=t.dtype) for t in self.inputs]
+            input_signature = [specs if len(specs) > 1 else specs[0]]
+        keys = self.output_keys()
+
+        def serve(inputs):
+            flat = keras.tree.flatten(self(inputs, training=False))
+            return dict(zip(keys, flat, strict=True))
+
+        archive = ExportArchive()
+        archive.track(self)
+        archive.add_endpoint("serve", serve, input_signature, **kwargs)
+        archive.write_out(filepath, verbose=True if verbose is None else verbose)
 
     def reset_states(self) -> None:
         """Zero the states of the stateful recurrent layers."""

@@ -23,7 +23,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from seqdsl.runtime.keras import MaskedLSTM, MaskingMask, SeqdslModel, dropout_masks, pad_batches
+from seqdsl.runtime.keras import (
+    MaskedLSTM,
+    MaskingMask,
+    SeqdslModel,
+    TimeDistributed,
+    dropout_masks,
+    pad_batches,
+)
 
 MODEL = "BiLstmTagger"
 
@@ -85,6 +92,7 @@ class BiLstmTagger(SeqdslModel):
     (SeqdslModel): canonical weights, pad(), reset_states(), and get_weights() /
     set_weights() in the order of a hand-written Keras twin (TWIN_ORDER)."""
 
+    OUTPUTS = OUTPUTS
     WEIGHTS = WEIGHTS
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
@@ -121,7 +129,7 @@ def build_model():
     )(x_dropout, mask=x_masking_mask)
 
     # tags = TimeDistributed(Dense(17, activation=softmax))(x)
-    tags = layers.TimeDistributed(
+    tags = TimeDistributed(
         layers.Dense(17, activation="softmax", name="dense"), name="tags_time_distributed"
     )(x, mask=x_masking_mask)
 

@@ -66,6 +66,7 @@ class StatefulParagraphs(SeqdslModel):
     (SeqdslModel): canonical weights, pad(), reset_states(), and get_weights() /
     set_weights() in the order of a hand-written Keras twin (TWIN_ORDER)."""
 
+    OUTPUTS = OUTPUTS
     WEIGHTS = WEIGHTS
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL

@@ -69,6 +69,7 @@ class Sentiment(SeqdslModel):
     (SeqdslModel): canonical weights, pad(), reset_states(), and get_weights() /
     set_weights() in the order of a hand-written Keras twin (TWIN_ORDER)."""
 
+    OUTPUTS = OUTPUTS
     WEIGHTS = WEIGHTS
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
