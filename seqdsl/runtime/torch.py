@@ -661,17 +661,19 @@ class SimpleRNN(Recurrent):
 class Bidirectional(nn.Module):
     """Keras' Bidirectional: the forward layer, and a go_backwards copy whose output
     sequence is flipped back to input order, merged by merge_mode ("none": both).
-    Initial and returned states: the forward layer's, then the backward layer's."""
+    Initial and returned states: the forward layer's, then the backward layer's.
+    The submodules are `forward_layer` and `backward_layer`, Keras' attribute names
+    (`forward` would shadow nn.Module.forward for torch.func, torch.export and
+    torch.jit); their weights keep the canonical keys "{name}/forward/..." and
+    "{name}/backward/..." (SeqdslModule.WEIGHTS maps them to state_dict keys)."""
 
     def __init__(
         self, name: str, forward_layer: nn.Module, backward_layer: nn.Module, merge_mode="concat"
     ):
         super().__init__()
         self.name = name
-        # Registered under the canonical weight names "forward" and "backward"
-        # (add_module refuses "forward", the name of nn.Module's method).
-        self._modules["forward"] = forward_layer
-        self._modules["backward"] = backward_layer
+        self.forward_layer = forward_layer
+        self.backward_layer = backward_layer
         self.merge_mode = merge_mode
 
     def forward(
@@ -682,8 +684,8 @@ class Bidirectional(nn.Module):
         dropout_masks: Mapping | None = None,
         training: bool | None = None,
     ) -> Any:
-        fw: Any = self._modules["forward"]
-        bw: Any = self._modules["backward"]
+        fw: Any = self.forward_layer
+        bw: Any = self.backward_layer
         start_fw = start_bw = None
         if initial_state is not None:
             n = len(fw.state_names)
@@ -1328,8 +1330,10 @@ class SeqdslModule(nn.Module):
     from the tables its subclass sets. ``anchor`` follows .to(): the dtype and device
     that inputs are cast to; ``debug = True`` checks the declared mask kinds."""
 
-    #: canonical keys "layer/weight", in Keras' get_weights() order
-    WEIGHTS: tuple[str, ...] = ()
+    #: canonical key "layer/weight" -> its state_dict key, in Keras' get_weights() order
+    #: (the submodule path differs from the canonical one where a name would collide
+    #: with an nn.Module attribute: Bidirectional's forward_layer / backward_layer)
+    WEIGHTS: Mapping[str, str] = {}
     #: declared shapes: a symbol, a size or None (`_`) per axis
     SHAPES: Mapping[str, tuple[Any, ...]] = {}
     #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time symbol)
@@ -1361,8 +1365,8 @@ class SeqdslModule(nn.Module):
             raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
         state = self.state_dict(keep_vars=True)
         with torch.no_grad():
-            for key in self.WEIGHTS:
-                target = state[key.replace("/", ".")]
+            for key, state_key in self.WEIGHTS.items():
+                target = state[state_key]
                 value = torch.as_tensor(np.asarray(weights[key]))
                 if tuple(value.shape) != tuple(target.shape):
                     raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
@@ -1371,7 +1375,9 @@ class SeqdslModule(nn.Module):
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """The weights as {"layer/weight": numpy array}, in the canonical layout."""
         state = self.state_dict()
-        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
+        return {
+            key: state[state_key].cpu().numpy().copy() for key, state_key in self.WEIGHTS.items()
+        }
 
     def reset_states(self) -> None:
         """Zero the states of the stateful layers (as after construction)."""
