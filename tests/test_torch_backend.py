@@ -135,13 +135,14 @@ def check_case(case: Case, dtype: str = "float32", tol: float = F32_TOL) -> None
 
 
 def example_inputs(
-    model: CheckedModel, seed: int = 0, t: int = 16
+    model: CheckedModel, seed: int = 0, t: int = 16, b: int = 3, s: int = 7
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Inputs for any model: ids below the embedding's vocabulary, padded rows of
     decreasing length (a full one, an empty one unless declared nonempty), masks
-    of the declared kinds (with gaps for `any`)."""
+    of the declared kinds (with gaps for `any`); b rows, t and s steps where the
+    model declares the symbols B, T and S."""
     rng = np.random.default_rng(seed)
-    env: dict[str, int] = {"B": 3, "T": t, "S": 7}
+    env: dict[str, int] = {"B": b, "T": t, "S": s}
     vocab = {
         layer.inputs[0]: int(layer.config["input_dim"])
         for layer in model.layers

@@ -50,6 +50,7 @@ __all__ = [
     "dropout",
     "fused_attention",
     "fused_rnn",
+    "fused_rnn_static",
     "gather_steps",
     "global_pool",
     "hard_sigmoid",
@@ -66,6 +67,7 @@ __all__ = [
     "step_mask",
     "temporal_softmax",
     "to_right_padding",
+    "tracing",
     "where_valid",
     "window_mask",
     "window_padding",
@@ -250,6 +252,14 @@ def to_right_padding(x: Tensor, mask: Tensor, side: str) -> tuple[Tensor, Tensor
     return gather_steps(x, order), lengths, back
 
 
+def tracing() -> bool:
+    """Whether torch.compile, torch.export or torch.jit.trace is tracing this call:
+    then nothing on the path may depend on the data in Python (no .item(), no
+    packing, no cut to the longest row, no cache keyed on data pointers), so that
+    the graph holds for every batch and every mask. One Python bool per call."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def pack_rows(op: Callable, units: int, lengths: Tensor, longest: int) -> bool:
     """Whether to pack the rows rather than run the padded batch (both are exact).
     Measured on the CPU (docs/benchmarks.md): packing wins in inference when few of
@@ -293,6 +303,8 @@ def fused_rnn(
     states are then [h] alone (LSTM's c is not known). outputs=False: the final
     states alone matter, the outputs are None.
     """
+    if lengths is not None and tracing():
+        return fused_rnn_static(op, x, states, weights, lengths, packed, layers, outputs)
     lstm = op is torch.lstm
     hx = [s.expand(layers, *s.shape).contiguous() for s in states]
     bias = len(weights) == 4 * layers
@@ -324,6 +336,61 @@ def fused_rnn(
     if not outputs:
         return None, [h]
     return (F.pad(y, (0, 0, 0, cut)) if cut else y), [h]  # the cut steps back, as 0
+
+
+def fused_rnn_static(
+    op: Callable,
+    x: Tensor,
+    states: Sequence[Tensor],
+    weights: Sequence[Tensor],
+    lengths: Tensor,
+    final_c: bool = False,
+    layers: int = 1,
+    outputs: bool = True,
+) -> tuple[Tensor | None, list[Tensor]]:
+    """fused_rnn with lengths, shape-static (what torch.compile and torch.export see):
+    the padded batch runs over every step, whatever the lengths, and h is gathered
+    at each row's last valid step; the same numbers as the packed or cut kernels.
+
+    final_c (LSTM: the final c is needed, where fused_rnn packs): the top layer
+    reads one more input feature, 1 at the padding steps and 0 at the valid ones,
+    whose weights are -big for the input gate, +big for the forget gate and 0 for
+    the others, with x zeroed at the padding steps. big exceeds the largest
+    |recurrent_kernel row| sum + |biases| (|h| <= 1 under tanh) by 1000, so at a
+    padding step sigmoid gives exactly f = 1 and i = 0 (in float32 and float64) and
+    c' = 1 * c + 0 * g = c: the final c of the kernel is, bit for bit, the c of the
+    last valid step. At valid steps the extra feature adds 0 to every gate. The
+    layers below the top one (a stack) run first, in one call."""
+    lstm = op is torch.lstm
+    train = torch.is_grad_enabled()
+    per = len(weights) // layers  # 4 with biases, else 2
+    steps = torch.arange(x.shape[1], device=x.device)
+    valid = steps < lengths[:, None]  # [B, T]
+    if lstm and final_c:
+        top = list(weights[-per:])
+        if layers > 1:  # the layers below, outputs only
+            below = [s.expand(layers - 1, *s.shape).contiguous() for s in states]
+            start = (below[0], below[1])
+            x, _, _ = op(x, start, weights[:-per], per == 4, layers - 1, 0.0, train, False, True)
+            layers = 1
+        w_ih, w_hh = top[0], top[1]
+        units = w_hh.shape[1]
+        with torch.no_grad():
+            big = w_hh.abs().sum(1)
+            for b in top[2:]:
+                big = big + b.abs()
+            big = big.max() + 1000.0
+            gates = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=w_ih.dtype, device=w_ih.device)
+            column = gates.repeat_interleave(units) * big  # [4U]: gates i, f, g, o
+        pad = (~valid).to(x.dtype)[..., None]
+        x = torch.cat([torch.where(valid[..., None], x, 0.0), pad], dim=-1)
+        weights = [torch.cat([w_ih, column[:, None]], dim=1), *top[1:]]
+    hx = [s.expand(layers, *s.shape).contiguous() for s in states]
+    start = tuple(hx) if lstm else hx[0]
+    y, *final = op(x, start, weights, per == 4, layers, 0.0, train, False, True)
+    h = y[torch.arange(y.shape[0], device=y.device), lengths - 1]  # at each row's last valid step
+    states_out = [h, final[1][-1]] if lstm and final_c else [h]
+    return (y if outputs else None), states_out
 
 
 def carry_forward(y: Tensor, mask: Tensor) -> Tensor:
@@ -476,7 +543,7 @@ class Recurrent(nn.Module):
         every call). Without autograd (inference) they are made once and kept while
         the parameters stay the same: an optimizer step, load_canonical, .to() or any
         in-place change of a parameter (not through .data) remakes them."""
-        if torch.is_grad_enabled():  # gradients flow through these copies to the parameters
+        if torch.is_grad_enabled() or tracing():  # (autograd: the copies pass gradients on)
             return [w.contiguous() for w in self.torch_weights()]
         key = [
             (id(p), p._version, p.data_ptr()) for p in self._parameters.values() if p is not None
