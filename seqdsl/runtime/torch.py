@@ -45,6 +45,7 @@ __all__ = [
     "attention_mask",
     "bind_sizes",
     "carry_forward",
+    "carry_state",
     "check_lengths",
     "check_mask",
     "dropout",
@@ -257,7 +258,7 @@ def tracing() -> bool:
     then nothing on the path may depend on the data in Python (no .item(), no
     packing, no cut to the longest row, no cache keyed on data pointers), so that
     the graph holds for every batch and every mask. One Python bool per call."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()  # type: ignore[attr-defined]
 
 
 def pack_rows(op: Callable, units: int, lengths: Tensor, longest: int) -> bool:
@@ -370,8 +371,8 @@ def fused_rnn_static(
         top = list(weights[-per:])
         if layers > 1:  # the layers below, outputs only
             below = [s.expand(layers - 1, *s.shape).contiguous() for s in states]
-            start = (below[0], below[1])
-            x, _, _ = op(x, start, weights[:-per], per == 4, layers - 1, 0.0, train, False, True)
+            hx_below = (below[0], below[1])
+            x, _, _ = op(x, hx_below, weights[:-per], per == 4, layers - 1, 0.0, train, False, True)
             layers = 1
         w_ih, w_hh = top[0], top[1]
         units = w_hh.shape[1]
@@ -391,6 +392,16 @@ def fused_rnn_static(
     h = y[torch.arange(y.shape[0], device=y.device), lengths - 1]  # at each row's last valid step
     states_out = [h, final[1][-1]] if lstm and final_c else [h]
     return (y if outputs else None), states_out
+
+
+def carry_state(layer: nn.Module, state: str, value: Tensor) -> None:
+    """A stateful layer's buffer `state` takes `value` (detached) for the next call:
+    in place when traced, which torch.export and torch.compile record as a buffer
+    mutation (an assignment would be lost from the exported program)."""
+    if tracing():
+        getattr(layer, state).copy_(value.detach())
+    else:
+        setattr(layer, state, value.detach())
 
 
 def carry_forward(y: Tensor, mask: Tensor) -> Tensor:
@@ -499,7 +510,7 @@ class Recurrent(nn.Module):
             last = torch.where(mask.any(1, keepdim=True), last, 0.0)  # which outputs 0 there
         if self.stateful:
             for state, value in zip(self.state_names, final, strict=True):
-                setattr(self, state, value.detach())
+                carry_state(self, state, value)
         out = y if self.return_sequences else last
         if self.return_sequences and mask is not None and self.masked_output == "carry":
             out = carry_forward(y, mask)
@@ -889,7 +900,7 @@ class CellRNN(nn.Module):
                     seq.append(y)
         if self.stateful:
             for state, value in zip(self.state_names, states, strict=True):
-                setattr(self, state, value.detach())
+                carry_state(self, state, value)
         outputs = last
         if self.return_sequences:
             outputs = [torch.stack(seq, 1) for seq in sequences]
