@@ -299,3 +299,66 @@ def test_no_item_in_compiled_forward(name: str) -> None:
         "aten::item",
         "aten::_local_scalar_dense",
     }
+
+
+# --------------------------------------------------------------------------
+# torch.func: grad over the parameters, vmap over a batch of batches
+
+FUNC_DEFAULT = ["post", "gaps", "bilstm_tagger", "rnn_guide_mnist_rnn_cell", "rnn_guide_stateful"]
+FUNC_CASES = [pytest.param(n, marks=() if n in FUNC_DEFAULT else pytest.mark.full) for n in EVERY]
+
+
+def values(out: object) -> list[Any]:
+    return [o for o in flat(out) if o.dtype != torch.bool]
+
+
+@pytest.mark.parametrize("name", FUNC_CASES)
+def test_func_grad_equals_backward(name: str) -> None:
+    """torch.func.grad of a loss over the parameters (functional_call) equals
+    loss.backward(): under a torch.func transform the masked layers take the
+    shape-static path (packing reads data pointers, which functorch's tensors lack)."""
+    model, net = load(name)
+    args, kwargs = tensors(model)
+
+    def loss(params: dict[str, Any]) -> Any:
+        net.reset_states()
+        out = torch.func.functional_call(net, params, args, kwargs)
+        return sum(o.float().square().sum() for o in values(out))
+
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    grads = torch.func.grad(loss)(params)
+    net.zero_grad()
+    loss(dict(net.named_parameters())).backward()
+    for key, p in net.named_parameters():
+        want = p.grad if p.grad is not None else torch.zeros_like(p)
+        scale = max(1.0, float(want.abs().max()))
+        assert float((grads[key] - want).abs().max()) <= 1e-5 * scale, key
+
+
+@pytest.mark.parametrize("name", FUNC_CASES)
+def test_func_vmap_over_batches(name: str) -> None:
+    """torch.func.vmap over a leading axis of every input (and of the lengths, passed
+    positionally: vmap does not map keyword arguments) equals a loop over it. Under
+    vmap the recurrent layers run Keras' step function (torch's fused RNN ops have no
+    batching rule)."""
+    model, net = load(name)
+    args, kwargs = tensors(model, b=4)
+    lengths = kwargs.get("lengths", {})
+    n = len(args)
+    batches = tuple(torch.stack([a, a.flip(0)]) for a in args)  # two batches of rows
+    lens = tuple(torch.stack([v, v.flip(0)]) for v in lengths.values())
+
+    def run(*xs: Any) -> Any:
+        net.reset_states()
+        kw = {"lengths": dict(zip(lengths, xs[n:], strict=True))} if lengths else {}
+        return net(*xs[:n], **kw)
+
+    if net.STATEFUL:  # states of one fixed batch: refused with a clear message
+        with pytest.raises(ValueError, match="stateful.*torch.func.vmap"):
+            torch.func.vmap(run)(*batches, *lens)
+        return
+    with torch.no_grad():
+        got = torch.func.vmap(run)(*batches, *lens)
+        for i in range(2):
+            want = run(*(x[i] for x in batches), *(v[i] for v in lens))
+            assert_same([g[i] for g in flat(got)], flat(want), TOL, f"{name} vmap row {i}")

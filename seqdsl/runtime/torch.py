@@ -48,6 +48,7 @@ __all__ = [
     "carry_state",
     "check_lengths",
     "check_mask",
+    "check_not_vmapped",
     "dropout",
     "fused_attention",
     "fused_rnn",
@@ -69,6 +70,7 @@ __all__ = [
     "temporal_softmax",
     "to_right_padding",
     "tracing",
+    "vmapped",
     "where_valid",
     "window_mask",
     "window_padding",
@@ -254,11 +256,22 @@ def to_right_padding(x: Tensor, mask: Tensor, side: str) -> tuple[Tensor, Tensor
 
 
 def tracing() -> bool:
-    """Whether torch.compile, torch.export or torch.jit.trace is tracing this call:
-    then nothing on the path may depend on the data in Python (no .item(), no
-    packing, no cut to the longest row, no cache keyed on data pointers), so that
-    the graph holds for every batch and every mask. One Python bool per call."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()  # type: ignore[attr-defined]
+    """Whether torch.compile, torch.export or torch.jit.trace is tracing this call, or
+    a torch.func transform (grad, vmap, jacrev, ...) runs it: then nothing on the path
+    may depend on the data in Python (no .item(), no packing, no cut to the longest
+    row, no cache keyed on data pointers), so that a graph holds for every batch and
+    every mask. A few Python bools per call."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()  # type: ignore[attr-defined]
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
+def vmapped(x: Tensor) -> bool:
+    """Whether x is batched by torch.func.vmap: torch's fused RNN ops have no batching
+    rule there, so the recurrent layers run Keras' step function in a loop."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
 
 
 def pack_rows(op: Callable, units: int, lengths: Tensor, longest: int) -> bool:
@@ -394,11 +407,22 @@ def fused_rnn_static(
     return (y if outputs else None), states_out
 
 
+def check_not_vmapped(name: str, x: Tensor) -> None:
+    """A stateful layer refuses torch.func.vmap: its states belong to one fixed batch
+    and would leave the vmapped function."""
+    if vmapped(x):
+        raise ValueError(
+            f"layer `{name}` is stateful: its states belong to one fixed batch, so it "
+            "cannot run under torch.func.vmap (call the model on each batch instead)"
+        )
+
+
 def carry_state(layer: nn.Module, state: str, value: Tensor) -> None:
     """A stateful layer's buffer `state` takes `value` (detached) for the next call:
-    in place when traced, which torch.export and torch.compile record as a buffer
-    mutation (an assignment would be lost from the exported program)."""
-    if tracing():
+    in place under torch.compile and torch.export, which record it as a buffer
+    mutation (an assignment would be lost from the exported program); else assigned
+    (autograd may still need the old value)."""
+    if torch.compiler.is_compiling():
         getattr(layer, state).copy_(value.detach())
     else:
         setattr(layer, state, value.detach())
@@ -485,6 +509,7 @@ class Recurrent(nn.Module):
         if initial_state is not None:
             states = list(initial_state)
         elif self.stateful:
+            check_not_vmapped(self.name, x)
             states = [getattr(self, state) for state in self.state_names]
         else:
             states = [x.new_zeros(x.shape[0], self.units)] * len(self.state_names)  # read only
@@ -501,8 +526,12 @@ class Recurrent(nn.Module):
             x = x.flip(1)
             mask = None if mask is None else mask.flip(1)
             side = {"post": "pre", "pre": "post"}.get(side, side) if side is not None else None
-        if self.fused:
+        if self.fused and not vmapped(x):
             y, final = self.scan_fused(x, mask, side, states, below)
+        elif below:  # a stack under vmap: each layer's step function in turn
+            for layer in below:
+                x = layer.scan_loop(x, mask, states, None)[0]
+            y, final = self.scan_loop(x, mask, states, recurrent_mask)
         else:
             y, final = self.scan_loop(x, mask, states, recurrent_mask)
         last = final[0]  # h: in a row with no valid step, the initial state
@@ -871,6 +900,7 @@ class CellRNN(nn.Module):
         if initial_state is not None:
             states = list(initial_state)
         elif self.stateful:
+            check_not_vmapped(self.name, x)
             states = [getattr(self, state) for state in self.state_names]
         else:
             states = [x.new_zeros(batch, *shape) for shape in self.state_shapes]
