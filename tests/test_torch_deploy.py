@@ -94,6 +94,11 @@ def flat(x: object) -> list[Any]:
     return [x]
 
 
+def values(out: object) -> list[Any]:
+    """The outputs that are not masks."""
+    return [o for o in flat(out) if o.dtype != torch.bool]
+
+
 def assert_same(got: object, want: object, tol: float = 0.0, what: str = "") -> None:
     """Every output: masks exactly, values within tol (0: bit-identical)."""
     g, w = flat(got), flat(want)
@@ -209,6 +214,32 @@ def test_compile_equals_eager(name: str) -> None:
     assert_same(got, want, TOL, f"{name} compiled")
 
 
+GRAD_DEFAULT = ["gaps", "masking_layer_float", "rnn_guide_mnist_rnn_cell"]
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in GRAD_DEFAULT else pytest.mark.full) for n in EVERY]
+)
+def test_compile_with_autograd(name: str) -> None:
+    """The compiled module under autograd: the loss and every parameter's gradient
+    equal eager's (eval mode: no dropout draws). The fused ops' input is made to read
+    a weight where it needs no gradient (torch 2.13's aot_autograd fails otherwise)."""
+    model, net = load(name)
+    args, kwargs = tensors(model)
+    fn = compiled(net)
+    grads = []
+    for f in (fn, net):
+        net.reset_states()
+        net.zero_grad()
+        loss = sum(o.float().square().sum() for o in values(f(*args, **kwargs)))
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for key, want in grads[1].items():
+        scale = max(1.0, float(want.abs().max()))
+        assert float((grads[0][key] - want).abs().max()) <= TOL * scale, key
+
+
 def test_compile_inductor() -> None:
     """The default backend (inductor, C++ on the CPU) on a small LSTM with final c."""
     model, net = load("tiny")
@@ -306,10 +337,6 @@ def test_no_item_in_compiled_forward(name: str) -> None:
 
 FUNC_DEFAULT = ["post", "gaps", "bilstm_tagger", "rnn_guide_mnist_rnn_cell", "rnn_guide_stateful"]
 FUNC_CASES = [pytest.param(n, marks=() if n in FUNC_DEFAULT else pytest.mark.full) for n in EVERY]
-
-
-def values(out: object) -> list[Any]:
-    return [o for o in flat(out) if o.dtype != torch.bool]
 
 
 @pytest.mark.parametrize("name", FUNC_CASES)

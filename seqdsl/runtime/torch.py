@@ -317,6 +317,11 @@ def fused_rnn(
     states are then [h] alone (LSTM's c is not known). outputs=False: the final
     states alone matter, the outputs are None.
     """
+    if tracing() and torch.is_grad_enabled() and not x.requires_grad:
+        # torch.compile with autograd fails on a fused RNN op whose input needs no
+        # gradient (torch 2.13's aot_autograd: "expected all tensors_saved_with_vc_check
+        # to be Tensors"): x, exactly, but reading a weight; its gradient there is 0
+        x = torch.where(torch.ones((), dtype=torch.bool, device=x.device), x, weights[0][0, 0])
     if lengths is not None and tracing():
         return fused_rnn_static(op, x, states, weights, lengths, packed, layers, outputs)
     lstm = op is torch.lstm
