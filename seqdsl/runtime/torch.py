@@ -46,6 +46,7 @@ __all__ = [
     "bind_sizes",
     "carry_forward",
     "carry_state",
+    "carried_states",
     "check_lengths",
     "check_mask",
     "check_not_vmapped",
@@ -316,14 +317,17 @@ def fused_rnn(
     CPU only up to its longest row) and h is gathered from the outputs; the final
     states are then [h] alone (LSTM's c is not known). outputs=False: the final
     states alone matter, the outputs are None.
+    While traced (tracing(): torch.compile, torch.export, torch.func) nothing of this
+    reads the data: with lengths, fused_rnn_static gives the same numbers.
     """
-    if tracing() and torch.is_grad_enabled() and not x.requires_grad:
-        # torch.compile with autograd fails on a fused RNN op whose input needs no
-        # gradient (torch 2.13's aot_autograd: "expected all tensors_saved_with_vc_check
-        # to be Tensors"): x, exactly, but reading a weight; its gradient there is 0
-        x = torch.where(torch.ones((), dtype=torch.bool, device=x.device), x, weights[0][0, 0])
-    if lengths is not None and tracing():
-        return fused_rnn_static(op, x, states, weights, lengths, packed, layers, outputs)
+    if tracing():
+        if torch.compiler.is_compiling() and torch.is_grad_enabled() and not x.requires_grad:
+            # torch.compile with autograd fails on a fused RNN op whose input needs no
+            # gradient (torch 2.13's aot_autograd: "expected all tensors_saved_with_vc_check
+            # to be Tensors"): x, exactly, but reading a weight; its gradient there is 0
+            x = torch.where(torch.ones((), dtype=torch.bool, device=x.device), x, weights[0][0, 0])
+        if lengths is not None:
+            return fused_rnn_static(op, x, states, weights, lengths, packed, layers, outputs)
     lstm = op is torch.lstm
     hx = [s.expand(layers, *s.shape).contiguous() for s in states]
     bias = len(weights) == 4 * layers
@@ -422,6 +426,16 @@ def check_not_vmapped(name: str, x: Tensor) -> None:
         )
 
 
+def carried_states(layer: Any) -> list[Tensor]:
+    """A stateful layer's states from the call before (its buffers): copies under
+    torch.compile, where carry_state updates the buffers in place (autograd may
+    still need the values read)."""
+    states = [getattr(layer, state) for state in layer.state_names]
+    if torch.compiler.is_compiling():
+        states = [s.clone() for s in states]
+    return states
+
+
 def carry_state(layer: nn.Module, state: str, value: Tensor) -> None:
     """A stateful layer's buffer `state` takes `value` (detached) for the next call:
     in place under torch.compile and torch.export, which record it as a buffer
@@ -449,7 +463,8 @@ class Recurrent(nn.Module):
     (masked_output="zero"), or the last valid output, 0 before the first ("carry").
     go_backwards reads the steps in reverse and returns the outputs in that
     reversed order, as Keras does.
-    fused: torch's fused kernel (fused_rnn); else Keras' step function in a loop.
+    fused: torch's fused kernel (fused_rnn); else Keras' step function in a loop
+    (also under torch.func.vmap, where the fused ops have no batching rule).
     packed: with a mask, the fused kernel always packs the rows (LSTM's final c is
     needed: return_state or stateful).
     dropout and recurrent_dropout (training only) use one keep-mask per sequence,
@@ -515,7 +530,7 @@ class Recurrent(nn.Module):
             states = list(initial_state)
         elif self.stateful:
             check_not_vmapped(self.name, x)
-            states = [getattr(self, state) for state in self.state_names]
+            states = carried_states(self)
         else:
             states = [x.new_zeros(x.shape[0], self.units)] * len(self.state_names)  # read only
         recurrent_mask = None
@@ -906,7 +921,7 @@ class CellRNN(nn.Module):
             states = list(initial_state)
         elif self.stateful:
             check_not_vmapped(self.name, x)
-            states = [getattr(self, state) for state in self.state_names]
+            states = carried_states(self)
         else:
             states = [x.new_zeros(batch, *shape) for shape in self.state_shapes]
         sequences_in: Sequence[Tensor] = inputs
