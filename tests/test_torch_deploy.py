@@ -1,12 +1,13 @@
-"""The generated PyTorch modules outside eager mode: torch.func, torch.compile,
-torch.export, state_dict.
+"""The generated PyTorch modules outside eager mode: torch.func (functional_call,
+grad, vmap), torch.compile, torch.export, torch.jit.trace, state_dict.
 
-Under torch.compile and torch.export (seqdsl.runtime.torch.tracing()) the recurrent
-layers take a shape-static path (fused_rnn_static): the padded batch over every
-step, h gathered at each row's last valid step, LSTM's final c kept exact by
-saturated gates at the padding steps; nothing reads the data in Python. The
-default run checks a representative subset; ``pytest -m full`` runs every example.
-Small shapes: the test machine has 2 cores.
+Under torch.compile, torch.export and torch.func (seqdsl.runtime.torch.tracing())
+the masked recurrent layers take a shape-static path (fused_rnn_static): the padded
+batch over every step, h gathered at each row's last valid step, LSTM's final c
+kept exact by saturated gates at the padding steps; nothing reads the data in
+Python. Under vmap they run Keras' step function. The default run checks a
+representative subset; ``pytest -m full`` runs every example. Small shapes: the
+test machine has 2 cores.
 """
 
 from __future__ import annotations
