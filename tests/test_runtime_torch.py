@@ -227,6 +227,46 @@ def test_fused_rnn_without_lengths_is_the_nn_module(kind: str) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_fused_rnn_static_is_the_packed_kernel(kind: str, layers: int, dtype: Any) -> None:
+    """The shape-static path (torch.compile, torch.export): the padded batch over
+    every step, h at each row's last valid step, and with final_c LSTM's exact
+    final c from saturated gates at the padding steps, even with large values in
+    the padding and large weights. tracing() routes fused_rnn to it."""
+    op, _, n_states = KERNELS[kind]
+    b, t, f, u = 5, 7, 3, 4
+    x = torch.as_tensor(RNG.normal(size=(b, t, f)), dtype=dtype)
+    lengths = torch.as_tensor([7, 1, 4, 2, 6])
+    valid = rt.lengths_to_mask(lengths, t)
+    x = torch.where(valid[..., None], x, 1e6)  # padding never reaches a valid output
+    states = [torch.as_tensor(RNG.normal(size=(b, u)), dtype=dtype) for _ in range(n_states)]
+    states64 = [s.double() for s in states]
+    net, _, _ = reference_rnn(kind, x.double(), lengths, states64, layers)
+    w = [3.0 * v.to(dtype) for v in weights_of(net)]  # |gates| up to ~10: still saturated
+    with torch.no_grad():
+        y_ref, final_ref = rt.fused_rnn(op, x, states, w, lengths, packed=True, layers=layers)
+        y, final = rt.fused_rnn_static(op, x, states, w, lengths, True, layers)
+    assert y is not None and y_ref is not None
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(y[valid], y_ref[valid], rtol=0, atol=tol)
+    assert len(final) == n_states
+    for got, want in zip(final, final_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    if kind == "lstm":  # 9 more padding steps leave c as it is (float32: the input
+        # projection's gemm over more steps may round the valid steps differently)
+        longer = torch.cat([x, torch.full((b, 9, f), -1e6, dtype=dtype)], dim=1)
+        _, final_longer = rt.fused_rnn_static(op, longer, states, w, lengths, True, layers)
+        torch.testing.assert_close(final_longer[1], final[1], rtol=0, atol=tol / 10)
+    # fused_rnn takes this path while traced
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        mp.setattr(rt, "tracing", lambda: True)
+        y2, final2 = rt.fused_rnn(op, x, states, w, lengths, packed=True, layers=layers)
+    assert y2 is not None and torch.equal(y2, y)
+    assert all(torch.equal(a, b) for a, b in zip(final2, final, strict=True))
+
+
 def test_pack_rows_rule() -> None:
     """Packing pays in inference when few steps are valid: at most 80% of them for
     GRU and SimpleRNN, 55% for LSTM at 256-1023 units, never for a smaller LSTM,

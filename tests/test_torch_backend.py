@@ -87,6 +87,13 @@ def compare(got: Sequence[object], want: Sequence[object], tol: float, what: str
         assert err <= tol * scale, f"{what} output {i}: max error {err:.3g} > {tol} x {scale:.3g}"
 
 
+def flat_t(x: object) -> list[Any]:
+    """The tensors of a nested output, in order."""
+    if isinstance(x, (tuple, list)):
+        return [a for item in x for a in flat_t(item)]
+    return [x]
+
+
 def max_value(outputs: Sequence[object]) -> float:
     vals = [a for a in flat(list(outputs)) if a.dtype != bool and a.size]
     return max(float(np.max(np.abs(a))) for a in vals)
@@ -128,13 +135,14 @@ def check_case(case: Case, dtype: str = "float32", tol: float = F32_TOL) -> None
 
 
 def example_inputs(
-    model: CheckedModel, seed: int = 0, t: int = 16
+    model: CheckedModel, seed: int = 0, t: int = 16, b: int = 3, s: int = 7
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Inputs for any model: ids below the embedding's vocabulary, padded rows of
     decreasing length (a full one, an empty one unless declared nonempty), masks
-    of the declared kinds (with gaps for `any`)."""
+    of the declared kinds (with gaps for `any`); b rows, t and s steps where the
+    model declares the symbols B, T and S."""
     rng = np.random.default_rng(seed)
-    env: dict[str, int] = {"B": 3, "T": t, "S": 7}
+    env: dict[str, int] = {"B": b, "T": t, "S": s}
     vocab = {
         layer.inputs[0]: int(layer.config["input_dim"])
         for layer in model.layers
@@ -525,8 +533,16 @@ def test_weights_round_trip_bit_exact(tmp_path: Path) -> None:
     net = prog.build("torch", seed=3)
     w = net.canonical_weights()
     keys = [f"{layer.name}/{s.name}" for layer in model.layers for s in layer.weights]
-    assert list(w) == keys
-    assert set(net.state_dict()) == {k.replace("/", ".") for k in keys}
+    assert list(w) == keys and list(net.WEIGHTS) == keys
+    assert set(net.state_dict()) == set(net.WEIGHTS.values())
+    bidi = [k for k in keys if "/forward/" in k or "/backward/" in k]
+    assert bidi and all(
+        net.WEIGHTS[k]
+        == k.replace("/forward/", ".forward_layer.")
+        .replace("/backward/", ".backward_layer.")
+        .replace("/", ".")
+        for k in bidi
+    )
     assert sum(p.numel() for p in net.parameters()) == model.trainable_params
     drawn = initial_weights(((layer.name, layer.weights) for layer in model.layers), 3, "float32")
     for k in keys:
@@ -815,8 +831,18 @@ model Names {
     lens = {"lengths": np.array([4, 2])}
     ref = run_reference(model, weights64(net), [x, s], lengths=lens)
     compare(as_outputs(call(net, [x, s], lengths=lens), model), ref.outputs, F32_TOL)
-    assert set(net.state_dict()) == {k.replace("/", ".") for k in net.WEIGHTS}
-    assert "forward.kernel" in net.state_dict() and "state_dict.forward.kernel" in net.state_dict()
+    assert set(net.state_dict()) == set(net.WEIGHTS.values())
+    # submodules named so that none shadows an nn.Module attribute; canonical keys kept
+    assert net.WEIGHTS["forward/kernel"] == "forward_layer.kernel"
+    assert net.WEIGHTS["state_dict/forward/kernel"] == "state_dict_layer.forward_layer.kernel"
+    assert isinstance(net.get_submodule("state_dict_layer.backward_layer"), torch.nn.Module)
+    assert "forward/kernel" in net.canonical_weights()
+    params = dict(net.named_parameters())
+    again = torch.func.functional_call(
+        net, params, (torch.as_tensor(x), torch.as_tensor(s)), {"lengths": lens}
+    )
+    want = call(net, [x, s], lengths=lens)
+    assert all(torch.equal(a, b) for a, b in zip(flat_t(again), flat_t(want), strict=True))
     net.train()
     net.eval()
     with pytest.raises(seqdsl.emit.Unsupported, match="training"):

@@ -243,14 +243,34 @@ class _Emitter:
         self.mask[value] = m
         return m
 
-    def attr(self, layer: str) -> str:
+    def module_name(self, layer: str) -> str:
+        """The layer's submodule name: its own, or `{layer}_layer` (then more `_`)
+        where it would collide with an attribute of nn.Module or of SeqdslModule
+        (torch.func, torch.export and torch.jit look submodules up with getattr)."""
         if "." in layer or "/" in layer:
             raise Unsupported(layer, "a layer name with '.' or '/' cannot key a state_dict")
         if layer == "training":  # module.train() assigns the attribute `training`
             raise Unsupported(layer, "nn.Module owns the name `training`: rename the layer")
-        if layer.isidentifier() and not keyword.iskeyword(layer) and layer not in _MODULE_ATTRS:
-            return f"self.{layer}"
-        return f"self._modules[{_q(layer)}]"
+        if layer not in _MODULE_ATTRS:
+            return layer
+        name = f"{layer}_layer"
+        while name in _MODULE_ATTRS or name in self.by_name:
+            name += "_"
+        return name
+
+    def attr(self, layer: str) -> str:
+        name = self.module_name(layer)
+        if name.isidentifier() and not keyword.iskeyword(name):
+            return f"self.{name}"
+        return f"self._modules[{_q(name)}]"
+
+    def state_key(self, layer: str, kind: str, weight: str) -> str:
+        """The state_dict key of canonical weight `{layer}/{weight}`: the submodule
+        path, with Bidirectional's directions under Keras' forward_layer / backward_layer."""
+        parts = weight.split("/")
+        if kind == "Bidirectional" and parts[0] in ("forward", "backward"):
+            parts[0] += "_layer"
+        return ".".join([self.module_name(layer), *parts])
 
     def register(self, layer: str, fn: str, args: list[str], comment: str | None = None) -> None:
         if comment:
@@ -1078,16 +1098,13 @@ class _Emitter:
         out()
         out(f"Source: {self.source}")
         out("Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).")
+        out("Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each")
+        out('canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional\'s')
         out(
-            'Parameters are the Keras weights in seqdsl\'s canonical layout: state_dict key "layer.weight"'
+            '"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.'
         )
-        out(
-            'is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run'
-        )
-        out(
-            "on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as"
-        )
-        out("the comments say.")
+        out("Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,")
+        out("rolls or compactions as the comments say.")
         out('"""')
         out()
         for line in format_imports(items):
@@ -1137,12 +1154,16 @@ class _Emitter:
             out("Training mode is module.train(); debug=True checks the declared mask kinds.")
             out('"""')
             out()
-            weights = [f"{layer.name}/{w.name}" for layer in m.layers for w in layer.weights]
+            weights = [
+                (f"{layer.name}/{w.name}", self.state_key(layer.name, layer.kind, w.name))
+                for layer in m.layers
+                for w in layer.weights
+            ]
             if weights:
-                with out.block("WEIGHTS = ("):
-                    for k in weights:
-                        out(f"{_q(k)},")
-                out(")  # canonical keys, in Keras' get_weights() order")
+                with out.block("WEIGHTS = {"):
+                    for k, state in weights:
+                        out(f"{_q(k)}: {_q(state)},")
+                out("}  # canonical key: state_dict key, in Keras' get_weights() order")
             with out.block("SHAPES = {"):
                 for inp, _ in params:
                     dims = []
@@ -1180,7 +1201,7 @@ class _Emitter:
                             f"{_q(_TORCH_DTYPE[t.dtype])}, {tsym}),")  # fmt: skip
                 out("}  # side, value, maxlen, truncate, dtype, time symbol")
             if self.stateful_layers:
-                names = ", ".join(_q(layer) for layer in self.stateful_layers)
+                names = ", ".join(_q(self.module_name(layer)) for layer in self.stateful_layers)
                 out(f"STATEFUL = ({names},)  # stateful layers: reset_states() zeroes them")
             out()
             init = "dtype=torch.float32, externs=None" if m.externs else "dtype=torch.float32"

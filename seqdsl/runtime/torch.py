@@ -45,11 +45,15 @@ __all__ = [
     "attention_mask",
     "bind_sizes",
     "carry_forward",
+    "carry_state",
+    "carried_states",
     "check_lengths",
     "check_mask",
+    "check_not_vmapped",
     "dropout",
     "fused_attention",
     "fused_rnn",
+    "fused_rnn_static",
     "gather_steps",
     "global_pool",
     "hard_sigmoid",
@@ -66,6 +70,8 @@ __all__ = [
     "step_mask",
     "temporal_softmax",
     "to_right_padding",
+    "tracing",
+    "vmapped",
     "where_valid",
     "window_mask",
     "window_padding",
@@ -250,6 +256,25 @@ def to_right_padding(x: Tensor, mask: Tensor, side: str) -> tuple[Tensor, Tensor
     return gather_steps(x, order), lengths, back
 
 
+def tracing() -> bool:
+    """Whether torch.compile, torch.export or torch.jit.trace is tracing this call, or
+    a torch.func transform (grad, vmap, jacrev, ...) runs it: then nothing on the path
+    may depend on the data in Python (no .item(), no packing, no cut to the longest
+    row, no cache keyed on data pointers), so that a graph holds for every batch and
+    every mask. A few Python bools per call."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()  # type: ignore[attr-defined]
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
+def vmapped(x: Tensor) -> bool:
+    """Whether x is batched by torch.func.vmap: torch's fused RNN ops have no batching
+    rule there, so the recurrent layers run Keras' step function in a loop."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
+
+
 def pack_rows(op: Callable, units: int, lengths: Tensor, longest: int) -> bool:
     """Whether to pack the rows rather than run the padded batch (both are exact).
     Measured on the CPU (docs/benchmarks.md): packing wins in inference when few of
@@ -292,7 +317,17 @@ def fused_rnn(
     CPU only up to its longest row) and h is gathered from the outputs; the final
     states are then [h] alone (LSTM's c is not known). outputs=False: the final
     states alone matter, the outputs are None.
+    While traced (tracing(): torch.compile, torch.export, torch.func) nothing of this
+    reads the data: with lengths, fused_rnn_static gives the same numbers.
     """
+    if tracing():
+        if torch.compiler.is_compiling() and torch.is_grad_enabled() and not x.requires_grad:
+            # torch.compile with autograd fails on a fused RNN op whose input needs no
+            # gradient (torch 2.13's aot_autograd: "expected all tensors_saved_with_vc_check
+            # to be Tensors"): x, exactly, but reading a weight; its gradient there is 0
+            x = torch.where(torch.ones((), dtype=torch.bool, device=x.device), x, weights[0][0, 0])
+        if lengths is not None:
+            return fused_rnn_static(op, x, states, weights, lengths, packed, layers, outputs)
     lstm = op is torch.lstm
     hx = [s.expand(layers, *s.shape).contiguous() for s in states]
     bias = len(weights) == 4 * layers
@@ -326,6 +361,92 @@ def fused_rnn(
     return (F.pad(y, (0, 0, 0, cut)) if cut else y), [h]  # the cut steps back, as 0
 
 
+def fused_rnn_static(
+    op: Callable,
+    x: Tensor,
+    states: Sequence[Tensor],
+    weights: Sequence[Tensor],
+    lengths: Tensor,
+    final_c: bool = False,
+    layers: int = 1,
+    outputs: bool = True,
+) -> tuple[Tensor | None, list[Tensor]]:
+    """fused_rnn with lengths, shape-static (what torch.compile and torch.export see):
+    the padded batch runs over every step, whatever the lengths, and h is gathered
+    at each row's last valid step; the same numbers as the packed or cut kernels.
+
+    final_c (LSTM: the final c is needed, where fused_rnn packs): the top layer
+    reads one more input feature, 1 at the padding steps and 0 at the valid ones,
+    whose weights are -big for the input gate, +big for the forget gate and 0 for
+    the others, with x zeroed at the padding steps. big exceeds the largest
+    |recurrent_kernel row| sum + |biases| (|h| <= 1 under tanh) by 1000, so at a
+    padding step sigmoid gives exactly f = 1 and i = 0 (in float32 and float64) and
+    c' = 1 * c + 0 * g = c: the final c of the kernel is, bit for bit, the c of the
+    last valid step. At valid steps the extra feature adds 0 to every gate. The
+    layers below the top one (a stack) run first, in one call."""
+    lstm = op is torch.lstm
+    train = torch.is_grad_enabled()
+    per = len(weights) // layers  # 4 with biases, else 2
+    steps = torch.arange(x.shape[1], device=x.device)
+    valid = steps < lengths[:, None]  # [B, T]
+    if lstm and final_c:
+        top = list(weights[-per:])
+        if layers > 1:  # the layers below, outputs only
+            below = [s.expand(layers - 1, *s.shape).contiguous() for s in states]
+            hx_below = (below[0], below[1])
+            x, _, _ = op(x, hx_below, weights[:-per], per == 4, layers - 1, 0.0, train, False, True)
+            layers = 1
+        w_ih, w_hh = top[0], top[1]
+        units = w_hh.shape[1]
+        with torch.no_grad():
+            big = w_hh.abs().sum(1)
+            for b in top[2:]:
+                big = big + b.abs()
+            big = big.max() + 1000.0
+            gates = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=w_ih.dtype, device=w_ih.device)
+            column = gates.repeat_interleave(units) * big  # [4U]: gates i, f, g, o
+        pad = (~valid).to(x.dtype)[..., None]
+        x = torch.cat([torch.where(valid[..., None], x, 0.0), pad], dim=-1)
+        weights = [torch.cat([w_ih, column[:, None]], dim=1), *top[1:]]
+    hx = [s.expand(layers, *s.shape).contiguous() for s in states]
+    start = tuple(hx) if lstm else hx[0]
+    y, *final = op(x, start, weights, per == 4, layers, 0.0, train, False, True)
+    h = y[torch.arange(y.shape[0], device=y.device), lengths - 1]  # at each row's last valid step
+    states_out = [h, final[1][-1]] if lstm and final_c else [h]
+    return (y if outputs else None), states_out
+
+
+def check_not_vmapped(name: str, x: Tensor) -> None:
+    """A stateful layer refuses torch.func.vmap: its states belong to one fixed batch
+    and would leave the vmapped function."""
+    if vmapped(x):
+        raise ValueError(
+            f"layer `{name}` is stateful: its states belong to one fixed batch, so it "
+            "cannot run under torch.func.vmap (call the model on each batch instead)"
+        )
+
+
+def carried_states(layer: Any) -> list[Tensor]:
+    """A stateful layer's states from the call before (its buffers): copies under
+    torch.compile, where carry_state updates the buffers in place (autograd may
+    still need the values read)."""
+    states = [getattr(layer, state) for state in layer.state_names]
+    if torch.compiler.is_compiling():
+        states = [s.clone() for s in states]
+    return states
+
+
+def carry_state(layer: nn.Module, state: str, value: Tensor) -> None:
+    """A stateful layer's buffer `state` takes `value` (detached) for the next call:
+    in place under torch.compile and torch.export, which record it as a buffer
+    mutation (an assignment would be lost from the exported program); else assigned
+    (autograd may still need the old value)."""
+    if torch.compiler.is_compiling():
+        getattr(layer, state).copy_(value.detach())
+    else:
+        setattr(layer, state, value.detach())
+
+
 def carry_forward(y: Tensor, mask: Tensor) -> Tensor:
     """masked_output=carry: a masked step repeats the last valid output (0 before the first)."""
     steps = torch.arange(y.shape[1], device=y.device)
@@ -342,7 +463,8 @@ class Recurrent(nn.Module):
     (masked_output="zero"), or the last valid output, 0 before the first ("carry").
     go_backwards reads the steps in reverse and returns the outputs in that
     reversed order, as Keras does.
-    fused: torch's fused kernel (fused_rnn); else Keras' step function in a loop.
+    fused: torch's fused kernel (fused_rnn); else Keras' step function in a loop
+    (also under torch.func.vmap, where the fused ops have no batching rule).
     packed: with a mask, the fused kernel always packs the rows (LSTM's final c is
     needed: return_state or stateful).
     dropout and recurrent_dropout (training only) use one keep-mask per sequence,
@@ -407,7 +529,8 @@ class Recurrent(nn.Module):
         if initial_state is not None:
             states = list(initial_state)
         elif self.stateful:
-            states = [getattr(self, state) for state in self.state_names]
+            check_not_vmapped(self.name, x)
+            states = carried_states(self)
         else:
             states = [x.new_zeros(x.shape[0], self.units)] * len(self.state_names)  # read only
         recurrent_mask = None
@@ -423,8 +546,12 @@ class Recurrent(nn.Module):
             x = x.flip(1)
             mask = None if mask is None else mask.flip(1)
             side = {"post": "pre", "pre": "post"}.get(side, side) if side is not None else None
-        if self.fused:
+        if self.fused and not vmapped(x):
             y, final = self.scan_fused(x, mask, side, states, below)
+        elif below:  # a stack under vmap: each layer's step function in turn
+            for layer in below:
+                x = layer.scan_loop(x, mask, states, None)[0]
+            y, final = self.scan_loop(x, mask, states, recurrent_mask)
         else:
             y, final = self.scan_loop(x, mask, states, recurrent_mask)
         last = final[0]  # h: in a row with no valid step, the initial state
@@ -432,7 +559,7 @@ class Recurrent(nn.Module):
             last = torch.where(mask.any(1, keepdim=True), last, 0.0)  # which outputs 0 there
         if self.stateful:
             for state, value in zip(self.state_names, final, strict=True):
-                setattr(self, state, value.detach())
+                carry_state(self, state, value)
         out = y if self.return_sequences else last
         if self.return_sequences and mask is not None and self.masked_output == "carry":
             out = carry_forward(y, mask)
@@ -476,7 +603,7 @@ class Recurrent(nn.Module):
         every call). Without autograd (inference) they are made once and kept while
         the parameters stay the same: an optimizer step, load_canonical, .to() or any
         in-place change of a parameter (not through .data) remakes them."""
-        if torch.is_grad_enabled():  # gradients flow through these copies to the parameters
+        if torch.is_grad_enabled() or tracing():  # (autograd: the copies pass gradients on)
             return [w.contiguous() for w in self.torch_weights()]
         key = [
             (id(p), p._version, p.data_ptr()) for p in self._parameters.values() if p is not None
@@ -661,17 +788,19 @@ class SimpleRNN(Recurrent):
 class Bidirectional(nn.Module):
     """Keras' Bidirectional: the forward layer, and a go_backwards copy whose output
     sequence is flipped back to input order, merged by merge_mode ("none": both).
-    Initial and returned states: the forward layer's, then the backward layer's."""
+    Initial and returned states: the forward layer's, then the backward layer's.
+    The submodules are `forward_layer` and `backward_layer`, Keras' attribute names
+    (`forward` would shadow nn.Module.forward for torch.func, torch.export and
+    torch.jit); their weights keep the canonical keys "{name}/forward/..." and
+    "{name}/backward/..." (SeqdslModule.WEIGHTS maps them to state_dict keys)."""
 
     def __init__(
         self, name: str, forward_layer: nn.Module, backward_layer: nn.Module, merge_mode="concat"
     ):
         super().__init__()
         self.name = name
-        # Registered under the canonical weight names "forward" and "backward"
-        # (add_module refuses "forward", the name of nn.Module's method).
-        self._modules["forward"] = forward_layer
-        self._modules["backward"] = backward_layer
+        self.forward_layer = forward_layer
+        self.backward_layer = backward_layer
         self.merge_mode = merge_mode
 
     def forward(
@@ -682,8 +811,8 @@ class Bidirectional(nn.Module):
         dropout_masks: Mapping | None = None,
         training: bool | None = None,
     ) -> Any:
-        fw: Any = self._modules["forward"]
-        bw: Any = self._modules["backward"]
+        fw: Any = self.forward_layer
+        bw: Any = self.backward_layer
         start_fw = start_bw = None
         if initial_state is not None:
             n = len(fw.state_names)
@@ -791,7 +920,8 @@ class CellRNN(nn.Module):
         if initial_state is not None:
             states = list(initial_state)
         elif self.stateful:
-            states = [getattr(self, state) for state in self.state_names]
+            check_not_vmapped(self.name, x)
+            states = carried_states(self)
         else:
             states = [x.new_zeros(batch, *shape) for shape in self.state_shapes]
         sequences_in: Sequence[Tensor] = inputs
@@ -820,7 +950,7 @@ class CellRNN(nn.Module):
                     seq.append(y)
         if self.stateful:
             for state, value in zip(self.state_names, states, strict=True):
-                setattr(self, state, value.detach())
+                carry_state(self, state, value)
         outputs = last
         if self.return_sequences:
             outputs = [torch.stack(seq, 1) for seq in sequences]
@@ -1328,8 +1458,10 @@ class SeqdslModule(nn.Module):
     from the tables its subclass sets. ``anchor`` follows .to(): the dtype and device
     that inputs are cast to; ``debug = True`` checks the declared mask kinds."""
 
-    #: canonical keys "layer/weight", in Keras' get_weights() order
-    WEIGHTS: tuple[str, ...] = ()
+    #: canonical key "layer/weight" -> its state_dict key, in Keras' get_weights() order
+    #: (the submodule path differs from the canonical one where a name would collide
+    #: with an nn.Module attribute: Bidirectional's forward_layer / backward_layer)
+    WEIGHTS: Mapping[str, str] = {}
     #: declared shapes: a symbol, a size or None (`_`) per axis
     SHAPES: Mapping[str, tuple[Any, ...]] = {}
     #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time symbol)
@@ -1361,8 +1493,8 @@ class SeqdslModule(nn.Module):
             raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
         state = self.state_dict(keep_vars=True)
         with torch.no_grad():
-            for key in self.WEIGHTS:
-                target = state[key.replace("/", ".")]
+            for key, state_key in self.WEIGHTS.items():
+                target = state[state_key]
                 value = torch.as_tensor(np.asarray(weights[key]))
                 if tuple(value.shape) != tuple(target.shape):
                     raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
@@ -1371,7 +1503,9 @@ class SeqdslModule(nn.Module):
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """The weights as {"layer/weight": numpy array}, in the canonical layout."""
         state = self.state_dict()
-        return {key: state[key.replace("/", ".")].cpu().numpy().copy() for key in self.WEIGHTS}
+        return {
+            key: state[state_key].cpu().numpy().copy() for key, state_key in self.WEIGHTS.items()
+        }
 
     def reset_states(self) -> None:
         """Zero the states of the stateful layers (as after construction)."""

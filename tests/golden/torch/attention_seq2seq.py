@@ -2,10 +2,11 @@
 
 Source: examples/attention_seq2seq.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -32,18 +33,18 @@ class AttentionSeq2Seq(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "src_embedding/embeddings",
-        "encoder/kernel",
-        "encoder/recurrent_kernel",
-        "encoder/bias",
-        "tgt_embedding/embeddings",
-        "decoder/kernel",
-        "decoder/recurrent_kernel",
-        "decoder/bias",
-        "logits_dense/kernel",
-        "logits_dense/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "src_embedding/embeddings": "src_embedding.embeddings",
+        "encoder/kernel": "encoder.kernel",
+        "encoder/recurrent_kernel": "encoder.recurrent_kernel",
+        "encoder/bias": "encoder.bias",
+        "tgt_embedding/embeddings": "tgt_embedding.embeddings",
+        "decoder/kernel": "decoder.kernel",
+        "decoder/recurrent_kernel": "decoder.recurrent_kernel",
+        "decoder/bias": "decoder.bias",
+        "logits_dense/kernel": "logits_dense.kernel",
+        "logits_dense/bias": "logits_dense.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "source": ("B", "S"),
         "target": ("B", "T"),

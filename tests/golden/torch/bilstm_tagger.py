@@ -2,10 +2,11 @@
 
 Source: examples/bilstm_tagger.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -32,22 +33,22 @@ class BiLstmTagger(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "x_bidirectional/forward/kernel",
-        "x_bidirectional/forward/recurrent_kernel",
-        "x_bidirectional/forward/bias",
-        "x_bidirectional/backward/kernel",
-        "x_bidirectional/backward/recurrent_kernel",
-        "x_bidirectional/backward/bias",
-        "x_bidirectional_1/forward/kernel",
-        "x_bidirectional_1/forward/recurrent_kernel",
-        "x_bidirectional_1/forward/bias",
-        "x_bidirectional_1/backward/kernel",
-        "x_bidirectional_1/backward/recurrent_kernel",
-        "x_bidirectional_1/backward/bias",
-        "tags_time_distributed/kernel",
-        "tags_time_distributed/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "x_bidirectional/forward/kernel": "x_bidirectional.forward_layer.kernel",
+        "x_bidirectional/forward/recurrent_kernel": "x_bidirectional.forward_layer.recurrent_kernel",
+        "x_bidirectional/forward/bias": "x_bidirectional.forward_layer.bias",
+        "x_bidirectional/backward/kernel": "x_bidirectional.backward_layer.kernel",
+        "x_bidirectional/backward/recurrent_kernel": "x_bidirectional.backward_layer.recurrent_kernel",
+        "x_bidirectional/backward/bias": "x_bidirectional.backward_layer.bias",
+        "x_bidirectional_1/forward/kernel": "x_bidirectional_1.forward_layer.kernel",
+        "x_bidirectional_1/forward/recurrent_kernel": "x_bidirectional_1.forward_layer.recurrent_kernel",
+        "x_bidirectional_1/forward/bias": "x_bidirectional_1.forward_layer.bias",
+        "x_bidirectional_1/backward/kernel": "x_bidirectional_1.backward_layer.kernel",
+        "x_bidirectional_1/backward/recurrent_kernel": "x_bidirectional_1.backward_layer.recurrent_kernel",
+        "x_bidirectional_1/backward/bias": "x_bidirectional_1.backward_layer.bias",
+        "tags_time_distributed/kernel": "tags_time_distributed.kernel",
+        "tags_time_distributed/bias": "tags_time_distributed.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "frames": ("B", "T", 40),
     }  # declared shapes: symbols, sizes, None for `_`

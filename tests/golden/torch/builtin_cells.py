@@ -2,11 +2,11 @@
 
 Source: examples/custom/builtin_cells.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
-Cell blocks run their equations step by step in a loop over time (CellRNN).
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -157,23 +157,23 @@ class CellsAsLayers(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "a_rnn/kernel",
-        "a_rnn/recurrent_kernel",
-        "a_rnn/bias",
-        "b_rnn/kernel",
-        "b_rnn/recurrent_kernel",
-        "b_rnn/bias",
-        "c_rnn/kernel",
-        "c_rnn/recurrent_kernel",
-        "c_rnn/bias",
-        "d_bidirectional/forward/kernel",
-        "d_bidirectional/forward/recurrent_kernel",
-        "d_bidirectional/forward/bias",
-        "d_bidirectional/backward/kernel",
-        "d_bidirectional/backward/recurrent_kernel",
-        "d_bidirectional/backward/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "a_rnn/kernel": "a_rnn.kernel",
+        "a_rnn/recurrent_kernel": "a_rnn.recurrent_kernel",
+        "a_rnn/bias": "a_rnn.bias",
+        "b_rnn/kernel": "b_rnn.kernel",
+        "b_rnn/recurrent_kernel": "b_rnn.recurrent_kernel",
+        "b_rnn/bias": "b_rnn.bias",
+        "c_rnn/kernel": "c_rnn.kernel",
+        "c_rnn/recurrent_kernel": "c_rnn.recurrent_kernel",
+        "c_rnn/bias": "c_rnn.bias",
+        "d_bidirectional/forward/kernel": "d_bidirectional.forward_layer.kernel",
+        "d_bidirectional/forward/recurrent_kernel": "d_bidirectional.forward_layer.recurrent_kernel",
+        "d_bidirectional/forward/bias": "d_bidirectional.forward_layer.bias",
+        "d_bidirectional/backward/kernel": "d_bidirectional.backward_layer.kernel",
+        "d_bidirectional/backward/recurrent_kernel": "d_bidirectional.backward_layer.recurrent_kernel",
+        "d_bidirectional/backward/bias": "d_bidirectional.backward_layer.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "x": ("B", "T", 6),
     }  # declared shapes: symbols, sizes, None for `_`

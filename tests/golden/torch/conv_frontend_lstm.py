@@ -2,10 +2,11 @@
 
 Source: examples/conv_frontend_lstm.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -33,17 +34,17 @@ class ConvFrontend(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "feats_conv1d/kernel",
-        "feats_conv1d/bias",
-        "feats_conv1d_1/kernel",
-        "feats_conv1d_1/bias",
-        "encoded_lstm/kernel",
-        "encoded_lstm/recurrent_kernel",
-        "encoded_lstm/bias",
-        "logits_dense/kernel",
-        "logits_dense/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "feats_conv1d/kernel": "feats_conv1d.kernel",
+        "feats_conv1d/bias": "feats_conv1d.bias",
+        "feats_conv1d_1/kernel": "feats_conv1d_1.kernel",
+        "feats_conv1d_1/bias": "feats_conv1d_1.bias",
+        "encoded_lstm/kernel": "encoded_lstm.kernel",
+        "encoded_lstm/recurrent_kernel": "encoded_lstm.recurrent_kernel",
+        "encoded_lstm/bias": "encoded_lstm.bias",
+        "logits_dense/kernel": "logits_dense.kernel",
+        "logits_dense/bias": "logits_dense.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "frames": ("B", "T", 40),
     }  # declared shapes: symbols, sizes, None for `_`

@@ -2,10 +2,11 @@
 
 Source: examples/gru_pre_padding.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -23,14 +24,14 @@ class PrePaddedGru(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "x_embedding/embeddings",
-        "x_gru/kernel",
-        "x_gru/recurrent_kernel",
-        "x_gru/bias",
-        "score_dense/kernel",
-        "score_dense/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "x_embedding/embeddings": "x_embedding.embeddings",
+        "x_gru/kernel": "x_gru.kernel",
+        "x_gru/recurrent_kernel": "x_gru.recurrent_kernel",
+        "x_gru/bias": "x_gru.bias",
+        "score_dense/kernel": "score_dense.kernel",
+        "score_dense/bias": "score_dense.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "tokens": ("B", 100),
     }  # declared shapes: symbols, sizes, None for `_`

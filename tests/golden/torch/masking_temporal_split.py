@@ -2,10 +2,11 @@
 
 Source: examples/masking_temporal_split.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -23,18 +24,18 @@ class TemporalSplitDemo(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "emb_embedding/embeddings",
-        "head_lstm/kernel",
-        "head_lstm/recurrent_kernel",
-        "head_lstm/bias",
-        "tail_lstm/kernel",
-        "tail_lstm/recurrent_kernel",
-        "tail_lstm/bias",
-        "both_lstm/kernel",
-        "both_lstm/recurrent_kernel",
-        "both_lstm/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "emb_embedding/embeddings": "emb_embedding.embeddings",
+        "head_lstm/kernel": "head_lstm.kernel",
+        "head_lstm/recurrent_kernel": "head_lstm.recurrent_kernel",
+        "head_lstm/bias": "head_lstm.bias",
+        "tail_lstm/kernel": "tail_lstm.kernel",
+        "tail_lstm/recurrent_kernel": "tail_lstm.recurrent_kernel",
+        "tail_lstm/bias": "tail_lstm.bias",
+        "both_lstm/kernel": "both_lstm.kernel",
+        "both_lstm/recurrent_kernel": "both_lstm.recurrent_kernel",
+        "both_lstm/bias": "both_lstm.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "tokens": ("B", "T"),
     }  # declared shapes: symbols, sizes, None for `_`

@@ -2,10 +2,11 @@
 
 Source: examples/rnn_guide_stateful.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -23,11 +24,11 @@ class StatefulParagraphs(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "output_state_lstm/kernel",
-        "output_state_lstm/recurrent_kernel",
-        "output_state_lstm/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "output_state_lstm/kernel": "output_state_lstm.kernel",
+        "output_state_lstm/recurrent_kernel": "output_state_lstm.recurrent_kernel",
+        "output_state_lstm/bias": "output_state_lstm.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "paragraph": (20, 10, 50),
     }  # declared shapes: symbols, sizes, None for `_`

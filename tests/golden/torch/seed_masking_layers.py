@@ -3,10 +3,11 @@
 Source: examples/custom/seed_masking_layers.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
 Extern layers: seqdsl.externs and the `use`d modules (seed_externs).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import seed_externs  # noqa: F401 (registers extern implementations)
@@ -25,14 +26,14 @@ class SeedMasking(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "x_my_embedding/embeddings",
-        "h_lstm/kernel",
-        "h_lstm/recurrent_kernel",
-        "h_lstm/bias",
-        "s_dense/kernel",
-        "s_dense/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "x_my_embedding/embeddings": "x_my_embedding.embeddings",
+        "h_lstm/kernel": "h_lstm.kernel",
+        "h_lstm/recurrent_kernel": "h_lstm.recurrent_kernel",
+        "h_lstm/bias": "h_lstm.bias",
+        "s_dense/kernel": "s_dense.kernel",
+        "s_dense/bias": "s_dense.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "tokens": ("B", "T"),
     }  # declared shapes: symbols, sizes, None for `_`

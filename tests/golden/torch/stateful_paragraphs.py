@@ -2,10 +2,11 @@
 
 Source: examples/stateful_paragraphs.seq
 Run-time code: seqdsl.runtime.torch (seqdsl compile --standalone copies it in).
-Parameters are the Keras weights in seqdsl's canonical layout: state_dict key "layer.weight"
-is canonical "layer/weight" (load_canonical / canonical_weights). Recurrent layers run
-on torch's fused RNN ops (cuDNN on CUDA); masks become lengths, rolls or compactions as
-the comments say.
+Parameters are the Keras weights in seqdsl's canonical layout: WEIGHTS maps each
+canonical key "layer/weight" to its state_dict key ("layer.weight"; Bidirectional's
+"layer/forward/w" is "layer.forward_layer.w"), for load_canonical / canonical_weights.
+Recurrent layers run on torch's fused RNN ops (cuDNN on CUDA); masks become lengths,
+rolls or compactions as the comments say.
 """
 
 import torch
@@ -30,11 +31,11 @@ class StatefulParagraphs(SeqdslModule):
     Training mode is module.train(); debug=True checks the declared mask kinds.
     """
 
-    WEIGHTS = (
-        "lstm_layer/kernel",
-        "lstm_layer/recurrent_kernel",
-        "lstm_layer/bias",
-    )  # canonical keys, in Keras' get_weights() order
+    WEIGHTS = {
+        "lstm_layer/kernel": "lstm_layer.kernel",
+        "lstm_layer/recurrent_kernel": "lstm_layer.recurrent_kernel",
+        "lstm_layer/bias": "lstm_layer.bias",
+    }  # canonical key: state_dict key, in Keras' get_weights() order
     SHAPES = {
         "paragraph": (20, "T", 50),
     }  # declared shapes: symbols, sizes, None for `_`
