@@ -325,35 +325,17 @@ def test_export_needs_a_time_bound_after_shortening_windows() -> None:
         )
 
 
-# the code of docs/deploy.md, section JAX (run as it stands there)
-DEPLOY_SNIPPET = """
-import jax
-import jax.numpy as jnp
-import numpy as np
+def doc_snippet(doc: str, section: str) -> str:
+    """The first Python block of ``## {section}`` in docs/{doc}: the tests run the
+    documented code as it stands there."""
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    start = text.index(f"\n## {section}\n")
+    begin = text.index("```python\n", start) + len("```python\n")
+    return text[begin : text.index("```", begin)]
 
-import conv_frontend  # seqdsl compile examples/conv_frontend_lstm.seq --backend jax -o conv_frontend.py
 
-variables = conv_frontend.init(jax.random.key(0))  # or conv_frontend.from_canonical(weights)
-spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-
-# any batch size, any number of steps from 9 on (the convolutions need them)
-b, t = jax.export.symbolic_shape("b, t", constraints=("t >= 9",))
-exported = jax.export.export(jax.jit(conv_frontend.apply))(
-    jax.tree.map(spec, variables),
-    jax.ShapeDtypeStruct((b, t, 40), jnp.float32),  # frames: f32[B, T, 40]
-    lengths=jax.ShapeDtypeStruct((b,), jnp.int32),  # the valid steps of each row
-)
-blob = exported.serialize()  # bytes: write them to a file, ship them
-
-restored = jax.export.deserialize(blob)  # elsewhere: needs jax only, no seqdsl, no .py
-rng = np.random.default_rng(0)
-for batch, steps in [(3, 20), (8, 57)]:
-    frames = rng.normal(size=(batch, steps, 40)).astype(np.float32)
-    lengths = rng.integers(9, steps + 1, size=batch).astype(np.int32)
-    logits = restored.call(variables, frames, lengths=lengths)
-    direct = jax.jit(conv_frontend.apply)(variables, frames, lengths=lengths)
-    np.testing.assert_allclose(logits, direct, atol=1e-5)
-"""
+# the code of docs/deploy.md, section JAX
+DEPLOY_SNIPPET = doc_snippet("deploy.md", "JAX")
 
 
 def test_deploy_doc_snippet(tmp_path: Path) -> None:
@@ -370,44 +352,9 @@ def test_deploy_doc_snippet(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 # jax.jit under a NamedSharding of the batch (4 CPU devices, in a subprocess)
 
-# the code of docs/scale.md, section JAX (run as it stands there; `mod` is a
-# generated module, `inputs` its inputs, `lengths`/`masks` as apply takes them)
-SCALE_SNIPPET = """
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-mesh = jax.make_mesh((jax.device_count(),), ("batch",))  # every device, one axis
-rows = NamedSharding(mesh, P("batch"))  # split the batch axis over the devices
-everywhere = NamedSharding(mesh, P())  # replicated
-
-variables = jax.device_put(mod.init(jax.random.key(0)), everywhere)
-inputs = [jax.device_put(x, rows) for x in inputs]  # every input [B, ...]
-lengths = jax.device_put(lengths, rows)  # {name: [B]}: also split by row
-masks = jax.device_put(masks, rows)  # {name: [B, T]}
-
-apply = jax.jit(mod.apply)
-outputs = apply(variables, *inputs, lengths=lengths, masks=masks)  # rows stay on their device
-
-
-def loss(params, state, inputs, lengths, masks, targets):
-    out = mod.apply({"params": params, "state": state}, *inputs, lengths=lengths, masks=masks)
-    out = jax.tree.leaves(out)[0]
-    return jnp.mean(jnp.square(out - targets))
-
-
-@jax.jit
-def train_step(variables, inputs, lengths, masks, targets, lr=0.1):
-    value, grads = jax.value_and_grad(loss)(variables["params"], variables["state"],
-                                            inputs, lengths, masks, targets)
-    params = jax.tree.map(lambda p, g: p - lr * g, variables["params"], grads)  # SGD
-    return {"params": params, "state": variables["state"]}, value
-
-
-targets = jax.device_put(targets, rows)
-variables, value = train_step(variables, inputs, lengths, masks, targets)
-"""
+# the code of docs/scale.md, section JAX (`mod` is a generated module, `inputs` its
+# inputs, `lengths`/`masks` as apply takes them)
+SCALE_SNIPPET = doc_snippet("scale.md", "JAX")
 
 SHARDED_SCRIPT = """
 import json, sys
