@@ -1276,6 +1276,25 @@ def masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     return e / torch.where(total > 0, total, 1.0)
 
 
+def attend(
+    scores: Tensor,
+    allowed: Tensor | None,
+    value: Tensor,
+    dropping: bool,
+    rate: float,
+    dropout_masks: Mapping | None,
+    key: str,
+) -> tuple[Tensor, Tensor]:
+    """The explicit attention path (Attention and MultiHeadAttention): the weights, a
+    softmax of `scores` over the allowed steps; in training (dropping) dropout on
+    them, dropout_masks[key] when given, else drawn. Returns (weights @ value, weights)."""
+    weights = masked_softmax(scores, allowed)
+    used = weights
+    if dropping:
+        used = weights * keep_mask(dropout_masks, key, weights.shape, rate, weights)
+    return used @ value, weights
+
+
 def fused_attention(
     query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, scale: float
 ) -> Tensor:
@@ -1350,12 +1369,15 @@ class Attention(nn.Module):
             scaled = query if self.scale is None else query * self.scale
             out = fused_attention(scaled, key, value, allowed, scale=1.0)
         else:
-            weights = masked_softmax(self.scores(query, key), allowed)
-            used = weights
-            if dropping:
-                keep = keep_mask(dropout_masks, self.name, weights.shape, self.dropout, weights)
-                used = weights * keep
-            out = used @ value
+            out, weights = attend(
+                self.scores(query, key),
+                allowed,
+                value,
+                dropping,
+                self.dropout,
+                dropout_masks,
+                self.name,
+            )
         if query_mask is not None:
             out = torch.where(query_mask[..., None], out, 0.0)
         return (out, weights) if self.return_scores else out
@@ -1441,12 +1463,10 @@ class MultiHeadAttention(nn.Module):
         if self.sdpa and not dropping:
             context = fused_attention(q, k, v, allowed, scale)
         else:
-            weights = masked_softmax((q * scale) @ k.transpose(-1, -2), allowed)
-            used = weights
-            if dropping:
-                keep = keep_mask(dropout_masks, self.name, weights.shape, self.dropout, weights)
-                used = weights * keep
-            context = used @ v
+            scores = (q * scale) @ k.transpose(-1, -2)
+            context, weights = attend(
+                scores, allowed, v, dropping, self.dropout, dropout_masks, self.name
+            )
         out = torch.einsum("bnth,nho->bto", context, self.attention_output.kernel)
         if self.attention_output.bias is not None:
             out = out + self.attention_output.bias
