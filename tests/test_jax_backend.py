@@ -36,6 +36,7 @@ from seqdsl.reference import run_reference  # noqa: E402
 from seqdsl.types import TensorType  # noqa: E402
 from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
 from tests.parity_cases import OPTIONS, Case, all_cases, make_case  # noqa: E402
+from tests.refuse import refusing  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.seq"))
@@ -568,17 +569,10 @@ def test_emitted_module_is_standalone_and_deterministic() -> None:
 
 # Runs in a subprocess whose import system refuses seqdsl: imports standalone
 # modules from files and runs each on its inputs (all from one .npz).
-_STANDALONE_DRIVER = textwrap.dedent(
+_STANDALONE_DRIVER = refusing("seqdsl") + textwrap.dedent(
     """
     import importlib.util, sys
 
-    class Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] == "seqdsl":
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Refuse())
     import jax
     import numpy as np
 

@@ -40,6 +40,8 @@ from seqdsl.types import MaskType, TensorType  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_cases import Case, all_cases  # noqa: E402
 
+from tests.refuse import refusing  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.seq"))
 EXAMPLE_IDS = [p.stem for p in EXAMPLES]
@@ -1071,13 +1073,7 @@ def test_registered_and_cli(tmp_path: Path) -> None:
 
 def test_compile_imports_no_framework() -> None:
     """Emitting Keras code imports no framework (compile works with lark and numpy only)."""
-    code = (
-        "import sys\n"
-        "class Refuse:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.partition('.')[0] in ('keras', 'tensorflow', 'torch', 'jax', 'jaxlib'):\n"
-        "            raise ImportError(name)\n"
-        "sys.meta_path.insert(0, Refuse())\n"
+    code = refusing("keras", "tensorflow", "torch", "jax", "jaxlib") + (
         "import pathlib, seqdsl\n"
         "for p in sorted(pathlib.Path('examples').glob('*.seq')):\n"
         "    assert 'def build_model' in seqdsl.load(p).compile('keras')\n"
@@ -1143,17 +1139,12 @@ def test_emitted_code_is_ruff_clean(tmp_path: Path, standalone: bool) -> None:
 
 # Runs in a subprocess whose import system refuses seqdsl: imports each standalone
 # module, loads the weights, runs it on the inputs, saves the outputs.
-STANDALONE_DRIVER = """
+STANDALONE_DRIVER = (
+    refusing("seqdsl")
+    + """
 import importlib.util, sys
 import numpy as np
 
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "seqdsl":
-            raise ImportError(f"{name} is refused in this test")
-        return None
-
-sys.meta_path.insert(0, Refuse())
 import keras
 from keras import ops
 
@@ -1182,6 +1173,7 @@ for name in sys.argv[2:]:
 assert not any(m == "seqdsl" or m.startswith("seqdsl.") for m in sys.modules), "seqdsl imported"
 print("OK")
 """
+)
 
 
 def test_standalone_module_runs_without_seqdsl(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 import seqdsl  # noqa: E402
 from seqdsl.emit.torch_backend import class_name  # noqa: E402
 from seqdsl.runtime import torch as rt  # noqa: E402
+from tests.refuse import refusing  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.seq")) + sorted(
@@ -427,18 +428,11 @@ def test_standalone_examples_are_ruff_clean(tmp_path: Path) -> None:
 
 # Runs in a subprocess whose import system refuses seqdsl: each standalone module
 # runs on the saved inputs; its outputs are saved next to them.
-DRIVER = textwrap.dedent(
+DRIVER = refusing("seqdsl") + textwrap.dedent(
     """
     import importlib.util, json, sys
     import numpy as np
 
-    class Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] == "seqdsl":
-                raise ImportError(f"{name} is refused in this test")
-            return None
-
-    sys.meta_path.insert(0, Refuse())
     import torch
 
     def flat(x):
