@@ -353,7 +353,7 @@ def test_fuzz_cli_never_internal_error(command: str, tmp_path: Path) -> None:
 
 
 # Edge values found by fuzzing (each once crashed or hung the checker).
-_HUGE = "1" + "0" * 400
+_HUGE = "1" + "0" * 99  # the longest integer literal accepted (100 digits)
 EDGE_CASES: dict[str, tuple[str, str | None]] = {
     "pad value overflowing float": (
         "model M { input t: i32[B, T] pad(post, value=1e309)\n"
@@ -371,7 +371,7 @@ EDGE_CASES: dict[str, tuple[str, str | None]] = {
     ),
     "huge Masking value": (
         f"model M {{ input t: f32[B, T, 3] pad(post, value=0)\n y = t -> Masking({_HUGE}) -> LSTM(4)\n output y }}",
-        "SEQ207",
+        "SEQ803",
     ),
     "huge TemporalSplit": (
         "model M { input x: f32[B, T, 8]\n a, b = x -> TemporalSplit(99999999999)\n"
@@ -393,16 +393,43 @@ EDGE_CASES: dict[str, tuple[str, str | None]] = {
     ),
     "huge parameter count in the summary": (
         f"model M {{ input x: i32[B, T]\n y = x -> Embedding({_HUGE}, {_HUGE})\n output y }}",
-        None,
+        "SEQ312",
     ),
     "huge dims": (
         f"model M {{ input x: f32[{_HUGE}, {_HUGE}, 8]\n"
         f" y = x -> Conv1D(4, 3, strides={_HUGE}) -> LSTM(3, stateful=true)\n output y }}",
-        None,
+        "SEQ312",
     ),
     "huge flatten": (
         f"model M {{ input x: f32[B, {_HUGE}, {_HUGE}]\n y = x -> Flatten() -> Dense(3)\n output y }}",
-        None,
+        "SEQ312",
+    ),
+    # issue 12: each of these once escaped as a raw exception (exit 70 from the CLI)
+    "integer literal past Python's 4300 digits": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Dense(1{'0' * 5000})\n output y }}",
+        "SEQ015",
+    ),
+    "integer literal of 101 digits": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Dense({_HUGE}0)\n output y }}",
+        "SEQ015",
+    ),
+    "list literal nested 400 deep": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Reshape({'[' * 400}1{']' * 400})\n output y }}",
+        "SEQ015",
+    ),
+    "cell equation of 3000 terms": (
+        "cell C(units: int) { input x: f32[in]\n state h: f32[units]\n"
+        " weight k: [in, units]\n h <- " + " + ".join(["x @ k"] * 3000) + "\n output h }\n"
+        "model M { input x: f32[B, T, 8]\n y = x -> RNN(C(4))\n output y }",
+        "SEQ015",
+    ),
+    "LSTM of three billion units": (
+        "model M { input x: f32[B, T, 8]\n y = x -> LSTM(3000000000)\n output y }",
+        "SEQ312",
+    ),
+    "sixty-five values merged": (
+        "model M { input x: f32[B, T, 8]\n y = concat(" + ", ".join(["x"] * 65) + ")\n output y }",
+        "SEQ205",
     ),
 }
 
