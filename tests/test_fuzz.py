@@ -18,7 +18,7 @@ import re
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -473,14 +473,19 @@ class CampaignResult:
     by_source: dict[str, int] | None = None
 
 
-def run_campaign(n: int, seed: int) -> CampaignResult:
-    """Analyse ``n`` generated programs; collect every exception and deadline miss."""
+def run_campaign(
+    n: int, seed: int, progress: Callable[[CampaignResult], None] | None = None
+) -> CampaignResult:
+    """Analyse ``n`` generated programs; collect every exception and deadline miss.
+    ``progress`` is called every 5,000 programs (a long campaign's partial figures)."""
     rng = random.Random(seed)
     seeds = list(seed_programs().values())
     res = CampaignResult(failures=[], by_source={})
     assert res.failures is not None and res.by_source is not None
     backends = ("torch", "jax", "keras")
     for i in range(n):
+        if progress is not None and i and i % 5000 == 0:
+            progress(res)
         text, source = fuzzgen.program(rng, seeds, lambda r, t: mutate(r, t)[0])
         res.by_source[source] = res.by_source.get(source, 0) + 1
         m = Mutant(source, f"program {i} of seed {seed}", text)
@@ -548,23 +553,29 @@ def test_fuzz_campaign() -> None:
 
     n = int(os.environ.get("SEQDSL_FUZZ_N", "100000"))
     seed = int(os.environ.get("SEQDSL_FUZZ_SEED", str(SEED)))
-    t0 = time.perf_counter()
-    res = run_campaign(n, seed)
-    total = time.perf_counter() - t0
-    summary = {
-        "programs": res.count + len(res.failures or []),
-        "seed": seed,
-        "failures": len(res.failures or []),
-        "parsed": res.parsed,
-        "checked_clean": res.clean,
-        "slowest_s": round(res.slowest, 4),
-        "total_s": round(total, 1),
-        "by_source": res.by_source,
-    }
     report = os.environ.get("SEQDSL_FUZZ_REPORT")
-    if report:
-        with open(report, "w", encoding="utf-8") as f:
-            json.dump({**summary, "first_failures": (res.failures or [])[:20],
-                       "slowest_program": res.slowest_text[:4000]}, f, indent=2)  # fmt: skip
+    t0 = time.perf_counter()
+
+    def summarize(res: CampaignResult) -> dict[str, object]:
+        return {
+            "programs": res.count + len(res.failures or []),
+            "seed": seed,
+            "failures": len(res.failures or []),
+            "parsed": res.parsed,
+            "checked_clean": res.clean,
+            "slowest_s": round(res.slowest, 4),
+            "total_s": round(time.perf_counter() - t0, 1),
+            "by_source": res.by_source,
+        }
+
+    def write(res: CampaignResult) -> None:
+        if report:
+            with open(report, "w", encoding="utf-8") as f:
+                json.dump({**summarize(res), "first_failures": (res.failures or [])[:20],
+                           "slowest_program": res.slowest_text[:4000]}, f, indent=2)  # fmt: skip
+
+    res = run_campaign(n, seed, write)
+    write(res)
+    summary = summarize(res)
     print(summary)
     assert not res.failures, f"{summary}\n\n" + "\n\n".join((res.failures or [])[:10])
