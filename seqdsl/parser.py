@@ -80,7 +80,9 @@ class _KeywordLexer(ContextualLexer):
     keywords: frozenset[str] = frozenset()
 
     def lex(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
-        text = lexer_state.text.text
+        # the whole text: a TextSlice's (lark >= 1.2), or the str itself (lark 1.1)
+        src: Any = lexer_state.text
+        text: str = src if isinstance(src, str) else src.text
         for tok in super().lex(lexer_state, parser_state):
             if tok.type in self.keywords and tok.end_pos is not None:
                 acts = parser_state.parse_conf.states[parser_state.position]
@@ -133,7 +135,12 @@ _EXAMPLES: dict[str, tuple[str, str, list[str]]] = {
     "colon-kwarg": (
         "keyword arguments use `=`, not `:`",
         "write `units=32`, not `units: 32`",
-        ["model M { x = a -> Dense(units: 3) }", "model M { x = Dense(units: 3)(a) }"],
+        [
+            "model M { x = a -> Dense(units: 3) }",
+            "model M { x = Dense(units: 3)(a) }",
+            "model M { x = a -> Dense(3, use_bias: true) }",
+            "model M { x = a -> Dense(3, use_bias=true, name: 3) }",
+        ],
     ),
     "missing-arrow": (
         "two stages follow each other without `->`",
@@ -552,6 +559,54 @@ def _bad_character(ch: str, span: Span) -> Diagnostic:
     )
 
 
+_TRAILING = re.compile(r"(->|=|,|@|<-)[ \t]*(?:#[^\n]*)?$")
+
+
+def _unfinished_line(text: str, pos: int, file: str) -> Diagnostic | None:
+    """A statement left open at the end of its line (``b = a ->``) when the next line
+    starts a statement: the parser only notices on that line; report the open end."""
+    line_start = text.rfind("\n", 0, pos) + 1
+    line_end = text.find("\n", pos)
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    if _line_kind(line) not in ("stmt", "top", "close") or line_start == 0:
+        return None
+    # the error is within the first two tokens of the line (the next statement's start)
+    if len(text[line_start:pos].split()) > 1:
+        return None
+    prev_end = line_start - 1
+    while prev_end > 0:
+        prev_start = text.rfind("\n", 0, prev_end) + 1
+        prev = text[prev_start:prev_end]
+        if prev.strip() and not prev.lstrip().startswith("#"):
+            break
+        prev_end = prev_start - 1
+    else:
+        return None
+    m = _TRAILING.search(prev)
+    if (
+        m is None
+        or _open_delimiters(text, prev_end)
+        and _open_delimiters(text, prev_end)[-1][0] in "(["
+    ):
+        return None
+    tok = m.group(1)
+    start = prev_start + m.start(1)
+    what = {
+        "->": "a stage",
+        "=": "a value",
+        ",": "another item",
+        "@": "a decorator",
+        "<-": "a value",
+    }
+    return Diagnostic.make(
+        "SEQ001",
+        f"the statement ends with `{tok}`: it expects {what[tok]} after it",
+        _offset_span(file, text, start, start + len(tok)),
+        f"finish the statement on this line, or remove the trailing `{tok}`; the next line "
+        "starts a new statement",
+    )
+
+
 def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark) -> Diagnostic:
     line = max(getattr(err, "line", 1) or 1, 1)
     col = max(getattr(err, "column", 1) or 1, 1)
@@ -585,6 +640,11 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark)
                 f"close it with `{_CLOSERS[opener]}`",
             )
 
+    if isinstance(err, UnexpectedToken) and err.token.type != "$END":
+        unfinished = _unfinished_line(text, err.token.start_pos or 0, file)
+        if unfinished is not None:
+            return unfinished
+
     label = None
     try:
         label = err.match_examples(
@@ -607,6 +667,10 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, file: str, parser: Lark)
 
     if label is not None:
         message, hint, _ = _EXAMPLES[str(label)]
+        if label == "colon-kwarg" and isinstance(err, UnexpectedToken) and str(err.token) == ":":
+            name = _prev_word(text, err.token.start_pos or 0)
+            if name:
+                hint = f"write `{name}=...`, not `{name}: ...`"
         if label == "unclosed-call" and isinstance(err, UnexpectedToken):
             at = err.token.start_pos or 0
             opened = [o for o in _open_delimiters(text, at) if o[0] == "("]

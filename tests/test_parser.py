@@ -574,7 +574,7 @@ def test_every_syntax_error_is_reported() -> None:
     text = (
         "model M {\n"
         "    input x: f32[B, T, 8]\n"
-        "    h = x -> LSTM(32, input_shape=(8, 8))\n"
+        "    h = x -> LSTM(32, return_sequences: true)\n"
         "    d = h -> Dense(16 activation=relu)\n"
         "    z == d -> Dense(4)\n"
         "    ok = z -> Dropout(0.1)\n"
@@ -588,11 +588,11 @@ def test_every_syntax_error_is_reported() -> None:
         "}\n"
     )
     assert _codes(text) == [
-        ("SEQ001", 3, 37),
+        ("SEQ001", 3, 39),
         ("SEQ001", 4, 23),
         ("SEQ001", 5, 8),
         ("SEQ002", 7, 24),
-        ("SEQ001", 13, 12),
+        ("SEQ001", 12, 11),
     ]
 
 
@@ -610,3 +610,20 @@ def test_syntax_error_count_is_bounded() -> None:
     codes = _codes(text)
     assert len(codes) == MAX_SYNTAX_ERRORS
     assert codes[:2] == [("SEQ001", 3, 5), ("SEQ001", 4, 5)]
+
+
+def test_python_tuples_read_as_lists() -> None:
+    # Keras code writes sizes as tuples; `input_shape=(8, 8)` was a bare syntax error
+    # (issue 13) and now reaches the checker's SEQ202 with its hint
+    _, diags = analyze(
+        "model M {\n input x: f32[B, T, 8]\n y = x -> LSTM(3, input_shape=(8, 8))\n output y\n}",
+        "t.seq",
+    )
+    assert [(d.code, d.span.line, d.span.col) for d in diags if d.span] == [("SEQ202", 3, 19)]
+    assert "input" in (diags[0].hint or "")
+    m = lowered("    y = x -> Conv1D(4, kernel_size=(3,), strides=(1,))\n    output y")
+    (conv,) = applies(m)
+    args = {a.name: a.value for a in conv.layer.args if a.name}
+    assert args["kernel_size"].describe() == "[3]" and args["strides"].describe() == "[1]"
+    # a parenthesised value is still a value, not a one-element tuple
+    assert lowered("    y = x -> Dense((3))\n    output y").ops
