@@ -238,7 +238,7 @@ def parse_tree(text: str, file: str) -> Tree[Token]:
     diags: list[Diagnostic] = []
     seen: set[tuple[int, int]] = set()
     work = text
-    while True:
+    for _attempt in range(2 * MAX_SYNTAX_ERRORS):  # each attempt blanks some text: bounded
         try:
             tree = parser.parse(work)
         except UnexpectedInput as err:
@@ -259,6 +259,7 @@ def parse_tree(text: str, file: str) -> Tree[Token]:
         if limit is not None:
             raise ParseFailure(limit)
         return tree
+    raise ParseFailure(diags)
 
 
 # ---------------------------------------------------------------- limits
