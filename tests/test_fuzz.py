@@ -439,6 +439,13 @@ EDGE_CASES: dict[str, tuple[str, str | None]] = {
         ' y = x -> repeat(99999) { Dense(8, name="n1") -> Masking(0.5) }\n output y }',
         "SEQ207",
     ),
+    # the campaign's only hang: an extern layer declaring 10^20 outputs
+    "extern layer of 10^20 outputs": (
+        "extern layer MySplit(parts: int) { outputs: parts; time: T / parts; mask: split }\n"
+        "model M { input x: f32[B, T, 8]\n a, b = x -> MySplit(99999999999999999999)\n"
+        " y = concat(a, b)\n output y }",
+        "SEQ207",
+    ),
     "sixty-five values merged": (
         "model M { input x: f32[B, T, 8]\n y = concat(" + ", ".join(["x"] * 65) + ")\n output y }",
         "SEQ205",
