@@ -25,6 +25,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_SYNTAX_ERRORS",
     "grammar_text",
+    "make_parser",
     "normalize_source",
     "parse_tree",
     "ParseFailure",
@@ -91,20 +92,24 @@ class _KeywordLexer(ContextualLexer):
             yield tok
 
 
-@functools.lru_cache(maxsize=1)
-def _parser() -> Lark:
+def make_parser(**options: Any) -> Lark:
+    """A Lark parser of the language as seqdsl reads it: LALR with the contextual lexer
+    and keywords that start an assignment read as names. ``options`` go to Lark
+    (``keep_all_tokens=True``, ``lexer_callbacks=...``: tools that need every token)."""
     lark = Lark(
         grammar_text(),
         parser="lalr",
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=True,
+        **options,
     )
     lexer = lark.parser.lexer
     assert isinstance(lexer, ContextualLexer)
-    lexer.__class__ = _KeywordLexer
+    lexer.__class__ = _KeywordLexer  # the same lexer, with `lex` wrapped
+    assert isinstance(lexer, _KeywordLexer)
     word = re.compile(r"[A-Za-z_]\w*")
-    _KeywordLexer.keywords = frozenset(
+    lexer.keywords = frozenset(
         t.name
         for t in lark.terminals
         if t.pattern.type == "str" and word.fullmatch(t.pattern.value) and t.name != "NAME"
@@ -112,10 +117,27 @@ def _parser() -> Lark:
     return lark
 
 
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return make_parser()
+
+
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.S)
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    e = m.group(1)
+    if len(e) > 1:  # \uXXXX, \xXX
+        return chr(int(e[1:], 16))
+    return _SIMPLE_ESCAPES.get(e, "\\" + e)  # an unknown escape stays as written
+
+
 def unquote(s: str) -> str:
-    """The value of a STRING token (quotes removed, escapes decoded)."""
+    """The value of a STRING token (quotes removed, escapes decoded; non-ASCII text kept
+    as it is, an unknown escape such as ``\\e`` kept as written)."""
     body = s[1:-1]
-    return body.encode("utf-8").decode("unicode_escape") if "\\" in body else body
+    return _ESCAPE.sub(_escape, body) if "\\" in body else body
 
 
 class ParseFailure(Exception):

@@ -627,3 +627,19 @@ def test_python_tuples_read_as_lists() -> None:
     assert args["kernel_size"].describe() == "[3]" and args["strides"].describe() == "[1]"
     # a parenthesised value is still a value, not a one-element tuple
     assert lowered("    y = x -> Dense((3))\n    output y").ops
+
+
+def test_unquote_keeps_text_and_unknown_escapes() -> None:
+    # the campaign's only warnings: `"\e"` went through Python's unicode_escape codec
+    # (a DeprecationWarning, an error in later Pythons), which also garbled non-ASCII text
+    import warnings
+
+    from seqdsl.parser import unquote
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert unquote('"a\\eb"') == "a\\eb"
+        assert unquote('"é\\t"') == "é\t"
+        assert unquote('"\\u00e9\\x41\\\\\\""') == 'éA\\"'
+        assert unquote("'it\\'s'") == "it's"
+        assert unquote('"x\\ny"') == "x\ny"
