@@ -24,6 +24,7 @@ This module imports NumPy only.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -180,7 +181,7 @@ def restore_order(per_batch: Sequence[Any], batches: Sequence[Batch], n: int | N
     if len(kinds) > 1:
         raise TypeError(f"the results mix kinds of array ({', '.join(sorted(kinds))})")
     kind = kinds.pop() if kinds else "numpy"
-    rows = [r if kind != "numpy" else np.asarray(r) for r in per_batch]
+    rows: list[Any] = [r if kind != "numpy" else np.asarray(r) for r in per_batch]
     for r, b in zip(rows, batches, strict=True):
         if tuple(r.shape[:1]) != (len(b.indices),):
             raise ValueError(f"a result has {tuple(r.shape[:1])} rows, its batch {len(b.indices)}")
@@ -194,9 +195,8 @@ def restore_order(per_batch: Sequence[Any], batches: Sequence[Batch], n: int | N
         import jax.numpy as jnp
 
         return jnp.concatenate(rows, axis=0)[order]
-    if kind == "tensorflow":
-        import tensorflow as tf
-
+    if kind == "tensorflow":  # (no type stubs: read as Any)
+        tf: Any = importlib.import_module("tensorflow")
         return tf.gather(tf.concat(rows, axis=0), order)
     return np.concatenate(rows, axis=0)[order]
 

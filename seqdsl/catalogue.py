@@ -693,7 +693,11 @@ def _bidirectional_rule(
             arg="layer",
         )
     cell = inner.config.get("cell")
-    if _bool(inner.config, "stateful") and isinstance(cell, BoundLayer) and "__cell__" in cell.config:
+    if (
+        _bool(inner.config, "stateful")
+        and isinstance(cell, BoundLayer)
+        and "__cell__" in cell.config
+    ):
         raise RuleError(
             "SEQ203",
             "a stateful Bidirectional around a cell block is not supported in v1",
@@ -726,9 +730,7 @@ def _check_backward_layer(fw: BoundLayer, bw: BoundLayer) -> None:
     ``_verify_layer_config``), and the ones that keep both directions the same shape."""
 
     def mismatch(what: str, hint: str, arg: str = "backward_layer") -> RuleError:
-        return RuleError(
-            "SEQ602", f"Bidirectional's backward_layer {what}", hint, arg=arg
-        )
+        return RuleError("SEQ602", f"Bidirectional's backward_layer {what}", hint, arg=arg)
 
     same = "the same kind of layer as `layer`, with its own configuration and weights"
     if bw.kind != fw.kind:
@@ -828,7 +830,9 @@ def recurrent_kernels(cfg: Config, ins: Sequence[TensorType]) -> dict[str, Kerne
 _SPEED = {"scan": 1, "loop": 2}
 
 
-def _direction_kernels(kind: str, cfg: Config, ins: Sequence[TensorType]) -> dict[str, KernelChoice]:
+def _direction_kernels(
+    kind: str, cfg: Config, ins: Sequence[TensorType]
+) -> dict[str, KernelChoice]:
     """The kernels of one recurrent layer, or of a Bidirectional's ``layer``."""
     cell, c = _cell_of(cfg, kind)
     if cell == "custom":

@@ -315,7 +315,12 @@ def test_stateful_bidirectional_is_a_forward_and_a_backward_pair() -> None:
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
         for t in steps:
             z = x[:, t] @ kernel + h @ rec + bias
-            i, f, g, o = sigmoid(z[:, :2]), sigmoid(z[:, 2:4]), np.tanh(z[:, 4:6]), sigmoid(z[:, 6:])
+            i, f, g, o = (
+                sigmoid(z[:, :2]),
+                sigmoid(z[:, 2:4]),
+                np.tanh(z[:, 4:6]),
+                sigmoid(z[:, 6:]),
+            )
             c = f * c + i * g
             h = o * np.tanh(c)
         return h, c
@@ -375,7 +380,9 @@ def _masked_runner(run: Runner, lengths: np.ndarray) -> Callable[[np.ndarray], l
 
     def call(x: np.ndarray) -> list[np.ndarray]:
         if run.backend == "reference":
-            r = run_reference(run.model, run.weights, [x], lengths={"x": lengths}, states=run.states)
+            r = run_reference(
+                run.model, run.weights, [x], lengths={"x": lengths}, states=run.states
+            )
             run.states = dict(r.states) or None
             outs: list[Any] = list(r.outputs)
         elif run.backend == "torch":

@@ -967,8 +967,18 @@ class _Emitter:
             o = list(opts)
             if backwards:
                 o.insert(0, "go_backwards=True")
-            rates = [f"{k}={_num(c.number(k))}" for k in ("dropout", "recurrent_dropout") if c.number(k)]
-            return [_q(layer_name), str(feat), str(units), *self.cell_options(cell, c), *o, *rates, *tail]
+            rates = [
+                f"{k}={_num(c.number(k))}" for k in ("dropout", "recurrent_dropout") if c.number(k)
+            ]
+            return [
+                _q(layer_name),
+                str(feat),
+                str(units),
+                *self.cell_options(cell, c),
+                *o,
+                *rates,
+                *tail,
+            ]
 
         note = self.kernel_note(
             choice.kernel, choice.reason, cell, side, go_back, packed, bi, in_t.mask
