@@ -1289,8 +1289,10 @@ class _Emitter:
                 b = self.inner_layer(backward_layer, dtype, extra, cls)
                 name = f"name={_lit('backward_' + _snake(backward_layer.kind))}"
                 back.append(_Call(f"backward_layer={b.callee}", (*b.args[:-1], name)))
+            # around stateful layers: Keras' class with a compute_mask that works there
+            bi_cls = self.use("StatefulBidirectional") if typed.flag("stateful") else None
             ctor = _Call(
-                "layers.Bidirectional",
+                bi_cls or "layers.Bidirectional",
                 (nested, *self.keras_args(kind, cfg), *back, *dtype, f"name={_lit(info.name)}"),
             )
         else:
