@@ -545,6 +545,8 @@ class StatefulBidirectional(keras.layers.Bidirectional):
     Keras 3's multiplies a generator by 2 (a TypeError when the layer is called on
     a masked input); here the outputs' masks are followed by one None per state."""
 
+    return_state: bool
+
     def compute_mask(self, inputs, mask):
         states = self.states
         if not self.return_state or states is None:
