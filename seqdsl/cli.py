@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--data", metavar="F", help="a .json, .jsonl or .npz file (default: generated)")
     r.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    r.add_argument(
+        "--weights",
+        metavar="F.safetensors",
+        help="canonical weights (seqdsl's safetensors file, e.g. after training; "
+        "default: the initial weights of --seed)",
+    )
     r.add_argument("--rows", type=int, default=4, help="rows of generated data (default 4)")
     r.add_argument("--model", help="the model to run (default: the first model in the file)")
     common(r)
@@ -285,8 +291,16 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USER
     if batch.ignored:
         print(f"note: ignored keys that name no input: {', '.join(batch.ignored)}", file=sys.stderr)
+    from .weightsfile import WeightsFileError
+
     try:
-        result = run_batch(model, batch, args.backend, args.seed, args.file)
+        result = run_batch(model, batch, args.backend, args.seed, args.file, args.weights)
+    except OSError as e:
+        print(f"seqdsl: cannot read {args.weights}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    except WeightsFileError as e:
+        print(f"seqdsl: {args.weights}: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER

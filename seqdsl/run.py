@@ -50,6 +50,7 @@ from .ir import InputDecl
 from .reference import ReferenceError, mask_fits_kind, reference_weights, run_reference
 from .runtime.common import pad_inputs
 from .types import MaskType, TensorType
+from .weightsfile import load_weights
 
 __all__ = [
     "BACKENDS",
@@ -63,6 +64,7 @@ __all__ = [
     "load_data",
     "require_backend",
     "run_batch",
+    "weight_problems",
 ]
 
 #: the backends ``seqdsl run`` knows, and the extra each needs
@@ -148,6 +150,8 @@ class RunResult:
     build_s: float
     #: seconds of the call (the first call: it includes jit tracing on JAX)
     run_s: float
+    #: where the weights came from: a file, or "" for the initial weights of ``seed``
+    weights: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -683,17 +687,62 @@ def _outputs(model: CheckedModel, raw: Any) -> tuple[RunOutput, ...]:
     return tuple(out)
 
 
+def weight_problems(model: CheckedModel, weights: Mapping[str, np.ndarray]) -> list[str]:
+    """What keeps canonical ``weights`` from fitting ``model``: missing and unknown
+    keys, wrong shapes (empty when they fit)."""
+    out: list[str] = []
+    known: set[str] = set()
+    for layer in model.layers:
+        for spec in layer.weights:
+            key = f"{layer.name}/{spec.name}"
+            known.add(key)
+            if key not in weights:
+                out.append(f"missing weight {key!r} {list(spec.shape)}")
+            elif tuple(np.shape(weights[key])) != tuple(spec.shape):
+                out.append(
+                    f"weight {key!r} has shape {list(np.shape(weights[key]))}, "
+                    f"the model's is {list(spec.shape)}"
+                )
+    out += [
+        f"unknown weight {key!r} (not a weight of {model.name})"
+        for key in weights
+        if key not in known
+    ]
+    return out
+
+
 def run_batch(
-    model: CheckedModel, batch: Batch, backend: str = "reference", seed: int = 0, source: str = ""
+    model: CheckedModel,
+    batch: Batch,
+    backend: str = "reference",
+    seed: int = 0,
+    source: str = "",
+    weights: Mapping[str, np.ndarray] | str | Path | None = None,
 ) -> RunResult:
-    """Build ``model`` on ``backend`` with the initial weights of ``seed`` and run it
-    on ``batch`` in inference mode. A backend whose framework is not installed
-    raises :class:`BackendUnavailable`."""
+    """Build ``model`` on ``backend`` with the initial weights of ``seed``, or with
+    canonical ``weights`` (``{"layer/weight": array}``, or the path of a weights
+    file: :func:`seqdsl.weightsfile.load_weights`, whose OSError and
+    WeightsFileError pass through), and run it on ``batch`` in inference mode. A
+    backend whose framework is not installed raises :class:`BackendUnavailable`;
+    weights that do not fit raise :class:`DataError`."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    label = ""
+    if isinstance(weights, (str, Path)):
+        label = str(weights)
+        weights, _meta = load_weights(weights)
+    if weights is not None:
+        problems = weight_problems(model, weights)
+        if problems:
+            raise DataError(
+                f"the weights do not fit model {model.name}: "
+                + "; ".join(problems[:5])
+                + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            )
     start = time.perf_counter()
     if backend == "reference":
-        weights = reference_weights(model, seed)
+        if weights is None:
+            weights = reference_weights(model, seed)
         built = time.perf_counter()
         try:
             res = run_reference(
@@ -708,11 +757,15 @@ def run_batch(
 
         require_backend(backend)
         net = build(model, backend, seed=seed, source=source or model.file or "<string>")
+        if weights is not None:
+            net.load_canonical(
+                {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in weights.items()}
+            )
         built = time.perf_counter()
         raw = _call(backend, net, model, batch)
         outputs = _outputs(model, raw)
     done = time.perf_counter()
-    return RunResult(model.name, backend, seed, batch, outputs, built - start, done - built)
+    return RunResult(model.name, backend, seed, batch, outputs, built - start, done - built, label)
 
 
 def _outputs_from_reference(model: CheckedModel, raw: Sequence[Any]) -> tuple[RunOutput, ...]:
@@ -793,10 +846,10 @@ def format_result(result: RunResult, model: CheckedModel) -> str:
     where = {"reference": "reference interpreter, NumPy float64"}.get(
         result.backend, result.backend
     )
-    lines = [
-        f"model {result.model} on {b.source}: {b.rows} row(s); backend {where}; "
-        f"initial weights of seed {result.seed}"
-    ]
+    weights = (
+        f"weights {result.weights}" if result.weights else f"initial weights of seed {result.seed}"
+    )
+    lines = [f"model {result.model} on {b.source}: {b.rows} row(s); backend {where}; {weights}"]
     for decl, x in zip(model.model.inputs, b.inputs, strict=True):
         info = f"  input {decl.name}: {x.dtype} {list(x.shape)}"
         if decl.name in b.row_lengths:

@@ -335,3 +335,47 @@ def test_run_without_frameworks() -> None:
     assert c0 == EXIT_OK and "output x: float64 [8, 32]" in out0
     assert c1 == EXIT_USAGE and "pip install 'seqdsl[torch]'" in err1
     assert c2 == EXIT_USAGE and "pip install 'seqdsl[keras]'" in err2
+
+
+def test_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from seqdsl.weightsfile import save_weights
+
+    m = _two()
+    batch = load_data(_write_all_formats(tmp_path)[0], m)
+    path = tmp_path / "w.safetensors"
+    save_weights(path, reference_weights(m, 5))
+    want = run_batch(m, batch, "reference", seed=5)
+    got = run_batch(m, batch, "reference", seed=0, weights=path)
+    assert got.weights == str(path)
+    for w, g in zip(want.outputs, got.outputs, strict=True):
+        np.testing.assert_array_equal(g.value, w.value)
+    # a weight missing, one unknown: one error naming both, exit 1
+    bad = dict(reference_weights(m, 5))
+    bad["extra/kernel"] = bad.pop("a_gru/kernel")
+    save_weights(tmp_path / "bad.safetensors", bad)
+    seq = tmp_path / "two.seq"
+    seq.write_text(TWO, encoding="utf-8")
+    args = ["run", str(seq), "--weights"]
+    assert main([*args, str(tmp_path / "bad.safetensors")]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert "missing weight 'a_gru/kernel'" in err and "unknown weight 'extra/kernel'" in err
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    assert main([*args, str(tmp_path / "junk.safetensors")]) == EXIT_USAGE
+    assert main([*args, str(tmp_path / "none.safetensors")]) == EXIT_USAGE
+    assert main([*args, str(path)]) == EXIT_OK
+    assert f"weights {path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_weights_file_on_a_framework(backend: str, tmp_path: Path) -> None:
+    pytest.importorskip(backend)
+    from seqdsl.weightsfile import save_weights
+
+    m = _two()
+    batch = load_data(_write_all_formats(tmp_path)[0], m)
+    path = tmp_path / "w.safetensors"
+    save_weights(path, {k: v.astype(np.float32) for k, v in reference_weights(m, 7).items()})
+    want = run_batch(m, batch, "reference", seed=7)
+    got = run_batch(m, batch, backend, seed=0, weights=path)
+    for w, g in zip(want.outputs, got.outputs, strict=True):
+        np.testing.assert_allclose(g.value, w.value, atol=1e-5)
