@@ -26,7 +26,7 @@ def _script(name: str) -> ModuleType:
     return mod
 
 
-QUICK = ["--epochs", "1", "--limit", "96"]
+QUICK = ["--epochs", "1", "--limit", "64"]
 
 
 def test_digits_are_cropped_and_padded() -> None:
@@ -44,15 +44,38 @@ def test_digits_are_cropped_and_padded() -> None:
     assert train.y_steps.shape == (len(train.y), 8)
 
 
-def test_torch_recipe_one_epoch_is_repeatable(capsys: pytest.CaptureFixture[str]) -> None:
+def test_torch_recipe_one_epoch_is_repeatable(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     pytest.importorskip("torch")
+    import seqdsl
+    from seqdsl.run import load_data, run_batch
+
     script = _script("train_torch")
-    acc = script.main([*QUICK, "--seed", "3"])
+    saved = tmp_path / "digits.safetensors"
+    acc = script.main([*QUICK, "--seed", "3", "--save", str(saved)])
     first = capsys.readouterr().out
     assert 0.0 <= acc <= 1.0
     assert "epoch 1: loss" in first
     assert script.main([*QUICK, "--seed", "3"]) == acc
     assert capsys.readouterr().out == first  # seeded: the same losses, the same accuracy
+
+    # the saved weights on the reference interpreter, via seqdsl run's data path
+    sys.path.insert(0, str(TRAIN))
+    try:
+        from digits import digits, last_step_accuracy  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(TRAIN))
+    _, test = digits(seed=3, limit=64)
+    data = tmp_path / "test.npz"
+    np.savez(
+        data,
+        rows_values=np.concatenate([x[:n] for x, n in zip(test.x, test.lengths, strict=True)]),
+        rows_row_lengths=test.lengths,
+    )
+    model = seqdsl.load(TRAIN / "digit_rows.seq").model()
+    result = run_batch(model, load_data(data, model), "reference", weights=saved)
+    assert last_step_accuracy(result.outputs[0].value, test.lengths, test.y) == acc
 
 
 def test_jax_recipe_one_epoch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,9 +136,9 @@ def test_masked_mean_jax(case: int) -> None:
     assert (grad[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", ["torch", "jax", "keras"])
 def test_stateful_recipe_one_epoch(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("optax" if backend == "jax" else "torch")
+    pytest.importorskip({"jax": "optax", "torch": "torch", "keras": "keras"}[backend])
     acc = _script("train_stateful").main(["--backend", backend, *QUICK])
     assert 0.0 <= acc <= 1.0
     assert "epoch 1: loss" in capsys.readouterr().out

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import seqdsl
 from seqdsl.runtime.jax import masked_mean
+from seqdsl.weightsfile import save_weights
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--limit", type=int, default=None, help="training examples (quick runs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="F.safetensors", help="write the trained weights here")
     args = p.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)  # shuffling
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> float:
         acc = last_step_accuracy(np.asarray(logits), test.lengths, test.y)
         print(f"epoch {epoch + 1}: loss {total / n:.4f}, test accuracy {acc:.4f}", flush=True)
     model.variables = {"params": params, "state": state}  # the trained model, for later calls
-    assert jnp.isfinite(total)
+    if args.save:  # canonical weights: any backend, or `seqdsl run --weights`, loads them
+        save_weights(args.save, model.canonical_weights())
     return acc
 
 

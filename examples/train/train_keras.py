@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 
 import seqdsl
+from seqdsl.weightsfile import save_weights
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--limit", type=int, default=None, help="training examples (quick runs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="F.safetensors", help="write the trained weights here")
     args = p.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)  # Python, NumPy and the backend: dropout, shuffling
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> float:
         verbose=0,
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=evaluate)],
     )
+    if args.save:  # canonical weights: any backend, or `seqdsl run --weights`, loads them
+        save_weights(args.save, model.canonical_weights())
     return accuracies[-1]
 
 

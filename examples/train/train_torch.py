@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import seqdsl
 from seqdsl.runtime.torch import masked_mean
+from seqdsl.weightsfile import save_weights
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--limit", type=int, default=None, help="training examples (quick runs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="F.safetensors", help="write the trained weights here")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)  # dropout masks
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> float:
             total, n = total + float(loss.detach()) * len(x), n + len(x)
         acc = evaluate(net, test)
         print(f"epoch {epoch + 1}: loss {total / n:.4f}, test accuracy {acc:.4f}", flush=True)
+    if args.save:  # canonical weights: any backend, or `seqdsl run --weights`, loads them
+        save_weights(args.save, net.canonical_weights())
     return acc
 
 
