@@ -299,7 +299,7 @@ def _row(
     except ValueError:
         a = np.asarray(None)  # ragged nested lists: reported below
     if a.size == 0 and a.ndim == 1 and rank > 1:
-        a = a.reshape((0,) * 1 + (0,) * (rank - 1))  # an empty sequence
+        a = a.reshape((0,) * rank)  # an empty sequence
     if a.size == 0:
         return a.astype(_np_dtype(model, decl))
     if a.dtype.kind not in kind or a.dtype == object:
@@ -308,6 +308,13 @@ def _row(
             f"{where}: row {i + 1} of `{decl.name}` holds "
             f"{got.get(a.dtype.kind, str(a.dtype))}; {_declaration(model, decl)} takes "
             f"{_KIND_WORDS[kind]}"
+        )
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise DataError(
+            f"{where}: row {i + 1} of `{decl.name}` holds NaN or infinity "
+            f"(step {int(np.argmin(np.isfinite(a).reshape(len(a), -1).all(axis=1))) + 1})"
+            if a.ndim
+            else f"{where}: row {i + 1} of `{decl.name}` is NaN or infinite"
         )
     if a.ndim != rank:
         raise DataError(
@@ -403,12 +410,10 @@ def _assemble(
             row_lengths[decl.name] = np.array([len(r) for r in rows])
             ragged[decl.name] = rows
             continue
-        shapes = {r.shape for r in rows}
-        if len(shapes) > 1:
-            a, b = sorted(shapes)[:2]
-            i = next(i for i, r in enumerate(rows) if r.shape == b)
+        odd = next((i for i, r in enumerate(rows) if r.shape != rows[0].shape), None)
+        if odd is not None:
             raise DataError(
-                f"{source}: row {i + 1} of `{decl.name}` has shape {list(b)}, row 1 "
+                f"{source}: row {odd + 1} of `{decl.name}` has shape {list(rows[odd].shape)}, row 1 "
                 f"{list(rows[0].shape)}: {_declaration(model, decl)} declares no pad(...), so "
                 "every row must have the same shape (declare `pad(post, value=...)` to pad "
                 "ragged sequences)"

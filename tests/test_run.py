@@ -196,6 +196,7 @@ BAD = [
     ("a.jsonl", '{"tokens": [[1, 2], [3, 4]]}\n', EXIT_USER, ["2 axes"]),
     ("a.jsonl", '{"tokens": [1]}\n\n{"tokens": [2], "x": 1}\n', EXIT_USER, ["line 3", "adds x"]),
     ("a.jsonl", '"text"\n', EXIT_USER, ["is a str"]),
+    ("a.jsonl", '{"tokens": [1, 2]}\n{"tokens": [3, NaN]}\n', EXIT_USER, ["row 2", "floats"]),
     ("a.json", '{"tokens": 3}', EXIT_USER, ["is a int"]),
     ("a.json", "[]", EXIT_USER, ["no records"]),
     ("a.jsonl", '{"tokens": [1, 2\n', EXIT_USAGE, ["a.jsonl:1:", "not JSON"]),
@@ -231,13 +232,24 @@ def test_bad_data_against_declared_shapes(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"`paragraph` has 3 rows, .* declares 20"):
         load_data(p, m)
     np.savez(p, paragraph_values=np.zeros((5, 50)), paragraph_row_lengths=np.array([2, 3]))
-    with pytest.raises(DataError, match="same shape"):
+    with pytest.raises(
+        DataError, match=r"row 2 of `paragraph` has shape \[3, 50\], row 1 \[2, 50\]"
+    ):
         load_data(p, m)
     np.savez(p, paragraph_values=np.zeros((5, 50)))
     with pytest.raises(DataError, match="without 'paragraph_row_lengths'"):
         load_data(p, m)
     with pytest.raises(DataFileError, match="cannot read"):
         load_data(tmp_path / "missing.json", m)
+
+
+def test_nan_in_floats(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text(
+        '{"frames": [[1, 2, 3]], "ids": [1]}\n{"frames": [[1, 2, 3], [1, NaN, 3]], "ids": [2]}\n'
+    )
+    with pytest.raises(DataError, match=r"row 2 of `frames` holds NaN or infinity \(step 2\)"):
+        load_data(p, _two())
 
 
 def test_a_masked_input_without_pad_needs_its_mask(tmp_path: Path) -> None:
