@@ -233,7 +233,7 @@ def _cluster_for(root: _Cluster, via: tuple[Expansion, ...]) -> _Cluster:
         if key not in c.children:
             call = via[k - 1].call
             where = f"{PurePath(call.file).name}:{call.line}" if call.file else f"line {call.line}"
-            c.children[key] = _Cluster(label=f"layer {via[k - 1].block}  (called at {where})")
+            c.children[key] = _Cluster(label=f"layer {via[k - 1].block} (called at {where})")
         c = c.children[key]
     return c
 

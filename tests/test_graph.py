@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import pytest
 
@@ -27,6 +29,8 @@ from seqdsl.summary import summary_json
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "graph"
 EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.seq") if "lib" not in p.parts)
+# the model drawn in docs/graph.md
+EXAMPLES.append(ROOT / "docs" / "graph" / "tagger.seq")
 
 
 def _need_dot() -> str:
@@ -62,7 +66,7 @@ def _label_lines(obj: dict[str, Any]) -> list[str]:
     return str(obj["label"]).split("\\n")
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT / "examples")))
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_example_parses_and_labels_as_the_summary(path: Path) -> None:
     prog = seqdsl.load(path)
     if len(prog.models) > 1:  # all models in one graph: parsed by Graphviz too
@@ -172,9 +176,9 @@ def test_blocks_are_clusters() -> None:
     doc = _layout(graph_dot(list(prog.models)))
     clusters = {o["label"]: o for o in doc["objects"] if "nodes" in o}
     nodes = _nodes(doc)
-    enc = clusters["layer StackedEncoder  (called at composite_encoder.seq:25)"]
-    dec = clusters["layer Decoder  (called at composite_encoder.seq:26)"]
-    head = clusters["layer StepClassifier  (called at composite_encoder.seq:16)"]
+    enc = clusters["layer StackedEncoder (called at composite_encoder.seq:25)"]
+    dec = clusters["layer Decoder (called at composite_encoder.seq:26)"]
+    head = clusters["layer StepClassifier (called at composite_encoder.seq:16)"]
     first = {_label_lines(nodes[i])[0] for i in enc["nodes"]}
     assert first == {
         "encoder_h_r0_lstm (LSTM)",
@@ -234,6 +238,27 @@ def test_labels_are_quoted_for_dot() -> None:
     assert len(_nodes(doc)) == 3  # the quote did not end the label early
     # drawn as written: a backslash, a quote
     assert "a\\b&quot;c (Dense)</text>" in render(text, "svg").decode()
+
+
+@pytest.mark.parametrize(
+    "seq, svg",
+    [
+        ("docs/graph/tagger.seq", "docs/graph/tagger.svg"),
+        ("examples/composite_encoder.seq", "docs/graph/composite_encoder.svg"),
+    ],
+)
+def test_pictures_in_docs_are_current(seq: str, svg: str) -> None:
+    """The committed pictures show what `seqdsl graph` draws now: every text of the
+    SVG is a label line of the current DOT and the other way round (no Graphviz needed)."""
+    text = graph_dot(list(seqdsl.load(ROOT / seq).models))
+    lines: list[str] = []
+    for label in re.findall(r'label="((?:[^"\\]|\\.)*)"', text):
+        lines += [line.replace('\\"', '"') for line in label.split("\\n")]
+    ns = "{http://www.w3.org/2000/svg}"
+    drawn = [t.text or "" for t in ET.parse(ROOT / svg).iter(f"{ns}text")]
+    assert sorted(drawn) == sorted(lines), (
+        f"{svg} is out of date: rerun `seqdsl graph {seq} -o {svg}`"
+    )
 
 
 # ---------------------------------------------------------------- the command
