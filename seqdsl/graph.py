@@ -26,7 +26,18 @@ from pathlib import PurePath
 
 from .catalogue import TARGETS
 from .checker import CheckedModel, LayerInfo
-from .ir import ApplyOp, Arg, DropMaskOp, Expansion, LayerCall, Literal, MergeOp, Op, ValueUse
+from .ir import (
+    ApplyOp,
+    Arg,
+    DropMaskOp,
+    Expansion,
+    LayerCall,
+    Literal,
+    MergeOp,
+    Op,
+    Span,
+    ValueUse,
+)
 from .summary import kernel_cells, mask_of, op_label, pad_text, time_of
 from .types import MaskType, TensorType, ValueType
 
@@ -49,7 +60,7 @@ class GraphvizError(Exception):
 class _Cluster:
     label: str
     nodes: list[str] = field(default_factory=list)
-    children: dict[tuple[Expansion, ...], _Cluster] = field(default_factory=dict)
+    children: dict[tuple[tuple[str, Span, str], ...], _Cluster] = field(default_factory=dict)
 
 
 def _q(text: str) -> str:
@@ -229,11 +240,14 @@ def _model_body(m: CheckedModel, prefix: str) -> tuple[_Cluster, list[str]]:
 def _cluster_for(root: _Cluster, via: tuple[Expansion, ...]) -> _Cluster:
     c = root
     for k in range(1, len(via) + 1):
-        key = via[:k]
+        # one cluster per expansion: the expansions of one call site in a `repeat` differ
+        # only by their prefix
+        key = tuple((e.block, e.call, e.prefix) for e in via[:k])
         if key not in c.children:
-            call = via[k - 1].call
-            where = f"{PurePath(call.file).name}:{call.line}" if call.file else f"line {call.line}"
-            c.children[key] = _Cluster(label=f"layer {via[k - 1].block} (called at {where})")
+            e = via[k - 1]
+            where = f"{PurePath(e.call.file).name}:{e.call.line}" if e.call.file else "?"
+            name = f" as {e.prefix}" if e.prefix else ""
+            c.children[key] = _Cluster(label=f"layer {e.block}{name} (called at {where})")
         c = c.children[key]
     return c
 

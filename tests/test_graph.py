@@ -176,9 +176,11 @@ def test_blocks_are_clusters() -> None:
     doc = _layout(graph_dot(list(prog.models)))
     clusters = {o["label"]: o for o in doc["objects"] if "nodes" in o}
     nodes = _nodes(doc)
-    enc = clusters["layer StackedEncoder (called at composite_encoder.seq:25)"]
-    dec = clusters["layer Decoder (called at composite_encoder.seq:26)"]
-    head = clusters["layer StepClassifier (called at composite_encoder.seq:16)"]
+    enc = clusters["layer StackedEncoder as encoder (called at composite_encoder.seq:25)"]
+    dec = clusters["layer Decoder as logits_decoder (called at composite_encoder.seq:26)"]
+    head = clusters[
+        "layer StepClassifier as logits_decoder_probs_step_classifier (called at composite_encoder.seq:16)"
+    ]
     first = {_label_lines(nodes[i])[0] for i in enc["nodes"]}
     assert first == {
         "encoder_h_r0_lstm (LSTM)",
@@ -193,6 +195,34 @@ def test_blocks_are_clusters() -> None:
     assert td in {_label_lines(nodes[i])[0] for i in dec["nodes"]}
     assert head["_gvid"] in dec["subgraphs"]
     assert all(_label_lines(nodes[i])[0] != "src_embedding (Embedding)" for i in dec["nodes"])
+
+
+def test_each_expansion_of_a_block_in_a_repeat_is_its_own_cluster() -> None:
+    src = """\
+layer Head(units: int) {
+    input x
+    y = x -> Dense(units) -> Dropout(0.1)
+    output y
+}
+model R {
+    input x: f32[B, T, 4] pad(post, value=0.0)
+    h = x -> Masking(mask_value=0.0) -> repeat(2) { Head(8) }
+    output h with mask
+}
+"""
+    doc = _layout(graph_dot(list(seqdsl.loads(src, "rep.seq").models)))
+    nodes = _nodes(doc)
+    clusters = {o["label"]: o for o in doc["objects"] if "nodes" in o}
+    assert sorted(clusters) == [
+        "layer Head as h_r0_head (called at rep.seq:8)",
+        "layer Head as h_r1_head (called at rep.seq:8)",
+    ]
+    for k in (0, 1):
+        members = clusters[f"layer Head as h_r{k}_head (called at rep.seq:8)"]["nodes"]
+        assert sorted(_label_lines(nodes[i])[0] for i in members) == [
+            f"h_r{k}_head_y_dense (Dense)",
+            f"h_r{k}_head_y_dropout (Dropout)",
+        ]
 
 
 def test_several_models_get_a_cluster_each() -> None:
