@@ -245,6 +245,25 @@ model B {
     assert names == {"m0_in_x", "m0_op0", "m0_out_y", "m1_in_x", "m1_op0", "m1_out_y"}
 
 
+@pytest.mark.full  # about 10 s: analyses the whole fuzz corpus again
+def test_every_fuzz_mutant_that_checks_draws() -> None:
+    """The fuzz corpus (tests/test_fuzz.py's mutants of the examples): every program that
+    checks gets DOT text that Graphviz reads (all graphs in one `dot` run)."""
+    from tests.test_fuzz import MUTANTS
+
+    texts = []
+    for m in MUTANTS:
+        prog, diags = seqdsl.analyze(m.text, "mutant.seq")
+        if prog is not None and prog.models and not any(d.is_error for d in diags):
+            texts.append(graph_dot(list(prog.models)))
+    assert len(texts) > 20
+    proc = subprocess.run(
+        [_need_dot(), "-Tcanon"], input="".join(texts), capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    assert proc.stdout.count("digraph seqdsl {") == len(texts)
+
+
 def test_golden_dot(request: pytest.FixtureRequest) -> None:
     """The DOT text is deterministic and reviewed: one example with blocks, pinned."""
     text = graph_dot(list(seqdsl.load(ROOT / "examples" / "composite_encoder.seq").models))
