@@ -1,4 +1,4 @@
-"""The command line: ``seqdsl check|summary|compile|export|run``. The only module that prints or exits.
+"""The command line: ``seqdsl check|summary|compile|export|graph|run``. The only module that prints or exits.
 
 Exit codes (stable):
   0  no errors (warnings allowed)
@@ -116,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rows", type=int, default=4, help="rows of generated data (default 4)")
     r.add_argument("--model", help="the model to run (default: the first model in the file)")
     common(r)
+    g = sub.add_parser(
+        "graph", help="draw a model: values with their type, time and mask kind (Graphviz)"
+    )
+    g.add_argument("file", metavar="FILE")
+    g.add_argument("--model", help="the model to draw (default: every model in the file)")
+    g.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.svg|OUT.png|OUT.dot",
+        help="write here; .svg and .png are rendered by Graphviz' `dot` (default: DOT text "
+        "on standard output)",
+    )
+    common(g)
     return p
 
 
@@ -311,6 +324,43 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _graph(args: argparse.Namespace) -> int:
+    from .graph import RENDER_FORMATS, GraphvizError, graph_dot, render
+
+    fmt = "dot"
+    if args.output is not None:
+        fmt = Path(args.output).suffix.lower().lstrip(".")
+        if fmt == "gv":
+            fmt = "dot"
+        if fmt != "dot" and fmt not in RENDER_FORMATS:
+            print(
+                f"seqdsl: cannot write {args.output}: graph writes .dot, .gv, .svg or .png files",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    prog = _checked_program(args)
+    if isinstance(prog, int):
+        return prog
+    models = [prog.model(args.model)] if args.model is not None else list(prog.models)
+    text = graph_dot(models)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    data = text.encode("utf-8")
+    if fmt != "dot":
+        try:
+            data = render(text, fmt)
+        except GraphvizError as e:
+            print(f"seqdsl: cannot write {args.output}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as e:
+        print(f"seqdsl: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
@@ -323,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "graph":
+            return _graph(args)
         return _summary(args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130
