@@ -66,6 +66,7 @@ __all__ = [
     "leaky_relu",
     "lengths_to_mask",
     "log_softmax",
+    "masked_mean",
     "masked_softmax",
     "pack_rows",
     "pool1d",
@@ -1635,3 +1636,15 @@ class SeqdslModule(nn.Module):
         for name in self.STATEFUL:
             layer: Any = self._modules[name]
             layer.reset_states()
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of per-step ``values`` over the valid steps of ``mask``: the loss of
+    an ``output x with mask``, as Keras' masked losses average it. ``values`` is
+    ``[B, T]`` (per-step losses, e.g. ``F.cross_entropy(logits.transpose(1, 2), y,
+    reduction="none")``) or ``[B, T, ...]`` (each valid step's entries all count);
+    ``mask`` is the bool ``[B, T]`` mask the model returns. A batch with no valid
+    step gives 0. No data-dependent Python: it traces under torch.compile."""
+    m = mask.to(values.dtype).reshape(mask.shape + (1,) * (values.dim() - mask.dim()))
+    m = m.expand_as(values)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
