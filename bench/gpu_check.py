@@ -42,7 +42,10 @@ row, and one that overruns is killed (what it wrote is kept). Without --dry-run 
 framework with no CUDA device reports an error instead of running the GPU sizes on
 the CPU. --dry-run hides the GPUs (CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS=cpu),
 pins one thread, and runs tiny sizes, float32 and bfloat16. Writes
-bench/results/gpu_check_<device>.json (--out overrides); exit status 0 when every
+bench/results/issue15/gpu_check_gpu.json (--dry-run: gpu_check_cpu_dry_run.json; a
+subset of --parts or --frameworks adds them to the name; --out overrides). The
+GPU run needs Keras (and lark, for seqdsl) carried as wheels where the image lacks
+them (docs/benchmarks.md, "GPU"). Exit status 0 when every
 worker ran, every row succeeded and every number passed, else 1.
 """
 
@@ -1260,6 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     t_start = time.monotonic()
+    load_start, meter = common.load_average(), common.CpuMeter()
     workers: dict[str, Any] = {}
     results: dict[str, list[dict[str, Any]]] = {}
     for i, fw in enumerate(frameworks):
@@ -1289,12 +1293,20 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {k: f"{name} {op} {bound}" for k, (name, op, bound) in TARGETS.items()},
         "timeout_s": timeout,
         "wall_s": round(time.monotonic() - t_start, 1),
+        # load averages, and from /proc/stat the cores busy: all, this run's, others'
+        "load": {"start": load_start, "end": common.load_average(), **meter.read()},
+        "cpu_s": round(sum(os.times()[2:4]), 1),  # the workers' CPU time, all of them
         "workers": workers,
         "results": results,
     }
     doc["failures"] = failures(doc)
     print(render(doc))
-    name = "gpu_check_cpu_dry_run.json" if mode == "dry-run" else "gpu_check_gpu.json"
+    name = "gpu_check_cpu_dry_run" if mode == "dry-run" else "gpu_check_gpu"
+    if parts != list(PARTS):
+        name += "_" + "_".join(parts)
+    if frameworks != list(FRAMEWORKS):
+        name += "_" + "_".join(frameworks)
+    name += ".json"
     out = args.out or HERE / "results" / "issue15" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
