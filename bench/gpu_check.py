@@ -79,7 +79,7 @@ from suite.common import measure  # noqa: E402
 
 FRAMEWORKS = ("torch", "jax", "keras-torch", "keras-jax")
 #: each worker's share of --timeout, relative (the JAX workers compile every model)
-WEIGHT = {"torch": 1.0, "jax": 1.5, "keras-torch": 1.0, "keras-jax": 1.2}
+WEIGHT = {"torch": 1.0, "jax": 1.6, "keras-torch": 0.6, "keras-jax": 0.7}
 PARTS = ("kernels", "table")
 MASKS = ("none", "post", "pre", "gaps")
 
@@ -133,30 +133,26 @@ PLANS: dict[str, dict[str, Any]] = {
             "train_masks": MASKS,
         },
         "table": {
+            # sized to fit the 540 s default with the kernel check (about 400 s
+            # estimated, never measured: see docs/benchmarks.md, GPU)
             "handwritten": [
                 ("lstm", _size(64, 128, 256)),
-                ("lstm", _size(128, 256, 512)),
                 ("lstm", _size(256, 512, 1024)),
                 ("gru", _size(64, 128, 256)),
-                ("gru", _size(256, 512, 1024)),
                 ("bilstm", _size(64, 128, 256)),
-                ("bilstm", _size(256, 512, 1024)),
             ],
             "masks": [
                 ("lstm", _size(64, 128, 256)),
                 ("lstm", _size(256, 512, 1024)),
-                ("gru", _size(64, 128, 256)),
-                ("bilstm", _size(64, 128, 256)),
             ],
             "keras": [
                 ("lstm", _size(64, 128, 256)),
-                ("gru", _size(64, 128, 256)),
                 ("lstm", _size(256, 512, 1024)),
             ],
             "dtypes": ("float32", "bfloat16"),
             "bfloat16_sections": ("handwritten", "masks", "keras"),
             "modes": ("inference", "train"),
-            "opts": {"rounds": 10, "min_rounds": 5, "warmup": 2, "budget_s": 4.0},
+            "opts": {"rounds": 8, "min_rounds": 5, "warmup": 2, "budget_s": 3.0},
         },
         "timeout_s": 540,
     },

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,27 @@ def test_torch_profile_reads_the_fused_op_on_cpu() -> None:
 
     with torch.no_grad():
         assert gc.torch_profile(loop, gpu=False)[1]["kernel"] == "loop"
+
+
+@pytest.mark.slow
+def test_the_gpu_run_refuses_without_a_gpu(tmp_path: Path) -> None:
+    """Without --dry-run a framework that sees no CUDA device says so (exit status 1)
+    rather than running the GPU sizes on the CPU."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(SCRIPT), "--frameworks", "torch", "--parts", "kernels"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [*cmd, "--timeout", "300", "--out", str(out)],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert proc.returncode == 1
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["mode"] == "gpu" and doc["gpu"] is False
+    (setup,) = doc["results"]["setup"]
+    assert "no CUDA GPU visible to torch" in setup["error"]
+    assert "kernels" not in doc["results"]
+    assert any("no CUDA GPU" in f for f in doc["failures"])
