@@ -14,12 +14,21 @@ import json
 import textwrap
 from collections.abc import Sequence
 
-from .catalogue import TARGETS
+from .catalogue import TARGETS, PadInfo
 from .checker import CheckedModel, LayerInfo
-from .ir import ApplyOp, DropMaskOp, MergeOp
+from .ir import DropMaskOp, MergeOp, Op
 from .types import MaskType, TensorType, ValueType, fmt_dim
 
-__all__ = ["CPU_NOTE", "summary_text", "summary_json", "time_of", "mask_of"]
+__all__ = [
+    "CPU_NOTE",
+    "summary_text",
+    "summary_json",
+    "time_of",
+    "mask_of",
+    "op_label",
+    "pad_text",
+    "kernel_cells",
+]
 
 #: what the kernel columns mean off a GPU (the summary's last lines, and its JSON)
 CPU_NOTE = (
@@ -48,6 +57,28 @@ def mask_of(t: ValueType | None) -> str:
     return "-"
 
 
+def op_label(op: Op) -> str:
+    """An operation as the summary's "Layer (type)" column writes it."""
+    if isinstance(op, DropMaskOp):
+        return "drop_mask"
+    if isinstance(op, MergeOp):
+        return f"{op.name} ({op.fn})"
+    return f"{op.layer.name} ({op.layer.kind})"
+
+
+def pad_text(p: PadInfo) -> str:
+    """An input's padding as the summary's "Padding:" lines write it."""
+    extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen is not None else ""
+    return f"pad({p.side}, value={_num(p.value)}{extra})" + (", nonempty" if p.nonempty else "")
+
+
+def kernel_cells(info: LayerInfo | None) -> list[str]:
+    """The kernel of a layer per target (in ``TARGETS`` order); empty strings when it has none."""
+    if info is None or info.kernels is None:
+        return ["" for _ in TARGETS]
+    return [info.kernels[t].kernel for t in TARGETS]
+
+
 def _type_str(t: ValueType | None) -> str:
     return "?" if t is None else str(t)
 
@@ -63,13 +94,7 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
         )
     for i, op in enumerate(m.model.ops):
         info = by_op.get(i)
-        if isinstance(op, DropMaskOp):
-            label = "drop_mask"
-        elif isinstance(op, MergeOp):
-            label = f"{op.name} ({op.fn})"
-        else:
-            assert isinstance(op, ApplyOp)
-            label = f"{op.layer.name} ({op.layer.kind})"
+        label = op_label(op)
         params = (
             f"{info.params:,}" if info is not None else ("0" if isinstance(op, DropMaskOp) else "?")
         )
@@ -93,9 +118,8 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
     table: list[list[str]] = []
     notes: list[str] = []
     for cells, info in _rows(m):
-        ks = ["", "", ""]
+        ks = kernel_cells(info)
         if info is not None and info.kernels is not None:
-            ks = [info.kernels[t].kernel for t in TARGETS]
             for t in TARGETS:
                 reason = info.kernels[t].reason
                 if reason:
@@ -128,11 +152,7 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
     if m.pads:
         out.append(" Padding:")
         for name, p in m.pads.items():
-            extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen is not None else ""
-            out.append(
-                f"  {name}: pad({p.side}, value={_num(p.value)}{extra})"
-                + (", nonempty" if p.nonempty else "")
-            )
+            out.append(f"  {name}: {pad_text(p)}")
     if notes:
         out.append(" Kernel notes:")
         out += notes

@@ -1515,3 +1515,16 @@ class _ExternModel(_Model):
         )
         self.variables = {"params": self.variables["params"], "state": state}
         return outputs
+
+
+def masked_mean(values: Any, mask: Any) -> Any:
+    """The mean of per-step ``values`` over the valid steps of ``mask``: the loss of
+    an ``output x with mask``, as Keras' masked losses average it. ``values`` is
+    ``[B, T]`` (per-step losses, e.g.
+    ``optax.softmax_cross_entropy_with_integer_labels(logits, y)``) or ``[B, T, ...]``
+    (each valid step's entries all count); ``mask`` is the bool ``[B, T]`` mask the
+    model returns. A batch with no valid step gives 0. jit- and grad-safe."""
+    m = jnp.broadcast_to(
+        mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim)), values.shape
+    ).astype(values.dtype)
+    return (values * m).sum() / jnp.maximum(m.sum(), 1.0)
