@@ -1,0 +1,1433 @@
+"""Editor features over one ``.seq`` document, with no editor framework.
+
+:class:`Document` runs the public pipeline (:func:`seqdsl.api.analyze_sources`)
+on a text and answers what an editor asks at a position: the diagnostics with
+their ranges, codes, hints and related locations; a hover (a value's type, time
+dimension, mask kind and the summary's row with the kernel per target; a
+layer's parameters and its catalogue entry); the definition of a value, a
+block, a cell, an extern layer or a ``use``d file; completions (layer names,
+Keras argument names with their defaults and allowed values from the
+catalogue, value names in scope); the document's symbols; and quick fixes for
+diagnostics with a mechanical fix.
+
+Positions are 0-based ``(line, column)`` pairs counting code points; ranges
+are half-open. The language server (:mod:`seqdsl.lsp`) converts them to the
+protocol's UTF-16 columns. Nothing here prints, raises on bad input, or imports
+an editor library: every answer is a plain frozen dataclass, and a text that
+does not parse still gets completions and symbols from a lexical scan (and
+types from the last text that did, when the server passes it as ``previous``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal as TypingLiteral
+
+from .api import Analysis, analyze_sources
+from .catalogue import ACTIVATIONS, CATALOGUE, INITIALIZERS, KERNELS, MERGES, REQUIRED
+from .cells import cell_spec, extern_spec
+from .checker import PAD_PARAMS, CheckedModel, LayerInfo
+from .diagnostics import Diagnostic
+from .imports import SearchPath, load_sources
+from .ir import (
+    ApplyOp,
+    Arg,
+    DropMaskOp,
+    LayerBlock,
+    LayerCall,
+    MergeOp,
+    Model,
+    Span,
+    ValueUse,
+)
+from .layerspec import BoundLayer, LayerSpec, Param
+from .summary import HEADER, summary_rows
+from .types import DTYPES
+
+__all__ = [
+    "CodeAction",
+    "Completion",
+    "Document",
+    "Hover",
+    "IdeDiagnostic",
+    "Location",
+    "Range",
+    "Symbol",
+    "TextEdit",
+    "span_range",
+]
+
+# --------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True, order=True)
+class Range:
+    """A 0-based, half-open range of code points."""
+
+    start_line: int
+    start_col: int
+    end_line: int
+    end_col: int
+
+    def contains(self, line: int, col: int) -> bool:
+        """Whether the position lies in the range, its end included (an editor
+        asks at the cursor, which is often just after the word)."""
+        if (line, col) < (self.start_line, self.start_col):
+            return False
+        return (line, col) <= (self.end_line, self.end_col)
+
+    def overlaps(self, other: Range) -> bool:
+        return (self.start_line, self.start_col) <= (other.end_line, other.end_col) and (
+            other.start_line,
+            other.start_col,
+        ) <= (self.end_line, self.end_col)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.end_line - self.start_line, self.end_col - self.start_col)
+
+
+def span_range(span: Span) -> Range:
+    """The range of a compiler span (1-based line and column, exclusive end)."""
+    start = (max(span.line - 1, 0), max(span.col - 1, 0))
+    end = (max(span.end_line - 1, 0), max(span.end_col - 1, 0))
+    if end < start:
+        end = start
+    return Range(start[0], start[1], end[0], end[1])
+
+
+@dataclass(frozen=True)
+class Location:
+    """A range in a file, named as the compiler names it (the document's name or a used file)."""
+
+    file: str
+    range: Range
+
+
+@dataclass(frozen=True)
+class IdeDiagnostic:
+    range: Range
+    severity: TypingLiteral["error", "warning"]
+    code: str
+    message: str
+    hint: str | None
+    #: notes elsewhere: the call sites of a block, the file that imports, the first definition
+    related: tuple[tuple[Location, str], ...]
+    #: the compiler's diagnostic (its span may lie in another file: then ``range`` is where
+    #: this document leads to it)
+    source: Diagnostic
+
+
+@dataclass(frozen=True)
+class Hover:
+    range: Range
+    markdown: str
+
+
+CompletionKind = TypingLiteral["layer", "block", "argument", "choice", "value", "keyword"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    label: str
+    kind: CompletionKind
+    detail: str = ""
+    documentation: str = ""
+    insert_text: str | None = None
+
+
+SymbolKind = TypingLiteral["model", "block", "cell", "extern", "input", "value", "use"]
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    kind: SymbolKind
+    range: Range
+    selection_range: Range
+    detail: str = ""
+    children: tuple[Symbol, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextEdit:
+    range: Range
+    new_text: str
+
+
+@dataclass(frozen=True)
+class CodeAction:
+    title: str
+    diagnostic: IdeDiagnostic
+    edits: tuple[TextEdit, ...]
+
+
+# --------------------------------------------------------------------------
+# a lexical view of the text: works on text that does not parse
+
+_TOKEN = re.compile(
+    r"(?P<ws>\s+)"
+    r"|(?P<comment>#[^\n]*)"
+    r"|(?P<str>\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?)"
+    r"|(?P<num>[0-9]+\.[0-9]*(?:[eE][+-]?[0-9]+)?|[0-9]+(?:[eE][+-]?[0-9]+)?|\.[0-9]+)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<op>->|<-|//|!=|\.\.\.|.)",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # comment | str | num | name | op
+    text: str
+    start: int
+    end: int
+
+
+def _lex(text: str) -> list[_Tok]:
+    out: list[_Tok] = []
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind is None or kind == "ws" or kind == "comment":
+            continue
+        out.append(_Tok(kind, m.group(), m.start(), m.end()))
+    return out
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A top-level item found lexically: ``model``, ``layer``, ``cell``, ``extern layer``, ``use``."""
+
+    kind: str
+    name: str
+    start: int  # offset of the keyword
+    name_start: int
+    name_end: int
+    end: int  # offset just after the closing brace (or the end of the text)
+    body: int  # offset of the opening brace (-1: none)
+    params: tuple[tuple[str, int, int], ...]  # header parameters: name and its offsets
+
+
+def _items(toks: Sequence[_Tok], text_len: int) -> list[_Item]:
+    items: list[_Item] = []
+    i = 0
+    n = len(toks)
+    while i < n:
+        t = toks[i]
+        kw = t.text if t.kind == "name" else ""
+        if kw == "use" and i + 1 < n and toks[i + 1].kind == "str":
+            s = toks[i + 1]
+            items.append(_Item("use", s.text, t.start, s.start, s.end, s.end, -1, ()))
+            i += 2
+            continue
+        j = i + 1
+        if kw == "extern" and j < n and toks[j].text == "layer":
+            j += 1
+        if kw not in ("model", "layer", "cell", "extern") or j >= n or toks[j].kind != "name":
+            i += 1
+            continue
+        name = toks[j]
+        j += 1
+        params: list[tuple[str, int, int]] = []
+        if j < n and toks[j].text == "(":
+            depth = 0
+            while j < n:
+                if toks[j].text == "(":
+                    depth += 1
+                elif toks[j].text == ")":
+                    depth -= 1
+                    if depth == 0:
+                        j += 1
+                        break
+                elif (
+                    depth == 1
+                    and toks[j].kind == "name"
+                    and j + 1 < n
+                    and toks[j + 1].text == ":"
+                    and toks[j - 1].text in ("(", ",")
+                ):
+                    params.append((toks[j].text, toks[j].start, toks[j].end))
+                elif toks[j].text in ("{", "}"):
+                    break
+                j += 1
+        body = -1
+        end = text_len
+        if j < n and toks[j].text == "{":
+            body = toks[j].start
+            depth = 0
+            k = j
+            while k < n:
+                if toks[k].text == "{":
+                    depth += 1
+                elif toks[k].text == "}":
+                    depth -= 1
+                    if depth == 0:
+                        end = toks[k].end
+                        break
+                elif depth == 1 and toks[k].kind == "name" and toks[k].text in _TOP and k > j:
+                    # an unclosed block: the next top-level keyword starts the next item
+                    prev = toks[k - 1].text
+                    if prev in ("}", "{") or (toks[k].text == "use" and prev != "("):
+                        end = toks[k].start
+                        k -= 1
+                        break
+                k += 1
+            j = k + 1
+        items.append(
+            _Item(
+                "extern" if kw == "extern" else kw,
+                name.text,
+                t.start,
+                name.start,
+                name.end,
+                end,
+                body,
+                tuple(params),
+            )
+        )
+        i = max(j, i + 1)
+    return items
+
+
+_TOP = ("model", "layer", "cell", "extern", "use")
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """An open ``(`` or ``[`` before the cursor."""
+
+    kind: str  # ctor | data | pad | decorator | repeat | list | group
+    name: str  # the constructor, decorator or callee name ("" for others)
+    open: int  # token index of the bracket
+    callee: str = ""  # data frames: the constructor whose call this is
+
+
+def _frames(toks: Sequence[_Tok], start: int, stop: int) -> list[_Frame]:
+    stack: list[_Frame] = []
+    for i in range(start, stop):
+        t = toks[i]
+        if t.text == "(":
+            prev = toks[i - 1] if i > start else None
+            if prev is not None and prev.text == ")":
+                stack.append(_Frame("data", "", i, _callee_before(toks, start, i - 1)))
+            elif prev is not None and prev.kind == "name":
+                before = toks[i - 2].text if i - 2 >= start else ""
+                if before == "@":
+                    stack.append(_Frame("decorator", prev.text, i))
+                elif prev.text == "pad":
+                    stack.append(_Frame("pad", "pad", i))
+                elif prev.text == "repeat":
+                    stack.append(_Frame("repeat", "repeat", i))
+                else:
+                    stack.append(_Frame("ctor", prev.text, i))
+            else:
+                stack.append(_Frame("group", "", i))
+        elif t.text == "[":
+            stack.append(_Frame("list", "", i))
+        elif t.text in (")", "]") and stack:
+            stack.pop()
+        elif t.text in ("{", "}"):
+            stack.clear()
+    return stack
+
+
+def _callee_before(toks: Sequence[_Tok], start: int, close: int) -> str:
+    """The constructor name of ``Kind(...)`` whose ``)`` is token ``close``."""
+    depth = 0
+    for k in range(close, start - 1, -1):
+        if toks[k].text == ")":
+            depth += 1
+        elif toks[k].text == "(":
+            depth -= 1
+            if depth == 0:
+                return toks[k - 1].text if k > start and toks[k - 1].kind == "name" else ""
+    return ""
+
+
+# --------------------------------------------------------------------------
+# the index of a checked program: what each range of the document means
+
+
+@dataclass(frozen=True)
+class _ValueRef:
+    """A value in one expansion: the checked model and the value's SSA name."""
+
+    model: CheckedModel
+    name: str
+    #: the block call this occurrence belongs to ("" outside blocks), for hover titles
+    via: str
+
+
+@dataclass(frozen=True)
+class _LayerRef:
+    model: CheckedModel
+    op_index: int
+    #: the kind written at this range (an inner layer of ``Bidirectional(LSTM(..))`` differs)
+    kind: str
+    via: str
+
+
+@dataclass(frozen=True)
+class _BlockCallRef:
+    model: CheckedModel
+    block: str
+    call: Span
+
+
+_Ref = _ValueRef | _LayerRef | _BlockCallRef
+
+
+def _via_text(span: Span) -> str:
+    return " > ".join(f"`{e.block}` called at line {e.call.line}" for e in span.via)
+
+
+class _Index:
+    """Ranges of the document -> what they mean (one entry per expansion)."""
+
+    def __init__(self, file: str, models: Sequence[CheckedModel]):
+        self.file = file
+        self.by_line: dict[int, list[tuple[Range, _Ref]]] = {}
+        #: value (model name, SSA name) -> where it is defined in this document
+        self.defs: dict[tuple[str, str], Span] = {}
+        #: model name -> the rows of its summary, by value
+        self.rows: dict[str, dict[str, tuple[list[str], LayerInfo | None]]] = {}
+        for cm in models:
+            self.add_model(cm)
+
+    def add(self, span: Span | None, ref: _Ref) -> None:
+        if span is None or span.file != self.file:
+            return
+        r = span_range(span)
+        for line in range(r.start_line, r.end_line + 1):
+            self.by_line.setdefault(line, []).append((r, ref))
+
+    def add_model(self, cm: CheckedModel) -> None:
+        m = cm.model
+        rows: dict[str, tuple[list[str], LayerInfo | None]] = {}
+        label: tuple[list[str], LayerInfo | None] | None = None
+        for cells, info in summary_rows(cm):
+            if cells[0]:
+                label = (cells, info)
+            elif label is not None:  # a further result: keep the layer of its first row
+                info = label[1]
+            rows[cells[1]] = (cells, info)
+        self.rows[m.name] = rows
+        for inp in m.inputs:
+            self.add(inp.name_span, _ValueRef(cm, inp.name, ""))
+            self.defs[(m.name, inp.name)] = inp.name_span
+        for i, op in enumerate(m.ops):
+            via = _via_text(op.span)
+            for name, rspan in zip(op.results, op.result_spans, strict=False):
+                self.add(rspan, _ValueRef(cm, name, "" if not rspan.via else via))
+                if rspan.file == self.file:
+                    self.defs.setdefault((m.name, name), rspan)
+            for use in _uses(op):
+                self.add(use.span, _ValueRef(cm, use.name, _via_text(use.span)))
+            if isinstance(op, ApplyOp):
+                for call in _layer_calls(op.layer):
+                    self.add(call.kind_span, _LayerRef(cm, i, call.kind, via))
+            elif isinstance(op, MergeOp):
+                s = op.span
+                self.add(
+                    Span(s.file, s.line, s.col, s.line, s.col + len(op.fn), s.via),
+                    _LayerRef(cm, i, op.fn, via),
+                )
+            else:
+                self.add(op.span, _LayerRef(cm, i, "drop_mask", via))
+            for e in op.span.via:
+                self.add(e.call, _BlockCallRef(cm, e.block, e.call))
+        for out in m.outputs:
+            self.add(out.span, _ValueRef(cm, out.name, ""))
+
+    def at(self, line: int, col: int) -> list[tuple[Range, _Ref]]:
+        """The entries at a position, innermost range first."""
+        hits = [(r, ref) for r, ref in self.by_line.get(line, ()) if r.contains(line, col)]
+        hits.sort(key=lambda h: (h[0].size, isinstance(h[1], _BlockCallRef)))
+        return hits
+
+
+def _uses(op: ApplyOp | MergeOp | DropMaskOp) -> list[ValueUse]:
+    if isinstance(op, DropMaskOp):
+        return [op.input]
+    out = list(op.inputs)
+    if isinstance(op, ApplyOp):
+        if op.mask is not None:
+            out.append(op.mask)
+        out += list(op.initial_state or ())
+    return out
+
+
+def _layer_calls(call: LayerCall) -> list[LayerCall]:
+    """A layer call and the layers nested in its arguments (``Bidirectional(LSTM(8))``)."""
+    out = [call]
+    for a in call.args:
+        out += _nested(a)
+    return out
+
+
+def _nested(a: Arg) -> list[LayerCall]:
+    v = a.value
+    if v.kind == "layer" and isinstance(v.value, LayerCall):
+        return _layer_calls(v.value)
+    return []
+
+
+# --------------------------------------------------------------------------
+# text helpers
+
+
+def _fmt_value(v: object) -> str:
+    if v is REQUIRED:
+        return "required"
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, BoundLayer):
+        return f"{v.kind}(...)"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_fmt_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _param_type(p: Param) -> str:
+    if p.choices:
+        return " | ".join(p.choices)
+    return p.type
+
+
+def _param_line(p: Param) -> str:
+    """``units: int (required)``, ``dropout: float = 0.0, >= 0, < 1``: a parameter as the docs write it."""
+    out = f"{p.name}: {_param_type(p)}"
+    out += " (required)" if p.default is REQUIRED else f" = {_fmt_value(p.default)}"
+    rng = []
+    if p.lo is not None:
+        rng.append(f">= {p.lo:g}")
+    if p.hi is not None:
+        rng.append(f"< {p.hi:g}" if p.hi_open else f"<= {p.hi:g}")
+    if rng:
+        out += ", " + ", ".join(rng)
+    if p.doc:
+        out += f" — {p.doc}"
+    return out
+
+
+def _signature(spec: LayerSpec) -> str:
+    args = []
+    for p in spec.params:
+        if p.name in ("name", "trainable"):
+            continue
+        args.append(p.name if p.default is REQUIRED else f"{p.name}={_fmt_value(p.default)}")
+    return f"{spec.name}({', '.join(args)})"
+
+
+def _spec_markdown(spec: LayerSpec) -> str:
+    lines = [f"```seqdsl\n{_signature(spec)}\n```", spec.doc[:1].upper() + spec.doc[1:] + "."]
+    facts = [f"mask rule: {spec.mask_rule}", f"category: {spec.category}"]
+    if spec.padding_invariant:
+        facts.append("padding invariant")
+    lines.append("; ".join(facts) + ".")
+    return "\n\n".join(lines)
+
+
+def _row_table(rows: Sequence[list[str]]) -> str:
+    head = "| " + " | ".join(HEADER) + " |"
+    rule = "|" + "---|" * len(HEADER)
+    body = ["| " + " | ".join(c.replace("|", "\\|") or " " for c in r) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+# --------------------------------------------------------------------------
+# the document
+
+
+_DID_YOU_MEAN = re.compile(r"did you mean `([^`]+)`\?")
+
+
+@dataclass
+class _Callable:
+    """Something that can be called as a layer: built-in, merge, block, cell, extern."""
+
+    name: str
+    what: str  # layer | merge | block | cell | extern
+    spec: LayerSpec | None = None
+    block: LayerBlock | None = None
+    span: Span | None = None
+
+
+class Document:
+    """One ``.seq`` text and everything an editor asks about it.
+
+    ``name`` is the file's path (``use`` paths resolve against its folder) or a
+    ``<...>`` name for text that has no file. ``previous`` is an earlier version
+    whose program checked: completions use its names and types while the text
+    does not parse.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        name: str = "<string>",
+        *,
+        search_path: SearchPath = None,
+        previous: Document | None = None,
+    ):
+        self.text = text
+        self.name = name
+        self.search_path = search_path
+        self.analysis: Analysis = analyze_sources(text, name, search_path=search_path)
+        if previous is not None and not previous.checked:
+            previous = previous.previous
+        self.previous: Document | None = previous
+        self._lines = _line_starts(text)
+        self._toks = _lex(text)
+        self._items = _items(self._toks, len(text))
+        prog = self.analysis.program
+        self._index = _Index(name, prog.models if prog is not None else ())
+        self._diags: list[IdeDiagnostic] | None = None
+        self._callables_cache: dict[str, _Callable] | None = None
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def checked(self) -> bool:
+        """Whether the text parsed and lowered (its values have types)."""
+        return self.analysis.program is not None
+
+    def offset(self, line: int, col: int) -> int:
+        if line < 0:
+            return 0
+        if line >= len(self._lines):
+            return len(self.text)
+        start = self._lines[line]
+        end = self._lines[line + 1] - 1 if line + 1 < len(self._lines) else len(self.text)
+        return min(start + max(col, 0), end)
+
+    def position(self, offset: int) -> tuple[int, int]:
+        lo, hi = 0, len(self._lines) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._lines[mid] <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo, offset - self._lines[lo]
+
+    def _range(self, start: int, end: int) -> Range:
+        a = self.position(start)
+        b = self.position(end)
+        return Range(a[0], a[1], b[0], b[1])
+
+    def _tok_at(self, offset: int) -> int | None:
+        """The index of the token at ``offset`` (or ending there)."""
+        lo, hi = 0, len(self._toks)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._toks[mid].end < offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        for k in (lo, lo + 1):
+            if k < len(self._toks) and self._toks[k].start <= offset <= self._toks[k].end:
+                if self._toks[k].kind == "name" or k + 1 >= len(self._toks):
+                    return k
+                if self._toks[k].end == offset and self._toks[k + 1].start == offset:
+                    continue
+                return k
+        return None
+
+    def _word_at(self, line: int, col: int) -> _Tok | None:
+        k = self._tok_at(self.offset(line, col))
+        if k is None:
+            return None
+        t = self._toks[k]
+        return t if t.kind in ("name", "str") else None
+
+    def _item_at(self, offset: int) -> _Item | None:
+        for it in self._items:
+            if it.start <= offset < it.end or (it.start <= offset and it.end == len(self.text)):
+                return it
+        return None
+
+    def _callables(self) -> dict[str, _Callable]:
+        if self._callables_cache is None:
+            self._callables_cache = self._find_callables()
+        return self._callables_cache
+
+    def _find_callables(self) -> dict[str, _Callable]:
+        out: dict[str, _Callable] = {}
+        for name, spec in CATALOGUE.items():
+            out[name] = _Callable(name, "layer", spec)
+        for name, spec in MERGES.items():
+            out[name] = _Callable(name, "merge", spec)
+        prog = self.analysis.program or (
+            self.previous.analysis.program if self.previous is not None else None
+        )
+        if prog is not None:
+            for b in prog.blocks:
+                out[b.name] = _Callable(b.name, "block", None, b, b.name_span)
+            for cname, cdef in prog.ir.cells.items():
+                cspec = cell_spec(cdef) if cdef.ok else None
+                out[cname] = _Callable(cname, "cell", cspec, None, cdef.name_span)
+            for ename, edef in prog.ir.externs.items():
+                espec = extern_spec(edef) if edef.ok else None
+                out[ename] = _Callable(ename, "extern", espec, None, edef.name_span)
+        for it in self._items:  # blocks of this text that did not check yet
+            if it.kind in ("layer", "cell", "extern") and it.name not in out:
+                out[it.name] = _Callable(it.name, it.kind if it.kind != "layer" else "block")
+        return out
+
+    # ----------------------------------------------------------------- diagnostics
+    def diagnostics(self) -> list[IdeDiagnostic]:
+        """Every diagnostic, located in this document: one in another file (a used file,
+        a block defined there) is shown at the place here that leads to it."""
+        if self._diags is None:
+            self._diags = [self._diagnostic(d) for d in self.analysis.diagnostics]
+        return self._diags
+
+    def _diagnostic(self, d: Diagnostic) -> IdeDiagnostic:
+        related = tuple((Location(r.span.file, span_range(r.span)), r.message) for r in d.related)
+        message = d.message
+        if d.span is None:
+            rng = Range(0, 0, 0, 0)
+        elif d.span.file == self.name:
+            rng = span_range(d.span)
+        else:
+            here = [loc for loc, _ in related if loc.file == self.name]
+            rng = here[0].range if here else self._use_range(d.span.file)
+            message = f"{d.span.file}:{d.span.line}:{d.span.col}: {d.message}"
+            related = ((Location(d.span.file, span_range(d.span)), d.message), *related)
+        return IdeDiagnostic(rng, d.severity, d.code, message, d.hint, related, d)
+
+    def _use_range(self, file: str) -> Range:
+        """Where this document brings in ``file``: its ``use`` line, else the first line."""
+        uses = [it for it in self._items if it.kind == "use"]
+        stem = Path(file).name
+        for it in uses:
+            if Path(it.name.strip("\"'")).name == stem:
+                return self._range(it.start, it.end)
+        if uses:
+            return self._range(uses[0].start, uses[0].end)
+        return Range(0, 0, 0, 0)
+
+    # ----------------------------------------------------------------- hover
+    def hover(self, line: int, col: int) -> Hover | None:
+        hits = self._index.at(line, col)
+        if hits:
+            rng = hits[0][0]
+            same = [ref for r, ref in hits if r == rng]
+            text = self._hover_refs(same)
+            if text:
+                return Hover(rng, text)
+        return self._hover_lexical(line, col)
+
+    def _hover_refs(self, refs: Sequence[_Ref]) -> str:
+        parts: list[str] = []
+        seen: set[tuple[str, str, str]] = set()
+        for ref in refs:
+            if isinstance(ref, _ValueRef):
+                key = ("value", ref.model.name, ref.name)
+                text = self._hover_value(ref)
+            elif isinstance(ref, _LayerRef):
+                key = ("layer", ref.model.name, str(ref.op_index))
+                text = self._hover_layer(ref)
+            else:
+                key = ("block", ref.model.name, str(ref.call))
+                text = self._hover_block_call(ref)
+            if key in seen:
+                continue
+            seen.add(key)
+            parts.append(text)
+        return "\n\n---\n\n".join(parts)
+
+    def _row(self, model: CheckedModel, value: str) -> tuple[list[str], LayerInfo | None] | None:
+        return self._index.rows.get(model.name, {}).get(value)
+
+    def _hover_value(self, ref: _ValueRef) -> str:
+        cm = ref.model
+        t = cm.types.get(ref.name)
+        row = self._row(cm, ref.name)
+        head = f"```seqdsl\n{ref.name}: {t if t is not None else '?'}\n```"
+        lines = [head]
+        if row is not None:
+            cells, info = row
+            lines.append(f"time: `{cells[3]}` · mask: `{cells[4]}`")
+            where = f"model `{cm.name}`" + (f", in {ref.via}" if ref.via else "")
+            if info is not None:
+                where = f"made by `{info.name}` ({info.kind}) in " + where
+            elif ref.name in cm.pads:
+                p = cm.pads[ref.name]
+                where = f"input of {where}, pad({p.side}, value={_fmt_value(p.value)}" + (
+                    f", maxlen={p.maxlen})" if p.maxlen is not None else ")"
+                )
+            lines.append(where)
+            lines.append(_row_table([cells]))
+            if info is not None:
+                lines += self._kernel_notes(info)
+        else:
+            lines.append(f"in model `{cm.name}` (no type: an error stops it)")
+        return "\n\n".join(lines)
+
+    def _kernel_notes(self, info: LayerInfo) -> list[str]:
+        if info.kernels is None:
+            return []
+        notes = [
+            f"- {target}: `{k.kernel}`" + (f" — {k.reason}" if k.reason else "")
+            for target, k in info.kernels.items()
+        ]
+        return ["kernels:\n" + "\n".join(notes)]
+
+    def _hover_layer(self, ref: _LayerRef) -> str:
+        cm = ref.model
+        op = cm.model.ops[ref.op_index]
+        info = next((x for x in cm.layers if x.op_index == ref.op_index), None)
+        lines: list[str] = []
+        title = info.name if info is not None else ", ".join(op.results)
+        kind = info.kind if info is not None else ref.kind
+        lines.append(f"**{title}** ({kind})" + (f" — in {ref.via}" if ref.via else ""))
+        rows = [r[0] for v in op.results if (r := self._row(cm, v)) is not None]
+        if rows:
+            lines.append(_row_table(rows))
+        if info is not None:
+            spec = self._spec_of(info.kind)
+            lines.append(f"parameters: {info.params:,}" + self._weights_text(info))
+            cfg = self._config_text(info, spec)
+            if cfg:
+                lines.append(f"```seqdsl\n{info.kind}({cfg})\n```")
+            lines += self._kernel_notes(info)
+            if not info.padding_invariant and spec is not None and spec.padding_invariant:
+                lines.append("not padding invariant in this configuration")
+        inner = self._spec_of(ref.kind)
+        if inner is not None:
+            lines.append(_spec_markdown(inner))
+        return "\n\n".join(lines)
+
+    @staticmethod
+    def _weights_text(info: LayerInfo) -> str:
+        if not info.weights:
+            return ""
+        return " (" + ", ".join(f"{w.name} {list(w.shape)}" for w in info.weights) + ")"
+
+    @staticmethod
+    def _config_text(info: LayerInfo, spec: LayerSpec | None) -> str:
+        parts = []
+        for k, v in info.config.items():
+            p = spec.param(k) if spec is not None else None
+            if p is not None and p.default is not REQUIRED and p.default == v:
+                continue
+            if k == "name":
+                continue
+            parts.append(f"{k}={_fmt_value(v)}")
+        return ", ".join(parts)
+
+    def _spec_of(self, kind: str) -> LayerSpec | None:
+        c = self._callables().get(kind)
+        return c.spec if c is not None else None
+
+    def _hover_block_call(self, ref: _BlockCallRef) -> str:
+        cm = ref.model
+        block = next((b for b in self._blocks() if b.name == ref.block), None)
+        lines = [f"**{ref.block}** (layer block)"]
+        if block is not None:
+            lines.append(f"```seqdsl\n{self._block_signature(block)}\n```")
+            lines.append(f"defined in {block.file}:{block.span.line}")
+        ops = [op for op in cm.model.ops if any(e.call == ref.call for e in op.span.via)]
+        layers = [x for x in cm.layers if any(e.call == ref.call for e in x.span.via)]
+        # the values the call binds: results of its operations named outside the block
+        outs = [
+            r
+            for op in ops
+            for r, s in zip(op.results, op.result_spans, strict=False)
+            if not any(e.call == ref.call for e in s.via)
+        ]
+        rows = [r[0] for v in outs if (r := self._row(cm, v)) is not None]
+        if rows:
+            lines.append(_row_table(rows))
+        lines.append(
+            f"{len(layers)} layer(s), {sum(x.params for x in layers):,} parameters in this call"
+        )
+        return "\n\n".join(lines)
+
+    def _blocks(self) -> tuple[LayerBlock, ...]:
+        prog = self.analysis.program
+        if prog is None and self.previous is not None:
+            prog = self.previous.analysis.program
+        return prog.blocks if prog is not None else ()
+
+    @staticmethod
+    def _block_signature(block: LayerBlock) -> str:
+        ps = []
+        for p in block.params:
+            d = f" = {p.default.describe()}" if p.default is not None else ""
+            ps.append(f"{p.name}: {p.type}{d}")
+        return (
+            f"layer {block.name}({', '.join(ps)})  # inputs: {', '.join(block.inputs)}; "
+            f"outputs: {', '.join(block.outputs)}"
+        )
+
+    def _hover_lexical(self, line: int, col: int) -> Hover | None:
+        """A layer name or an argument name, from the catalogue, where no program covers it."""
+        off = self.offset(line, col)
+        k = self._tok_at(off)
+        if k is None or self._toks[k].kind != "name":
+            return None
+        tok = self._toks[k]
+        rng = self._range(tok.start, tok.end)
+        nxt = self._toks[k + 1].text if k + 1 < len(self._toks) else ""
+        item = self._item_at(tok.start)
+        start = self._item_tok(item)
+        frames = _frames(self._toks, start, k)
+        if nxt == "=" and frames and frames[-1].kind in ("ctor", "pad"):
+            spec = self._frame_spec(frames[-1])
+            p = spec.param(tok.text) if spec is not None else None
+            if p is not None:
+                return Hover(
+                    rng, f"`{_param_line(p)}`\n\nargument of `{spec.name}`" if spec else ""
+                )
+        c = self._callables().get(tok.text)
+        if c is not None and nxt == "(":
+            if c.spec is not None:
+                return Hover(rng, _spec_markdown(c.spec))
+            if c.block is not None:
+                return Hover(rng, f"```seqdsl\n{self._block_signature(c.block)}\n```")
+        return None
+
+    def _item_tok(self, item: _Item | None) -> int:
+        if item is None:
+            return 0
+        for i, t in enumerate(self._toks):
+            if t.start >= item.start:
+                return i
+        return len(self._toks)
+
+    def _frame_spec(self, frame: _Frame) -> LayerSpec | None:
+        if frame.kind == "pad":
+            return _PAD_SPEC
+        c = self._callables().get(frame.name)
+        return c.spec if c is not None else None
+
+    # ----------------------------------------------------------------- definition
+    def definition(self, line: int, col: int) -> list[Location]:
+        off = self.offset(line, col)
+        k = self._tok_at(off)
+        if k is None:
+            return []
+        tok = self._toks[k]
+        if tok.kind == "str":
+            return self._use_definition(tok)
+        if tok.kind != "name":
+            return []
+        for rng, ref in self._index.at(line, col):
+            if isinstance(ref, _ValueRef) and rng == self._range(tok.start, tok.end):
+                span = self._index.defs.get((ref.model.name, ref.name))
+                item = self._item_at(tok.start)
+                if span is not None and (
+                    item is None
+                    or item.start <= self.offset(span.line - 1, span.col - 1) < item.end
+                ):
+                    return [Location(span.file, span_range(span))]
+                break  # a block's input: the caller's value is not defined here
+        nxt = self._toks[k + 1].text if k + 1 < len(self._toks) else ""
+        c = self._callables().get(tok.text)
+        if c is not None and c.span is not None and nxt in ("(", ")", ",", "->", "}", ""):
+            return [Location(c.span.file, span_range(c.span))]
+        if c is not None and c.what in ("block", "cell", "extern") and c.span is None:
+            it = next(i for i in self._items if i.name == tok.text and i.kind != "use")
+            return [Location(self.name, self._range(it.name_start, it.name_end))]
+        return self._lexical_definition(tok)
+
+    def _lexical_definition(self, tok: _Tok) -> list[Location]:
+        item = self._item_at(tok.start)
+        if item is None:
+            return []
+        for name, s, e in item.params:
+            if name == tok.text:
+                return [Location(self.name, self._range(s, e))]
+        for name, s, e in self._defs_in(item, tok.start):
+            if name == tok.text:
+                return [Location(self.name, self._range(s, e))]
+        return []
+
+    def _defs_in(self, item: _Item, before: int) -> list[tuple[str, int, int]]:
+        """The names an item's body defines before ``before``: inputs, states, weights and
+        assignment targets, in order."""
+        out: list[tuple[str, int, int]] = []
+        start = self._item_tok(item)
+        depth = 0
+        toks = self._toks
+        for i in range(start, len(toks)):
+            t = toks[i]
+            if t.start >= item.end or t.start >= before:
+                break
+            if t.text in ("(", "["):
+                depth += 1
+            elif t.text in (")", "]"):
+                depth = max(depth - 1, 0)
+            elif depth > 0 or t.start <= item.body:
+                continue
+            elif (
+                t.text in ("input", "state", "weight")
+                and i + 1 < len(toks)
+                and toks[i + 1].kind == "name"
+            ):
+                n = toks[i + 1]
+                out.append((n.text, n.start, n.end))
+            elif t.text in ("=", "<-"):
+                j = i - 1
+                names: list[_Tok] = []
+                while j > start and toks[j].kind == "name":
+                    names.append(toks[j])
+                    if toks[j - 1].text != ",":
+                        break
+                    j -= 2
+                out += [(n.text, n.start, n.end) for n in reversed(names)]
+        return out
+
+    def _use_definition(self, tok: _Tok) -> list[Location]:
+        item = self._item_at(tok.start)
+        if item is None or item.kind != "use":
+            return []
+        src = load_sources(self.text, self.name, self.search_path)
+        line, col = self.position(tok.start)
+        for use in src.root.uses:
+            if (use.span.line, use.span.col) == (line + 1, col + 1) and use.target is not None:
+                return [Location(src.files[use.target].name, Range(0, 0, 0, 0))]
+        return []
+
+    # ----------------------------------------------------------------- completion
+    def completion(self, line: int, col: int) -> list[Completion]:
+        off = self.offset(line, col)
+        toks = self._toks
+        # the tokens before the cursor; a name being typed is the prefix, not context
+        stop = 0
+        while stop < len(toks) and toks[stop].end <= off:
+            stop += 1
+        if stop and toks[stop - 1].kind == "name" and toks[stop - 1].end == off:
+            stop -= 1
+        if stop < len(toks) and toks[stop].start < off and toks[stop].kind in ("str", "num"):
+            return []  # inside a string or a number
+        item = self._item_at(off)
+        if item is None or item.kind == "use":
+            return self._keywords(("model", "layer", "cell", "extern layer", "use"))
+        if item.body < 0 or off <= item.body:
+            return []
+        start = self._item_tok(item)
+        prev = toks[stop - 1] if stop > start else None
+        frames = _frames(toks, start, stop)
+        if frames:
+            return self._complete_in(frames[-1], toks, stop, item, off)
+        if prev is None:
+            return []
+        if prev.text == "->":
+            return self._layers() + [
+                Completion("drop_mask", "keyword", "drop the mask here, on purpose"),
+                Completion("repeat", "keyword", "repeat(n) { stages }: the stages n times"),
+            ]
+        if prev.text == "=":
+            return self._values(item, off) + self._layers()
+        if prev.text == ":" and stop >= 2 and toks[stop - 3].text == "input":
+            return [Completion(d, "keyword", "dtype") for d in DTYPES] + [
+                Completion("mask", "keyword", "a mask input: mask(post)[B, T]")
+            ]
+        if prev.text == "output" or (prev.text == "," and self._in_output(toks, start, stop)):
+            return self._values(item, off)
+        if prev.text in ("{", "}", ")", "]") or prev.kind in ("name", "num", "str"):
+            words: tuple[str, ...] = ("input", "output")
+            if item.kind == "cell":
+                words = ("input", "state", "weight", "output")
+            return self._keywords(words) + (
+                self._keywords(("masked", "pad")) if self._in_input(toks, start, stop) else []
+            )
+        return []
+
+    @staticmethod
+    def _in_output(toks: Sequence[_Tok], start: int, stop: int) -> bool:
+        for i in range(stop - 1, start - 1, -1):
+            if toks[i].text == "output":
+                return True
+            if toks[i].kind != "name" and toks[i].text not in (",", "with", "mask"):
+                return False
+        return False
+
+    @staticmethod
+    def _in_input(toks: Sequence[_Tok], start: int, stop: int) -> bool:
+        """Whether the cursor follows an ``input name: type[...]`` on the same statement."""
+        for i in range(stop - 1, start - 1, -1):
+            if toks[i].text == "input":
+                return True
+            if toks[i].text in ("=", "output", "{", "}"):
+                return False
+        return False
+
+    @staticmethod
+    def _keywords(words: Iterable[str]) -> list[Completion]:
+        return [Completion(w, "keyword") for w in words]
+
+    def _complete_in(
+        self, frame: _Frame, toks: Sequence[_Tok], stop: int, item: _Item, off: int
+    ) -> list[Completion]:
+        # the tokens of the current argument so far
+        j = stop
+        while j > frame.open + 1 and toks[j - 1].text not in (",", "(", "["):
+            j -= 1
+        arg = [t.text for t in toks[j:stop]]
+        keyword = arg[0] if len(arg) == 2 and arg[1] == "=" else None
+        if frame.kind in ("ctor", "pad"):
+            spec = self._frame_spec(frame)
+            c = self._callables().get(frame.name)
+            if keyword is not None:
+                if spec is not None:
+                    p = spec.param(keyword)
+                    return self._param_values(p, item, off) if p is not None else []
+                return self._block_param_values(item, off)
+            if arg:
+                return []
+            given = {
+                toks[i].text
+                for i in range(frame.open + 1, stop - 1)
+                if toks[i].kind == "name" and toks[i + 1].text == "=" and toks[i - 1].text in "(,"
+            }
+            if spec is not None:
+                out = [
+                    Completion(
+                        p.name,
+                        "argument",
+                        _param_line(p).split(" — ")[0],
+                        p.doc,
+                        f"{p.name}=",
+                    )
+                    for p in spec.params
+                    if p.name not in given
+                ]
+                if any(p.type == "layer" for p in spec.params):
+                    out += self._layers()
+                return out + self._block_param_values(item, off)
+            if c is not None and c.block is not None:
+                return [
+                    Completion(
+                        p.name,
+                        "argument",
+                        f"{p.name}: {p.type}"
+                        + (f" = {p.default.describe()}" if p.default is not None else ""),
+                        "",
+                        f"{p.name}=",
+                    )
+                    for p in c.block.params
+                    if p.name not in given
+                ] + self._block_param_values(item, off)
+            return []
+        if frame.kind == "decorator":
+            if frame.name == "kernel":
+                return [Completion(k, "choice", "kernel") for k in KERNELS if "+" not in k] + [
+                    Completion(k, "choice", "kernel") for k in KERNELS if "+" in k
+                ]
+            return []
+        if frame.kind == "data":
+            if keyword == "training":
+                return self._keywords(("true", "false"))
+            if keyword is not None or arg:
+                return self._values(item, off) if not arg or arg[-1] == "=" else []
+            spec = self._spec_of(frame.callee)
+            data = sorted(spec.data_args if spec is not None else ("mask", "initial_state"))
+            return self._values(item, off) + [
+                Completion(a, "argument", "data argument", "", f"{a}=") for a in data
+            ]
+        if frame.kind in ("list", "group"):
+            return self._values(item, off) + self._layers()
+        return []
+
+    def _param_values(self, p: Param, item: _Item, off: int) -> list[Completion]:
+        default = _fmt_value(p.default)
+        choices: Sequence[str] = ()
+        if p.choices:
+            choices = p.choices
+        elif p.type == "activation":
+            choices = ACTIVATIONS
+        elif p.type == "initializer":
+            choices = INITIALIZERS
+        elif p.type == "bool":
+            choices = ("true", "false")
+        elif p.type == "axis":
+            choices = ("time", "features")
+        elif p.type in ("int_or_none", "ints_or_none", "axes"):
+            choices = ("none",)
+        elif p.type == "layer":
+            return self._layers()
+        out = [
+            Completion(c, "choice", "default" if c == default else p.name, "", None)
+            for c in choices
+        ]
+        return out + self._block_param_values(item, off)
+
+    def _block_param_values(self, item: _Item, off: int) -> list[Completion]:
+        if item.kind != "layer":
+            return []
+        return [Completion(name, "value", "block parameter") for name, _s, _e in item.params]
+
+    def _layers(self) -> list[Completion]:
+        out = []
+        for c in self._callables().values():
+            if c.what == "merge":
+                out.append(Completion(c.name, "layer", "merge function", self._callable_doc(c)))
+            elif c.what == "layer":
+                assert c.spec is not None
+                out.append(Completion(c.name, "layer", c.spec.doc, self._callable_doc(c)))
+            else:
+                out.append(Completion(c.name, "block", f"{c.what}", self._callable_doc(c)))
+        return out
+
+    def _callable_doc(self, c: _Callable) -> str:
+        if c.spec is not None:
+            return _spec_markdown(c.spec)
+        if c.block is not None:
+            return f"```seqdsl\n{self._block_signature(c.block)}\n```"
+        return ""
+
+    def _values(self, item: _Item, off: int) -> list[Completion]:
+        names = [n for n, _s, _e in self._defs_in(item, off)]
+        types = self._types_of(item)
+        out: list[Completion] = []
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                continue
+            seen.add(n)
+            out.append(Completion(n, "value", types.get(n, "")))
+        return out
+
+    def _types_of(self, item: _Item) -> dict[str, str]:
+        """Value name -> its type and mask, from this text's analysis or the last that checked."""
+        for doc in (self, self.previous):
+            if doc is None or doc.analysis.program is None:
+                continue
+            for cm in doc.analysis.program.models:
+                if cm.name == item.name and item.kind == "model":
+                    rows = doc._index.rows.get(cm.name, {})
+                    return {
+                        v: f"{cells[2]}  time {cells[3]}  mask {cells[4]}"
+                        for v, (cells, _i) in rows.items()
+                    }
+        return {}
+
+    # ----------------------------------------------------------------- symbols
+    def symbols(self) -> list[Symbol]:
+        """Models (with their inputs and values), layer blocks, cells and extern layers."""
+        out: list[Symbol] = []
+        models = {
+            cm.name: cm.model
+            for cm in (self.analysis.program.models if self.analysis.program else ())
+        }
+        for it in self._items:
+            rng = self._range(it.start, it.end)
+            sel = self._range(it.name_start, it.name_end)
+            if it.kind == "use":
+                out.append(Symbol(it.name, "use", rng, sel))
+                continue
+            children: list[Symbol] = []
+            detail = ""
+            if it.kind == "model":
+                m = models.get(it.name)
+                children = self._model_children(m) if m is not None else []
+            if it.kind in ("layer", "cell", "extern"):
+                detail = "(" + ", ".join(p[0] for p in it.params) + ")"
+            kind: SymbolKind = "block" if it.kind == "layer" else it.kind  # type: ignore[assignment]
+            if it.kind == "model" and not children:
+                children = [
+                    Symbol(n, "value", self._range(s, e), self._range(s, e))
+                    for n, s, e in self._defs_in(it, it.end)
+                ]
+            out.append(Symbol(it.name, kind, rng, sel, detail, tuple(children)))
+        return out
+
+    def _model_children(self, m: Model) -> list[Symbol]:
+        out = []
+        for inp in m.inputs:
+            if inp.span.file == self.name:
+                out.append(
+                    Symbol(inp.name, "input", span_range(inp.span), span_range(inp.name_span))
+                )
+        for name, span in m.bindings:
+            if span.file == self.name:
+                out.append(Symbol(name, "value", span_range(span), span_range(span)))
+        return out
+
+    # ----------------------------------------------------------------- quick fixes
+    def code_actions(self, rng: Range) -> list[CodeAction]:
+        """Quick fixes for the diagnostics that touch ``rng``."""
+        out: list[CodeAction] = []
+        for d in self.diagnostics():
+            if d.source.span is None or d.source.span.file != self.name:
+                continue
+            if not d.range.overlaps(rng):
+                continue
+            out += self._fixes(d)
+        return out
+
+    def _span_text(self, span: Span) -> str:
+        r = span_range(span)
+        return self.text[
+            self.offset(r.start_line, r.start_col) : self.offset(r.end_line, r.end_col)
+        ]
+
+    def _fixes(self, d: IdeDiagnostic) -> list[CodeAction]:
+        span = d.source.span
+        assert span is not None
+        hint = d.hint or ""
+        out: list[CodeAction] = []
+        m = _DID_YOU_MEAN.fullmatch(hint.strip())
+        if m is not None and span.line == span.end_line:
+            word = self._span_text(span)
+            new = m.group(1)
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", word):
+                out.append(CodeAction(f"Change `{word}` to `{new}`", d, (TextEdit(d.range, new),)))
+            elif len(word) >= 2 and word[0] in "\"'" and word[-1] == word[0]:
+                quoted = word[0] + new + word[0]
+                out.append(
+                    CodeAction(f"Change {word} to {quoted}", d, (TextEdit(d.range, quoted),))
+                )
+        if d.code == "SEQ501" and "drop_mask" in hint:
+            out += self._fix_drop_mask(d, span)
+        if d.code == "SEQ501" and "remove `mask_zero=true`" in hint:
+            out += self._fix_remove_arg(d, span, "mask_zero")
+        if d.code == "SEQ801":
+            out += self._fix_mask_zero(d, span)
+        if d.code == "SEQ804":
+            out += self._fix_remove_drop_mask(d, span)
+        if d.code == "SEQ108":
+            out += self._fix_remove_with_mask(d, span)
+        return out
+
+    def _models(self) -> Sequence[CheckedModel]:
+        prog = self.analysis.program
+        return prog.models if prog is not None else ()
+
+    def _fix_drop_mask(self, d: IdeDiagnostic, span: Span) -> list[CodeAction]:
+        for cm in self._models():
+            for op in cm.model.ops:
+                if isinstance(op, ApplyOp) and any(u.span == span for u in op.inputs):
+                    end = span_range(span)
+                    at = Range(end.end_line, end.end_col, end.end_line, end.end_col)
+                    return [
+                        CodeAction(
+                            "Drop the mask on purpose: insert `-> drop_mask`",
+                            d,
+                            (TextEdit(at, " -> drop_mask"),),
+                        )
+                    ]
+        return []
+
+    def _arg_removal(self, arg: Arg) -> TextEdit:
+        """Delete an argument and the comma that joins it to its neighbours."""
+        r = span_range(arg.span)
+        start = self.offset(r.start_line, r.start_col)
+        end = self.offset(r.end_line, r.end_col)
+        before = self.text[:start].rstrip()
+        if before.endswith(","):
+            start = len(before) - 1
+        else:
+            after = self.text[end:]
+            stripped = after.lstrip()
+            if stripped.startswith(","):
+                end += len(after) - len(stripped) + 1
+                end += len(self.text[end:]) - len(self.text[end:].lstrip(" \t"))
+        return TextEdit(self._range(start, end), "")
+
+    def _fix_remove_arg(self, d: IdeDiagnostic, span: Span, name: str) -> list[CodeAction]:
+        for cm in self._models():
+            for op in cm.model.ops:
+                if not isinstance(op, ApplyOp):
+                    continue
+                for call in _layer_calls(op.layer):
+                    for a in call.args:
+                        if a.name == name and a.span == span:
+                            return [
+                                CodeAction(
+                                    f"Remove `{self._span_text(a.span)}`",
+                                    d,
+                                    (self._arg_removal(a),),
+                                )
+                            ]
+        return []
+
+    def _fix_mask_zero(self, d: IdeDiagnostic, span: Span) -> list[CodeAction]:
+        """Mask the padding where the ids become vectors: `mask_zero=true` on the Embedding
+        upstream of the layer, when the input is padded with 0 (its mask then is declared)."""
+        for cm in self._models():
+            producers = {r: op for op in cm.model.ops for r in op.results}
+            for op in cm.model.ops:
+                if not (isinstance(op, ApplyOp) and op.layer.span == span) or not op.inputs:
+                    continue
+                cur: ApplyOp | MergeOp | DropMaskOp | None = producers.get(op.inputs[0].name)
+                for _ in range(64):
+                    if not isinstance(cur, ApplyOp):
+                        return []
+                    if cur.layer.kind == "Embedding":
+                        return self._mask_zero_edit(d, cm, cur)
+                    if len(cur.inputs) != 1:
+                        return []
+                    cur = producers.get(cur.inputs[0].name)
+        return []
+
+    def _mask_zero_edit(self, d: IdeDiagnostic, cm: CheckedModel, emb: ApplyOp) -> list[CodeAction]:
+        src = emb.inputs[0].name if emb.inputs else ""
+        pad = cm.pads.get(src)
+        if pad is None or pad.value != 0 or emb.layer.span.file != self.name:
+            return []
+        title = "Mask the padding: `mask_zero=true` on the Embedding"
+        for a in emb.layer.args:
+            if a.name == "mask_zero":
+                return [CodeAction(title, d, (TextEdit(span_range(a.value.span), "true"),))]
+        r = span_range(emb.layer.span)
+        close = self.offset(r.end_line, r.end_col) - 1
+        if close < 0 or self.text[close] != ")":
+            return []
+        inner = self.text[:close].rstrip()
+        sep = "" if inner.endswith("(") else ", "
+        at = self._range(close, close)
+        return [CodeAction(title, d, (TextEdit(at, f"{sep}mask_zero=true"),))]
+
+    def _fix_remove_drop_mask(self, d: IdeDiagnostic, span: Span) -> list[CodeAction]:
+        r = span_range(span)
+        start = self.offset(r.start_line, r.start_col)
+        end = self.offset(r.end_line, r.end_col)
+        if self.text[start:end] != "drop_mask":
+            return []
+        before = self.text[:start].rstrip()
+        if not before.endswith("->"):
+            return []
+        cut = len(before) - 2
+        cut = len(self.text[:cut].rstrip())
+        return [CodeAction("Remove `drop_mask`", d, (TextEdit(self._range(cut, end), ""),))]
+
+    def _fix_remove_with_mask(self, d: IdeDiagnostic, span: Span) -> list[CodeAction]:
+        text = self._span_text(span)
+        m = re.search(r"\s+with\s+mask\s*$", text)
+        if m is None or span.line != span.end_line:
+            return []
+        r = span_range(span)
+        at = Range(r.start_line, r.start_col + m.start(), r.end_line, r.end_col)
+        return [CodeAction("Remove `with mask`", d, (TextEdit(at, ""),))]
+
+
+_PAD_SPEC = LayerSpec(
+    name="pad",
+    category="pad",
+    params=PAD_PARAMS,
+    rule=lambda *a: [],
+    weights=lambda *a: [],
+    mask_rule="none",
+    padding_invariant=True,
+    doc="keras.utils.pad_sequences semantics: how this input is padded",
+)
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    for m in re.finditer("\n", text):
+        starts.append(m.end())
+    return starts
