@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal as TypingLiteral
+from typing import NamedTuple
 
 from .api import Analysis, analyze_sources
 from .catalogue import ACTIVATIONS, CATALOGUE, INITIALIZERS, KERNELS, MERGES, REQUIRED
@@ -180,22 +181,19 @@ _TOKEN = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class _Tok:
-    kind: str  # comment | str | num | name | op
+class _Tok(NamedTuple):
+    kind: str  # str | num | name | op
     text: str
     start: int
     end: int
 
 
 def _lex(text: str) -> list[_Tok]:
-    out: list[_Tok] = []
-    for m in _TOKEN.finditer(text):
-        kind = m.lastgroup
-        if kind is None or kind == "ws" or kind == "comment":
-            continue
-        out.append(_Tok(kind, m.group(), m.start(), m.end()))
-    return out
+    return [
+        _Tok(kind, m.group(), *m.span())
+        for m in _TOKEN.finditer(text)
+        if (kind := m.lastgroup) is not None and kind != "ws" and kind != "comment"
+    ]
 
 
 @dataclass(frozen=True)
@@ -335,6 +333,29 @@ def _frames(toks: Sequence[_Tok], start: int, stop: int) -> list[_Frame]:
     return stack
 
 
+def _given_args(toks: Sequence[_Tok], open_: int, stop: int) -> tuple[set[str], int]:
+    """The keyword arguments written so far in the call opened at token ``open_``, and how
+    many positional arguments precede the cursor (nested calls are skipped)."""
+    names: set[str] = set()
+    positional = 0
+    depth = 0
+    start = open_ + 1
+    for i in range(open_ + 1, stop):
+        t = toks[i].text
+        if t in ("(", "["):
+            depth += 1
+        elif t in (")", "]"):
+            depth -= 1
+        elif t == "," and depth == 0:
+            if i + 1 <= stop and start < i:
+                if start + 1 < i and toks[start + 1].text == "=" and toks[start].kind == "name":
+                    names.add(toks[start].text)
+                else:
+                    positional += 1
+            start = i + 1
+    return names, positional
+
+
 def _callee_before(toks: Sequence[_Tok], start: int, close: int) -> str:
     """The constructor name of ``Kind(...)`` whose ``)`` is token ``close``."""
     depth = 0
@@ -393,10 +414,25 @@ class _Index:
         self.by_line: dict[int, list[tuple[Range, _Ref]]] = {}
         #: value (model name, SSA name) -> where it is defined in this document
         self.defs: dict[tuple[str, str], Span] = {}
-        #: model name -> the rows of its summary, by value
-        self.rows: dict[str, dict[str, tuple[list[str], LayerInfo | None]]] = {}
+        self._models = {cm.name: cm for cm in models}
+        self._rows: dict[str, dict[str, tuple[list[str], LayerInfo | None]]] = {}
         for cm in models:
             self.add_model(cm)
+
+    def rows(self, model: str) -> dict[str, tuple[list[str], LayerInfo | None]]:
+        """The rows of a model's summary, by value (made when first asked)."""
+        if model not in self._rows:
+            rows: dict[str, tuple[list[str], LayerInfo | None]] = {}
+            cm = self._models.get(model)
+            label: tuple[list[str], LayerInfo | None] | None = None
+            for cells, info in summary_rows(cm) if cm is not None else ():
+                if cells[0]:
+                    label = (cells, info)
+                elif label is not None:  # a further result: keep the layer of its first row
+                    info = label[1]
+                rows[cells[1]] = (cells, info)
+            self._rows[model] = rows
+        return self._rows[model]
 
     def add(self, span: Span | None, ref: _Ref) -> None:
         if span is None or span.file != self.file:
@@ -407,15 +443,6 @@ class _Index:
 
     def add_model(self, cm: CheckedModel) -> None:
         m = cm.model
-        rows: dict[str, tuple[list[str], LayerInfo | None]] = {}
-        label: tuple[list[str], LayerInfo | None] | None = None
-        for cells, info in summary_rows(cm):
-            if cells[0]:
-                label = (cells, info)
-            elif label is not None:  # a further result: keep the layer of its first row
-                info = label[1]
-            rows[cells[1]] = (cells, info)
-        self.rows[m.name] = rows
         for inp in m.inputs:
             self.add(inp.name_span, _ValueRef(cm, inp.name, ""))
             self.defs[(m.name, inp.name)] = inp.name_span
@@ -565,9 +592,13 @@ class Document:
     """One ``.seq`` text and everything an editor asks about it.
 
     ``name`` is the file's path (``use`` paths resolve against its folder) or a
-    ``<...>`` name for text that has no file. ``previous`` is an earlier version
-    whose program checked: completions use its names and types while the text
-    does not parse.
+    ``<...>`` name for text that has no file. The analysis runs when first
+    needed (:attr:`analysis`), so that a document can be made at every
+    keystroke. ``previous`` is the document of the text before the edit:
+    completions use the last analysis that checked (names, blocks, types)
+    without waiting for this text's, and a hover asked before this text was
+    analysed is answered from the last analysis when the hovered word lies
+    outside the edited part (marked as such).
     """
 
     def __init__(
@@ -581,23 +612,61 @@ class Document:
         self.text = text
         self.name = name
         self.search_path = search_path
-        self.analysis: Analysis = analyze_sources(text, name, search_path=search_path)
-        if previous is not None and not previous.checked:
+        self._analysis: Analysis | None = None
+        # keep one link: the last document that was analysed (chains never grow)
+        while previous is not None and previous._analysis is None:
             previous = previous.previous
         self.previous: Document | None = previous
         self._lines = _line_starts(text)
         self._toks = _lex(text)
         self._items = _items(self._toks, len(text))
-        prog = self.analysis.program
-        self._index = _Index(name, prog.models if prog is not None else ())
+        self._index_cache: _Index | None = None
         self._diags: list[IdeDiagnostic] | None = None
         self._callables_cache: dict[str, _Callable] | None = None
 
     # ----------------------------------------------------------------- basics
     @property
+    def analysis(self) -> Analysis:
+        """The pipeline's answer for this text (computed on first use)."""
+        if self._analysis is None:
+            self._analysis = analyze_sources(self.text, self.name, search_path=self.search_path)
+            if self._analysis.program is not None:
+                self.previous = None  # no fallback needed any more
+            elif (
+                self.previous is not None
+                and self.previous._analysis is not None
+                and self.previous._analysis.program is None
+            ):
+                self.previous = self.previous.previous
+        return self._analysis
+
+    @property
+    def analysed(self) -> bool:
+        return self._analysis is not None
+
+    @property
     def checked(self) -> bool:
         """Whether the text parsed and lowered (its values have types)."""
         return self.analysis.program is not None
+
+    @property
+    def _index(self) -> _Index:
+        if self._index_cache is None:
+            prog = self.analysis.program
+            self._index_cache = _Index(self.name, prog.models if prog is not None else ())
+        return self._index_cache
+
+    def _known(self) -> Document | None:
+        """The latest document whose program checked, without analysing this text:
+        this one if it is analysed and checked, else the previous one that did."""
+        if self._analysis is None and self.previous is None:
+            self.analysis  # noqa: B018 - nothing earlier to fall back to: analyse this text
+        doc: Document | None = self
+        while doc is not None:
+            if doc._analysis is not None and doc._analysis.program is not None:
+                return doc
+            doc = doc.previous
+        return None
 
     def offset(self, line: int, col: int) -> int:
         if line < 0:
@@ -665,9 +734,8 @@ class Document:
             out[name] = _Callable(name, "layer", spec)
         for name, spec in MERGES.items():
             out[name] = _Callable(name, "merge", spec)
-        prog = self.analysis.program or (
-            self.previous.analysis.program if self.previous is not None else None
-        )
+        known = self._known()
+        prog = known.analysis.program if known is not None else None
         if prog is not None:
             for b in prog.blocks:
                 out[b.name] = _Callable(b.name, "block", None, b, b.name_span)
@@ -717,6 +785,40 @@ class Document:
 
     # ----------------------------------------------------------------- hover
     def hover(self, line: int, col: int) -> Hover | None:
+        """What the thing at a position is. Before this text is analysed, a word outside
+        the edited part is answered from the last analysis (and says so); else this
+        text is analysed first."""
+        if self._analysis is None and self.previous is not None:
+            mapped, stale = self._hover_before_analysis(line, col)
+            if mapped:
+                return stale
+        return self._hover_now(line, col)
+
+    def _hover_before_analysis(self, line: int, col: int) -> tuple[bool, Hover | None]:
+        """(whether the position lies outside the edit, the last analysis' hover there)."""
+        old = self.previous
+        assert old is not None and old._analysis is not None
+        off = self.offset(line, col)
+        k = self._tok_at(off)
+        if k is None:
+            return True, None
+        tok = self._toks[k]
+        edit = _Edit(old.text, self.text)
+        a, b = edit.to_old(tok.start), edit.to_old(tok.end)
+        if a is None or b is None or old.text[a:b] != tok.text:
+            return False, None
+        h = old._hover_now(*old.position(a + (off - tok.start)))
+        if h is None:
+            return True, None
+        start = edit.to_new(old.offset(h.range.start_line, h.range.start_col))
+        end = edit.to_new(old.offset(h.range.end_line, h.range.end_col))
+        rng = self._range(start, end) if start is not None and end is not None else None
+        return True, Hover(
+            rng or self._range(tok.start, tok.end),
+            h.markdown + "\n\n*(from the analysis before the last edit; checking the new text)*",
+        )
+
+    def _hover_now(self, line: int, col: int) -> Hover | None:
         hits = self._index.at(line, col)
         if hits:
             rng = hits[0][0]
@@ -724,7 +826,52 @@ class Document:
             text = self._hover_refs(same)
             if text:
                 return Hover(rng, text)
-        return self._hover_lexical(line, col)
+        return self._hover_block_target(line, col) or self._hover_lexical(line, col)
+
+    def _hover_block_target(self, line: int, col: int) -> Hover | None:
+        """A target in a layer block whose value is a block output: the expansion names it
+        after the call's target, so find it through the statement's last layer."""
+        k = self._tok_at(self.offset(line, col))
+        if k is None or self._toks[k].kind != "name":
+            return None
+        tok = self._toks[k]
+        item = self._item_at(tok.start)
+        if item is None or item.kind != "layer":
+            return None
+        defs = self._defs_in(item, item.end)
+        mine = [i for i, d in enumerate(defs) if d[1] == tok.start]
+        if not mine:
+            return None
+        # the statement's targets: the defs that share its `=`
+        i = mine[0]
+        eq = self.text.find("=", tok.end)
+        targets = [
+            d for d in defs if d[3] == "target" and d[1] < eq and self.text.find("=", d[2]) == eq
+        ]
+        starts = [d[1] for d in targets]
+        if tok.start not in starts:
+            return None
+        position = starts.index(tok.start)
+        end = next((d[1] for d in defs[i + 1 :] if d[1] > eq), item.end)
+        out_kw = self.text.find("output", eq, end)
+        end = out_kw if out_kw >= 0 else end
+        found: list[tuple[int, _LayerRef]] = []
+        for ln in range(self.position(eq)[0], self.position(end)[0] + 1):
+            for r, ref in self._index.by_line.get(ln, ()):
+                start = self.offset(r.start_line, r.start_col)
+                if isinstance(ref, _LayerRef) and eq < start < end:
+                    found.append((start, ref))
+        if not found:
+            return None
+        last = max(s for s, _ in found)
+        parts = []
+        for s, ref in found:
+            op = ref.model.model.ops[ref.op_index]
+            if s == last and position < len(op.results):
+                parts.append(self._hover_value(_ValueRef(ref.model, op.results[position], ref.via)))
+        if not parts:
+            return None
+        return Hover(self._range(tok.start, tok.end), "\n\n---\n\n".join(dict.fromkeys(parts)))
 
     def _hover_refs(self, refs: Sequence[_Ref]) -> str:
         parts: list[str] = []
@@ -746,7 +893,7 @@ class Document:
         return "\n\n---\n\n".join(parts)
 
     def _row(self, model: CheckedModel, value: str) -> tuple[list[str], LayerInfo | None] | None:
-        return self._index.rows.get(model.name, {}).get(value)
+        return self._index.rows(model.name).get(value)
 
     def _hover_value(self, ref: _ValueRef) -> str:
         cm = ref.model
@@ -762,9 +909,9 @@ class Document:
                 where = f"made by `{info.name}` ({info.kind}) in " + where
             elif ref.name in cm.pads:
                 p = cm.pads[ref.name]
-                where = f"input of {where}, pad({p.side}, value={_fmt_value(p.value)}" + (
-                    f", maxlen={p.maxlen})" if p.maxlen is not None else ")"
-                )
+                extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen else ""
+                extra += ", nonempty=true" if p.nonempty else ""
+                where = f"input of {where}, pad({p.side}, value={p.value:g}{extra})"
             lines.append(where)
             lines.append(_row_table([cells]))
             if info is not None:
@@ -854,9 +1001,8 @@ class Document:
         return "\n\n".join(lines)
 
     def _blocks(self) -> tuple[LayerBlock, ...]:
-        prog = self.analysis.program
-        if prog is None and self.previous is not None:
-            prog = self.previous.analysis.program
+        known = self._known()
+        prog = known.analysis.program if known is not None else None
         return prog.blocks if prog is not None else ()
 
     @staticmethod
@@ -948,15 +1094,15 @@ class Document:
         for name, s, e in item.params:
             if name == tok.text:
                 return [Location(self.name, self._range(s, e))]
-        for name, s, e in self._defs_in(item, tok.start):
+        for name, s, e, _kind in self._defs_in(item, tok.start):
             if name == tok.text:
                 return [Location(self.name, self._range(s, e))]
         return []
 
-    def _defs_in(self, item: _Item, before: int) -> list[tuple[str, int, int]]:
+    def _defs_in(self, item: _Item, before: int) -> list[tuple[str, int, int, str]]:
         """The names an item's body defines before ``before``: inputs, states, weights and
         assignment targets, in order."""
-        out: list[tuple[str, int, int]] = []
+        out: list[tuple[str, int, int, str]] = []
         start = self._item_tok(item)
         depth = 0
         toks = self._toks
@@ -976,7 +1122,7 @@ class Document:
                 and toks[i + 1].kind == "name"
             ):
                 n = toks[i + 1]
-                out.append((n.text, n.start, n.end))
+                out.append((n.text, n.start, n.end, t.text))
             elif t.text in ("=", "<-"):
                 j = i - 1
                 names: list[_Tok] = []
@@ -985,7 +1131,7 @@ class Document:
                     if toks[j - 1].text != ",":
                         break
                     j -= 2
-                out += [(n.text, n.start, n.end) for n in reversed(names)]
+                out += [(n.text, n.start, n.end, "target") for n in reversed(names)]
         return out
 
     def _use_definition(self, tok: _Tok) -> list[Location]:
@@ -1080,6 +1226,15 @@ class Document:
         if frame.kind in ("ctor", "pad"):
             spec = self._frame_spec(frame)
             c = self._callables().get(frame.name)
+            if c is not None and c.what == "merge" and keyword is None and spec is not None:
+                # merge functions take values: `concat(a, b, axis=time)`
+                if arg:
+                    return []
+                return self._values(item, off) + [
+                    Completion(p.name, "argument", _param_line(p), p.doc, f"{p.name}=")
+                    for p in spec.params
+                    if p.name not in ("name", "trainable")
+                ]
             if keyword is not None:
                 if spec is not None:
                     p = spec.param(keyword)
@@ -1087,12 +1242,10 @@ class Document:
                 return self._block_param_values(item, off)
             if arg:
                 return []
-            given = {
-                toks[i].text
-                for i in range(frame.open + 1, stop - 1)
-                if toks[i].kind == "name" and toks[i + 1].text == "=" and toks[i - 1].text in "(,"
-            }
+            given, positional = _given_args(toks, frame.open, stop)
             if spec is not None:
+                bindable = [p.name for p in spec.params if p.name not in ("name", "trainable")]
+                given |= set(bindable[:positional])
                 out = [
                     Completion(
                         p.name,
@@ -1189,7 +1342,14 @@ class Document:
         return ""
 
     def _values(self, item: _Item, off: int) -> list[Completion]:
-        names = [n for n, _s, _e in self._defs_in(item, off)]
+        defs = self._defs_in(item, off)
+        # not the targets of the statement being written (`q = concat(|`)
+        if defs and defs[-1][3] == "target":
+            eq = self.text.find("=", defs[-1][2])
+            if 0 <= eq < off and "output" not in self.text[eq:off]:
+                while defs and defs[-1][3] == "target" and self.text.find("=", defs[-1][2]) == eq:
+                    defs.pop()
+        names = [d[0] for d in defs]
         types = self._types_of(item)
         out: list[Completion] = []
         seen: set[str] = set()
@@ -1202,12 +1362,11 @@ class Document:
 
     def _types_of(self, item: _Item) -> dict[str, str]:
         """Value name -> its type and mask, from this text's analysis or the last that checked."""
-        for doc in (self, self.previous):
-            if doc is None or doc.analysis.program is None:
-                continue
+        doc = self._known()
+        if doc is not None and doc.analysis.program is not None:
             for cm in doc.analysis.program.models:
                 if cm.name == item.name and item.kind == "model":
-                    rows = doc._index.rows.get(cm.name, {})
+                    rows = doc._index.rows(cm.name)
                     return {
                         v: f"{cells[2]}  time {cells[3]}  mask {cells[4]}"
                         for v, (cells, _i) in rows.items()
@@ -1218,9 +1377,12 @@ class Document:
     def symbols(self) -> list[Symbol]:
         """Models (with their inputs and values), layer blocks, cells and extern layers."""
         out: list[Symbol] = []
+        known = self._known()
         models = {
             cm.name: cm.model
-            for cm in (self.analysis.program.models if self.analysis.program else ())
+            for cm in (
+                known.analysis.program.models if known is self and known.analysis.program else ()
+            )
         }
         for it in self._items:
             rng = self._range(it.start, it.end)
@@ -1239,7 +1401,7 @@ class Document:
             if it.kind == "model" and not children:
                 children = [
                     Symbol(n, "value", self._range(s, e), self._range(s, e))
-                    for n, s, e in self._defs_in(it, it.end)
+                    for n, s, e, _k in self._defs_in(it, it.end)
                 ]
             out.append(Symbol(it.name, kind, rng, sel, detail, tuple(children)))
         return out
@@ -1424,6 +1586,47 @@ _PAD_SPEC = LayerSpec(
     padding_invariant=True,
     doc="keras.utils.pad_sequences semantics: how this input is padded",
 )
+
+
+class _Edit:
+    """How offsets move between two versions of a text: the common start and end are
+    kept, the part between them changed."""
+
+    def __init__(self, old: str, new: str):
+        n = min(len(old), len(new))
+        lo, hi = 0, n
+        while lo < hi:  # the longest common prefix, by halving (slices compare in C)
+            mid = (lo + hi + 1) // 2
+            if old[:mid] == new[:mid]:
+                lo = mid
+            else:
+                hi = mid - 1
+        self.prefix = lo
+        lo, hi = 0, n - self.prefix
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if old[len(old) - mid :] == new[len(new) - mid :]:
+                lo = mid
+            else:
+                hi = mid - 1
+        self.suffix = lo
+        self.old_len = len(old)
+        self.new_len = len(new)
+
+    def to_old(self, offset: int) -> int | None:
+        """The offset in the old text of a new text's offset outside the edit (else None)."""
+        if offset <= self.prefix:
+            return offset
+        if offset >= self.new_len - self.suffix:
+            return offset - self.new_len + self.old_len
+        return None
+
+    def to_new(self, offset: int) -> int | None:
+        if offset <= self.prefix:
+            return offset
+        if offset >= self.old_len - self.suffix:
+            return offset - self.old_len + self.new_len
+        return None
 
 
 def _line_starts(text: str) -> list[int]:

@@ -5,7 +5,9 @@ the open documents (pygls' workspace applies the edits), re-analyses a
 document a moment after the last keystroke and publishes its diagnostics, and
 converts between the protocol's types (UTF-16 or negotiated columns, URIs) and
 the editor model's. A request on a document whose analysis is not up to date
-analyses it first, so an answer always matches the text.
+analyses it first, except a hover on a word the edit did not touch and a
+completion: those are answered from the last analysis at once (a hover says
+so), see :class:`seqdsl.ide.Document`.
 
 pygls and lsprotocol are imported here only, and only when the server starts
 (``pip install 'seqdsl[lsp]'``); the compiler never needs them.
@@ -75,13 +77,11 @@ def create_server() -> LanguageServer:
             return fallback
 
     def analysed(uri: str) -> tuple[TextDocument, Document]:
+        """The document of the text as it is now (analysed when first asked)."""
         td = server.workspace.get_text_document(uri)
         doc = state.docs.get(uri)
         if doc is None or doc.text != td.source:
-            previous = doc if doc is not None and doc.checked else None
-            if previous is None and doc is not None:
-                previous = doc.previous
-            doc = Document(td.source, _name(td), previous=previous)
+            doc = Document(td.source, _name(td), previous=doc)
             state.docs[uri] = doc
         return td, doc
 
