@@ -55,13 +55,16 @@ def text_of_lines(lines: int) -> tuple[str, int]:
 
 
 def positions(text: str) -> list[tuple[int, int]]:
-    """The start of every identifier after the model's header (values, layers, targets)."""
+    """The start of every identifier after the model's header that has a hover (values,
+    layers, targets; not argument names or keywords such as `repeat`)."""
+    doc = Document(text, "bench.seq")
     out = []
     for i, line in enumerate(text.split("\n")):
         if i < 3:
             continue
         for m in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*", line):
-            out.append((i, m.start()))
+            if doc.hover(i, m.start()) is not None:
+                out.append((i, m.start()))
     return out
 
 
@@ -211,7 +214,8 @@ def through_server(text: str, runs: int) -> dict[str, object]:
         )
         edited.append((time.perf_counter() - t0) * 1000)
         assert r.get("result") is not None, r
-    # an edit of the hovered word itself (a target renamed): the new text is analysed first
+    # an edit of the hovered word itself (a target `vN` renamed `wN`): the new text is
+    # analysed first
     targets = [(i, ln) for i, ln in enumerate(text.split("\n")) if re.match(r"    v\d+ = ", ln)]
     renamed = []
     for k in range(runs):
@@ -224,10 +228,10 @@ def through_server(text: str, runs: int) -> dict[str, object]:
                 "contentChanges": [
                     {
                         "range": {
-                            "start": {"line": line + 1, "character": 4},
-                            "end": {"line": line + 1, "character": 5},
+                            "start": {"line": line, "character": 4},
+                            "end": {"line": line, "character": 5},
                         },
-                        "text": "w" if k % 2 == 0 else "v",
+                        "text": "w",
                     }
                 ],
             },
@@ -236,7 +240,7 @@ def through_server(text: str, runs: int) -> dict[str, object]:
         t0 = time.perf_counter()
         r = rpc.request(
             "textDocument/hover",
-            {"textDocument": {"uri": uri}, "position": {"line": line + 1, "character": 5}},
+            {"textDocument": {"uri": uri}, "position": {"line": line, "character": 5}},
         )
         renamed.append((time.perf_counter() - t0) * 1000)
         assert r.get("result") is not None, r

@@ -334,6 +334,8 @@ FIXES = [
     (("Embedding(1000, 16, mask_zero=true)", "Embedding(1000, 16, mask_zero=false)"), "SEQ801", "Mask the padding"),
     (("p = h -> GlobalAveragePooling1D()", "p = h -> GlobalAveragePooling1D() -> drop_mask"), "SEQ804", "Remove `drop_mask`"),
     (("output p", "output p with mask"), "SEQ108", "Remove `with mask`"),
+    (("LSTM(8,", "LSTM(8, activation=tanhh,"), "SEQ203", "Change `tanhh` to `tanh`"),
+    (("pad(post, value=0)", "pad(post, value=0) masked"), "SEQ501", "Remove `mask_zero=true`"),
 ]  # fmt: skip
 
 
