@@ -41,6 +41,7 @@ from .ir import (
     LayerCall,
     MergeOp,
     Model,
+    ParamDecl,
     Span,
     ValueUse,
 )
@@ -443,6 +444,7 @@ class _Index:
 
     def add_model(self, cm: CheckedModel) -> None:
         m = cm.model
+        calls: set[tuple[Span, str]] = set()
         for inp in m.inputs:
             self.add(inp.name_span, _ValueRef(cm, inp.name, ""))
             self.defs[(m.name, inp.name)] = inp.name_span
@@ -465,8 +467,13 @@ class _Index:
                 )
             else:
                 self.add(op.span, _LayerRef(cm, i, "drop_mask", via))
-            for e in op.span.via:
-                self.add(e.call, _BlockCallRef(cm, e.block, e.call))
+            for e in op.span.via:  # the block's name where it is called
+                c = e.call
+                if (c, e.block) in calls:
+                    continue
+                calls.add((c, e.block))
+                word = Span(c.file, c.line, c.col, c.line, c.col + len(e.block), c.via)
+                self.add(word, _BlockCallRef(cm, e.block, e.call))
         for out in m.outputs:
             self.add(out.span, _ValueRef(cm, out.name, ""))
 
@@ -1035,13 +1042,66 @@ class Document:
                 return Hover(
                     rng, f"`{_param_line(p)}`\n\nargument of `{spec.name}`" if spec else ""
                 )
+        if nxt == "=" and frames and frames[-1].kind == "ctor":
+            c = self._callables().get(frames[-1].name)
+            if c is not None and c.block is not None:
+                for bp in c.block.params:
+                    if bp.name == tok.text:
+                        return Hover(rng, f"`{self._param_decl(bp)}`\n\nparameter of `{c.name}`")
         c = self._callables().get(tok.text)
-        if c is not None and nxt == "(":
+        if c is not None and nxt in ("(", "{"):
             if c.spec is not None:
                 return Hover(rng, _spec_markdown(c.spec))
             if c.block is not None:
                 return Hover(rng, f"```seqdsl\n{self._block_signature(c.block)}\n```")
+        if item is not None and item.kind == "model" and tok.start == item.name_start:
+            return self._hover_model(item.name, rng)
+        if item is not None and any(p[0] == tok.text for p in item.params):
+            decl = next((p for p in self._params_of(item) if p.name == tok.text), None)
+            if decl is not None:
+                return Hover(rng, f"`{self._param_decl(decl)}`\n\nparameter of `{item.name}`")
         return None
+
+    def _params_of(self, item: _Item) -> tuple[ParamDecl, ...]:
+        """The declared parameters of a block, cell or extern layer (from the last check)."""
+        known = self._known()
+        prog = known.analysis.program if known is not None else None
+        if prog is None:
+            return ()
+        if item.kind == "layer":
+            block = next((b for b in prog.blocks if b.name == item.name), None)
+            return block.params if block is not None else ()
+        if item.kind == "cell" and item.name in prog.ir.cells:
+            return prog.ir.cells[item.name].params
+        if item.kind == "extern" and item.name in prog.ir.externs:
+            return prog.ir.externs[item.name].params
+        return ()
+
+    @staticmethod
+    def _param_decl(p: ParamDecl) -> str:
+        return f"{p.name}: {p.type}" + (f" = {p.default.describe()}" if p.default else "")
+
+    def _hover_model(self, name: str, rng: Range) -> Hover | None:
+        known = self._known()
+        prog = known.analysis.program if known is not None else None
+        cm = next((m for m in prog.models if m.name == name), None) if prog else None
+        if cm is None:
+            return None
+        lines = [f"**model {name}**"]
+        lines.append(
+            f"parameters: {cm.total_params:,} ({cm.trainable_params:,} trainable); "
+            f"{len(cm.layers)} layers"
+        )
+        ins = ", ".join(f"`{i.name}: {cm.types.get(i.name, '?')}`" for i in cm.model.inputs)
+        outs = ", ".join(
+            f"`{o.name}: {cm.types.get(o.name, '?')}`" + (" with mask" if o.with_mask else "")
+            for o in cm.model.outputs
+        )
+        lines.append(f"inputs: {ins}")
+        lines.append(f"outputs: {outs}")
+        if cm.constraints:
+            lines.append("run-time constraints: " + "; ".join(f"`{c}`" for c in cm.constraints))
+        return Hover(rng, "\n\n".join(lines))
 
     def _item_tok(self, item: _Item | None) -> int:
         if item is None:

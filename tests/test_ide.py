@@ -395,3 +395,30 @@ def test_fuzz_corpus_never_raises() -> None:
         edited.hover(line, 4)
         edited.completion(line, 4)
     assert time.perf_counter() - t0 < 120
+
+
+def test_hover_model_name_and_parameters() -> None:
+    doc = Document(TAGGER, "tagger.seq")
+    h = doc.hover(*at(TAGGER, "Tagger"))
+    # Embedding 1000 * 16 + Bidirectional(LSTM(8)) 2 * 4 * 8 * (16 + 8 + 1)
+    assert h is not None and "parameters: 17,600 (17,600 trainable); 3 layers" in h.markdown
+    assert "outputs: `p: f32[B, 16]`" in h.markdown
+    text = """\
+layer Enc(units: int, rate: float = 0.5) {
+    input x
+    y = x -> LSTM(units, return_sequences=true) -> Dropout(rate)
+    output y
+}
+model M {
+    input a: f32[B, T, 4]
+    ya = Enc(3, rate=0.25)(a)
+    output ya
+}
+"""
+    doc = Document(text, "m.seq")
+    h = doc.hover(*at(text, "rate)"))
+    assert (
+        h is not None and "`rate: float = 0.5`" in h.markdown and "parameter of `Enc`" in h.markdown
+    )
+    h = doc.hover(*at(text, "rate=0.25"))
+    assert h is not None and "`rate: float = 0.5`" in h.markdown
