@@ -159,7 +159,10 @@ def create_server() -> LanguageServer:
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: LanguageServer, params: lsp.DidSaveTextDocumentParams) -> None:
-        schedule(params.text_document.uri, 0.0)  # a used file may have changed on disk
+        # the saved file may be `use`d by the others: check every open document again
+        for uri, doc in list(state.docs.items()):
+            state.docs[uri] = Document(doc.text, doc.name, previous=doc)
+            schedule(uri, 0.0)
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: LanguageServer, params: lsp.DidCloseTextDocumentParams) -> None:

@@ -73,9 +73,12 @@ class Editor:
         self.errors: list[str] = []
         self.versions: dict[str, int] = {}
 
+        self.published: list[lsp.PublishDiagnosticsParams] = []
+
         @self.client.feature(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
         def _diags(params: lsp.PublishDiagnosticsParams) -> None:
             self.diagnostics[(params.uri, params.version)] = list(params.diagnostics)
+            self.published.append(params)
 
         @self.client.feature(lsp.WINDOW_LOG_MESSAGE)
         def _log(params: lsp.LogMessageParams) -> None:
@@ -299,6 +302,18 @@ def test_block_diagnostic_has_related_call_sites(tmp_path: Path) -> None:
                 (r.location.uri, r.location.range.start.line) for r in d.related_information or []
             ]
             assert (lib.as_uri(), 2) in rel and (main.as_uri(), 5) in rel
+            # the used file is fixed and saved: the open file is checked again
+            lib.write_text(LIB, encoding="utf-8")
+            seen = len(ed.published)
+            ed.client.text_document_did_save(
+                lsp.DidSaveTextDocumentParams(lsp.TextDocumentIdentifier(lib.as_uri()))
+            )
+            deadline = time.monotonic() + TIMEOUT_S
+            while not [p for p in ed.published[seen:] if p.uri == main.as_uri()]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            again = [p for p in ed.published[seen:] if p.uri == main.as_uri()][-1]
+            assert list(again.diagnostics) == []
             assert ed.errors == []
 
     run(session)
