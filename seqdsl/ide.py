@@ -46,7 +46,7 @@ from .ir import (
     ValueUse,
 )
 from .layerspec import BoundLayer, LayerSpec, Param
-from .summary import HEADER, summary_rows
+from .summary import HEADER, pad_text, summary_rows
 from .types import DTYPES
 
 __all__ = [
@@ -915,10 +915,7 @@ class Document:
             if info is not None:
                 where = f"made by `{info.name}` ({info.kind}) in " + where
             elif ref.name in cm.pads:
-                p = cm.pads[ref.name]
-                extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen else ""
-                extra += ", nonempty=true" if p.nonempty else ""
-                where = f"input of {where}, pad({p.side}, value={p.value:g}{extra})"
+                where = f"input of {where}, {pad_text(cm.pads[ref.name])}"
             lines.append(where)
             lines.append(_row_table([cells]))
             if info is not None:
