@@ -226,7 +226,7 @@ def create_server() -> LanguageServer:
 
     @server.feature(
         lsp.TEXT_DOCUMENT_COMPLETION,
-        lsp.CompletionOptions(trigger_characters=["(", ",", "=", ">", "@", " "]),
+        lsp.CompletionOptions(trigger_characters=["(", ",", "=", ">", "@"]),
     )
     def completion(ls: LanguageServer, params: lsp.CompletionParams) -> lsp.CompletionList:
         def run() -> lsp.CompletionList:
