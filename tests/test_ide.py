@@ -422,3 +422,24 @@ model M {
     )
     h = doc.hover(*at(text, "rate=0.25"))
     assert h is not None and "`rate: float = 0.5`" in h.markdown
+
+
+@pytest.mark.full
+def test_fuzz_corpus_every_position() -> None:
+    """Every mutant, hover, definition and completion at every position of every line,
+    and a hover and a completion on a line of an edit before its analysis."""
+    for m in make_mutants():
+        doc = Document(m.text, m.seed)
+        lines = m.text.split("\n")
+        doc.diagnostics()
+        doc.symbols()
+        doc.code_actions(Range(0, 0, len(lines), 0))
+        for i, text in enumerate(lines):
+            for c in range(len(text) + 1):
+                doc.hover(i, c)
+                doc.definition(i, c)
+                doc.completion(i, c)
+        edited = Document(m.text.replace("(", "( ", 1), m.seed, previous=doc)
+        for i in range(min(len(lines), 40)):
+            edited.hover(i, 5)
+            edited.completion(i, 5)
