@@ -8,6 +8,7 @@ in the used file), completes after ``LSTM(`` (Keras' argument names) and asks
 the quick fixes. Another feeds the server the fuzz corpus of
 ``tests/test_fuzz.py`` and asks at many positions: every request gets an
 answer, the server logs no internal error and is still running at the end.
+Skipped without pygls, except under CI (``SEQDSL_CI=1``), where that fails.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pygls")
+try:
+    import pygls  # noqa: F401
+except ImportError:  # pragma: no cover - the `lsp` extra is in requirements-dev.txt
+    if os.environ.get("SEQDSL_CI"):
+        raise  # CI installs it: a missing pygls is a failure there, not a skip
+    pytest.skip("pygls is not installed (pip install 'seqdsl[lsp]')", allow_module_level=True)
 from lsprotocol import types as lsp  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
 
