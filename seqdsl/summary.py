@@ -24,7 +24,12 @@ __all__ = [
     "op_label",
     "pad_text",
     "kernel_cells",
+    "HEADER",
+    "summary_rows",
 ]
+
+#: the columns of the summary table
+HEADER = ("Layer (type)", "Value", "Output", "Time", "Mask", "Param #", *TARGETS)
 
 
 def time_of(t: ValueType | None) -> str:
@@ -101,8 +106,15 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
     return rows
 
 
+def summary_rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
+    """The rows of the summary table (the cells under :data:`HEADER`), one per value,
+    in model order, with the layer that made the row's first value (None for
+    inputs, ``drop_mask``, a layer's further results and layers that failed)."""
+    return [(cells + kernel_cells(info), info) for cells, info in _rows(m)]
+
+
 def summary_text(m: CheckedModel, file: str = "") -> str:
-    header = ["Layer (type)", "Value", "Output", "Time", "Mask", "Param #", *TARGETS]
+    header = list(HEADER)
     table: list[list[str]] = []
     notes: list[str] = []
     for cells, info in _rows(m):
