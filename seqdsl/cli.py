@@ -1,4 +1,4 @@
-"""The command line: ``seqdsl check|summary|compile|export|graph|run``. The only module that prints or exits.
+"""The command line: ``seqdsl check|summary|compile|export|graph|run|lsp``. The only module that prints or exits.
 
 Exit codes (stable):
   0  no errors (warnings allowed)
@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         "on standard output)",
     )
     common(g)
+    sub.add_parser(
+        "lsp",
+        help="run the language server over stdio (for editors; pip install 'seqdsl[lsp]')",
+        description="The seqdsl language server (LSP over stdio): diagnostics, hover, "
+        "definitions, completion, symbols and quick fixes. See docs/editors.md.",
+    )
     return p
 
 
@@ -375,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "graph":
             return _graph(args)
+        if args.command == "lsp":
+            from .lsp import main as lsp_main
+
+            return lsp_main()
         return _summary(args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130

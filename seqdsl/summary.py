@@ -28,6 +28,8 @@ __all__ = [
     "op_label",
     "pad_text",
     "kernel_cells",
+    "HEADER",
+    "summary_rows",
 ]
 
 #: what the kernel columns mean off a GPU (the summary's last lines, and its JSON)
@@ -35,6 +37,17 @@ CPU_NOTE = (
     "The kernel columns name the kernel each target runs on a GPU (cudnn: the fused "
     "cuDNN kernel); on a CPU, torch runs its fused CPU kernel where they say cudnn, "
     "JAX lax.scan, Keras its own CPU path."
+)
+
+#: the columns of the summary table (the kernel columns: the kernel on a GPU, CPU_NOTE)
+HEADER = (
+    "Layer (type)",
+    "Value",
+    "Output",
+    "Time",
+    "Mask",
+    "Param #",
+    *(f"{t} GPU" for t in TARGETS),
 )
 
 
@@ -112,9 +125,15 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
     return rows
 
 
+def summary_rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
+    """The rows of the summary table (the cells under :data:`HEADER`), one per value,
+    in model order, with the layer that made the row's first value (None for
+    inputs, ``drop_mask``, a layer's further results and layers that failed)."""
+    return [(cells + kernel_cells(info), info) for cells, info in _rows(m)]
+
+
 def summary_text(m: CheckedModel, file: str = "") -> str:
-    header = ["Layer (type)", "Value", "Output", "Time", "Mask", "Param #"]
-    header += [f"{t} GPU" for t in TARGETS]
+    header = list(HEADER)
     table: list[list[str]] = []
     notes: list[str] = []
     for cells, info in _rows(m):
