@@ -169,6 +169,21 @@ class _Ctx:
     def warn(self, code: str, message: str, hint: str | None = None) -> None:
         self.checker.diag(code, message, self.span, hint)
 
+    def fixed_batch_example(self, batch: Dim | None, size: int) -> str | None:
+        # data inputs first: their dtype is the one the user wrote for the data
+        decls = sorted(self.checker.model.inputs, key=lambda inp: inp.is_mask)
+        for inp in decls:
+            t = self.checker.types.get(inp.name)
+            if not isinstance(t, (TensorType, MaskType)) or not inp.dims:
+                continue
+            first = t.shape[0] if isinstance(t, TensorType) else t.batch
+            if first != batch:
+                continue
+            rest = ["_" if d.value is None else str(d.value) for d in inp.dims[1:]]
+            dtype = "mask" if inp.is_mask else inp.dtype
+            return f"{inp.name}: {dtype}[{', '.join([str(size), *rest])}]"
+        return None
+
 
 @dataclass
 class _ModelChecker:

@@ -3,12 +3,15 @@
 Keras' ``model.summary()`` shows layer, output shape and parameter count. This
 adds what Keras lacks: the time dimension and the mask kind of every value,
 and the kernel each target (keras, torch, jax) will use for each recurrent
-layer, with the reason when it is not the fastest.
+layer on a GPU, with the reason when it is not the fastest. The kernel columns
+are headed ``keras GPU`` ...: ``cudnn`` names NVIDIA's fused kernel, which
+only a GPU runs (on a CPU each framework runs its own path, :data:`CPU_NOTE`).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 
 from .catalogue import TARGETS, PadInfo
@@ -17,6 +20,7 @@ from .ir import DropMaskOp, MergeOp, Op
 from .types import MaskType, TensorType, ValueType, fmt_dim
 
 __all__ = [
+    "CPU_NOTE",
     "summary_text",
     "summary_json",
     "time_of",
@@ -28,8 +32,23 @@ __all__ = [
     "summary_rows",
 ]
 
-#: the columns of the summary table
-HEADER = ("Layer (type)", "Value", "Output", "Time", "Mask", "Param #", *TARGETS)
+#: what the kernel columns mean off a GPU (the summary's last lines, and its JSON)
+CPU_NOTE = (
+    "The kernel columns name the kernel each target runs on a GPU (cudnn: the fused "
+    "cuDNN kernel); on a CPU, torch runs its fused CPU kernel where they say cudnn, "
+    "JAX lax.scan, Keras its own CPU path."
+)
+
+#: the columns of the summary table (the kernel columns: the kernel on a GPU, CPU_NOTE)
+HEADER = (
+    "Layer (type)",
+    "Value",
+    "Output",
+    "Time",
+    "Mask",
+    "Param #",
+    *(f"{t} GPU" for t in TARGETS),
+)
 
 
 def time_of(t: ValueType | None) -> str:
@@ -124,7 +143,7 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
                 reason = info.kernels[t].reason
                 if reason:
                     notes.append(
-                        f"  {info.name} ({info.kind}) on {t}: {info.kernels[t].kernel} - {reason}"
+                        f"  {info.name} ({info.kind}) on {t} (GPU): {info.kernels[t].kernel} - {reason}"
                     )
         table.append(cells + ks)
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
@@ -156,6 +175,8 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
     if notes:
         out.append(" Kernel notes:")
         out += notes
+    if any(info.kernels is not None for info in m.layers):
+        out += textwrap.wrap(CPU_NOTE, 100, initial_indent=" ", subsequent_indent=" ")
     out.append(
         " Parameter counts follow Keras (count_params()); torch's fixed-zero bias_hh is not counted."
     )
@@ -197,6 +218,7 @@ def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
                 "trainable_params": layer.trainable_params,
                 "non_trainable_params": layer.non_trainable_params,
                 "padding_invariant": layer.padding_invariant,
+                # the kernel on a GPU, per target (CPU_NOTE: what runs on a CPU)
                 "kernels": (
                     {t: {"kernel": k.kernel, "reason": k.reason} for t, k in layer.kernels.items()}
                     if layer.kernels is not None
@@ -219,6 +241,7 @@ def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
                 "non_trainable_params": m.non_trainable_params,
                 "outputs": [{"name": o.name, "with_mask": o.with_mask} for o in m.model.outputs],
                 "constraints": [str(c) for c in m.constraints],
+                "kernel_note": CPU_NOTE,
             }
         )
     return json.dumps(doc, indent=2) + "\n"

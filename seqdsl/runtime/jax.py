@@ -839,13 +839,18 @@ def _bidirectional(
     return_sequences: bool,
     input_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
     recurrent_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    backward: Mapping[str, Any] | None = None,
     **cell: Any,
 ) -> _RNN:
     """Bidirectional: the forward layer on x; the backward layer reads the valid
     steps in reverse (go_backwards) and its outputs are flipped back to input
     order; merged by merge_mode. Outputs at masked steps are 0 in both halves.
-    States: forward then backward."""
+    States: forward then backward. backward: the backward layer's own cell options
+    (Keras' backward_layer) in place of `cell`'s (the kernel choice, fused, is shared)."""
     fw_p, bw_p = _directions(p)
+    bw_cell = cell
+    if backward is not None:
+        bw_cell = {**{k: v for k, v in cell.items() if k == "fused"}, **backward}
     fw = layer(
         fw_p,
         x,
@@ -865,7 +870,7 @@ def _bidirectional(
         return_sequences=return_sequences,
         input_keep=input_keeps[1],
         recurrent_keep=recurrent_keeps[1],
-        **cell,
+        **bw_cell,
     )
     seqs = (fw.sequence, _flip_time(bw.sequence))
     return _merged(seqs, (fw.last, bw.last), (fw.states, bw.states), merge_mode, return_sequences)

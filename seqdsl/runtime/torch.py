@@ -895,7 +895,11 @@ class Bidirectional(nn.Module):
     The submodules are `forward_layer` and `backward_layer`, Keras' attribute names
     (`forward` would shadow nn.Module.forward for torch.func, torch.export and
     torch.jit); their weights keep the canonical keys "{name}/forward/..." and
-    "{name}/backward/..." (SeqdslModule.WEIGHTS maps them to state_dict keys)."""
+    "{name}/backward/..." (SeqdslModule.WEIGHTS maps them to state_dict keys).
+    The backward layer may have its own configuration (Keras' backward_layer).
+    Around stateful layers each direction carries its own states from call to call
+    (the backward one's: those after reading the batch in reverse), as Keras;
+    reset_states zeroes both."""
 
     def __init__(
         self, name: str, forward_layer: nn.Module, backward_layer: nn.Module, merge_mode="concat"
@@ -940,6 +944,13 @@ class Bidirectional(nn.Module):
             y = [y_fw, y_bw]
         out = (*y, *s_fw, *s_bw)
         return out[0] if len(out) == 1 else out
+
+    def reset_states(self) -> None:
+        """Zero the carried states of both directions (stateful layers inside)."""
+        fw: Any = self.forward_layer
+        bw: Any = self.backward_layer
+        fw.reset_states()
+        bw.reset_states()
 
 
 # --------------------------------------------------------------------------
