@@ -108,8 +108,8 @@ def _kernel_line(info: LayerInfo | None) -> str | None:
     if not any(cells):
         return None
     if len(set(cells)) == 1:
-        return f"kernel: {cells[0]} ({', '.join(TARGETS)})"
-    return "kernel: " + ", ".join(f"{t} {k}" for t, k in zip(TARGETS, cells, strict=True))
+        return f"GPU kernel: {cells[0]} ({', '.join(TARGETS)})"
+    return "GPU kernel: " + ", ".join(f"{t} {k}" for t, k in zip(TARGETS, cells, strict=True))
 
 
 def _data_inputs(op: Op) -> tuple[ValueUse, ...]:

@@ -127,7 +127,7 @@ def test_bidirectional_over_a_masked_embedding_then_drop_mask() -> None:
     assert _label_lines(nodes[bi])[1:] == [
         "Bidirectional(LSTM(8, return_sequences=true))",
         "1,600 params",
-        "kernel: cudnn+roll (keras, torch, jax)",
+        "GPU kernel: cudnn+roll (keras, torch, jax)",
     ]
     assert _label_lines(edges[(bi, drop)])[2] == "mask: pre, maybe-empty (declared)"
     assert edges[(bi, drop)]["class"] == "masked"
