@@ -185,7 +185,7 @@ def _checked_program(args: argparse.Namespace) -> Program | int:
     text = _read(args.file)
     if text is None:
         return EXIT_USAGE
-    a = analyze_sources(text, args.file)
+    a = analyze_sources(text, args.file, need_model=True)
     prog, diags, sources = a.program, a.diagnostics, a.sources
     if prog is None or any(d.is_error for d in diags):
         _emit(diags, sources, args.output_format)

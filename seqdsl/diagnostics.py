@@ -57,6 +57,8 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ012", "error", "import cycle"),
     ("SEQ013", "error", "invalid cell block"),
     ("SEQ014", "error", "invalid extern layer declaration"),
+    ("SEQ015", "error", "nested too deeply or a literal too long"),
+    ("SEQ016", "error", "no model to compile"),
     # names
     ("SEQ101", "error", "undefined name"),
     ("SEQ102", "error", "name defined twice"),
@@ -91,6 +93,7 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ309", "error", "feature size must be known"),
     ("SEQ310", "error", "shape error in a cell equation"),
     ("SEQ311", "error", "cell state or output does not match its declaration"),
+    ("SEQ312", "error", "size beyond the limits"),
     # time
     ("SEQ401", "error", "time dimensions disagree"),
     ("SEQ402", "error", "exact division fails on a known length"),

@@ -459,3 +459,102 @@ def test_attention_batch_and_dtype_must_agree() -> None:
     assert codes(src.format(q="f32[4, T, 8]", v="f32[3, S, 8]")) == ["SEQ307"]
     assert codes(src.format(q="f32[B, T, 8]", v="f64[B, S, 8]")) == ["SEQ301"]
     assert codes(src.format(q="f32[B, T, 8]", v="f32[B, S, 8, 2]")) == ["SEQ303"]
+
+
+# ------------------------------------------------------------------ issue 12: limits with figures
+
+
+def _diag(src: str, code: str) -> seqdsl.Diagnostic:
+    _, diags = seqdsl.analyze(src, "t.seq")
+    found = [d for d in diags if d.code == code]
+    assert found, [f"{d.code} {d.message}" for d in diags]
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "ok"),
+    [
+        ("i32", "2147483647", True),
+        ("i32", "2147483648", False),
+        ("i32", "-2147483648", True),
+        ("i32", "-2147483649", False),
+        ("i32", "3000000000", False),
+        ("i64", "3000000000", True),
+        ("i64", "1e19", False),
+        ("f32", "3e38", True),
+        ("f32", "1e39", False),
+        ("f64", "1e39", True),
+    ],
+)
+def test_pad_value_must_fit_the_dtype(dtype: str, value: str, ok: bool) -> None:
+    # item 7: pad(value=3000000000) on i32 passed and wrapped to -1294967296 at run time
+    feats = "B, T" if dtype.startswith("i") else "B, T, 3"
+    src = f"model M {{\n input t: {dtype}[{feats}] pad(post, value={value})\n output t\n}}"
+    if ok:
+        assert codes(src) == []
+        return
+    d = _diag(src, "SEQ207")
+    assert d.span is not None and (d.span.line, d.span.col) == (
+        2,
+        src.splitlines()[1].index("value") + 1,
+    )
+    assert dtype in d.message and "does not fit" in d.message
+    if dtype == "i32":
+        assert "-2,147,483,648 to 2,147,483,647" in (d.hint or "")
+
+
+def test_bool_pad_value() -> None:
+    src = "model M {\n input t: bool[B, T, 2] pad(post, value=2)\n output t\n}"
+    assert "SEQ207" in codes(src)
+    assert codes(src.replace("value=2", "value=1")) == []
+
+
+def test_too_many_parameters_in_one_layer_gives_the_figure() -> None:
+    # item 14: LSTM(3000000000) failed at build with a 358 GiB MemoryError
+    d = _diag(
+        "model M {\n input x: f32[B, T, 8]\n y = x -> LSTM(3000000000)\n output y\n}", "SEQ312"
+    )
+    # Keras' count: 4 * units * (in + units + 1)
+    n = 4 * 3000000000 * (8 + 3000000000 + 1)
+    assert f"{n:,} parameters" in d.message and "2,147,483,647" in d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (3, 11)
+    assert "recurrent_kernel" in (d.hint or "") and "12,000,000,000" in (d.hint or "")
+
+
+def test_too_many_parameters_in_the_model() -> None:
+    # each layer under the limit, the model over it: 3 * Dense(30000) on 30000 features
+    body = "\n".join(f" y{i} = x -> Dense(30000)" for i in range(3))
+    src = f"model M {{\n input x: f32[B, T, 30000]\n{body}\n o = concat(y0, y1, y2)\n output o\n}}"
+    d = _diag(src, "SEQ312")
+    per = 30000 * 30000 + 30000
+    assert f"model `M` has {3 * per:,} parameters" in d.message
+    assert d.span is not None and d.span.line == 1
+    # the limit itself is fine
+    assert "SEQ312" not in codes(src.replace("Dense(30000)\n y1", "Dense(3)\n y1").replace(
+        " y2 = x -> Dense(30000)", " y2 = x -> Dense(3)"))  # fmt: skip
+
+
+def test_values_beyond_a_64_bit_index() -> None:
+    big = 10**10
+    src = f"model M {{\n input x: f32[B, {big}, {big}]\n y = x -> GlobalAveragePooling1D()\n output y\n}}"
+    d = _diag(src, "SEQ312")
+    assert f"{big * big:,} elements" in d.message and "9,223,372,036,854,775,807" in d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (2, 8)
+    # reported once: the size carries on into `y`
+    assert codes(src).count("SEQ312") == 1
+
+
+def test_merge_states_its_real_limit() -> None:
+    # item 15: "concat takes at least 2 values, got 65"
+    src = (
+        "model M {\n input x: f32[B, T, 8]\n y = concat("
+        + ", ".join(["x"] * 65)
+        + ")\n output y\n}"
+    )
+    d = _diag(src, "SEQ205")
+    assert d.message == "concat takes 2 to 64 values, got 65"
+    assert "64" in (d.hint or "")
+    ok = src.replace(", ".join(["x"] * 65), ", ".join(["x"] * 64))
+    assert codes(ok) == []
+    one = _diag(src.replace(", ".join(["x"] * 65), "x"), "SEQ205")
+    assert one.message == "concat takes 2 to 64 values, got 1"

@@ -36,7 +36,7 @@ from lark.lexer import PatternStr
 
 from seqdsl.catalogue import CATALOGUE
 from seqdsl.ir import MERGE_FUNCTIONS
-from seqdsl.parser import grammar_text
+from seqdsl.parser import make_parser
 from seqdsl.textmate import textmate_grammar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,15 +109,8 @@ def test_extension_script_is_valid_javascript() -> None:
 
 def _lark() -> tuple[Lark, list[Token]]:
     comments: list[Token] = []
-    parser = Lark(
-        grammar_text(),
-        parser="lalr",
-        lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=True,
-        keep_all_tokens=True,
-        lexer_callbacks={"COMMENT": comments.append},
-    )
+    # the language's own parser (a keyword that starts an assignment is a name: `masked = x`)
+    parser = make_parser(keep_all_tokens=True, lexer_callbacks={"COMMENT": comments.append})
     return parser, comments
 
 
