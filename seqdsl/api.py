@@ -58,8 +58,8 @@ class Program:
     def model(self, name: str | None = None) -> CheckedModel:
         """The model called ``name``, or the only/first model."""
         if name is None:
-            if not self.models:
-                raise KeyError("the program declares no model")
+            if not self.models:  # compile, build, summary, export: SEQ016, as the CLI says
+                raise SeqError([no_model(self.file)], {**self.sources, self.file: self.source})
             return self.models[0]
         for m in self.models:
             if m.name == name:
@@ -157,16 +157,20 @@ def analyze_sources(
         if enabled:
             gc.enable()
     if need_model and a.program is not None and not a.program.models:
-        d = Diagnostic.make(
-            "SEQ016",
-            "the file declares no model",
-            Span(name, 1, 1, 1, 2),
-            "compiling needs a `model Name { ... }`; a file of layer blocks only is a "
-            'library: `use "file.seq"` it from a file that declares a model',
-        )
-        diags = (*a.diagnostics, d)
+        diags = (*a.diagnostics, no_model(name))
         return Analysis(replace(a.program, diagnostics=diags), diags, a.sources)
     return a
+
+
+def no_model(name: str) -> Diagnostic:
+    """SEQ016: a file without a model cannot be compiled, built or exported."""
+    return Diagnostic.make(
+        "SEQ016",
+        "the file declares no model",
+        Span(name, 1, 1, 1, 2),
+        "compiling needs a `model Name { ... }`; a file of layer blocks only is a "
+        'library: `use "file.seq"` it from a file that declares a model',
+    )
 
 
 def _analyze(text: str, name: str, search_path: SearchPath) -> Analysis:

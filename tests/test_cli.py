@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import seqdsl
 import seqdsl.cli as cli
 
 GOOD = """\
@@ -192,6 +193,21 @@ def test_file_without_a_model_is_a_user_error(
     assert "= help:" in out and "^" in out
     # `check` accepts a library of layer blocks
     assert cli.main(["check", str(f)]) == cli.EXIT_OK
+
+
+def test_api_on_a_file_without_a_model_raises_the_diagnostic() -> None:
+    """The Python API says what the CLI says (it raised a bare KeyError)."""
+    prog = seqdsl.loads(_LIBRARY, name="lib.seq")
+    for call in (
+        lambda: prog.compile("torch"),
+        lambda: prog.build("torch"),
+        lambda: prog.export_onnx(),
+        lambda: prog.model(),
+    ):
+        with pytest.raises(seqdsl.SeqError) as err:
+            call()
+        assert [d.code for d in err.value.diagnostics] == ["SEQ016"]
+        assert "lib.seq:1:1" in str(err.value) and "^" in err.value.render()
 
 
 def test_empty_file_compiles_to_a_diagnostic(
