@@ -34,7 +34,11 @@ from seqdsl.emit import load_source  # noqa: E402
 from seqdsl.emit.jax_backend import class_name, instantiate  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
 from seqdsl.types import TensorType  # noqa: E402
-from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
+from seqdsl.weightsfile import (  # noqa: E402
+    WeightsFileError,
+    load_weights,
+    save_weights,
+)
 from tests.parity_cases import OPTIONS, Case, all_cases, make_case  # noqa: E402
 from tests.refuse import refusing  # noqa: E402
 
@@ -748,9 +752,9 @@ def test_from_canonical_rejects_bad_weights() -> None:
     _, jm = build(_zoo_bn())
     mod = module_of(jm)
     w = jm.canonical_weights()
-    with pytest.raises(KeyError, match="missing weight"):
+    with pytest.raises(WeightsFileError, match="missing"):
         mod.from_canonical({k: v for k, v in w.items() if not k.endswith("bias")})
-    with pytest.raises(KeyError, match="unknown weights"):
+    with pytest.raises(WeightsFileError, match="unknown to"):
         mod.from_canonical({**w, "extra/kernel": np.zeros(1)})
     bad = dict(w)
     key = next(iter(bad))

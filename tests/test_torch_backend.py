@@ -23,7 +23,11 @@ from seqdsl.checker import CheckedModel  # noqa: E402
 from seqdsl.initializers import initial_weights  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
 from seqdsl.runtime import torch as runtime  # noqa: E402
-from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
+from seqdsl.weightsfile import (  # noqa: E402
+    WeightsFileError,
+    load_weights,
+    save_weights,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_cases import Case, all_cases  # noqa: E402
@@ -590,9 +594,9 @@ def test_pytorch_only_tensors_and_states_are_not_weights() -> None:
 def test_load_canonical_rejects_bad_weights() -> None:
     _, net = build((ROOT / "examples" / "sentiment_lstm.seq").read_text())
     w = net.canonical_weights()
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(WeightsFileError, match="missing"):
         net.load_canonical({k: v for k, v in w.items() if k != "x_lstm/bias"})
-    with pytest.raises(KeyError, match="unexpected"):
+    with pytest.raises(WeightsFileError, match="unknown to"):
         net.load_canonical({**w, "x_lstm/bias_hh": w["x_lstm/bias"]})
     with pytest.raises(ValueError, match="x_lstm/kernel"):
         net.load_canonical({**w, "x_lstm/kernel": w["x_lstm/kernel"].T})

@@ -426,8 +426,10 @@ class _Emitter:
     def check_inputs(self, w: CodeWriter) -> None:
         masked = tuple(inp.name for inp in self.m.model.inputs if inp.masked)
         extra = ", lengths=None, masks=None" if masked else ""
-        call = f"_input_symbols(INPUTS, arrays, lengths, masks, {_lit(masked)})" if masked else (
-            "_input_symbols(INPUTS, arrays)"
+        call = (
+            f"_input_symbols(INPUTS, arrays, lengths, masks, {_lit(masked)})"
+            if masked
+            else ("_input_symbols(INPUTS, arrays)")
         )
         w(f"def _check_inputs(*arrays{extra}):")
         w('    """Static checks (shapes are known at trace time, also under jax.jit): ranks,')

@@ -452,7 +452,9 @@ class _Emitter:
         names = [_q(inp.name) for inp, _ in masked]
         tup = f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
         prefix = "sizes = " if m.constraints else ""
-        self.call(w, prefix, "check_inputs", ["self.INPUTS", f"{{{args}}}", "lengths", "masks", tup])
+        self.call(
+            w, prefix, "check_inputs", ["self.INPUTS", f"{{{args}}}", "lengths", "masks", tup]
+        )
         for inp, v in params:
             t = m.types[inp.name]
             if isinstance(t, MaskType):

@@ -33,6 +33,7 @@ __all__ = [
     "check_ids_values",
     "check_inputs",
     "check_lengths_values",
+    "check_mask_values",
     "check_weight_keys",
     "declaration",
     "pad_inputs",
@@ -208,8 +209,7 @@ def check_inputs(
             x_shape = _shape(_array_like(arrays[name], f"input `{name}`"), f"input `{name}`")
             want = list(x_shape[:rank])
             if len(shape) != rank or any(
-                a is not None and b is not None and a != b
-                for a, b in zip(shape, want, strict=True)
+                a is not None and b is not None and a != b for a, b in zip(shape, want, strict=True)
             ):
                 axes = "[B]" if rank == 1 else "[B, T]"
                 raise InputError(
@@ -246,6 +246,31 @@ def check_ids_values(ids: Any, input_dim: int, where: str) -> None:
             f"{where}: ids must lie in [0, {input_dim}), got {ids[tuple(bad)]} at "
             f"{list(int(i) for i in bad)} (ids range {ids.min()}..{ids.max()})"
         )
+
+
+def check_mask_values(mask: Any, side: str, nonempty: bool, where: str, hint: str) -> None:
+    """debug: a mask [B, T] has its declared kind: `post`, each row's valid steps
+    first; `pre`, last; nonempty, no row without a valid step."""
+    m = np.asarray(mask).astype(bool)
+    T = m.shape[1]
+    n = m.sum(axis=1)
+    steps = np.arange(T)[None, :]
+    expected = {"post": steps < n[:, None], "pre": steps >= T - n[:, None]}.get(side, m)
+    bad = np.nonzero((m != expected).any(axis=1))[0]
+    if bad.size:
+        b = int(bad[0])
+        row = "".join("1" if v else "0" for v in m[b][:64]) + ("..." if T > 64 else "")
+        pad = (
+            "right-padded (valid steps first)"
+            if side == "post"
+            else "left-padded (valid steps last)"
+        )
+        raise InputError(
+            f"{where}: the mask is declared `{side}`, but row {b} is not {pad}: mask {row}. {hint}"
+        )
+    if nonempty and (n == 0).any():
+        b = int(np.nonzero(n == 0)[0][0])
+        raise InputError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
 
 
 # --------------------------------------------------------------------------
@@ -435,7 +460,7 @@ def pad_inputs(
     time symbol are padded to one length: the smallest maxlen among them, else
     their longest sequence. Returns one (batch, lengths) pair per input."""
     if len(raw) != len(pads):
-        raise InputError(
+        raise TypeError(
             f"pad takes {len(pads)} list(s) of sequences ({', '.join(pads)}), got {len(raw)}"
         )
     group = {name: (time if time is not None else name) for name, (*_, time) in pads.items()}

@@ -34,6 +34,7 @@ from .common import (
     check_ids_values,
     check_inputs,
     check_lengths_values,
+    check_mask_values,
     check_weight_keys,
     pad_inputs,
     pad_sequences,
@@ -140,27 +141,8 @@ def _concrete(x: Any) -> np.ndarray:
 
 
 def _check_mask(mask: Any, side: str, nonempty: bool, where: str, hint: str) -> None:
-    """debug: verify that a mask has its declared kind."""
-    m = _concrete(mask).astype(bool)
-    T = m.shape[1]
-    n = m.sum(axis=1)
-    steps = np.arange(T)[None, :]
-    expected = {"post": steps < n[:, None], "pre": steps >= T - n[:, None]}.get(side, m)
-    bad = np.nonzero((m != expected).any(axis=1))[0]
-    if bad.size:
-        b = int(bad[0])
-        row = "".join("1" if v else "0" for v in m[b][:64]) + ("..." if T > 64 else "")
-        pad = (
-            "right-padded (valid steps first)"
-            if side == "post"
-            else "left-padded (valid steps last)"
-        )
-        raise InputError(
-            f"{where}: the mask is declared `{side}`, but row {b} is not {pad}: mask {row}. {hint}"
-        )
-    if nonempty and (n == 0).any():
-        b = int(np.nonzero(n == 0)[0][0])
-        raise InputError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
+    """debug: verify that a mask has its declared kind (check_mask_values)."""
+    check_mask_values(_concrete(mask), side, nonempty, where, hint)
 
 
 def _check_lengths(name: str, x: jax.Array, lengths: Mapping[str, Any], nonempty: bool) -> None:
@@ -1446,7 +1428,9 @@ def _host(x: Any, what: str) -> Any:
     try:
         return np.asarray(x)
     except (ValueError, TypeError):
-        raise InputError(f"{what}: not a rectangular array (pad ragged sequences with pad())") from None
+        raise InputError(
+            f"{what}: not a rectangular array (pad ragged sequences with pad())"
+        ) from None
 
 
 def _host_options(options: dict[str, Any]) -> dict[str, Any]:

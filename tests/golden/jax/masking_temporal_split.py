@@ -118,11 +118,12 @@ def pad(*raw):
 
 def _check_inputs(*arrays):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
     env = _input_symbols(INPUTS, arrays)
-    if "T" in env and not _divisible(env["T"], 2, "TemporalSplit: T must be divisible by 2"):
-        raise ValueError(f"TemporalSplit: T must be divisible by 2 (T = {env['T']})")
+    if "T" in env:
+        _divisible(env["T"], 2, f"TemporalSplit: T must be divisible by 2 (T = {env['T']})")
     return env
 
 
