@@ -138,10 +138,10 @@ def dynamic_shapes(net: Any, model: CheckedModel, kwargs: dict[str, Any], time: 
     names = [n for n, p in sig.parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
     spec: dict[str, Any] = {}
     for name in names:
-        axes = {i: dim(d) for i, d in enumerate(net.SHAPES[name]) if dim(d) is not None}
+        axes = {i: dim(d) for i, d in enumerate(net.INPUTS[name][1]) if dim(d) is not None}
         spec[name] = axes or None
     if "lengths" in kwargs:
-        spec["lengths"] = {k: {0: dim(net.SHAPES[k][0])} for k in kwargs["lengths"]}
+        spec["lengths"] = {k: {0: dim(net.INPUTS[k][1][0])} for k in kwargs["lengths"]}
     return spec
 
 

@@ -447,7 +447,7 @@ class _Emitter:
             rule = f"{c.what}: {c.dim.paren()} must be divisible by {c.divisor}"
             vals = ", ".join(f"{s} = {{env[{s!r}]}}" for s in names)
             w(f"    if {cond}:")
-            w(f'        _divisible({code}, {c.divisor * den}, f"{rule} ({vals})")')
+            w(f'        _divisible({code}, {c.divisor * den}, {_lit(rule)}, f"{vals}")')
         w("    return env")
 
     # ------------------------------------------------------------ apply

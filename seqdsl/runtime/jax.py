@@ -1397,16 +1397,16 @@ def _input_symbols(
     return check_inputs(inputs, dict(zip(inputs, arrays, strict=True)), lengths, masks, masked)
 
 
-def _divisible(size: Any, divisor: int, what: str) -> bool:
+def _divisible(size: Any, divisor: int, what: str, values: str = "") -> bool:
     """Check that a size is a multiple of divisor (a checker's run-time constraint,
-    `what`): InputError when a concrete size is not. A symbolic size (jax.export,
+    `what`): InputError when a concrete size is not (naming the symbols' `values`). A symbolic size (jax.export,
     shapes like symbolic_shape("b, t")) must be one provably: declared as a
     multiple, symbolic_shape("b, 2*k"); otherwise this raises ValueError, naming
     the constraint, rather than export a model that would fail, or compute
     something else, on the sizes that are not."""
     if isinstance(size, int):
         if size % divisor:
-            raise InputError(what)
+            raise InputError(f"{what} ({values})" if values else what)
         return True
     if size % divisor == 0:  # provable for the symbolic size (False when it cannot tell)
         return True

@@ -140,7 +140,7 @@ def _check_inputs(*arrays):
     symbol values."""
     env = _input_symbols(INPUTS, arrays)
     if "T" in env:
-        _divisible(env["T"], 2, f"MyTemporalSplit: T must be divisible by 2 (T = {env['T']})")
+        _divisible(env["T"], 2, "MyTemporalSplit: T must be divisible by 2", f"T = {env['T']}")
     return env
 
 

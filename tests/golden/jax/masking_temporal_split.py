@@ -123,7 +123,7 @@ def _check_inputs(*arrays):
     symbol values."""
     env = _input_symbols(INPUTS, arrays)
     if "T" in env:
-        _divisible(env["T"], 2, f"TemporalSplit: T must be divisible by 2 (T = {env['T']})")
+        _divisible(env["T"], 2, "TemporalSplit: T must be divisible by 2", f"T = {env['T']}")
     return env
 
 
