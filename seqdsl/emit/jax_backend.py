@@ -425,13 +425,8 @@ class _Emitter:
 
     def check_inputs(self, w: CodeWriter) -> None:
         masked = tuple(inp.name for inp in self.m.model.inputs if inp.masked)
-        extra = ", lengths=None, masks=None" if masked else ""
-        call = (
-            f"_input_symbols(INPUTS, arrays, lengths, masks, {_lit(masked)})"
-            if masked
-            else ("_input_symbols(INPUTS, arrays)")
-        )
-        w(f"def _check_inputs(*arrays{extra}):")
+        call = f"_input_symbols(INPUTS, arrays, lengths, masks, {_lit(masked)})"
+        w("def _check_inputs(*arrays, lengths=None, masks=None):")
         w('    """Static checks (shapes are known at trace time, also under jax.jit): ranks,')
         w("    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),")
         w("    lengths and masks, and the checker's run-time constraints. Returns the")
@@ -474,8 +469,7 @@ class _Emitter:
             b("# trainable=false: no gradient flows into these weights")
             items = ", ".join(f"{_lit(n)}: lax.stop_gradient(params[{_lit(n)}])" for n in frozen)
             b(f"params = {{**params, {items}}}")
-        lm = ", lengths=lengths, masks=masks" if masked else ""
-        b(f"_check_inputs({', '.join(v for _, v in inputs)}{lm})")
+        b(f"_check_inputs({', '.join(v for _, v in inputs)}, lengths=lengths, masks=masks)")
         floats = [v for inp, v in inputs if not inp.is_mask and inp.dtype in ("f32", "f64")]
         b(f"dtype = _compute_dtype(params{''.join(', ' + v for v in floats)})")
         dtype_line = len(b.lines) - 1

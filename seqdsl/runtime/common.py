@@ -192,6 +192,12 @@ def check_inputs(
                     )
                 sizes[d], source[d] = n, name
     for option, given, rank in (("lengths", lengths, 1), ("masks", masks, 2)):
+        if given is not None and not isinstance(given, Mapping):
+            known = ", ".join(f"`{m}`" for m in masked) or "none"
+            raise InputError(
+                f"{option}= must be a dict keyed by the names of masked inputs "
+                f"(the masked inputs: {known})"
+            )
         for name, value in (given or {}).items():
             if name not in masked:
                 known = ", ".join(f"`{m}`" for m in masked) or "none"

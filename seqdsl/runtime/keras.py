@@ -976,6 +976,41 @@ class SeqdslModel(keras.Model):
                     self.check_values(values)
         return super().__call__(*args, **kwargs)
 
+    def check_data(self, x: Any) -> None:
+        """The structural check of the data given to fit(), evaluate(), predict() and
+        the *_on_batch methods, before Keras traces a step function over batches
+        whose sizes it may generalise to None (a tf.data.Dataset or a generator is
+        left to the checks of each call)."""
+        if not self.DECLARED or x is None:
+            return
+        if not isinstance(x, (Mapping, list, tuple)) and not hasattr(x, "shape"):
+            return
+        check_inputs(self.DECLARED, self.named_inputs(x))
+
+    def fit(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        self.check_data(x)
+        return super().predict_on_batch(x)
+
     def named_inputs(self, inputs: Any) -> dict[str, Any]:
         """The inputs of a call, by name: a dict as it is, a list in order, one array."""
         names = list(self.DECLARED)
