@@ -748,7 +748,7 @@ model K {
     x = torch.randn(2, 4, 2)
     good = torch.tensor([[True, True, False, False], [True, False, False, False]])
     net(x, good, lengths={"x": [4, 0]})
-    with pytest.raises(ValueError, match="lengths must lie in"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\]"):
         net(x, good, lengths={"x": [5, 0]})
     with pytest.raises(ValueError, match=r"input `x`.*not `pre`"):
         net(x, good, masks={"x": good})
@@ -765,10 +765,10 @@ def test_shapes_symbols_and_constraints_are_checked() -> None:
     _, net = build((ROOT / "examples" / "rnn_guide_encoder_decoder.seq").read_text())
     with pytest.raises(ValueError, match=r"`decoder_input`: axis 0 \(B\) has size 3, but B = 2"):
         net(torch.ones(2, 4, dtype=torch.int32), torch.ones(3, 4, dtype=torch.int32))
-    with pytest.raises(ValueError, match="has shape"):
+    with pytest.raises(ValueError, match="has rank 3, but"):
         net(torch.ones(2, 4, 1, dtype=torch.int32), torch.ones(2, 4, dtype=torch.int32))
     _, net = build((ROOT / "examples" / "rnn_guide_stateful.seq").read_text())
-    with pytest.raises(ValueError, match="axis 0 has size 3, declared 20"):
+    with pytest.raises(ValueError, match=r"axis 0 \(20\)|axis 0 has size 3, but .* declares 20"):
         net(torch.ones(3, 10, 50))
 
 
