@@ -44,7 +44,7 @@ __all__ = [
 
 
 class InputError(ValueError):
-    """Bad data given to a built seqdsl model, on any backend: the message names
+    """Bad data given to a built model, on any backend: the message names
     the input, the axis (or the value) and the declaration it breaks. The
     structural checks (shapes, dtype kinds, lengths and masks) always run; the
     checks of values (lengths in range, ids in range, mask kinds) in debug mode."""
@@ -95,7 +95,7 @@ def _kind(name: str) -> str:
     return "?"
 
 
-def _shape(x: Any, what: str) -> tuple[Any, ...]:
+def _shape_of(x: Any, what: str) -> tuple[Any, ...]:
     """x's shape; None for an axis of unknown size (a symbolic Keras or TensorFlow one)."""
     shape = getattr(x, "shape", None)
     if shape is None:
@@ -166,7 +166,7 @@ def check_inputs(
         decl = f"`{name}: {declaration(dtype, dims)}`"
         what = f"input `{name}`"
         x = _array_like(x, what)
-        shape = _shape(x, what)
+        shape = _shape_of(x, what)
         if len(shape) != len(dims):
             raise InputError(
                 f"{what}: shape {list(shape)} has rank {len(shape)}, "
@@ -211,8 +211,8 @@ def check_inputs(
             decl = f"`{name}: {declaration(dtype, dims)}`"
             what = f"{option}[{name!r}]"
             value = _array_like(value, what)
-            shape = _shape(value, what)
-            x_shape = _shape(_array_like(arrays[name], f"input `{name}`"), f"input `{name}`")
+            shape = _shape_of(value, what)
+            x_shape = _shape_of(_array_like(arrays[name], f"input `{name}`"), f"input `{name}`")
             want = list(x_shape[:rank])
             if len(shape) != rank or any(
                 a is not None and b is not None and a != b for a, b in zip(shape, want, strict=True)
