@@ -285,7 +285,7 @@ def check_mask_values(mask: Any, side: str, nonempty: bool, where: str, hint: st
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(weights, metadata)`` of a safetensors file, read with NumPy alone
-    (:func:`seqdsl.weightsfile.load_weights`); WeightsFileError saying what is wrong."""
+    (what load_weights returns); WeightsFileError saying what is wrong."""
     blob = Path(path).read_bytes()
     if len(blob) < 8:
         raise WeightsFileError(f"{path}: too short for a safetensors file")
@@ -349,7 +349,7 @@ _SAFETENSORS_DTYPES = {
 
 def canonical_mapping(weights: Any) -> Mapping[str, Any]:
     """What load_canonical takes, on every backend: a mapping {"layer/weight": array};
-    the pair (weights, metadata) that seqdsl.weightsfile.load_weights returns (the
+    the pair (weights, metadata) that load_weights returns (the
     metadata is not a weight); or the path of a weights file (str or Path)."""
     if isinstance(weights, (str, os.PathLike)):
         return read_safetensors(weights)[0]

@@ -1391,7 +1391,7 @@ def _input_symbols(
     masked: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The structural checks of the inputs against an INPUTS table:
-    :func:`seqdsl.runtime.common.check_inputs`, the same on every backend (shapes
+    check_inputs of the common runtime, the same on every backend (shapes
     are known at trace time, so under jax.jit they cost nothing). Returns the
     symbol values."""
     return check_inputs(inputs, dict(zip(inputs, arrays, strict=True)), lengths, masks, masked)

@@ -1072,7 +1072,7 @@ class SeqdslModel(keras.Model):
 
     def load_canonical(self, weights: Any) -> None:
         """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md),
-        the (weights, metadata) of seqdsl.weightsfile.load_weights, or a weights file's
+        the (weights, metadata) of load_weights, or a weights file's
         path. All or nothing: every key and shape is checked before any weight changes
         (WeightsFileError naming the keys that differ or the shape)."""
         weights = canonical_mapping(weights)
@@ -1189,11 +1189,11 @@ class SeqdslModel(keras.Model):
         """Debug mode (``build(..., debug=True)``, or set it): every call checks the
         values of the inputs too (lengths in range, the declared mask kinds), and the
         extern layers check their outputs against their declarations."""
-        return bool(getattr(self, "_seqdsl_debug", False))
+        return bool(getattr(self, "_debug_values", False))
 
     @debug.setter
     def debug(self, on: bool) -> None:
-        self._seqdsl_debug = bool(on)
+        self._debug_values = bool(on)
         for name in self.EXTERNS:
             self.get_layer(name).debug = bool(on)
 

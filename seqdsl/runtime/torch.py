@@ -1503,7 +1503,7 @@ class SeqdslModule(nn.Module):
 
     def load_canonical(self, weights: Any) -> None:
         """Load {"layer/weight": array} in the canonical layout (bit-exact in the same
-        dtype), the (weights, metadata) of seqdsl.weightsfile.load_weights, or a
+        dtype), the (weights, metadata) of load_weights, or a
         weights file's path. All or nothing: every key and shape is checked before
         any weight changes (WeightsFileError naming the keys or the shape)."""
         weights = canonical_mapping(weights)
