@@ -101,7 +101,7 @@ class Program:
             self.model(model), backend, seed=seed, source=self.file, dtype=dtype, externs=externs
         )
         if debug:
-            built.debug = True  # type: ignore[attr-defined]
+            built.debug = True
         return built
 
     def export_onnx(

@@ -1475,10 +1475,7 @@ class _Model:
     def __call__(self, *inputs: Any, **options: Any) -> Any:
         inputs = tuple(_host(x, f"input {i + 1}") for i, x in enumerate(inputs))
         options = _host_options(options)
-        if self.debug:
-            run = functools.partial(self._eager, debug=True)
-        else:
-            run = self._jitted
+        run: Any = functools.partial(self._eager, debug=True) if self.debug else self._jitted
         outputs, state = run(self.variables, *inputs, return_state=True, **options)
         self.variables = {"params": self.variables["params"], "state": state}
         return outputs
