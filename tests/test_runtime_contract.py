@@ -412,3 +412,12 @@ def test_malformed_weights_files(
         m.load_canonical(path)
     for k, v in m.canonical_weights().items():
         np.testing.assert_array_equal(arr(v), before[k])
+
+
+def test_ragged_lists_are_refused(prog: seqdsl.Program) -> None:
+    """A ragged list (unpadded sequences) is an InputError pointing at pad(), not a
+    NumPy or framework error."""
+    for backend in ("torch", "jax"):
+        pytest.importorskip(backend)
+        with pytest.raises(InputError, match=r"not a rectangular array \(pad ragged"):
+            net(prog, backend, "Ids")([[1, 2, 3], [4]])

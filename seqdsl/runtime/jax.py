@@ -1427,10 +1427,12 @@ def _host(x: Any, what: str) -> Any:
         return x
     try:
         return np.asarray(x)
-    except (ValueError, TypeError):
+    except ValueError:
         raise InputError(
             f"{what}: not a rectangular array (pad ragged sequences with pad())"
         ) from None
+    except Exception as e:  # e.g. a torch tensor that requires grad
+        raise InputError(f"{what}: cannot be read as an array ({e})") from None
 
 
 def _host_options(options: dict[str, Any]) -> dict[str, Any]:

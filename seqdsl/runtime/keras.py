@@ -970,8 +970,9 @@ class SeqdslModel(keras.Model):
         if self.DECLARED and args:
             named = self.named_inputs(args[0])
             check_inputs(self.DECLARED, named)
-            if self.debug or any(c[0] == "ids" for c in self.CHECKS):
-                values = self.concrete(named)
+            ids = [c[1] for c in self.CHECKS if c[0] == "ids"]
+            if self.debug or ids:  # the values of the ids alone, outside debug mode
+                values = self.concrete(named if self.debug else {n: named[n] for n in ids})
                 if values is not None or self.debug:
                     self.check_values(values)
         return super().__call__(*args, **kwargs)
@@ -1060,7 +1061,7 @@ class SeqdslModel(keras.Model):
             if check[0] == "ids":
                 _, name, input_dim, layer = check
                 check_ids_values(values[name], input_dim, f"{layer}: input `{name}`")
-            elif check[0] == "lengths" and self.debug:
+            elif check[0] == "lengths" and self.debug:  # (debug: every input's values)
                 _, name, of, nonempty = check
                 check_lengths_values(of, values[name], values[of].shape[1], nonempty)
         if masks and self.debug:
