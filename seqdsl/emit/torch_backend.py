@@ -645,7 +645,7 @@ class _Emitter:
         w = self.fwd
         self.snippets.add("Embedding")
         args = [str(u.cfg.integer("input_dim")), str(u.cfg.integer("output_dim"))]
-        self.register(u.name, "Embedding", args, u.note)
+        self.register(u.name, "Embedding", [*args, f"name={_q(u.name)}"], u.note)
         v = self.bind(u.r)
         w(f"{v} = {u.layer}({u.x})")
         if u.out_t.mask is not None and u.cfg.flag("mask_zero") and u.in_t.rank >= 2:

@@ -1023,10 +1023,13 @@ class Extern(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Keras' Embedding: embeddings [input_dim, output_dim]; the vector of id 0 is not zeroed."""
+    """Keras' Embedding: embeddings [input_dim, output_dim]; the vector of id 0 is not
+    zeroed. An id out of the table is an InputError naming the layer (`name`) in eager
+    calls (torch's own error names nothing); traced, torch's gather decides."""
 
-    def __init__(self, input_dim: int, output_dim: int):
+    def __init__(self, input_dim: int, output_dim: int, name: str = "Embedding"):
         super().__init__()
+        self.name = name
         self.embeddings = nn.Parameter(torch.zeros(input_dim, output_dim))
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -1038,7 +1041,7 @@ class Embedding(nn.Module):
             n = self.embeddings.shape[0]
             bad = ids[(ids < 0) | (ids >= n)]
             raise InputError(
-                f"Embedding({n}, ...): ids must lie in [0, {n}), got {bad.flatten()[0].item()} "
+                f"{self.name}: ids must lie in [0, {n}), got {bad.flatten()[0].item()} "
                 f"(ids range {ids.min().item()}..{ids.max().item()})"
             ) from None
 

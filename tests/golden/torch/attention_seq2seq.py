@@ -56,7 +56,7 @@ class AttentionSeq2Seq(SeqdslModule):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.src_embedding = Embedding(1000, 32)
+        self.src_embedding = Embedding(1000, 32, name="src_embedding")
         self.encoder = LSTM(
             "encoder",
             32,
@@ -66,7 +66,7 @@ class AttentionSeq2Seq(SeqdslModule):
             return_sequences=True,
             return_state=True,
         )
-        self.tgt_embedding = Embedding(2000, 32)
+        self.tgt_embedding = Embedding(2000, 32, name="tgt_embedding")
         self.decoder = LSTM("decoder", 32, 64, mask_side="post", return_sequences=True)
         self.context_attention = Attention("context_attention")
         self.logits_dense = Dense(128, 2000)

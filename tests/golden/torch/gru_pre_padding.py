@@ -41,7 +41,7 @@ class PrePaddedGru(SeqdslModule):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.x_embedding = Embedding(20000, 64)
+        self.x_embedding = Embedding(20000, 64, name="x_embedding")
         self.x_gru = GRU("x_gru", 64, 64, mask_side="pre")
         self.score_dense = Dense(64, 1, activation=torch.sigmoid)
         self.to(dtype)

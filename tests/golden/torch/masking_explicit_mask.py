@@ -38,7 +38,7 @@ class ExplicitMask(SeqdslModule):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.x_embedding = Embedding(5000, 16)
+        self.x_embedding = Embedding(5000, 16, name="x_embedding")
         self.out_lstm = LSTM("out_lstm", 16, 32, mask_side="any")
         self.to(dtype)
 

@@ -45,7 +45,7 @@ class TemporalSplitDemo(SeqdslModule):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.emb_embedding = Embedding(5000, 16)
+        self.emb_embedding = Embedding(5000, 16, name="emb_embedding")
         self.head_lstm = LSTM("head_lstm", 16, 32, mask_side="post")
         self.tail_lstm = LSTM("tail_lstm", 16, 32, mask_side="post")
         self.both_lstm = LSTM("both_lstm", 16, 32, mask_side="any")

@@ -39,7 +39,7 @@ class Sentiment(SeqdslModule):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.x_embedding = Embedding(5000, 16)
+        self.x_embedding = Embedding(5000, 16, name="x_embedding")
         self.x_lstm = LSTM("x_lstm", 16, 32, mask_side="post")
         self.to(dtype)
 
