@@ -51,7 +51,7 @@ from .ir import (
 )
 from .types import DTYPES, MaskKind, MaskType, TensorType, ValueType
 
-__all__ = ["CheckedModel", "Constraint", "LayerInfo", "check_program"]
+__all__ = ["CheckedModel", "Constraint", "LayerInfo", "PAD_PARAMS", "check_program"]
 
 _ERR = object()  # marker type of a value whose definition failed
 
@@ -67,6 +67,16 @@ class Constraint:
 
     def __str__(self) -> str:
         return f"{self.dim.paren()} % {self.divisor} == 0  ({self.what})"
+
+
+#: the arguments of an input's ``pad(...)`` (keras.utils.pad_sequences)
+PAD_PARAMS = (
+    Param("side", "choice", REQUIRED, choices=("post", "pre")),
+    Param("value", "float", 0.0),
+    Param("maxlen", "int_or_none", None, lo=1),
+    Param("truncate", "choice", "pre", choices=("pre", "post")),
+    Param("nonempty", "bool", False),
+)
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,21 @@ class _Ctx:
 
     def warn(self, code: str, message: str, hint: str | None = None) -> None:
         self.checker.diag(code, message, self.span, hint)
+
+    def fixed_batch_example(self, batch: Dim | None, size: int) -> str | None:
+        # data inputs first: their dtype is the one the user wrote for the data
+        decls = sorted(self.checker.model.inputs, key=lambda inp: inp.is_mask)
+        for inp in decls:
+            t = self.checker.types.get(inp.name)
+            if not isinstance(t, (TensorType, MaskType)) or not inp.dims:
+                continue
+            first = t.shape[0] if isinstance(t, TensorType) else t.batch
+            if first != batch:
+                continue
+            rest = ["_" if d.value is None else str(d.value) for d in inp.dims[1:]]
+            dtype = "mask" if inp.is_mask else inp.dtype
+            return f"{inp.name}: {dtype}[{', '.join([str(size), *rest])}]"
+        return None
 
 
 @dataclass
@@ -325,17 +350,10 @@ class _ModelChecker:
 
     def check_pad(self, inp: InputDecl, dims: list[Dim | None]) -> PadInfo | None:
         assert inp.pad is not None
-        params = (
-            Param("side", "choice", REQUIRED, choices=("post", "pre")),
-            Param("value", "float", 0.0),
-            Param("maxlen", "int_or_none", None, lo=1),
-            Param("truncate", "choice", "pre", choices=("pre", "post")),
-            Param("nonempty", "bool", False),
-        )
         pad_spec = LayerSpec(
             name="pad",
             category="pad",
-            params=params,
+            params=PAD_PARAMS,
             rule=lambda *a: [],
             weights=lambda *a: [],
             mask_rule="none",

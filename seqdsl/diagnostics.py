@@ -102,7 +102,7 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ504", "error", "layer does not take a mask argument"),
     # state
     ("SEQ601", "error", "stateful layer needs a fixed batch size"),
-    ("SEQ602", "error", "Bidirectional cannot be stateful"),
+    ("SEQ602", "error", "Bidirectional's backward_layer does not match its layer"),
     ("SEQ603", "error", "masked_output=carry inside Bidirectional"),
     # kernels
     ("SEQ701", "error", "layer is not eligible for the requested kernel"),

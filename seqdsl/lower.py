@@ -1458,7 +1458,7 @@ class _Lowerer:
     ) -> ValueUse | None:
         """The body's statements, lowered into the model with the call's names and values."""
         parent = self.frame
-        via = (*parent.via, Expansion(block.name, replace(call_span, via=())))
+        via = (*parent.via, Expansion(block.name, replace(call_span, via=()), prefix))
         fr = _Frame(block.src.name, block.src.key, via, block, prefix, dict(bound))
         for (name, span), use in zip(block.inputs, inputs, strict=True):
             fr.values[name] = use.name

@@ -307,7 +307,17 @@ def test_errors_do_not_cascade() -> None:
         ("y = x -> Reshape([8, -1])", "SEQ501"),
         ("y = x -> drop_mask -> TemporalSoftmax()", "SEQ502"),
         ("y = x -> LSTM(4, stateful=true)", "SEQ601"),
-        ("y = x -> Bidirectional(LSTM(4, stateful=true))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4, stateful=true))", "SEQ601"),
+        ("y = x -> Bidirectional(LSTM(4), backward_layer=LSTM(4))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4), backward_layer=GRU(4, go_backwards=true))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4), backward_layer=LSTM(5, go_backwards=true))", "SEQ602"),
+        (
+            "y = x -> Bidirectional(LSTM(4), backward_layer=LSTM(4, go_backwards=true, "
+            "return_sequences=true))",
+            "SEQ602",
+        ),
+        ("y = x -> SimpleRNN(4, implementation=2)", "SEQ202"),
+        ("y = x -> LSTM(4, implementation=3)", "SEQ207"),
         ("y = x -> Bidirectional(LSTM(4, masked_output=carry, return_sequences=true))", "SEQ603"),
         ("y = x -> @kernel(cudnn) LSTM(4, activation=relu)", "SEQ701"),
         ("y = x -> @kernel(cudnn) LSTM(4, recurrent_dropout=0.1)", "SEQ701"),
@@ -318,6 +328,38 @@ def test_errors_do_not_cascade() -> None:
 def test_rule_errors(line: str, code: str) -> None:
     src = f"model M {{\ninput x: f32[B, T, 8] pad(post) masked\n{line}\noutput y\n}}"
     assert codes(src) == [code]
+
+
+def test_stateful_hint_declares_the_input_in_its_own_dtype() -> None:
+    """SEQ601's hint rewrites the declaration the batch comes from: an `i32` token
+    input gets `i32[32, T]`, not a float example."""
+    src = (
+        "model M {\ninput tokens: i32[B, T] pad(post, value=0)\n"
+        "y = tokens -> Embedding(100, 8, mask_zero=true) -> LSTM(4, stateful=true)\noutput y\n}"
+    )
+    _, diags = seqdsl.analyze(src, "t.seq")
+    (d,) = diags
+    assert d.code == "SEQ601" and d.hint is not None
+    assert "`tokens: i32[32, T]`" in d.hint and "f32" not in d.hint
+    src = "model M {\ninput m: mask[B, T]\ninput x: f64[B, T, 3]\ny = LSTM(4, stateful=true)(x, mask=m)\noutput y\n}"
+    _, diags = seqdsl.analyze(src, "t.seq")
+    assert [d.code for d in diags] == ["SEQ601"] and "`x: f64[32, T, 3]`" in (diags[0].hint or "")
+
+
+def test_keras_shape_arguments_say_what_to_write() -> None:
+    src = "model M {\ninput x: f32[B, T, 8]\ny = x -> LSTM(4, input_shape=[8, 8])\noutput y\n}"
+    _, diags = seqdsl.analyze(src, "t.seq")
+    (d,) = diags
+    assert d.code == "SEQ202" and "`input_shape`" in d.message
+    assert "declare the input's type" in (d.hint or "") and "f32[B, T, F]" in (d.hint or "")
+
+
+def test_implementation_is_recorded_and_shown() -> None:
+    prog = model("y = x -> LSTM(4, implementation=1)\noutput y")
+    (layer,) = prog.model().layers
+    assert layer.config["implementation"] == 1
+    assert "# y_lstm: LSTM(4, implementation=1)" in prog.compile("jax")  # its comment quotes it
+    assert "LSTM(4, implementation=1, " in prog.compile("keras")  # passed to Keras' layer
 
 
 def test_kernel_cudnn_accepts_eligible_layers_and_dropout() -> None:

@@ -70,6 +70,18 @@ def test_summary_text_and_json(
     assert doc["total_params"] == 86272
     lstm = next(layer for layer in doc["layers"] if layer["kind"] == "LSTM")
     assert lstm["kernels"]["torch"]["kernel"] == "cudnn"
+    assert "on a GPU" in doc["kernel_note"]
+
+
+def test_summary_says_the_kernel_columns_are_gpu_kernels(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["summary", str(files[0])]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "Layer (type)" in line)
+    assert header.split()[-6:] == ["keras", "GPU", "torch", "GPU", "jax", "GPU"]
+    assert "x_lstm (LSTM) on torch (GPU): cudnn" in out
+    assert "on a GPU (cudnn: the fused cuDNN kernel); on a" in out
 
 
 def test_summary_of_bad_file_is_a_user_error(
