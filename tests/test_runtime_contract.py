@@ -421,3 +421,19 @@ def test_ragged_lists_are_refused(prog: seqdsl.Program) -> None:
         pytest.importorskip(backend)
         with pytest.raises(InputError, match=r"not a rectangular array \(pad ragged"):
             net(prog, backend, "Ids")([[1, 2, 3], [4]])
+
+
+def test_keras_inputs_by_name(prog: seqdsl.Program) -> None:
+    """Keras takes a dict keyed by input name: checked as the list is, and a missing
+    or unknown name is an InputError naming the model's inputs."""
+    pytest.importorskip("keras")
+    m = net(prog, "keras", "Lens")
+    x = x3()
+    got = call("keras", m, x, lengths=np.array([5, 2]))
+    np.testing.assert_allclose(arr(m({"x": x, "x_lengths": np.array([5, 2])})), got, atol=1e-6)
+    with pytest.raises(InputError, match=r"takes the inputs x, x_lengths: missing x_lengths"):
+        m({"x": x})
+    with pytest.raises(InputError, match=r"unknown lengths"):
+        m({"x": x, "x_lengths": np.array([5, 2]), "lengths": np.array([5, 2])})
+    with pytest.raises(InputError, match=r"input `x_lengths`: axis 0 \(B\) has size 1, but B = 2"):
+        m({"x": x, "x_lengths": np.array([5])})
