@@ -21,14 +21,17 @@ __version__ = "0.1.0"
 from .api import Analysis, Program, analyze, analyze_sources, load, loads  # noqa: E402
 from .diagnostics import CODES, Diagnostic, SeqError  # noqa: E402
 from .externs import ExternError, extern, register_extern  # noqa: E402
+from .runtime.common import InputError, WeightsFileError  # noqa: E402
 
 __all__ = [
     "CODES",
     "Analysis",
     "Diagnostic",
     "ExternError",
+    "InputError",
     "Program",
     "SeqError",
+    "WeightsFileError",
     "analyze",
     "analyze_sources",
     "extern",

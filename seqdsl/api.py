@@ -88,15 +88,22 @@ class Program:
         model: str | None = None,
         dtype: str = "float32",
         externs: Mapping[str, Callable[..., object]] | None = None,
+        debug: bool = False,
     ) -> object:
         """A runnable model for ``backend`` (the emitted module, executed), with
         the initial weights drawn from ``seed`` in the canonical layout.
-        ``externs`` maps extern layer names to implementations (else the registry)."""
+        ``externs`` maps extern layer names to implementations (else the registry).
+        ``debug``: the model checks the values of its inputs at every call as well
+        as their shapes (lengths and ids in range, the declared mask kinds); the
+        attribute ``model.debug`` switches it on every backend (docs/errors.md)."""
         from .emit import build
 
-        return build(
+        built = build(
             self.model(model), backend, seed=seed, source=self.file, dtype=dtype, externs=externs
         )
+        if debug:
+            built.debug = True
+        return built
 
     def export_onnx(
         self,

@@ -3,7 +3,10 @@
 Format (https://github.com/huggingface/safetensors): an 8-byte little-endian
 header length, a JSON header mapping each key to its dtype, shape and byte
 offsets (plus ``__metadata__``), then the raw little-endian data. Keys are the
-canonical ``"{layer}/{weight}"`` names (docs/semantics.md §1).
+canonical ``"{layer}/{weight}"`` names (docs/semantics.md §1). The reader is
+:func:`seqdsl.runtime.common.read_safetensors` (NumPy only), so that every
+built model's ``load_canonical(path)`` reads the file with it, standalone
+modules included.
 """
 
 from __future__ import annotations
@@ -15,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime.common import WeightsFileError, read_safetensors
+
 __all__ = ["save_weights", "load_weights", "WeightsFileError"]
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "BOOL": "|b1"}
 _NAMES = {np.dtype(v).str: k for k, v in _DTYPES.items()}
-
-
-class WeightsFileError(ValueError):
-    pass
 
 
 def save_weights(
@@ -56,28 +57,7 @@ def save_weights(
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``(weights, metadata)``; raises WeightsFileError on a malformed file."""
-    blob = Path(path).read_bytes()
-    if len(blob) < 8:
-        raise WeightsFileError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if 8 + n > len(blob):
-        raise WeightsFileError(f"{path}: header length {n} exceeds the file")
-    try:
-        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsFileError(f"{path}: bad header: {e}") from None
-    meta = header.pop("__metadata__", {}) or {}
-    data = memoryview(blob)[8 + n :]
-    out: dict[str, np.ndarray] = {}
-    for key, info in header.items():
-        dt = _DTYPES.get(info.get("dtype"))
-        if dt is None:
-            raise WeightsFileError(f"{path}: {key}: unsupported dtype {info.get('dtype')}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        arr = np.frombuffer(data[begin:end], dtype=dt)
-        if arr.size != int(np.prod(shape, dtype=np.int64)):
-            raise WeightsFileError(f"{path}: {key}: {arr.size} values for shape {shape}")
-        out[key] = arr.reshape(shape).copy()
-    return out, {str(k): str(v) for k, v in meta.items()}
+    """``(weights, metadata)``; raises WeightsFileError saying what is wrong with a
+    malformed file. Every built model's ``load_canonical`` takes the pair as it is
+    (or the path), and reads the weights alone."""
+    return read_safetensors(path)

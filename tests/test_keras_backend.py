@@ -36,6 +36,7 @@ from seqdsl.emit.keras_backend import twin_order  # noqa: E402
 from seqdsl.padding import lengths_to_mask, pad_sequences  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
 from seqdsl.types import MaskType, TensorType  # noqa: E402
+from seqdsl.weightsfile import WeightsFileError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_cases import Case, all_cases  # noqa: E402
@@ -1008,7 +1009,7 @@ def test_canonical_weights_round_trip() -> None:
     assert list(back) == list(w)
     for k in w:
         assert np.array_equal(back[k], w[k]), k
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(WeightsFileError, match="missing"):
         net.load_canonical({k: v for k, v in w.items() if k != "decoder/bias"})
     with pytest.raises(ValueError, match="shape"):
         net.load_canonical({**w, "decoder/bias": np.zeros(3, np.float32)})

@@ -20,6 +20,7 @@ keras = pytest.importorskip("keras")
 from keras import layers, ops  # noqa: E402
 
 import seqdsl.runtime.keras as rt  # noqa: E402
+from seqdsl.weightsfile import WeightsFileError  # noqa: E402
 
 RNG = np.random.default_rng(7)
 
@@ -407,7 +408,7 @@ def test_seqdsl_model_helpers() -> None:
     xs = RNG.normal(size=(4, 3)).astype(np.float32)
     np.testing.assert_allclose(_np(net(xs)), xs @ k + bias, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(net.canonical_weights()["d/kernel"], k)
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(WeightsFileError, match="missing"):
         net.load_canonical({"d/kernel": k})
     with pytest.raises(ValueError, match="shape"):
         net.load_canonical({"d/kernel": k, "d/bias": np.zeros(3, np.float32)})

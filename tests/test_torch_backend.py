@@ -23,7 +23,11 @@ from seqdsl.checker import CheckedModel  # noqa: E402
 from seqdsl.initializers import initial_weights  # noqa: E402
 from seqdsl.reference import run_reference  # noqa: E402
 from seqdsl.runtime import torch as runtime  # noqa: E402
-from seqdsl.weightsfile import load_weights, save_weights  # noqa: E402
+from seqdsl.weightsfile import (  # noqa: E402
+    WeightsFileError,
+    load_weights,
+    save_weights,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity_cases import Case, all_cases  # noqa: E402
@@ -591,9 +595,9 @@ def test_pytorch_only_tensors_and_states_are_not_weights() -> None:
 def test_load_canonical_rejects_bad_weights() -> None:
     _, net = build((ROOT / "examples" / "sentiment_lstm.seq").read_text())
     w = net.canonical_weights()
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(WeightsFileError, match="missing"):
         net.load_canonical({k: v for k, v in w.items() if k != "x_lstm/bias"})
-    with pytest.raises(KeyError, match="unexpected"):
+    with pytest.raises(WeightsFileError, match="unknown to"):
         net.load_canonical({**w, "x_lstm/bias_hh": w["x_lstm/bias"]})
     with pytest.raises(ValueError, match="x_lstm/kernel"):
         net.load_canonical({**w, "x_lstm/kernel": w["x_lstm/kernel"].T})
@@ -745,7 +749,7 @@ model K {
     x = torch.randn(2, 4, 2)
     good = torch.tensor([[True, True, False, False], [True, False, False, False]])
     net(x, good, lengths={"x": [4, 0]})
-    with pytest.raises(ValueError, match="lengths must lie in"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\]"):
         net(x, good, lengths={"x": [5, 0]})
     with pytest.raises(ValueError, match=r"input `x`.*not `pre`"):
         net(x, good, masks={"x": good})
@@ -762,10 +766,10 @@ def test_shapes_symbols_and_constraints_are_checked() -> None:
     _, net = build((ROOT / "examples" / "rnn_guide_encoder_decoder.seq").read_text())
     with pytest.raises(ValueError, match=r"`decoder_input`: axis 0 \(B\) has size 3, but B = 2"):
         net(torch.ones(2, 4, dtype=torch.int32), torch.ones(3, 4, dtype=torch.int32))
-    with pytest.raises(ValueError, match="has shape"):
+    with pytest.raises(ValueError, match="has rank 3, but"):
         net(torch.ones(2, 4, 1, dtype=torch.int32), torch.ones(2, 4, dtype=torch.int32))
     _, net = build((ROOT / "examples" / "rnn_guide_stateful.seq").read_text())
-    with pytest.raises(ValueError, match="axis 0 has size 3, declared 20"):
+    with pytest.raises(ValueError, match=r"axis 0 \(20\)|axis 0 has size 3, but .* declares 20"):
         net(torch.ones(3, 10, 50))
 
 

@@ -153,10 +153,10 @@ def dynamic_shapes(
     names = [n for n, p in sig.parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
     spec: dict[str, Any] = {}
     for name_ in names:
-        axes = {i: dim(d) for i, d in enumerate(net.SHAPES[name_]) if dim(d) is not None}
+        axes = {i: dim(d) for i, d in enumerate(net.INPUTS[name_][1]) if dim(d) is not None}
         spec[name_] = axes or None
     if "lengths" in kwargs:
-        spec["lengths"] = {k: {0: dim(net.SHAPES[k][0])} for k in kwargs["lengths"]}
+        spec["lengths"] = {k: {0: dim(net.INPUTS[k][1][0])} for k in kwargs["lengths"]}
     return spec
 
 
@@ -348,7 +348,7 @@ def test_exported_program_saved_and_loaded_in_a_fresh_process(tmp_path: Path) ->
     model, net, program = export_dynamic("gaps")
     torch.export.save(program, tmp_path / "model.pt2")
     args, kwargs = tensors(model, seed=3, b=6, t=23)
-    names = [*net.SHAPES]
+    names = [*net.INPUTS]
     feed = {n: a for n, a in zip(names, args, strict=False)}
     feed |= {f"{k}_lengths": v for k, v in kwargs.get("lengths", {}).items()}
     torch.save(feed, tmp_path / "feed.pt")

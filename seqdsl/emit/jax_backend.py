@@ -436,22 +436,25 @@ class _Emitter:
         _dict(w, "PADS", pads)
 
     def check_inputs(self, w: CodeWriter) -> None:
-        w("def _check_inputs(*arrays):")
+        masked = tuple(inp.name for inp in self.m.model.inputs if inp.masked)
+        call = f"_input_symbols(INPUTS, arrays, lengths, masks, {_lit(masked)})"
+        w("def _check_inputs(*arrays, lengths=None, masks=None):")
         w('    """Static checks (shapes are known at trace time, also under jax.jit): ranks,')
-        w("    declared sizes, symbols agreeing across inputs (B, T, ...) and the")
-        w('    checker\'s run-time constraints. Returns the symbol values."""')
+        w("    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),")
+        w("    lengths and masks, and the checker's run-time constraints. Returns the")
+        w('    symbol values."""')
         if not self.m.constraints:
-            w("    return _input_symbols(INPUTS, arrays)")
+            w(f"    return {call}")
             return
-        w("    env = _input_symbols(INPUTS, arrays)")
+        w(f"    env = {call}")
         for c in self.m.constraints:
             code, den = _dim_code(c.dim)
             names = sorted(c.dim.symbols())
             cond = " and ".join(f'"{s}" in env' for s in names) or "True"
             rule = f"{c.what}: {c.dim.paren()} must be divisible by {c.divisor}"
-            w(f"    if {cond} and not _divisible({code}, {c.divisor * den}, {_lit(rule)}):")
             vals = ", ".join(f"{s} = {{env[{s!r}]}}" for s in names)
-            w(f'        raise ValueError(f"{rule} ({vals})")')
+            w(f"    if {cond}:")
+            w(f'        _divisible({code}, {c.divisor * den}, {_lit(rule)}, f"{vals}")')
         w("    return env")
 
     # ------------------------------------------------------------ apply
@@ -478,7 +481,7 @@ class _Emitter:
             b("# trainable=false: no gradient flows into these weights")
             items = ", ".join(f"{_lit(n)}: lax.stop_gradient(params[{_lit(n)}])" for n in frozen)
             b(f"params = {{**params, {items}}}")
-        b(f"_check_inputs({', '.join(v for _, v in inputs)})")
+        b(f"_check_inputs({', '.join(v for _, v in inputs)}, lengths=lengths, masks=masks)")
         floats = [v for inp, v in inputs if not inp.is_mask and inp.dtype in ("f32", "f64")]
         b(f"dtype = _compute_dtype(params{''.join(', ' + v for v in floats)})")
         dtype_line = len(b.lines) - 1

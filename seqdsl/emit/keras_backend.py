@@ -84,6 +84,7 @@ _NOT_KERAS = {
 #: the names a generated module binds itself
 _MODULE_NAMES = {
     "MODEL", "INPUTS", "OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING", "PADS",
+    "DECLARED", "CHECKS",
     "EXTERNS", "build_model", "pad", "keras", "layers", "ops", "np", "_register_own",
 }  # fmt: skip
 #: the runtime module generated modules import from (and standalone ones copy)
@@ -315,6 +316,11 @@ def _exploded_dict(name: str, entries: Sequence[tuple[str, object]]) -> list[str
 # the emitter
 
 
+def _num_text(v: float) -> str:
+    """A number as the .seq source writes it: 0, not 0.0."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
 @dataclass
 class _Apply:
     """One layer call being emitted: what every rule of RULES reads."""
@@ -373,6 +379,11 @@ class _Emitter:
         self.ok: dict[str, bool] = {}
         #: the model's Keras inputs: (variable, Keras name, dtype, shape, what)
         self.keras_inputs: list[tuple[str, str, str, tuple[int | None, ...], str]] = []
+        #: the Keras inputs as declared: (Keras name, (seqdsl dtype, dims))
+        self.declared: list[tuple[str, tuple[str, tuple[int | str | None, ...]]]] = []
+        #: the checks of values (SeqdslModel.CHECKS) and the Keras names of mask layers
+        self.checks: list[tuple[object, ...]] = []
+        self.mask_names: dict[str, str] = {}
         self.outputs: list[str] = []
         self.stateful: list[str] = []
         self.fixed_training: list[str] = []
@@ -464,7 +475,25 @@ class _Emitter:
         mv = self.py.fresh(f"{base}_mask")
         name = self.kn.fresh(f"{layer}_mask", python=False)
         self.lazy([mv], _Call(self.use(cls), (*args, f"name={_lit(name)}")), call, note)
+        self.mask_names[mv] = name
         return mv
+
+    def check_declared_mask(self, result: str, mv: str, where: str, token: str) -> None:
+        """Debug mode: the kind of a data-derived mask rests on a declaration."""
+        t = self.tensor(result)
+        kind = t.mask
+        if kind is None or not kind.declared or (kind.side == "any" and not kind.nonempty):
+            return
+        src = t.padded_from
+        pad = self.m.pads.get(src) if src is not None else None
+        hint = (
+            f"`{src}` declares pad({pad.side}, value={_num_text(pad.value)}): {token} must "
+            "occur only "
+            "as padding"
+            if pad is not None
+            else "the declared mask kind"
+        )
+        self.checks.append(("mask", self.mask_names[mv], kind.side, kind.nonempty, where, hint))
 
     def new_var(self, value: str, single: bool = False) -> str:
         """The variable of a value; ``_``-prefixed when a single result is never used."""
@@ -542,7 +571,9 @@ class _Emitter:
         w("    (SeqdslModel): canonical weights, pad(), reset_states(), and get_weights() /")
         w('    set_weights() in the order of a hand-written Keras twin (TWIN_ORDER)."""')
         w("")
-        for table in ("OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING"):
+        for table in (
+            "OUTPUTS", "WEIGHTS", "TWIN_ORDER", "STATEFUL", "FIXED_TRAINING", "DECLARED", "CHECKS"
+        ):  # fmt: skip
             w(f"    {table} = {table}")
         if self.externs_used:
             w("    EXTERNS = EXTERNS")
@@ -618,6 +649,14 @@ class _Emitter:
         w("")
         w("#: layers called with `training=` in the .seq source: it wins over the model's flag")
         for ln in _literal_lines("", "FIXED_TRAINING = ", tuple(self.fixed_training)):
+            w(ln)
+        w("")
+        w("#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)")
+        for ln in _exploded_dict("DECLARED", self.declared):
+            w(ln)
+        w("")
+        w("#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)")
+        for ln in _literal_lines("", "CHECKS = ", tuple(self.checks)):
             w(ln)
         w("")
         w("#: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)")
@@ -701,8 +740,14 @@ class _Emitter:
         rest = tuple(d if isinstance(d, int) else None for d in dims[1:])
 
         def keras_input(
-            var: str, name: str, dtype: str, shape: tuple[int | None, ...], what: str
+            var: str,
+            name: str,
+            dtype: str,
+            shape: tuple[int | None, ...],
+            what: str,
+            declared: tuple[str, tuple[int | str | None, ...]],
         ) -> None:
+            self.declared.append((name, declared))
             size = (
                 f"batch_shape={_lit((batch, *shape))}"
                 if batch is not None
@@ -717,9 +762,16 @@ class _Emitter:
         self.mask[inp.name] = None
         self.ok[inp.name] = True
         if inp.is_mask:
-            keras_input(v, inp.name, "bool", rest, f"mask input: {decl}")
+            keras_input(v, inp.name, "bool", rest, f"mask input: {decl}", ("mask", tuple(dims)))
+            mt = self.m.types.get(inp.name)
+            kind = mt.kind if isinstance(mt, MaskType) else None
+            if kind is not None and (kind.side != "any" or kind.nonempty):
+                self.checks.append(
+                    ("mask", inp.name, kind.side, kind.nonempty, f"mask input `{decl}`",
+                     "pass a mask of the declared kind, or declare it `mask[B, T]` (kind any)")
+                )  # fmt: skip
             return
-        keras_input(v, inp.name, _KERAS_DTYPE[inp.dtype], rest, decl)
+        keras_input(v, inp.name, _KERAS_DTYPE[inp.dtype], rest, decl, (inp.dtype, tuple(dims)))
         if not inp.masked:
             return
         self.ok[inp.name] = False
@@ -728,15 +780,23 @@ class _Emitter:
             lv = self.py.fresh(f"{inp.name}_lengths")
             lname = self.kn.fresh(f"{inp.name}_lengths", python=False)
             rule = "t < len[b]" if pad.side == "post" else "t >= T - len[b]"
-            keras_input(lv, lname, "int32", (), f"lengths of `{inp.name}`: mask[b, t] = {rule}")
+            keras_input(lv, lname, "int32", (), f"lengths of `{inp.name}`: mask[b, t] = {rule}",
+                        ("i32", tuple(dims[:1])))  # fmt: skip
+            t = self.tensor(inp.name)
+            self.checks.append(("lengths", lname, inp.name, bool(t.mask and t.mask.nonempty)))
             self.mask[inp.name] = self.mask_layer(
                 inp.name, inp.name, "LengthsToMask", [_lit(pad.side)], [v, lv]
             )
         else:
             mv = self.py.fresh(f"{inp.name}_mask")
             mname = self.kn.fresh(f"{inp.name}_mask", python=False)
-            keras_input(mv, mname, "bool", rest[:1], f"mask of `{inp.name}` (any bool [B, T])")
+            keras_input(mv, mname, "bool", rest[:1], f"mask of `{inp.name}` (any bool [B, T])",
+                        ("mask", tuple(dims[:2])))  # fmt: skip
             self.mask[inp.name] = mv
+
+    def declared_names(self) -> set[str]:
+        """The names of the .seq inputs (ids checks apply to an Embedding on one)."""
+        return {inp.name for inp in self.m.model.inputs}
 
     def emit_drop_mask(self, op: DropMaskOp) -> None:
         src, out = op.input.name, op.results[0]
@@ -910,8 +970,12 @@ class _Emitter:
     def emit_embedding(self, a: _Apply) -> None:
         ctor = _Call("layers.Embedding", (*self.keras_args(a.info.kind, a.info.config), *a.name_kw))
         self.assign(a.vars, ctor, a.call_args)
+        if a.x in self.declared_names():
+            self.checks.append(("ids", a.x, a.cfg.integer("input_dim"), a.info.name))
         if a.cfg.flag("mask_zero"):
             mv = self.mask_layer(a.results[0], a.info.name, "NonZeroMask", [], a.call_args)
+            self.check_declared_mask(a.results[0], mv, f"{a.info.name}: Embedding(mask_zero=true)",
+                                     "id 0")  # fmt: skip
             self.finish(a, mv, True)
         else:  # a `masked` id input's mask passes through
             self.finish(a, a.mask_var, self.ok[a.x])
@@ -923,6 +987,9 @@ class _Emitter:
         mv = self.mask_layer(
             a.results[0], a.info.name, "MaskingMask", [value, *a.dtype], a.call_args
         )
+        shown = _num_text(a.cfg.number("mask_value"))
+        self.check_declared_mask(a.results[0], mv, f"{a.info.name}: Masking(mask_value={shown})",
+                                 f"a step of all {shown}")  # fmt: skip
         self.finish(a, mv, True)
 
     def emit_elementwise(self, a: _Apply) -> None:

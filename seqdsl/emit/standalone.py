@@ -1,7 +1,7 @@
 """Standalone modules: the run-time definitions a generated module imports, copied in.
 
 A generated module imports what it uses from :mod:`seqdsl.runtime`
-(``from seqdsl.runtime.torch import LSTM, bind_sizes``). :func:`make_standalone`
+(``from seqdsl.runtime.torch import LSTM, check_inputs``). :func:`make_standalone`
 turns it into a file that needs only NumPy and its framework: it reads the
 runtime modules' source with :mod:`ast` (it imports none of them, so it works
 with no framework installed), copies each imported definition and, transitively,

@@ -440,6 +440,21 @@ class _Emitter:
             if floats
             else "device = self.anchor.device"
         )
+        masked = [(inp, v) for inp, v in params if inp.masked]
+        if len(masked) == 1:
+            name = _q(masked[0][0].name)
+            w("if lengths is not None and not isinstance(lengths, dict):")
+            w(f"    lengths = {{{name}: lengths}}")
+            w("if masks is not None and not isinstance(masks, dict):")
+            w(f"    masks = {{{name}: masks}}")
+        self.snippets.add("check_inputs")
+        args = ", ".join(f"{_q(inp.name)}: {v}" for inp, v in params)
+        names = [_q(inp.name) for inp, _ in masked]
+        tup = f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
+        prefix = "sizes = " if m.constraints else ""
+        self.call(
+            w, prefix, "check_inputs", ["self.INPUTS", f"{{{args}}}", "lengths", "masks", tup]
+        )
         for inp, v in params:
             t = m.types[inp.name]
             if isinstance(t, MaskType):
@@ -448,11 +463,7 @@ class _Emitter:
                 w(f"{v} = torch.as_tensor({v}, dtype=dtype, device=device)")
             else:
                 w(f"{v} = torch.as_tensor({v}, device=device)")
-        self.snippets.add("bind_sizes")
-        args = ", ".join(f"{_q(inp.name)}: {v}" for inp, v in params)
-        call = f"bind_sizes({{{args}}}, self.SHAPES)"
         if m.constraints:
-            w(f"sizes = {call}")
             for c in m.constraints:
                 expr = _py_dim(c.dim)
                 test = expr if " " not in expr else f"({expr})"
@@ -460,17 +471,9 @@ class _Emitter:
                 w(f"if {test.replace(chr(39), chr(34))} % {c.divisor}:  # a run-time constraint")
                 msg = f'f"{shown} = {{{expr}}}, but {c.what} (line {c.span.line}) needs {c.dim.paren()} % {c.divisor} == 0"'
                 w._level += 1
-                self.call(w, "raise ", "ValueError", [msg])
+                self.call(w, "raise ", "InputError", [msg])
+                self.snippets.add("InputError")
                 w._level -= 1
-        else:
-            w(call)
-        masked = [(inp, v) for inp, v in params if inp.masked]
-        if len(masked) == 1:
-            name = _q(masked[0][0].name)
-            w("if lengths is not None and not isinstance(lengths, dict):")
-            w(f"    lengths = {{{name}: lengths}}")
-            w("if masks is not None and not isinstance(masks, dict):")
-            w(f"    masks = {{{name}: masks}}")
         debug: list[tuple[str, list[str]]] = []
         for inp, v in params:
             t = m.types[inp.name]
@@ -642,7 +645,7 @@ class _Emitter:
         w = self.fwd
         self.snippets.add("Embedding")
         args = [str(u.cfg.integer("input_dim")), str(u.cfg.integer("output_dim"))]
-        self.register(u.name, "Embedding", args, u.note)
+        self.register(u.name, "Embedding", [*args, f"name={_q(u.name)}"], u.note)
         v = self.bind(u.r)
         w(f"{v} = {u.layer}({u.x})")
         if u.out_t.mask is not None and u.cfg.flag("mask_zero") and u.in_t.rank >= 2:
@@ -1180,7 +1183,7 @@ class _Emitter:
                     for k, state in weights:
                         out(f"{_q(k)}: {_q(state)},")
                 out("}  # canonical key: state_dict key, in Keras' get_weights() order")
-            with out.block("SHAPES = {"):
+            with out.block("INPUTS = {"):
                 for inp, _ in params:
                     dims = []
                     for d in inp.dims:
@@ -1190,8 +1193,9 @@ class _Emitter:
                             else (str(d.value) if isinstance(d.value, int) else _q(d.value))
                         )
                     tup = ", ".join(dims) + ("," if len(dims) == 1 else "")
-                    out(f"{_q(inp.name)}: ({tup}),")
-            out("}  # declared shapes: symbols, sizes, None for `_`")
+                    dtype = "mask" if inp.is_mask else inp.dtype
+                    out(f"{_q(inp.name)}: ({_q(dtype)}, ({tup})),")
+            out("}  # declared inputs: dtype, shape (symbols, sizes, None for `_`)")
             if m.pads:
                 with out.block("PADS = {"):
                     for inp, _ in params:

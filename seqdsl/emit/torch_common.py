@@ -111,7 +111,7 @@ MODULE_ATTRS = frozenset(
         "xpu",
         "zero_grad",
         "WEIGHTS",
-        "SHAPES",
+        "INPUTS",
         "PADS",
         "debug",
         "anchor",

@@ -27,7 +27,19 @@ from jax import lax
 
 from seqdsl.externs import ExternError, check_output_shapes
 
-from .common import pad_inputs, pad_sequences, window_padding
+from .common import (
+    InputError,
+    WeightsFileError,
+    canonical_mapping,
+    check_ids_values,
+    check_inputs,
+    check_lengths_values,
+    check_mask_values,
+    check_weight_keys,
+    pad_inputs,
+    pad_sequences,
+    window_padding,
+)
 
 # --------------------------------------------------------------------------
 # activations (Keras' definitions)
@@ -100,24 +112,18 @@ def _lengths_to_mask(lengths: Any, T: int, side: str) -> jax.Array:
 def _input_mask(
     name: str, x: jax.Array, side: str, lengths: Mapping[str, Any], masks: Mapping[str, Any]
 ) -> jax.Array:
-    """The mask of a `masked` input: masks[name] (bool [B, T]) or lengths[name] ([B])."""
-    B, T = x.shape[0], x.shape[1]
-    if name in masks:
-        mask = jnp.asarray(masks[name], bool)
-        if mask.shape != (B, T):
-            raise ValueError(f"masks[{name!r}] has shape {mask.shape}, expected {(B, T)}")
-        return mask
-    if name in lengths:
+    """The mask of a `masked` input: masks[name] (bool [B, T]) or lengths[name] ([B]);
+    _check_inputs has checked their shapes and dtypes."""
+    if masks.get(name) is not None:
+        return jnp.asarray(masks[name], bool)
+    if lengths.get(name) is not None:
         if side == "any":
-            raise ValueError(
+            raise InputError(
                 f"input `{name}` declares no pad side, so lengths cannot say which steps "
                 f"are valid: pass masks={{{name!r}: ...}}"
             )
-        lens = jnp.asarray(lengths[name])
-        if lens.shape != (B,):
-            raise ValueError(f"lengths[{name!r}] has shape {lens.shape}, expected {(B,)}")
-        return _lengths_to_mask(lens, T, side)
-    raise ValueError(
+        return _lengths_to_mask(jnp.asarray(lengths[name]), x.shape[1], side)
+    raise InputError(
         f"input `{name}` is declared `masked`: pass lengths={{{name!r}: ...}} "
         f"or masks={{{name!r}: ...}}"
     )
@@ -128,50 +134,27 @@ def _concrete(x: Any) -> np.ndarray:
     try:
         return np.asarray(x)
     except jax.errors.TracerArrayConversionError:
-        raise ValueError(
-            "debug checks need concrete values: call debug() outside jax.jit"
+        raise InputError(
+            "debug checks need concrete values: run apply(..., debug=True) outside jax.jit "
+            "(model.debug = True does)"
         ) from None
 
 
 def _check_mask(mask: Any, side: str, nonempty: bool, where: str, hint: str) -> None:
-    """debug: verify that a mask has its declared kind."""
-    m = _concrete(mask).astype(bool)
-    T = m.shape[1]
-    n = m.sum(axis=1)
-    steps = np.arange(T)[None, :]
-    expected = {"post": steps < n[:, None], "pre": steps >= T - n[:, None]}.get(side, m)
-    bad = np.nonzero((m != expected).any(axis=1))[0]
-    if bad.size:
-        b = int(bad[0])
-        row = "".join("1" if v else "0" for v in m[b][:64]) + ("..." if T > 64 else "")
-        pad = (
-            "right-padded (valid steps first)"
-            if side == "post"
-            else "left-padded (valid steps last)"
-        )
-        raise ValueError(
-            f"{where}: the mask is declared `{side}`, but row {b} is not {pad}: mask {row}. {hint}"
-        )
-    if nonempty and (n == 0).any():
-        b = int(np.nonzero(n == 0)[0][0])
-        raise ValueError(f"{where}: the mask is declared nonempty, but row {b} has no valid step")
+    """debug: verify that a mask has its declared kind (check_mask_values)."""
+    check_mask_values(_concrete(mask), side, nonempty, where, hint)
 
 
 def _check_lengths(name: str, x: jax.Array, lengths: Mapping[str, Any], nonempty: bool) -> None:
     """debug: lengths of a `masked` input are in [0, T] ([1, T] when declared nonempty)."""
-    if name not in lengths:
+    if lengths.get(name) is None:
         return
-    lens = _concrete(lengths[name])
-    lo, T = (1 if nonempty else 0), x.shape[1]
-    if lens.size and (lens.min() < lo or lens.max() > T):
-        raise ValueError(f"input `{name}`: lengths must lie in [{lo}, {T}], got {lens.tolist()}")
+    check_lengths_values(name, _concrete(lengths[name]), x.shape[1], nonempty)
 
 
 def _check_ids(ids: Any, input_dim: int, where: str) -> None:
     """debug: token ids index the embedding table."""
-    ids = _concrete(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= input_dim):
-        raise ValueError(f"{where}: ids must lie in [0, {input_dim}), got {ids.min()}..{ids.max()}")
+    check_ids_values(_concrete(ids), input_dim, where)
 
 
 def _keep(
@@ -298,8 +281,11 @@ def _embedding(p: Mapping[str, jax.Array], ids: jax.Array) -> jax.Array:
         out = jax.sharding.NamedSharding(
             sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec, None)
         )
-        return p["embeddings"].at[ids].get(out_sharding=out)
-    return jnp.take(p["embeddings"], ids, axis=0)
+        return p["embeddings"].at[ids].get(out_sharding=out, mode="fill", fill_value=jnp.nan)
+    # an id out of range (negative ones included) reads a row of NaN, not another row;
+    # debug mode names it (_check_ids)
+    ids = jnp.where(ids < 0, p["embeddings"].shape[0], ids)
+    return jnp.take(p["embeddings"], ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 def _masking(x: jax.Array, mask_value: float) -> tuple[jax.Array, jax.Array]:
@@ -1344,25 +1330,28 @@ def _from_canonical(
     checked against the WEIGHTS table; the (zero) states of the STATEFUL layers.
 
     Returns {"params": {layer: {weight: array}}, "state": {...}}. Arrays keep
-    their dtype (float64 needs jax_enable_x64)."""
+    their dtype (float64 needs jax_enable_x64). ``weights`` may also be the
+    (weights, metadata) of load_weights or a weights file's path; WeightsFileError
+    names the keys that differ or the shape."""
     params: dict[str, dict[str, Any]] = {}
     state: dict[str, dict[str, Any]] = {}
     dtype = jnp.float32
-    expected = set()
+    weights = canonical_mapping(weights)
+    expected = [f"{layer}/{spec[0]}" for layer, specs in table.items() for spec in specs]
+    check_weight_keys(expected, weights, "the model")
     for layer, specs in table.items():
         for name, shape, _, _, where in specs:
             key = f"{layer}/{name}"
-            expected.add(key)
-            if key not in weights:
-                raise KeyError(f"missing weight {key!r}")
-            w = jnp.asarray(weights[key])
+            try:
+                w = jnp.asarray(weights[key])
+            except TypeError as e:
+                raise WeightsFileError(f"weight {key}: not an array of numbers ({e})") from None
             if w.shape != tuple(shape):
-                raise ValueError(f"weight {key!r} has shape {w.shape}, expected {tuple(shape)}")
+                raise WeightsFileError(
+                    f"weight {key}: shape {list(w.shape)}, but the model's is {list(shape)}"
+                )
             dtype = w.dtype
             (params if where == "params" else state).setdefault(layer, {})[name] = w
-    unknown = sorted(set(weights) - expected)
-    if unknown:
-        raise KeyError(f"unknown weights: {', '.join(unknown)}")
     for layer, entry in stateful.items():
         state[layer] = _zero_state(entry, dtype)
     return {"params": params, "state": state}
@@ -1400,40 +1389,30 @@ def _pad(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Any]) -> Any:
 
 
 def _input_symbols(
-    inputs: Mapping[str, tuple[str, tuple[Any, ...]]], arrays: Sequence[Any]
-) -> dict[str, int]:
-    """Static checks of the inputs against an INPUTS table (shapes are known at
-    trace time, also under jax.jit): ranks, declared sizes and symbols agreeing
-    across inputs (B, T, ...). Returns the symbol values."""
-    env: dict[str, int] = {}
-    seen: dict[str, str] = {}
-    for (name, (_, dims)), x in zip(inputs.items(), arrays, strict=True):
-        shape = jnp.shape(x)
-        if len(shape) != len(dims):
-            raise ValueError(
-                f"input `{name}` must have rank {len(dims)} {list(dims)}, got shape {shape}"
-            )
-        for d, n in zip(dims, shape, strict=True):
-            if isinstance(d, int) and n != d:
-                raise ValueError(f"input `{name}`: size {n} where {d} is declared (shape {shape})")
-            if isinstance(d, str):
-                if d in env and env[d] != n:
-                    raise ValueError(
-                        f"input `{name}`: {d} = {n}, but input `{seen[d]}` has {d} = {env[d]}; "
-                        f"inputs sharing a symbol must agree (pad them together: pad())"
-                    )
-                env[d], seen[d] = n, name
-    return env
+    inputs: Mapping[str, tuple[str, tuple[Any, ...]]],
+    arrays: Sequence[Any],
+    lengths: Mapping[str, Any] | None = None,
+    masks: Mapping[str, Any] | None = None,
+    masked: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The structural checks of the inputs against an INPUTS table:
+    check_inputs of the common runtime, the same on every backend (shapes
+    are known at trace time, so under jax.jit they cost nothing). Returns the
+    symbol values."""
+    return check_inputs(inputs, dict(zip(inputs, arrays, strict=True)), lengths, masks, masked)
 
 
-def _divisible(size: Any, divisor: int, what: str) -> bool:
-    """Whether a size is a multiple of divisor (a checker's run-time constraint).
-    A symbolic size (jax.export, shapes like symbolic_shape("b, t")) must be one
-    provably: declared as a multiple, symbolic_shape("b, 2*k"); otherwise this
-    raises, naming the constraint (`what`), rather than export a model that
-    would fail, or compute something else, on the sizes that are not."""
+def _divisible(size: Any, divisor: int, what: str, values: str = "") -> bool:
+    """Check that a size is a multiple of divisor (a checker's run-time constraint,
+    `what`): InputError when a concrete size is not (naming the symbols' `values`). A symbolic size (jax.export,
+    shapes like symbolic_shape("b, t")) must be one provably: declared as a
+    multiple, symbolic_shape("b, 2*k"); otherwise this raises ValueError, naming
+    the constraint, rather than export a model that would fail, or compute
+    something else, on the sizes that are not."""
     if isinstance(size, int):
-        return size % divisor == 0
+        if size % divisor:
+            raise InputError(f"{what} ({values})" if values else what)
+        return True
     if size % divisor == 0:  # provable for the symbolic size (False when it cannot tell)
         return True
     raise ValueError(
@@ -1446,12 +1425,44 @@ def _divisible(size: Any, divisor: int, what: str) -> bool:
 # the model class
 
 
+def _host(x: Any, what: str) -> Any:
+    """An argument for the jitted apply: JAX and NumPy arrays as they are, anything
+    else array-like (lists, torch tensors, TensorFlow tensors) as a NumPy array."""
+    if x is None or isinstance(x, (jax.Array, np.ndarray, np.generic, bool, int, float)):
+        return x
+    try:
+        return np.asarray(x)
+    except ValueError:
+        raise InputError(
+            f"{what}: not a rectangular array (pad ragged sequences with pad())"
+        ) from None
+    except Exception as e:  # e.g. a torch tensor that requires grad
+        raise InputError(f"{what}: cannot be read as an array ({e})") from None
+
+
+def _host_options(options: dict[str, Any]) -> dict[str, Any]:
+    """lengths=, masks= and dropout_masks= of a call, their arrays as _host makes them."""
+    out = dict(options)
+    for key in ("lengths", "masks", "dropout_masks"):
+        value = out.get(key)
+        if isinstance(value, Mapping):
+            out[key] = {k: _host(v, f"{key}[{k!r}]") for k, v in value.items()}
+        elif value is not None:
+            out[key] = _host(value, key)
+    return out
+
+
 class _Model:
     """The base of a generated model class: the model with its variables.
     Calling it runs apply (jitted) and keeps the new state (BatchNormalization
     statistics after training calls, the states of stateful recurrent layers)
     for the next call. The generated subclass sets the module's functions and
-    its STATEFUL table as class attributes."""
+    its STATEFUL table as class attributes.
+
+    Inputs may be JAX or NumPy arrays, lists, or other frameworks' tensors (torch's
+    pad() gives torch tensors): what is not a JAX array is read as a NumPy array.
+    ``debug`` (False; ``build(..., debug=True)`` sets it): each call runs apply
+    with debug=True, outside jax.jit, and checks the inputs' values as well."""
 
     init: Any
     apply: Any
@@ -1464,17 +1475,15 @@ class _Model:
         if variables is None:
             variables = self.init(jax.random.key(0) if rng_key is None else rng_key)
         self.variables = variables
+        self.debug = False
         self._jitted = jax.jit(self.apply, static_argnames=("training", "return_state", "debug"))
+        self._eager = self.apply
 
     def __call__(self, *inputs: Any, **options: Any) -> Any:
-        outputs, state = self._jitted(self.variables, *inputs, return_state=True, **options)
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
-
-    def debug(self, *inputs: Any, **options: Any) -> Any:
-        outputs, state = self.apply(
-            self.variables, *inputs, return_state=True, debug=True, **options
-        )
+        inputs = tuple(_host(x, f"input {i + 1}") for i, x in enumerate(inputs))
+        options = _host_options(options)
+        run: Any = functools.partial(self._eager, debug=True) if self.debug else self._jitted
+        outputs, state = run(self.variables, *inputs, return_state=True, **options)
         self.variables = {"params": self.variables["params"], "state": state}
         return outputs
 
@@ -1485,7 +1494,10 @@ class _Model:
             state[layer] = _zero_state(entry, state[layer][entry[2][0]].dtype)
         self.variables = {"params": self.variables["params"], "state": state}
 
-    def load_canonical(self, weights: Mapping[str, Any]) -> None:
+    def load_canonical(self, weights: Any) -> None:
+        """Load {"layer/weight": array}, the (weights, metadata) of load_weights, or a
+        weights file's path: all or nothing (from_canonical checks every key and
+        shape before the variables change)."""
         self.variables = self.from_canonical(weights)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
@@ -1503,18 +1515,13 @@ class _ExternModel(_Model):
         if variables is None:
             variables = self.init(jax.random.key(0) if rng_key is None else rng_key)
         self.variables = variables
+        self.debug = False
         self.externs = self.resolve_externs(externs)  # now: a missing implementation raises here
         self._jitted = jax.jit(
             functools.partial(self.apply, externs=self.externs),
             static_argnames=("training", "return_state", "debug"),
         )
-
-    def debug(self, *inputs: Any, **options: Any) -> Any:
-        outputs, state = self.apply(
-            self.variables, *inputs, return_state=True, debug=True, externs=self.externs, **options
-        )
-        self.variables = {"params": self.variables["params"], "state": state}
-        return outputs
+        self._eager = functools.partial(self.apply, externs=self.externs)
 
 
 def masked_mean(values: Any, mask: Any) -> Any:

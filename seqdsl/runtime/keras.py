@@ -27,7 +27,17 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .common import pad_inputs
+from .common import (
+    InputError,
+    WeightsFileError,
+    canonical_mapping,
+    check_ids_values,
+    check_inputs,
+    check_lengths_values,
+    check_mask_values,
+    check_weight_keys,
+    pad_inputs,
+)
 
 __all__ = [
     "ConcatMasks",
@@ -956,6 +966,13 @@ class SeqdslModel(keras.Model):
     FIXED_TRAINING: Sequence[str] = ()
     #: extern layers -> their declared outputs
     EXTERNS: Mapping[str, Any] = {}
+    #: the Keras inputs as declared: name -> (dtype, dims), a symbol, a size or None per
+    #: axis (a `masked` input's lengths: ("i32", (B,)); its mask: ("mask", (B, T)))
+    DECLARED: Mapping[str, tuple[str, tuple[Any, ...]]] = {}
+    #: the checks of values: ("lengths", lengths input, its input, nonempty),
+    #: ("ids", input, input_dim, layer) and ("mask", layer or input, side, nonempty,
+    #: where, hint) for a mask whose kind rests on a declaration
+    CHECKS: Sequence[tuple[Any, ...]] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -966,23 +983,143 @@ class SeqdslModel(keras.Model):
         if self.OUTPUTS:  # compile(): losses and metrics by .seq output, none for the masks
             self.output_names = [o.removesuffix(" with mask") for o in self.OUTPUTS]
 
-    def load_canonical(self, weights: Mapping[str, Any]) -> None:
-        """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md)."""
-        expected = {f"{layer}/{w}" for layer, specs in self.WEIGHTS.items() for w, _ in specs}
-        unknown = sorted(set(weights) - expected)
-        missing = sorted(expected - set(weights))
-        if unknown or missing:
-            raise KeyError(f"weights: missing {missing}, unknown {unknown}")
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Keras' call, after the structural checks of the inputs (check_inputs, the
+        same as torch's and JAX's: shapes and dtypes only; an axis of unknown size
+        while Keras traces is not compared). In an eager call the token ids are
+        checked too (Keras' Embedding would read a negative id from the end of its
+        table); in debug mode the lengths and the declared mask kinds as well."""
+        if self.DECLARED and args:
+            named = self.named_inputs(args[0])
+            check_inputs(self.DECLARED, named)
+            ids = [c[1] for c in self.CHECKS if c[0] == "ids"]
+            if self.debug or ids:  # the values of the ids alone, outside debug mode
+                values = self.concrete(named if self.debug else {n: named[n] for n in ids})
+                if values is not None or self.debug:
+                    self.check_values(values)
+        return super().__call__(*args, **kwargs)
+
+    def check_data(self, x: Any) -> None:
+        """The structural check of the data given to fit(), evaluate(), predict() and
+        the *_on_batch methods, before Keras traces a step function over batches
+        whose sizes it may generalise to None (a tf.data.Dataset or a generator is
+        left to the checks of each call)."""
+        if not self.DECLARED or x is None:
+            return
+        if not isinstance(x, (Mapping, list, tuple)) and not hasattr(x, "shape"):
+            return
+        check_inputs(self.DECLARED, self.named_inputs(x))
+
+    def fit(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.check_data(x)
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        self.check_data(x)
+        return super().predict_on_batch(x)
+
+    def named_inputs(self, inputs: Any) -> dict[str, Any]:
+        """The inputs of a call, by name: a dict as it is, a list in order, one array."""
+        names = list(self.DECLARED)
+        if isinstance(inputs, Mapping):
+            missing = [n for n in names if n not in inputs]
+            unknown = [str(n) for n in inputs if n not in self.DECLARED]
+            if missing or unknown:
+                raise InputError(
+                    f"{self.name} takes the inputs {', '.join(names)}: "
+                    + "; ".join(
+                        ([f"missing {', '.join(missing)}"] if missing else [])
+                        + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+                    )
+                )
+            return {n: inputs[n] for n in names}
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if len(items) != len(names):
+            raise InputError(
+                f"{self.name} takes {len(names)} input(s) ({', '.join(names)}), got {len(items)}"
+            )
+        return dict(zip(names, items, strict=True))
+
+    @staticmethod
+    def concrete(named: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """NumPy copies of the inputs, or None while Keras traces (symbolic tensors)."""
+        out = {}
+        for name, x in named.items():
+            if isinstance(x, keras.KerasTensor):
+                return None
+            try:
+                out[name] = np.asarray(x)
+            except Exception:  # a TensorFlow graph tensor, a tracer: no values here
+                return None
+        return out
+
+    def check_values(self, values: Mapping[str, np.ndarray] | None) -> None:
+        """Token ids in range (every eager call); in debug mode the lengths and the
+        declared mask kinds (those computed by layers: a sub-model of the mask layers
+        runs on the inputs)."""
+        if values is None:
+            raise InputError(
+                "debug checks need concrete values: call the model on arrays "
+                "(model(x)), or fit()/predict() with run_eagerly=True"
+            )
+        masks = [c for c in self.CHECKS if c[0] == "mask"]
+        for check in self.CHECKS:
+            if check[0] == "ids":
+                _, name, input_dim, layer = check
+                check_ids_values(values[name], input_dim, f"{layer}: input `{name}`")
+            elif check[0] == "lengths" and self.debug:  # (debug: every input's values)
+                _, name, of, nonempty = check
+                check_lengths_values(of, values[name], values[of].shape[1], nonempty)
+        if masks and self.debug:
+            probe = keras.Model(self.inputs, [self.get_layer(c[1]).output for c in masks])
+            found = probe([values[name] for name in self.DECLARED])
+            found = found if isinstance(found, (list, tuple)) else [found]
+            for (_, _, side, nonempty, where, hint), m in zip(masks, found, strict=True):
+                check_mask_values(keras.ops.convert_to_numpy(m), side, nonempty, where, hint)
+
+    def load_canonical(self, weights: Any) -> None:
+        """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md),
+        the (weights, metadata) of load_weights, or a weights file's
+        path. All or nothing: every key and shape is checked before any weight changes
+        (WeightsFileError naming the keys that differ or the shape)."""
+        weights = canonical_mapping(weights)
+        expected = [f"{layer}/{w}" for layer, specs in self.WEIGHTS.items() for w, _ in specs]
+        check_weight_keys(expected, weights, self.name)
+        staged = []
         for layer, specs in self.WEIGHTS.items():
             values = []
             for w, shape in specs:
-                value = np.asarray(weights[f"{layer}/{w}"])
+                try:
+                    value = np.asarray(weights[f"{layer}/{w}"], dtype=float)
+                except (TypeError, ValueError) as e:
+                    raise WeightsFileError(
+                        f"weight {layer}/{w}: not an array of numbers ({e})"
+                    ) from None
                 if value.shape != tuple(shape):
-                    raise ValueError(
-                        f"weight {layer}/{w} has shape {value.shape}, expected {tuple(shape)}"
+                    raise WeightsFileError(
+                        f"weight {layer}/{w}: shape {list(value.shape)}, but the model's is "
+                        f"{list(shape)}"
                     )
-                values.append(value)
-            self.get_layer(layer).set_weights(values)
+                values.append(np.asarray(weights[f"{layer}/{w}"]))
+            staged.append((self.get_layer(layer), values))
+        for target, values in staged:
+            target.set_weights(values)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """{"layer/weight": numpy array}, Keras' layout."""
@@ -1072,11 +1209,14 @@ class SeqdslModel(keras.Model):
 
     @property
     def debug(self) -> bool:
-        """Debug mode: the extern layers check their outputs against their declarations."""
-        return any(self.get_layer(name).debug for name in self.EXTERNS)
+        """Debug mode (``build(..., debug=True)``, or set it): every call checks the
+        values of the inputs too (lengths in range, the declared mask kinds), and the
+        extern layers check their outputs against their declarations."""
+        return bool(getattr(self, "_debug_values", False))
 
     @debug.setter
     def debug(self, on: bool) -> None:
+        self._debug_values = bool(on)
         for name in self.EXTERNS:
             self.get_layer(name).debug = bool(on)
 

@@ -1,7 +1,7 @@
 """The run-time code of generated PyTorch modules: layers, fused-kernel helpers, mask rules.
 
 A generated module imports what it uses from here (``from seqdsl.runtime.torch
-import LSTM, bind_sizes``); ``seqdsl compile --standalone`` copies those
+import LSTM, check_inputs``); ``seqdsl compile --standalone`` copies those
 definitions, with what they read, into the generated file instead (see
 :mod:`seqdsl.emit.standalone` and the rules in ``seqdsl/runtime/__init__.py``).
 
@@ -23,7 +23,16 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from seqdsl.externs import ExternError, check_output_shapes, get_extern
 
-from .common import pad_inputs, window_padding
+from .common import (
+    InputError,
+    WeightsFileError,
+    canonical_mapping,
+    check_inputs,
+    check_lengths_values,
+    check_weight_keys,
+    pad_inputs,
+    window_padding,
+)
 
 __all__ = [
     "Attention",
@@ -35,6 +44,8 @@ __all__ = [
     "Embedding",
     "Extern",
     "GRU",
+    "InputError",
+    "WeightsFileError",
     "LSTM",
     "LayerNormalization",
     "MultiHeadAttention",
@@ -43,10 +54,10 @@ __all__ = [
     "SimpleRNN",
     "all_valid",
     "attention_mask",
-    "bind_sizes",
     "carry_forward",
     "carry_state",
     "carried_states",
+    "check_inputs",
     "check_lengths",
     "check_mask",
     "check_not_vmapped",
@@ -115,29 +126,6 @@ def leaky_relu(x: Tensor) -> Tensor:
 # inputs, shapes and masks
 
 
-def bind_sizes(inputs: Mapping[str, Tensor], declared: Mapping[str, Sequence[Any]]) -> dict:
-    """Check each input against its declared shape (a symbol, a size or None for `_`
-    per axis) and return the size of every symbol: inputs sharing a symbol agree."""
-    sizes: dict[str, int] = {}
-    source: dict[str, str] = {}
-    for name, x in inputs.items():
-        dims = declared[name]
-        shape = tuple(x.shape)
-        if len(shape) != len(dims):
-            raise ValueError(f"input `{name}` has shape {list(shape)}, declared {list(dims)}")
-        for axis, (n, d) in enumerate(zip(shape, dims, strict=True)):
-            if isinstance(d, int) and n != d:
-                raise ValueError(f"input `{name}`: axis {axis} has size {n}, declared {d}")
-            if isinstance(d, str):
-                if d in sizes and sizes[d] != n:
-                    raise ValueError(
-                        f"input `{name}`: axis {axis} ({d}) has size {n}, "
-                        f"but {d} = {sizes[d]} in `{source[d]}`"
-                    )
-                sizes[d], source[d] = n, name
-    return sizes
-
-
 def lengths_to_mask(lengths: Tensor, steps: int, side: str = "post") -> Tensor:
     """A bool [B, T] mask: the first (post) or last (pre) lengths[b] steps of row b are valid."""
     t = torch.arange(steps, device=lengths.device)
@@ -148,32 +136,27 @@ def lengths_to_mask(lengths: Tensor, steps: int, side: str = "post") -> Tensor:
 def input_mask(
     name: str, x: Tensor, side: str, lengths: Mapping | None, masks: Mapping | None
 ) -> Tensor:
-    """The mask of a `masked` input: masks[name] (bool [B, T]) or from lengths[name] ([B])."""
-    if masks is not None and name in masks:
-        mask = torch.as_tensor(masks[name], dtype=torch.bool, device=x.device)
-        if tuple(mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"masks[{name!r}]: shape {list(mask.shape)}, not {list(x.shape[:2])}")
-        return mask
-    if lengths is not None and name in lengths:
+    """The mask of a `masked` input: masks[name] (bool [B, T]) or from lengths[name] ([B]);
+    check_inputs has checked their shapes and dtypes."""
+    if masks is not None and masks.get(name) is not None:
+        return torch.as_tensor(masks[name], dtype=torch.bool, device=x.device)
+    if lengths is not None and lengths.get(name) is not None:
         lens = torch.as_tensor(lengths[name], dtype=torch.int64, device=x.device)
-        if tuple(lens.shape) != (x.shape[0],):
-            raise ValueError(f"lengths[{name!r}]: shape {list(lens.shape)}, not [{x.shape[0]}]")
         return lengths_to_mask(lens, x.shape[1], side)
-    raise ValueError(f"input `{name}` is masked: pass lengths={{{name!r}: ...}} or masks=")
+    raise InputError(f"input `{name}` is masked: pass lengths={{{name!r}: ...}} or masks=")
 
 
 def check_lengths(name: str, lengths: Mapping | None, steps: int, nonempty: bool) -> None:
     """debug: the lengths of a `masked` input lie in [0, T] ([1, T] if declared nonempty)."""
-    if lengths is None or name not in lengths:
+    if lengths is None or lengths.get(name) is None:
         return
-    lens = torch.as_tensor(lengths[name])
-    low = 1 if nonempty else 0
-    if bool(((lens < low) | (lens > steps)).any()):
-        raise ValueError(f"input `{name}`: lengths must lie in [{low}, {steps}]: {lens.tolist()}")
+    lens = lengths[name]
+    lens = lens.detach().cpu().numpy() if isinstance(lens, Tensor) else np.asarray(lens)
+    check_lengths_values(name, lens, steps, nonempty)
 
 
 def check_mask(mask: Tensor, side: str, nonempty: bool, where: str, promise: str) -> None:
-    """debug: raise ValueError unless `mask` has its declared kind. post: the valid
+    """debug: raise InputError unless `mask` has its declared kind. post: the valid
     steps of each row form a prefix; pre: a suffix; nonempty: no row is fully masked."""
     mask = mask.detach().cpu()
     bad, what = None, ""
@@ -184,11 +167,11 @@ def check_mask(mask: Tensor, side: str, nonempty: bool, where: str, promise: str
     if bad is not None and bool(bad.any()):
         row, step = (int(i) for i in bad.nonzero()[0])
         problem = f"the mask is not `{side}`: in row {row}, {what} at step {step + 1}"
-        raise ValueError(f"{where}: {problem}; {promise}")
+        raise InputError(f"{where}: {problem}; {promise}")
     if nonempty and not bool(mask.any(1).all()):
         row = int((~mask.any(1)).nonzero()[0, 0])
         problem = f"row {row} has no valid step, but the mask is declared nonempty"
-        raise ValueError(f"{where}: {problem}; {promise}")
+        raise InputError(f"{where}: {problem}; {promise}")
 
 
 def all_valid(x: Tensor) -> Tensor:
@@ -1154,14 +1137,27 @@ class Extern(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Keras' Embedding: embeddings [input_dim, output_dim]; the vector of id 0 is not zeroed."""
+    """Keras' Embedding: embeddings [input_dim, output_dim]; the vector of id 0 is not
+    zeroed. An id out of the table is an InputError naming the layer (`name`) in eager
+    calls (torch's own error names nothing); traced, torch's gather decides."""
 
-    def __init__(self, input_dim: int, output_dim: int):
+    def __init__(self, input_dim: int, output_dim: int, name: str = "Embedding"):
         super().__init__()
+        self.name = name
         self.embeddings = nn.Parameter(torch.zeros(input_dim, output_dim))
 
     def forward(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids.long(), self.embeddings)
+        if tracing():
+            return F.embedding(ids.long(), self.embeddings)
+        try:
+            return F.embedding(ids.long(), self.embeddings)
+        except IndexError:  # an id out of range: torch names no input, no id
+            n = self.embeddings.shape[0]
+            bad = ids[(ids < 0) | (ids >= n)]
+            raise InputError(
+                f"{self.name}: ids must lie in [0, {n}), got {bad.flatten()[0].item()} "
+                f"(ids range {ids.min().item()}..{ids.max().item()})"
+            ) from None
 
 
 class Dense(nn.Module):
@@ -1591,14 +1587,16 @@ class MultiHeadAttention(nn.Module):
 class SeqdslModule(nn.Module):
     """The base of a generated model: canonical weights, pad() and reset_states(),
     from the tables its subclass sets. ``anchor`` follows .to(): the dtype and device
-    that inputs are cast to; ``debug = True`` checks the declared mask kinds."""
+    that inputs are cast to. Every call checks the inputs' shapes and dtypes
+    (check_inputs); ``debug = True`` (or ``build(..., debug=True)``) also checks
+    their values: lengths in range, ids in range, the declared mask kinds."""
 
     #: canonical key "layer/weight" -> its state_dict key, in Keras' get_weights() order
     #: (the submodule path differs from the canonical one where a name would collide
     #: with an nn.Module attribute: Bidirectional's forward_layer / backward_layer)
     WEIGHTS: Mapping[str, str] = {}
-    #: declared shapes: a symbol, a size or None (`_`) per axis
-    SHAPES: Mapping[str, tuple[Any, ...]] = {}
+    #: declared inputs: (dtype, dims), a symbol, a size or None (`_`) per axis
+    INPUTS: Mapping[str, tuple[str, tuple[Any, ...]]] = {}
     #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time symbol)
     PADS: Mapping[str, tuple[Any, ...]] = {}
     #: the stateful layers (their submodule names)
@@ -1613,26 +1611,39 @@ class SeqdslModule(nn.Module):
         """Pad ragged data by the pad(...) declarations: keras.utils.pad_sequences in the
         declared dtype, one list of sequences per padded input, in declaration order.
         Inputs that share a time symbol are padded to one length. Returns (batch, lengths)
-        for one padded input, a tuple of such pairs for several."""
+        for one padded input, a tuple of such pairs for several: torch tensors here (JAX
+        and Keras models return NumPy arrays; every backend's model takes either)."""
         out = [
             (torch.from_numpy(batch), torch.from_numpy(lengths))
             for batch, lengths in pad_inputs(self.PADS, raw, np.int64)
         ]
         return out[0] if len(out) == 1 else tuple(out)
 
-    def load_canonical(self, weights: Mapping[str, Any]) -> None:
-        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same dtype)."""
-        missing = [key for key in self.WEIGHTS if key not in weights]
-        unexpected = [key for key in weights if key not in self.WEIGHTS]
-        if missing or unexpected:
-            raise KeyError(f"weights: missing {missing}, unexpected {unexpected}")
+    def load_canonical(self, weights: Any) -> None:
+        """Load {"layer/weight": array} in the canonical layout (bit-exact in the same
+        dtype), the (weights, metadata) of load_weights, or a
+        weights file's path. All or nothing: every key and shape is checked before
+        any weight changes (WeightsFileError naming the keys or the shape)."""
+        weights = canonical_mapping(weights)
+        check_weight_keys(list(self.WEIGHTS), weights, type(self).__name__)
         state = self.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for key, state_key in self.WEIGHTS.items():
-                target = state[state_key]
+        values = []
+        for key, state_key in self.WEIGHTS.items():
+            target = state[state_key]
+            try:
                 value = torch.as_tensor(np.asarray(weights[key]))
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"{key}: shape {list(value.shape)}, not {list(target.shape)}")
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise WeightsFileError(f"weight {key}: not an array of numbers ({e})") from None
+            if tuple(value.shape) != tuple(target.shape):
+                raise WeightsFileError(
+                    f"weight {key}: shape {list(value.shape)}, but the model's is "
+                    f"{list(target.shape)}"
+                )
+            if not (value.is_floating_point() or value.dtype == target.dtype):
+                raise WeightsFileError(f"weight {key}: dtype {value.dtype}, not a float dtype")
+            values.append((target, value))
+        with torch.no_grad():
+            for target, value in values:
                 target.copy_(value)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:

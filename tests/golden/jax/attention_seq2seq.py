@@ -122,11 +122,12 @@ def pad(*raw):
     return _pad(PADS, raw)
 
 
-def _check_inputs(*arrays):
+def _check_inputs(*arrays, lengths=None, masks=None):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
-    return _input_symbols(INPUTS, arrays)
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
+    return _input_symbols(INPUTS, arrays, lengths, masks, ())
 
 
 # --------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def apply(
     params, state = variables["params"], variables["state"]
     new_state = dict(state)
     dropout_masks = dropout_masks or {}
-    _check_inputs(source, target)
+    _check_inputs(source, target, lengths=lengths, masks=masks)
 
     source = jnp.asarray(source)  # source: i32[B, S] pad(post, value=0)
     target = jnp.asarray(target)  # target: i32[B, T] pad(post, value=0)

@@ -118,11 +118,12 @@ def pad(*raw):
     return _pad(PADS, raw)
 
 
-def _check_inputs(*arrays):
+def _check_inputs(*arrays, lengths=None, masks=None):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
-    return _input_symbols(INPUTS, arrays)
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
+    return _input_symbols(INPUTS, arrays, lengths, masks, ("frames",))
 
 
 # --------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def apply(
     lengths = _named(lengths, ("frames",), "lengths")
     masks = _named(masks, ("frames",), "masks")
     dropout_masks = dropout_masks or {}
-    _check_inputs(frames)
+    _check_inputs(frames, lengths=lengths, masks=masks)
     dtype = _compute_dtype(params, frames)
 
     frames = jnp.asarray(frames, dtype)  # frames: f32[B, T, 40] pad(post) masked

@@ -196,11 +196,12 @@ def pad(*raw):
     return _pad(PADS, raw)
 
 
-def _check_inputs(*arrays):
+def _check_inputs(*arrays, lengths=None, masks=None):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
-    return _input_symbols(INPUTS, arrays)
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
+    return _input_symbols(INPUTS, arrays, lengths, masks, ("x",))
 
 
 # --------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def apply(
     lengths = _named(lengths, ("x",), "lengths")
     masks = _named(masks, ("x",), "masks")
     dropout_masks = dropout_masks or {}
-    _check_inputs(x)
+    _check_inputs(x, lengths=lengths, masks=masks)
     dtype = _compute_dtype(params, x)
 
     x = jnp.asarray(x, dtype)  # x: f32[B, T, 6] masked

@@ -116,13 +116,14 @@ def pad(*raw):
     return _pad(PADS, raw)
 
 
-def _check_inputs(*arrays):
+def _check_inputs(*arrays, lengths=None, masks=None):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
-    env = _input_symbols(INPUTS, arrays)
-    if "T" in env and not _divisible(env["T"], 2, "TemporalSplit: T must be divisible by 2"):
-        raise ValueError(f"TemporalSplit: T must be divisible by 2 (T = {env['T']})")
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
+    env = _input_symbols(INPUTS, arrays, lengths, masks, ())
+    if "T" in env:
+        _divisible(env["T"], 2, "TemporalSplit: T must be divisible by 2", f"T = {env['T']}")
     return env
 
 
@@ -162,7 +163,7 @@ def apply(
     params, state = variables["params"], variables["state"]
     new_state = dict(state)
     dropout_masks = dropout_masks or {}
-    _check_inputs(tokens)
+    _check_inputs(tokens, lengths=lengths, masks=masks)
 
     tokens = jnp.asarray(tokens)  # tokens: i32[B, T] pad(post, value=0, nonempty=true)
 

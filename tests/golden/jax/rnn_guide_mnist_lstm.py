@@ -109,11 +109,12 @@ def pad(*raw):
     return _pad(PADS, raw)
 
 
-def _check_inputs(*arrays):
+def _check_inputs(*arrays, lengths=None, masks=None):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
-    return _input_symbols(INPUTS, arrays)
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
+    return _input_symbols(INPUTS, arrays, lengths, masks, ())
 
 
 # --------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def apply(
     params, state = variables["params"], variables["state"]
     new_state = dict(state)
     dropout_masks = dropout_masks or {}
-    _check_inputs(rows)
+    _check_inputs(rows, lengths=lengths, masks=masks)
     dtype = _compute_dtype(params, rows)
 
     rows = jnp.asarray(rows, dtype)  # rows: f32[B, T, 28]

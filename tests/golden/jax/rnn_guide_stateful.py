@@ -97,11 +97,12 @@ def pad(*raw):
     return _pad(PADS, raw)
 
 
-def _check_inputs(*arrays):
+def _check_inputs(*arrays, lengths=None, masks=None):
     """Static checks (shapes are known at trace time, also under jax.jit): ranks,
-    declared sizes, symbols agreeing across inputs (B, T, ...) and the
-    checker's run-time constraints. Returns the symbol values."""
-    return _input_symbols(INPUTS, arrays)
+    declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
+    lengths and masks, and the checker's run-time constraints. Returns the
+    symbol values."""
+    return _input_symbols(INPUTS, arrays, lengths, masks, ())
 
 
 # --------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def apply(
     params, state = variables["params"], variables["state"]
     new_state = dict(state)
     dropout_masks = dropout_masks or {}
-    _check_inputs(paragraph)
+    _check_inputs(paragraph, lengths=lengths, masks=masks)
     dtype = _compute_dtype(params, paragraph)
 
     paragraph = jnp.asarray(paragraph, dtype)  # paragraph: f32[20, 10, 50]

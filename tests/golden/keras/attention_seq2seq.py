@@ -50,6 +50,34 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "source": ("i32", ("B", "S")),
+    "target": ("i32", ("B", "T")),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = (
+    ("ids", "source", 1000, "src_embedding"),
+    (
+        "mask",
+        "src_embedding_mask",
+        "post",
+        False,
+        "src_embedding: Embedding(mask_zero=true)",
+        "`source` declares pad(post, value=0): id 0 must occur only as padding",
+    ),
+    ("ids", "target", 2000, "tgt_embedding"),
+    (
+        "mask",
+        "tgt_embedding_mask",
+        "post",
+        False,
+        "tgt_embedding: Embedding(mask_zero=true)",
+        "`target` declares pad(post, value=0): id 0 must occur only as padding",
+    ),
+)
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "source": ("post", 0.0, None, "pre", "int32", "S"),
@@ -80,6 +108,8 @@ class AttentionSeq2Seq(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

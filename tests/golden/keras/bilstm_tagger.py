@@ -68,6 +68,23 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "frames": ("f32", ("B", "T", 40)),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = (
+    (
+        "mask",
+        "x_masking_mask",
+        "post",
+        False,
+        "x_masking: Masking(mask_value=0)",
+        "`frames` declares pad(post, value=0): a step of all 0 must occur only as padding",
+    ),
+)
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "frames": ("post", 0.0, None, "pre", "float32", "T"),
@@ -97,6 +114,8 @@ class BiLstmTagger(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
     #: `with model.dropout_masks({key: keep}):` fixed dropout keep-masks
     dropout_masks = dropout_masks

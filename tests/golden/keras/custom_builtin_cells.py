@@ -58,6 +58,15 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "x": ("f32", ("B", "T", 6)),
+    "x_mask": ("mask", ("B", "T")),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = ()
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {}
 
@@ -234,6 +243,8 @@ class CellsAsLayers(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

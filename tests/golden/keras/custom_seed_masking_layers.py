@@ -60,6 +60,14 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "tokens": ("i32", ("B", "T")),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = ()
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "tokens": ("post", 0.0, None, "pre", "int32", "T"),
@@ -214,6 +222,8 @@ class SeedMasking(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     EXTERNS = EXTERNS
     pad = staticmethod(pad)
 

@@ -46,6 +46,24 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "tokens": ("i32", ("B", 100)),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = (
+    ("ids", "tokens", 20000, "x_embedding"),
+    (
+        "mask",
+        "x_embedding_mask",
+        "pre",
+        False,
+        "x_embedding: Embedding(mask_zero=true)",
+        "`tokens` declares pad(pre, value=0): id 0 must occur only as padding",
+    ),
+)
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "tokens": ("pre", 0.0, 100, "pre", "int32", 100),
@@ -75,6 +93,8 @@ class PrePaddedGru(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

@@ -56,6 +56,24 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "tokens": ("i32", ("B", "T")),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = (
+    ("ids", "tokens", 5000, "emb_embedding"),
+    (
+        "mask",
+        "emb_embedding_mask",
+        "post",
+        True,
+        "emb_embedding: Embedding(mask_zero=true)",
+        "`tokens` declares pad(post, value=0): id 0 must occur only as padding",
+    ),
+)
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "tokens": ("post", 0.0, None, "pre", "int32", "T"),
@@ -85,6 +103,8 @@ class TemporalSplitDemo(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

@@ -44,6 +44,14 @@ STATEFUL = ("output_state_lstm",)
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "paragraph": ("f32", (20, 10, 50)),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = ()
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {}
 
@@ -71,6 +79,8 @@ class StatefulParagraphs(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

@@ -45,6 +45,24 @@ STATEFUL = ()
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "tokens": ("i32", ("B", "T")),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = (
+    ("ids", "tokens", 5000, "x_embedding"),
+    (
+        "mask",
+        "x_embedding_mask",
+        "post",
+        False,
+        "x_embedding: Embedding(mask_zero=true)",
+        "`tokens` declares pad(post, value=0): id 0 must occur only as padding",
+    ),
+)
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "tokens": ("post", 0.0, None, "pre", "int32", "T"),
@@ -74,6 +92,8 @@ class Sentiment(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

@@ -44,6 +44,15 @@ STATEFUL = ("lstm_layer",)
 #: layers called with `training=` in the .seq source: it wins over the model's flag
 FIXED_TRAINING = ()
 
+#: the Keras inputs as declared, checked at every call: name -> (dtype, dims)
+DECLARED = {
+    "paragraph": ("f32", (20, "T", 50)),
+    "paragraph_lengths": ("i32", (20,)),
+}
+
+#: checks of values: ids (every eager call); lengths, mask kinds (debug mode)
+CHECKS = (("lengths", "paragraph_lengths", "paragraph", False),)
+
 #: pad(...) declarations: input -> (side, value, maxlen, truncate, dtype, time length)
 PADS = {
     "paragraph": ("post", 0.0, None, "pre", "float32", "T"),
@@ -73,6 +82,8 @@ class StatefulParagraphs(SeqdslModel):
     TWIN_ORDER = TWIN_ORDER
     STATEFUL = STATEFUL
     FIXED_TRAINING = FIXED_TRAINING
+    DECLARED = DECLARED
+    CHECKS = CHECKS
     pad = staticmethod(pad)
 
 

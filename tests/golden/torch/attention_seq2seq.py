@@ -17,7 +17,7 @@ from seqdsl.runtime.torch import (
     Dense,
     Embedding,
     SeqdslModule,
-    bind_sizes,
+    check_inputs,
     check_mask,
 )
 
@@ -45,10 +45,10 @@ class AttentionSeq2Seq(SeqdslModule):
         "logits_dense/kernel": "logits_dense.kernel",
         "logits_dense/bias": "logits_dense.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "source": ("B", "S"),
-        "target": ("B", "T"),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "source": ("i32", ("B", "S")),
+        "target": ("i32", ("B", "T")),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "source": ("post", 0, None, "pre", "int32", "S"),
         "target": ("post", 0, None, "pre", "int32", "T"),
@@ -56,7 +56,7 @@ class AttentionSeq2Seq(SeqdslModule):
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.src_embedding = Embedding(1000, 32)
+        self.src_embedding = Embedding(1000, 32, name="src_embedding")
         self.encoder = LSTM(
             "encoder",
             32,
@@ -66,7 +66,7 @@ class AttentionSeq2Seq(SeqdslModule):
             return_sequences=True,
             return_state=True,
         )
-        self.tgt_embedding = Embedding(2000, 32)
+        self.tgt_embedding = Embedding(2000, 32, name="tgt_embedding")
         self.decoder = LSTM("decoder", 32, 64, mask_side="post", return_sequences=True)
         self.context_attention = Attention("context_attention")
         self.logits_dense = Dense(128, 2000)
@@ -74,9 +74,9 @@ class AttentionSeq2Seq(SeqdslModule):
 
     def forward(self, source, target, *, lengths=None, masks=None, dropout_masks=None):
         device = self.anchor.device
+        check_inputs(self.INPUTS, {"source": source, "target": target}, lengths, masks, ())
         source = torch.as_tensor(source, device=device)
         target = torch.as_tensor(target, device=device)
-        bind_sizes({"source": source, "target": target}, self.SHAPES)
         src = self.src_embedding(source)
         src_mask = source != 0  # Embedding(mask_zero=true): id 0 is padding
         if self.debug:  # `post` rests on the declaration of `source`

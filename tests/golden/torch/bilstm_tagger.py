@@ -16,7 +16,7 @@ from seqdsl.runtime.torch import (
     Bidirectional,
     Dense,
     SeqdslModule,
-    bind_sizes,
+    check_inputs,
     check_mask,
     dropout,
     softmax,
@@ -49,9 +49,9 @@ class BiLstmTagger(SeqdslModule):
         "tags_time_distributed/kernel": "tags_time_distributed.kernel",
         "tags_time_distributed/bias": "tags_time_distributed.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "frames": ("B", "T", 40),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "frames": ("f32", ("B", "T", 40)),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "frames": ("post", 0.0, None, "pre", "float32", "T"),
     }  # side, value, maxlen, truncate, dtype, time symbol
@@ -89,8 +89,8 @@ class BiLstmTagger(SeqdslModule):
 
     def forward(self, frames, *, lengths=None, masks=None, dropout_masks=None):
         device, dtype = self.anchor.device, self.anchor.dtype
+        check_inputs(self.INPUTS, {"frames": frames}, lengths, masks, ())
         frames = torch.as_tensor(frames, dtype=dtype, device=device)
-        bind_sizes({"frames": frames}, self.SHAPES)
         # Masking(0): a step whose features all equal 0 is masked, and zeroed
         x_masking_mask = (frames != 0.0).any(-1)
         x_masking = torch.where(x_masking_mask[..., None], frames, 0.0)

@@ -16,7 +16,7 @@ from seqdsl.runtime.torch import (
     Bidirectional,
     CellRNN,
     SeqdslModule,
-    bind_sizes,
+    check_inputs,
     check_lengths,
     input_mask,
 )
@@ -174,9 +174,9 @@ class CellsAsLayers(SeqdslModule):
         "d_bidirectional/backward/recurrent_kernel": "d_bidirectional.backward_layer.recurrent_kernel",
         "d_bidirectional/backward/bias": "d_bidirectional.backward_layer.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "x": ("B", "T", 6),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "x": ("f32", ("B", "T", 6)),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
@@ -198,12 +198,12 @@ class CellsAsLayers(SeqdslModule):
 
     def forward(self, x, *, lengths=None, masks=None, dropout_masks=None):
         device, dtype = self.anchor.device, self.anchor.dtype
-        x = torch.as_tensor(x, dtype=dtype, device=device)
-        bind_sizes({"x": x}, self.SHAPES)
         if lengths is not None and not isinstance(lengths, dict):
             lengths = {"x": lengths}
         if masks is not None and not isinstance(masks, dict):
             masks = {"x": masks}
+        check_inputs(self.INPUTS, {"x": x}, lengths, masks, ("x",))
+        x = torch.as_tensor(x, dtype=dtype, device=device)
         x_mask = input_mask("x", x, "post", lengths, masks)  # kind any; lengths give post masks
         if self.debug:  # the declared mask kinds hold
             check_lengths("x", lengths, x.shape[1], False)

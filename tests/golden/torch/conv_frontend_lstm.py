@@ -16,7 +16,7 @@ from seqdsl.runtime.torch import (
     Conv1D,
     Dense,
     SeqdslModule,
-    bind_sizes,
+    check_inputs,
     check_lengths,
     check_mask,
     input_mask,
@@ -45,9 +45,9 @@ class ConvFrontend(SeqdslModule):
         "logits_dense/kernel": "logits_dense.kernel",
         "logits_dense/bias": "logits_dense.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "frames": ("B", "T", 40),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "frames": ("f32", ("B", "T", 40)),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "frames": ("post", 0.0, None, "pre", "float32", "T"),
     }  # side, value, maxlen, truncate, dtype, time symbol
@@ -62,12 +62,12 @@ class ConvFrontend(SeqdslModule):
 
     def forward(self, frames, *, lengths=None, masks=None, dropout_masks=None):
         device, dtype = self.anchor.device, self.anchor.dtype
-        frames = torch.as_tensor(frames, dtype=dtype, device=device)
-        bind_sizes({"frames": frames}, self.SHAPES)
         if lengths is not None and not isinstance(lengths, dict):
             lengths = {"frames": lengths}
         if masks is not None and not isinstance(masks, dict):
             masks = {"frames": masks}
+        check_inputs(self.INPUTS, {"frames": frames}, lengths, masks, ("frames",))
+        frames = torch.as_tensor(frames, dtype=dtype, device=device)
         frames_mask = input_mask("frames", frames, "post", lengths, masks)  # post padding
         if self.debug:  # the declared mask kinds hold
             check_lengths("frames", lengths, frames.shape[1], False)

@@ -11,7 +11,7 @@ rolls or compactions as the comments say.
 
 import torch
 
-from seqdsl.runtime.torch import GRU, Dense, Embedding, SeqdslModule, bind_sizes, check_mask
+from seqdsl.runtime.torch import GRU, Dense, Embedding, SeqdslModule, check_inputs, check_mask
 
 
 class PrePaddedGru(SeqdslModule):
@@ -32,24 +32,24 @@ class PrePaddedGru(SeqdslModule):
         "score_dense/kernel": "score_dense.kernel",
         "score_dense/bias": "score_dense.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "tokens": ("B", 100),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "tokens": ("i32", ("B", 100)),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "tokens": ("pre", 0, 100, "pre", "int32", None),
     }  # side, value, maxlen, truncate, dtype, time symbol
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.x_embedding = Embedding(20000, 64)
+        self.x_embedding = Embedding(20000, 64, name="x_embedding")
         self.x_gru = GRU("x_gru", 64, 64, mask_side="pre")
         self.score_dense = Dense(64, 1, activation=torch.sigmoid)
         self.to(dtype)
 
     def forward(self, tokens, *, lengths=None, masks=None, dropout_masks=None):
         device = self.anchor.device
+        check_inputs(self.INPUTS, {"tokens": tokens}, lengths, masks, ())
         tokens = torch.as_tensor(tokens, device=device)
-        bind_sizes({"tokens": tokens}, self.SHAPES)
         x_embedding = self.x_embedding(tokens)
         x_embedding_mask = tokens != 0  # Embedding(mask_zero=true): id 0 is padding
         if self.debug:  # `pre` rests on the declaration of `tokens`

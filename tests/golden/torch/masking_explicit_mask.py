@@ -11,7 +11,7 @@ rolls or compactions as the comments say.
 
 import torch
 
-from seqdsl.runtime.torch import LSTM, Embedding, SeqdslModule, bind_sizes
+from seqdsl.runtime.torch import LSTM, Embedding, SeqdslModule, check_inputs
 
 
 class ExplicitMask(SeqdslModule):
@@ -31,22 +31,22 @@ class ExplicitMask(SeqdslModule):
         "out_lstm/recurrent_kernel": "out_lstm.recurrent_kernel",
         "out_lstm/bias": "out_lstm.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "tokens": ("B", "T"),
-        "m": ("B", "T"),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "tokens": ("i32", ("B", "T")),
+        "m": ("mask", ("B", "T")),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.x_embedding = Embedding(5000, 16)
+        self.x_embedding = Embedding(5000, 16, name="x_embedding")
         self.out_lstm = LSTM("out_lstm", 16, 32, mask_side="any")
         self.to(dtype)
 
     def forward(self, tokens, m, *, lengths=None, masks=None, dropout_masks=None):
         device = self.anchor.device
+        check_inputs(self.INPUTS, {"tokens": tokens, "m": m}, lengths, masks, ())
         tokens = torch.as_tensor(tokens, device=device)
         m = torch.as_tensor(m, dtype=torch.bool, device=device)
-        bind_sizes({"tokens": tokens, "m": m}, self.SHAPES)
         x = self.x_embedding(tokens)
         # mask with gaps: valid steps compacted to the front, torch.lstm, scattered back
         # in inference the rows are packed instead when pack_rows() says it pays

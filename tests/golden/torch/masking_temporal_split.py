@@ -11,7 +11,7 @@ rolls or compactions as the comments say.
 
 import torch
 
-from seqdsl.runtime.torch import LSTM, Embedding, SeqdslModule, bind_sizes, check_mask
+from seqdsl.runtime.torch import LSTM, Embedding, InputError, SeqdslModule, check_inputs, check_mask
 
 
 class TemporalSplitDemo(SeqdslModule):
@@ -36,16 +36,16 @@ class TemporalSplitDemo(SeqdslModule):
         "both_lstm/recurrent_kernel": "both_lstm.recurrent_kernel",
         "both_lstm/bias": "both_lstm.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "tokens": ("B", "T"),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "tokens": ("i32", ("B", "T")),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "tokens": ("post", 0, None, "pre", "int32", "T"),
     }  # side, value, maxlen, truncate, dtype, time symbol
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.emb_embedding = Embedding(5000, 16)
+        self.emb_embedding = Embedding(5000, 16, name="emb_embedding")
         self.head_lstm = LSTM("head_lstm", 16, 32, mask_side="post")
         self.tail_lstm = LSTM("tail_lstm", 16, 32, mask_side="post")
         self.both_lstm = LSTM("both_lstm", 16, 32, mask_side="any")
@@ -53,10 +53,10 @@ class TemporalSplitDemo(SeqdslModule):
 
     def forward(self, tokens, *, lengths=None, masks=None, dropout_masks=None):
         device = self.anchor.device
+        sizes = check_inputs(self.INPUTS, {"tokens": tokens}, lengths, masks, ())
         tokens = torch.as_tensor(tokens, device=device)
-        sizes = bind_sizes({"tokens": tokens}, self.SHAPES)
         if sizes["T"] % 2:  # a run-time constraint
-            raise ValueError(f"T = {sizes['T']}, but TemporalSplit (line 15) needs T % 2 == 0")
+            raise InputError(f"T = {sizes['T']}, but TemporalSplit (line 15) needs T % 2 == 0")
         emb = self.emb_embedding(tokens)
         emb_mask = tokens != 0  # Embedding(mask_zero=true): id 0 is padding
         if self.debug:  # `post` rests on the declaration of `tokens`

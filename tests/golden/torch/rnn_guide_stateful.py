@@ -11,7 +11,7 @@ rolls or compactions as the comments say.
 
 import torch
 
-from seqdsl.runtime.torch import LSTM, SeqdslModule, bind_sizes
+from seqdsl.runtime.torch import LSTM, SeqdslModule, check_inputs
 
 
 class StatefulParagraphs(SeqdslModule):
@@ -29,9 +29,9 @@ class StatefulParagraphs(SeqdslModule):
         "output_state_lstm/recurrent_kernel": "output_state_lstm.recurrent_kernel",
         "output_state_lstm/bias": "output_state_lstm.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "paragraph": (20, 10, 50),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "paragraph": ("f32", (20, 10, 50)),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     STATEFUL = ("output_state_lstm",)  # stateful layers: reset_states() zeroes them
 
     def __init__(self, dtype=torch.float32):
@@ -41,8 +41,8 @@ class StatefulParagraphs(SeqdslModule):
 
     def forward(self, paragraph, *, lengths=None, masks=None, dropout_masks=None):
         device, dtype = self.anchor.device, self.anchor.dtype
+        check_inputs(self.INPUTS, {"paragraph": paragraph}, lengths, masks, ())
         paragraph = torch.as_tensor(paragraph, dtype=dtype, device=device)
-        bind_sizes({"paragraph": paragraph}, self.SHAPES)
         # no mask: torch.lstm on the whole batch
         output_state = self.output_state_lstm(paragraph)
         return output_state

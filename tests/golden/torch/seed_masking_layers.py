@@ -13,7 +13,15 @@ rolls or compactions as the comments say.
 import seed_externs  # noqa: F401 (registers extern implementations)
 import torch
 
-from seqdsl.runtime.torch import LSTM, Dense, Extern, SeqdslModule, bind_sizes, check_mask
+from seqdsl.runtime.torch import (
+    LSTM,
+    Dense,
+    Extern,
+    InputError,
+    SeqdslModule,
+    check_inputs,
+    check_mask,
+)
 
 
 class SeedMasking(SeqdslModule):
@@ -34,9 +42,9 @@ class SeedMasking(SeqdslModule):
         "s_dense/kernel": "s_dense.kernel",
         "s_dense/bias": "s_dense.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "tokens": ("B", "T"),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "tokens": ("i32", ("B", "T")),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "tokens": ("post", 0, None, "pre", "int32", "T"),
     }  # side, value, maxlen, truncate, dtype, time symbol
@@ -89,10 +97,10 @@ class SeedMasking(SeqdslModule):
 
     def forward(self, tokens, *, lengths=None, masks=None, dropout_masks=None):
         device = self.anchor.device
+        sizes = check_inputs(self.INPUTS, {"tokens": tokens}, lengths, masks, ())
         tokens = torch.as_tensor(tokens, device=device)
-        sizes = bind_sizes({"tokens": tokens}, self.SHAPES)
         if sizes["T"] % 2:  # a run-time constraint
-            raise ValueError(f"T = {sizes['T']}, but MyTemporalSplit (line 33) needs T % 2 == 0")
+            raise InputError(f"T = {sizes['T']}, but MyTemporalSplit (line 33) needs T % 2 == 0")
         # extern layer MyEmbedding (mask: generate)
         x_my_embedding = self.x_my_embedding(tokens, training=self.training)
         x_my_embedding_mask = tokens != 0  # MyEmbedding: mask: generate(x != 0)

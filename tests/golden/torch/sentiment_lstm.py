@@ -11,7 +11,7 @@ rolls or compactions as the comments say.
 
 import torch
 
-from seqdsl.runtime.torch import LSTM, Embedding, SeqdslModule, bind_sizes, check_mask
+from seqdsl.runtime.torch import LSTM, Embedding, SeqdslModule, check_inputs, check_mask
 
 
 class Sentiment(SeqdslModule):
@@ -30,23 +30,23 @@ class Sentiment(SeqdslModule):
         "x_lstm/recurrent_kernel": "x_lstm.recurrent_kernel",
         "x_lstm/bias": "x_lstm.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "tokens": ("B", "T"),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "tokens": ("i32", ("B", "T")),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "tokens": ("post", 0, None, "pre", "int32", "T"),
     }  # side, value, maxlen, truncate, dtype, time symbol
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
-        self.x_embedding = Embedding(5000, 16)
+        self.x_embedding = Embedding(5000, 16, name="x_embedding")
         self.x_lstm = LSTM("x_lstm", 16, 32, mask_side="post")
         self.to(dtype)
 
     def forward(self, tokens, *, lengths=None, masks=None, dropout_masks=None):
         device = self.anchor.device
+        check_inputs(self.INPUTS, {"tokens": tokens}, lengths, masks, ())
         tokens = torch.as_tensor(tokens, device=device)
-        bind_sizes({"tokens": tokens}, self.SHAPES)
         x_embedding = self.x_embedding(tokens)
         x_embedding_mask = tokens != 0  # Embedding(mask_zero=true): id 0 is padding
         if self.debug:  # `post` rests on the declaration of `tokens`

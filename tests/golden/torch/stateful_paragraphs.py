@@ -14,7 +14,7 @@ import torch
 from seqdsl.runtime.torch import (
     LSTM,
     SeqdslModule,
-    bind_sizes,
+    check_inputs,
     check_lengths,
     check_mask,
     input_mask,
@@ -36,9 +36,9 @@ class StatefulParagraphs(SeqdslModule):
         "lstm_layer/recurrent_kernel": "lstm_layer.recurrent_kernel",
         "lstm_layer/bias": "lstm_layer.bias",
     }  # canonical key: state_dict key, in Keras' get_weights() order
-    SHAPES = {
-        "paragraph": (20, "T", 50),
-    }  # declared shapes: symbols, sizes, None for `_`
+    INPUTS = {
+        "paragraph": ("f32", (20, "T", 50)),
+    }  # declared inputs: dtype, shape (symbols, sizes, None for `_`)
     PADS = {
         "paragraph": ("post", 0.0, None, "pre", "float32", "T"),
     }  # side, value, maxlen, truncate, dtype, time symbol
@@ -59,12 +59,12 @@ class StatefulParagraphs(SeqdslModule):
 
     def forward(self, paragraph, *, lengths=None, masks=None, dropout_masks=None):
         device, dtype = self.anchor.device, self.anchor.dtype
-        paragraph = torch.as_tensor(paragraph, dtype=dtype, device=device)
-        bind_sizes({"paragraph": paragraph}, self.SHAPES)
         if lengths is not None and not isinstance(lengths, dict):
             lengths = {"paragraph": lengths}
         if masks is not None and not isinstance(masks, dict):
             masks = {"paragraph": masks}
+        check_inputs(self.INPUTS, {"paragraph": paragraph}, lengths, masks, ("paragraph",))
+        paragraph = torch.as_tensor(paragraph, dtype=dtype, device=device)
         paragraph_mask = input_mask("paragraph", paragraph, "post", lengths, masks)  # post padding
         if self.debug:  # the declared mask kinds hold
             check_lengths("paragraph", lengths, paragraph.shape[1], False)
