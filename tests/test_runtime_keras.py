@@ -354,6 +354,9 @@ def _examples() -> dict[str, Any]:
         "NestedRNN": rt.NestedRNN(layers.LSTMCell(2)),
         "MaskedNestedRNN": rt.MaskedNestedRNN(layers.LSTMCell(2), mask_side="pre"),
         "NotEqualMask": rt.NotEqualMask(3),
+        "StatefulBidirectional": rt.StatefulBidirectional(
+            layers.LSTM(2, stateful=True, return_state=True), merge_mode="sum"
+        ),
         "_FlatCell": rt._FlatCell(layers.LSTMCell(2), input_shapes=[(3,)]),
     }
 
