@@ -949,7 +949,7 @@ def _merge_rule(
             d = t.shape[axis]
             total = None if (d is None or total is None) else total + d
         shape = (*first.shape[:axis], total, *first.shape[axis + 1 :])
-        if axis == 1 and first.rank >= 3:
+        if axis == 1:  # in time (a rank-2 value's last axis is its time axis)
             mask = _concat_time_kind(ins)
             return [TensorType(first.dtype, shape, mask, _first_padded(ins))]
     else:

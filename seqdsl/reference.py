@@ -1449,7 +1449,7 @@ def _concat(cfg: Cfg, xs: Sequence[Array], ms: Sequence[Mask]) -> list[Value]:
     else:
         axis = cfg.integer("axis") % rank
     out = np.concatenate(xs, axis=axis)
-    if axis == 1 and rank >= 3:
+    if axis == 1:  # in time, also for rank 2 (ids [B, T]): the masks are joined
         if all(m is None for m in ms):
             return [(out, None)]
         parts = [

@@ -331,6 +331,14 @@ class _Emitter:
             self.snippets.add("F")
         return expr
 
+    def cell_act(self, name: str) -> str:
+        """An activation a recurrent cell calls: a callable also for linear."""
+        expr = self.act(name)
+        if expr is None:
+            self.snippets.add("linear")
+            return "linear"
+        return expr
+
     def tensor(self, value: str) -> TensorType:
         t = self.model.types[value]
         assert isinstance(t, TensorType)
@@ -965,10 +973,10 @@ class _Emitter:
             cell_opts.append("reset_after=False")
         act = cell_cfg.text("activation")
         if act != "tanh":
-            cell_opts.append(f"activation={self.act(act)}")
+            cell_opts.append(f"activation={self.cell_act(act)}")
         if cell != "simple_rnn" and cell_cfg.text("recurrent_activation") != "sigmoid":
             cell_opts.append(
-                f"recurrent_activation={self.act(cell_cfg.text('recurrent_activation'))}"
+                f"recurrent_activation={self.cell_act(cell_cfg.text('recurrent_activation'))}"
             )
         cls = _CELL_CLASS[cell]
         self.snippets.add(cls)
