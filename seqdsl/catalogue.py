@@ -1127,6 +1127,13 @@ def _reshape_rule(
             )
         if -1 in target:
             out = [Dim.of(n // known) if x == -1 else Dim.of(x) for x in target]
+    elif size is not None and -1 in target:
+        # symbolic (`[B, T, 3]` to `[-1, 1]`: 3*T): later rules (an explicit mask's time,
+        # a merge) see the size instead of an unknown; a size that is not a multiple of
+        # the known part for every T (`T - 1` values into `[2, -1]`) is a run-time
+        # constraint, as TemporalSplit's
+        q = ctx.exact(size, known, f"Reshape to {list(target)}: the values per example")
+        out = [q if x == -1 else Dim.of(x) for x in target]
     return [TensorType(t.dtype, (t.batch, *out))]
 
 

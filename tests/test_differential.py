@@ -292,3 +292,104 @@ def test_identity_and_orthogonal_initializers_need_their_shapes(layer: str, weig
             layer, "Dense(3, kernel_initializer=identity) -> LSTM(2, kernel_initializer=orthogonal)"
         )
     )
+
+
+def test_an_explicit_mask_must_match_a_reshaped_time_axis() -> None:
+    """Found by the campaign (program 665): `Reshape([-1, 1])` of `[B, T, 3]` had an
+    unknown time, so `mask=m` with `m: mask[B, T]` passed the checker; torch and Keras
+    then ran a 12-step mask on a 36-step sequence, JAX failed inside lax.scan and the
+    reference with an IndexError. The checker now knows the time is `3*T` (SEQ503)."""
+    src = """
+model M {
+    input x: f32[B, T, 3]
+    input m: mask[B, T]
+    v = x -> Reshape([-1, 1])
+    y = LSTM(4)(v, mask=m)
+    output y
+}
+"""
+    with pytest.raises(SeqError) as e:
+        seqdsl.loads(src)
+    (d,) = [d for d in e.value.diagnostics if d.is_error]
+    assert d.code == "SEQ503" and "`3*T`" in d.message
+    ok = src.replace("Reshape([-1, 1])", "Reshape([-1, 3])")  # T steps again
+    assert str(seqdsl.loads(ok).model().types["v"]) == "f32[B, T, 3]"
+    agree(ok, difftest.BACKENDS)
+
+
+UNKNOWN_TIME_MASK = """
+model M {
+    input x: f32[B, _, 3]
+    input m: mask[B, T]
+    y = LSTM(4)(x, mask=m)
+    output y
+}
+"""
+
+
+def test_reference_rejects_a_mask_of_another_length() -> None:
+    m = seqdsl.loads(UNKNOWN_TIME_MASK).model()
+    x, mask = np.zeros((3, 12, 3)), np.ones((3, 4), bool)
+    with pytest.raises(difftest.ReferenceError, match="mask `m` has shape"):
+        difftest.run_reference(m, difftest.make_weights(m, 0), [x, mask])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a mask whose time differs from an unknown (`_`) time axis of the value it "
+    "masks: torch and Keras run it silently (12 steps, 4 mask steps), JAX fails inside "
+    "lax.scan. A run-time check belongs to the input validation being reworked in "
+    "seqdsl/runtime/* (issue 12); not fixed here",
+)
+@pytest.mark.parametrize("backend", difftest.BACKENDS)
+def test_backends_reject_a_mask_of_another_length(backend: str) -> None:
+    prog = seqdsl.loads(UNKNOWN_TIME_MASK)
+    m = prog.model()
+    d = difftest.Data([np.zeros((3, 12, 3)), np.ones((3, 4), bool)], {}, {})
+    with pytest.raises(Exception, match="`m`"):  # naming the mask
+        difftest.RUNNERS[backend](prog, m, difftest.make_weights(m, 0), d)
+
+
+RESHAPE_AFTER_CONV = """
+model M {
+    input x: f32[B, T, 3]
+    v = x -> Conv1D(1, 2)
+    y = v -> Reshape([2, -1])
+    output y
+}
+"""
+
+
+def test_a_reshape_of_a_symbolic_size_is_a_run_time_constraint() -> None:
+    """Found by the campaign (program 901): `T - 1` values reshaped to `[2, -1]` passed
+    the checker with no constraint; with T = 12 the reference failed in NumPy and each
+    backend in its own reshape. Now `(T - 1) % 2 == 0` is a run-time constraint, as a
+    TemporalSplit's divisibility: torch and JAX reject T = 12 naming it, the reference
+    raises ReferenceError, and T = 13 runs the same everywhere."""
+    m = seqdsl.loads(RESHAPE_AFTER_CONV).model()
+    assert [f"{c.dim} % {c.divisor}" for c in m.constraints] == ["T - 1 % 2"]
+    assert str(m.types["y"]) == "f32[B, 2, T/2 - 1/2]"
+    w = difftest.make_weights(m, 0)
+    bad = difftest.Data([np.zeros((3, 12, 3))], {}, {})
+    with pytest.raises(difftest.ReferenceError, match="11 values per example"):
+        difftest.run_reference(m, w, bad.inputs)
+    prog = seqdsl.loads(RESHAPE_AFTER_CONV)
+    for backend in ("torch", "jax"):
+        with pytest.raises(ValueError, match=r"\(T - 1\)"):
+            difftest.RUNNERS[backend](prog, m, w, bad)
+    assert difftest.make_data(m, 0).inputs[0].shape[1] == 13  # the runner meets it
+    agree(RESHAPE_AFTER_CONV, difftest.BACKENDS)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Keras does not check the checker's run-time constraints: a Reshape that does "
+    "not fit fails inside Keras (issue 12, item 8/13: the Keras input checks are being "
+    "reworked in seqdsl/runtime/keras.py)",
+)
+def test_keras_names_the_reshape_constraint() -> None:
+    prog = seqdsl.loads(RESHAPE_AFTER_CONV)
+    m = prog.model()
+    bad = difftest.Data([np.zeros((3, 12, 3))], {}, {})
+    with pytest.raises(ValueError, match=r"\(T - 1\)"):
+        difftest.run_keras(prog, m, difftest.make_weights(m, 0), bad)
