@@ -2,8 +2,8 @@
 reference and on the torch, JAX and Keras backends with the same weights and
 inputs (tests/difftest.py), and must agree within the float32 tolerance.
 
-Default run: programs 0-159 on the reference, torch and JAX; every fourth of them
-(40) on Keras too. ``pytest -m full`` runs programs 0-9999 on every backend and
+Default run: programs 0-119 on the reference, torch and JAX; every fourth of them
+(30) on Keras too. ``pytest -m full`` runs programs 0-9999 on every backend and
 reduces each disagreement to a minimal program. The same campaign from the
 command line: ``python tests/difftest.py START COUNT [BACKENDS] [KERAS_EVERY]``.
 
@@ -33,7 +33,7 @@ import progen  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-DEFAULT_PROGRAMS = 160
+DEFAULT_PROGRAMS = 120
 BLOCK = 40
 KERAS_EVERY = 4
 
