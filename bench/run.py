@@ -18,6 +18,9 @@ Sections (docs/benchmarks.md explains every ratio and target):
   4 padding      one padded batch vs the same tokens unpadded; an epoch batched plainly vs
                  with seqdsl.batching.bucket_batches
   5 compile      check + emit (torch, jax, keras) of 10 to 1000-layer models
+  6 deploy       deployed forms against eager torch (inference): torch.compile,
+                 torch.export(...).module(), onnxruntime on `seqdsl export --format onnx`,
+                 on example models (bench/deploy.py runs the same rows alone)
 
 Every framework runs in its own subprocess (one per Keras backend), pinned to
 ``--threads`` intra-op threads (default 1: see docs/benchmarks.md for why).
@@ -45,12 +48,17 @@ sys.path.insert(0, str(HERE))
 from suite import common  # noqa: E402
 from suite.report import render, targets  # noqa: E402
 
-SECTIONS = ("handwritten", "masks", "keras", "padding", "compile")
+SECTIONS = ("handwritten", "masks", "keras", "padding", "compile", "deploy")
 RUNTIMES = ("torch", "jax", "keras-tensorflow", "keras-torch", "keras-jax")
 
 
 def _row(cell: str, b: int, t: int, u: int, **extra: Any) -> dict[str, Any]:
     return {"cell": cell, "B": b, "T": t, "U": u, **extra}
+
+
+def _deploy(example: str, b: int, t: int) -> dict[str, Any]:
+    """A deploy row: an example model at batch b and time t (U: the example's own)."""
+    return {"cell": "example", "example": example, "B": b, "T": t, "U": 0}
 
 
 S, M = (1, 16, 64), (32, 128, 256)
@@ -84,6 +92,12 @@ FULL: dict[str, dict[str, list[dict[str, Any]]]] = {
     },
     "padding": {rt: [_row("lstm", *M, n_batches=8, n_buckets=8)] for rt in ("torch", "jax")},
     "compile": {"main": [{"sizes": [10, 30, 100, 300, 1000], "runs": 5}]},
+    "deploy": {
+        "torch": [
+            _deploy(e, 32, 100)
+            for e in ("sentiment_lstm", "bilstm_tagger", "gru_pre_padding", "rnn_guide_lstm")
+        ]
+    },
 }
 
 Q = (8, 32, 64)
@@ -96,6 +110,7 @@ QUICK: dict[str, dict[str, list[dict[str, Any]]]] = {
     },
     "padding": {rt: [_row("lstm", *Q, n_batches=4, n_buckets=4)] for rt in ("torch",)},
     "compile": {"main": [{"sizes": [10, 100, 1000], "runs": 3}]},
+    "deploy": {"torch": [_deploy("bilstm_tagger", 8, 32)]},
 }
 
 FULL_OPTS = {"rounds": 10, "min_rounds": 5, "warmup": 2, "budget_s": 10.0}
@@ -275,7 +290,9 @@ def _parse_only(text: str | None) -> list[str]:
         if part.isdigit() and 1 <= int(part) <= len(SECTIONS):
             part = SECTIONS[int(part) - 1]
         if part not in SECTIONS:
-            raise SystemExit(f"unknown section {part!r}; choose from {', '.join(SECTIONS)} or 1-5")
+            raise SystemExit(
+                f"unknown section {part!r}; choose from {', '.join(SECTIONS)} or 1-{len(SECTIONS)}"
+            )
         out.append(part)
     return [s for s in SECTIONS if s in out]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,9 @@ from . import ir
 from .checker import CheckedModel, check_program
 from .diagnostics import Diagnostic, SeqError, render
 from .imports import SearchPath, load_sources
-from .ir import LayerBlock
+from .ir import LayerBlock, Span
 from .lower import lower_sources
+from .parser import normalize_source
 from .summary import summary_json, summary_text
 
 __all__ = ["Analysis", "Program", "analyze", "analyze_sources", "load", "loads"]
@@ -57,8 +58,8 @@ class Program:
     def model(self, name: str | None = None) -> CheckedModel:
         """The model called ``name``, or the only/first model."""
         if name is None:
-            if not self.models:
-                raise KeyError("the program declares no model")
+            if not self.models:  # compile, build, summary, export: SEQ016, as the CLI says
+                raise SeqError([no_model(self.file)], {**self.sources, self.file: self.source})
             return self.models[0]
         for m in self.models:
             if m.name == name:
@@ -138,22 +139,42 @@ def analyze(
 
 
 def analyze_sources(
-    text: str, name: str = "<string>", *, search_path: SearchPath = None
+    text: str, name: str = "<string>", *, search_path: SearchPath = None, need_model: bool = False
 ) -> Analysis:
-    """Like :func:`analyze`, and also the text of every file the program uses."""
+    """Like :func:`analyze`, and also the text of every file the program uses.
+
+    ``need_model``: the program is to be compiled (``seqdsl compile``, ``summary``,
+    ``export``), so a file without a model is an error (SEQ016); ``check``
+    accepts one, as a library of layer blocks."""
     # The pipeline allocates many small, acyclic objects that reference counting
     # frees; pausing the cyclic collector meanwhile saves 10-30% on large programs
     # (bench/bench_check.py). Cycles made meanwhile are collected afterwards.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _analyze(text, name, search_path)
+        a = _analyze(text, name, search_path)
     finally:
         if enabled:
             gc.enable()
+    if need_model and a.program is not None and not a.program.models:
+        diags = (*a.diagnostics, no_model(name))
+        return Analysis(replace(a.program, diagnostics=diags), diags, a.sources)
+    return a
+
+
+def no_model(name: str) -> Diagnostic:
+    """SEQ016: a file without a model cannot be compiled, built or exported."""
+    return Diagnostic.make(
+        "SEQ016",
+        "the file declares no model",
+        Span(name, 1, 1, 1, 2),
+        "compiling needs a `model Name { ... }`; a file of layer blocks only is a "
+        'library: `use "file.seq"` it from a file that declares a model',
+    )
 
 
 def _analyze(text: str, name: str, search_path: SearchPath) -> Analysis:
+    text = normalize_source(text)  # line endings and a BOM as editors read them
     src = load_sources(text, name, search_path)
     sources = src.texts()
     if not src.parsed:

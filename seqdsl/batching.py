@@ -24,6 +24,7 @@ This module imports NumPy only.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -153,12 +154,16 @@ def bucket_batches(
     return batches
 
 
-def restore_order(
-    per_batch: Sequence[Any], batches: Sequence[Batch], n: int | None = None
-) -> np.ndarray:
+def restore_order(per_batch: Sequence[Any], batches: Sequence[Batch], n: int | None = None) -> Any:
     """Per-row results of each batch (``per_batch[k]`` has one row per row of
-    ``batches[k]``, as arrays or tensors) stacked back into input order: row ``j``
-    of the result is the row of input sequence ``j``.
+    ``batches[k]``) stacked back into input order: row ``j`` of the result is the
+    row of input sequence ``j``.
+
+    The result is of the results' own kind: NumPy arrays give a NumPy array,
+    torch tensors a torch tensor (``torch.cat`` and an index, so gradients flow
+    back to every batch and the device is kept), JAX arrays a JAX array,
+    TensorFlow tensors a TensorFlow tensor. Results of different kinds raise
+    TypeError.
 
     Rows of a result padded in time can only be stacked when their shapes agree
     (e.g. final states, pooled outputs, losses); pad or trim them first otherwise.
@@ -172,18 +177,37 @@ def restore_order(
     n = indices.size if n is None else n
     if indices.size != n or (n and (np.sort(indices) != np.arange(n)).any()):
         raise ValueError("the batches do not hold every index 0..n-1 exactly once")
-    rows = [np.asarray(_to_numpy(r)) for r in per_batch]
+    kinds = {_kind(r) for r in per_batch}
+    if len(kinds) > 1:
+        raise TypeError(f"the results mix kinds of array ({', '.join(sorted(kinds))})")
+    kind = kinds.pop() if kinds else "numpy"
+    rows: list[Any] = [r if kind != "numpy" else np.asarray(r) for r in per_batch]
     for r, b in zip(rows, batches, strict=True):
-        if r.shape[:1] != (len(b.indices),):
-            raise ValueError(f"a result has {r.shape[:1]} rows, its batch {len(b.indices)}")
-    stacked = np.concatenate(rows, axis=0)
-    out = np.empty_like(stacked)
-    out[indices] = stacked
-    return out
+        if tuple(r.shape[:1]) != (len(b.indices),):
+            raise ValueError(f"a result has {tuple(r.shape[:1])} rows, its batch {len(b.indices)}")
+    order = np.argsort(indices, kind="stable")  # row j of the result: stacked row order[j]
+    if kind == "torch":
+        import torch
+
+        stacked = torch.cat(rows, dim=0)
+        return stacked[torch.as_tensor(order, device=stacked.device)]
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.concatenate(rows, axis=0)[order]
+    if kind == "tensorflow":  # (no type stubs: read as Any)
+        tf: Any = importlib.import_module("tensorflow")
+        return tf.gather(tf.concat(rows, axis=0), order)
+    return np.concatenate(rows, axis=0)[order]
 
 
-def _to_numpy(x: Any) -> Any:
-    """torch tensors (detached, on the CPU) and JAX arrays to NumPy."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-    return x
+def _kind(x: Any) -> str:
+    """Which framework an array belongs to (by its type's module: none is imported)."""
+    root = type(x).__module__.partition(".")[0]
+    if root == "torch":
+        return "torch"
+    if root in ("jax", "jaxlib"):
+        return "jax"
+    if root in ("tensorflow", "tf_keras"):
+        return "tensorflow"
+    return "numpy"

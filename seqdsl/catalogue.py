@@ -78,12 +78,18 @@ COMMON = (
 )
 
 _REG = "regularizers and constraints are not supported in v1; add penalties in your training loop"
+_QUANT = "quantization is not supported in v1; quantize the exported model"
 _UNSUPPORTED_COMMON = {
     "dtype": "layers compute in the input's dtype; declare the input `f64` for double precision",
-    "input_shape": "declare the shape on the `input` instead",
-    "batch_input_shape": "declare the shape on the `input` instead",
-    "batch_size": "give the input a fixed batch dimension, e.g. `f32[32, T, 8]`",
-    "input_dim": "the input size comes from the value; declare it on the `input`",
+    "input_shape": "remove it and declare the input's type instead: Keras' `input_shape=(T, F)` "
+    "is `input x: f32[B, T, F]` (the batch first, then the same sizes)",
+    "batch_input_shape": "remove it and declare the input's type instead: "
+    "`batch_input_shape=(32, T, F)` is `input x: f32[32, T, F]`",
+    "batch_size": "remove it and give the input a fixed batch dimension: `input x: f32[32, T, F]`",
+    "input_dim": "remove it: the input size comes from the value; declare it as the last "
+    "dimension of the `input`, e.g. `f32[B, T, 8]`",
+    "input_length": "remove it (Keras 3 deprecates it too): declare the time length on the "
+    "`input`, e.g. `i32[B, 100]`",
     "autocast": "mixed precision is out of scope for v1",
     "activity_regularizer": _REG,
     "kernel_regularizer": _REG,
@@ -102,8 +108,8 @@ _UNSUPPORTED_RNN = {
     "zero_output_for_mask": "use `masked_output=zero` (the default) or `masked_output=carry`",
     "use_cudnn": "kernels are chosen by the compiler; write `@kernel(cudnn)` to require cuDNN",
     "time_major": "sequences are batch-major, `[B, T, F]`",
-    "implementation": "a Keras 2 argument; kernels are chosen by the compiler",
-    "input_length": "declare the time length on the `input`",
+    "implementation": "Keras 3 takes `implementation` on LSTM and GRU (and their cells) only; "
+    "its SimpleRNN rejects it: remove it",
 }
 
 # --------------------------------------------------------------------------
@@ -299,6 +305,12 @@ def _cell_params(cell: str) -> tuple[Param, ...]:
     ]
     if cell == "gru":
         ps.append(Param("reset_after", "bool", True))
+    if cell != "simple_rnn":  # Keras 3's SimpleRNN rejects `implementation`
+        ps.append(
+            Param("implementation", "int", 2, lo=1, hi=2,
+                  doc="Keras' speed hint (1: one product per gate, 2: fused); recorded, "
+                  "the numbers are the same on every backend")
+        )  # fmt: skip
     return tuple(ps)
 
 
@@ -333,6 +345,22 @@ def _cell_of(cfg: Config, kind: str) -> tuple[str, Config]:
         assert isinstance(inner, BoundLayer)
         return _cell_of(inner.config, inner.kind)
     return _CELL_OF[kind], cfg
+
+
+def backward_of(cfg: Config) -> BoundLayer:
+    """The layer a Bidirectional runs backwards: its ``backward_layer`` when given
+    (its own config and weights), else ``layer`` itself (a copy: the same config)."""
+    bw = cfg.get("backward_layer")
+    if isinstance(bw, BoundLayer):
+        return bw
+    return _inner(cfg)
+
+
+def directions_of(cfg: Config) -> tuple[tuple[str, Config], tuple[str, Config]]:
+    """(cell type, cell config) of a Bidirectional's forward and backward layers."""
+    fw = _inner(cfg)
+    bw = backward_of(cfg)
+    return _cell_of(fw.config, fw.kind), _cell_of(bw.config, bw.kind)
 
 
 def rnn_weights(cell: str, c: Config, features: int, prefix: str = "") -> list[WeightSpec]:
@@ -440,8 +468,8 @@ def recurrent_outputs(
             "SEQ601",
             f"stateful {kind} needs a fixed batch size, but the batch dimension is "
             f"`{'_' if b is None else b}`",
-            "declare the input with an integer batch, e.g. `f32[32, T, 8]`",
-            arg="stateful",
+            _fixed_batch_hint(t, ctx),
+            arg="layer.stateful" if kind == "Bidirectional" else "stateful",
         )
     if _bool(flags, "unroll") and (t.time is None or t.time.value is None):
         raise RuleError(
@@ -554,8 +582,8 @@ def _custom_outputs(
         raise RuleError(
             "SEQ601",
             f"stateful {kind} needs a fixed batch size, but the batch dimension is `{_fmt(b)}`",
-            "declare the input with an integer batch, e.g. `f32[32, T, 8]`",
-            arg="stateful",
+            _fixed_batch_hint(t, ctx),
+            arg="layer.stateful" if kind == "Bidirectional" else "stateful",
         )
     if _bool(flags, "unroll") and (t.time is None or t.time.value is None):
         raise RuleError("SEQ203", "unroll=true needs a known time length",
@@ -620,6 +648,15 @@ def _custom_outputs(
     return outs
 
 
+def _fixed_batch_hint(t: TensorType, ctx: RuleContext) -> str:
+    """SEQ601's hint: the input the batch comes from, declared with a fixed batch, in
+    its own dtype and shape (``tokens: i32[32, T]``), else this value's type."""
+    example = ctx.fixed_batch_example(t.batch, 32)
+    if example is None:
+        example = f"{t.dtype}{fmt_shape((Dim.of(32), *t.shape[1:]))}"
+    return f"declare the input with an integer batch, e.g. `{example}`"
+
+
 def _fmt(d: Dim | None) -> str:
     return "_" if d is None else str(d)
 
@@ -655,12 +692,17 @@ def _bidirectional_rule(
             "wrap LSTM, GRU, SimpleRNN or RNN(cell)",
             arg="layer",
         )
-    if _bool(inner.config, "stateful"):
+    cell = inner.config.get("cell")
+    if (
+        _bool(inner.config, "stateful")
+        and isinstance(cell, BoundLayer)
+        and "__cell__" in cell.config
+    ):
         raise RuleError(
-            "SEQ602",
-            "Bidirectional cannot wrap a stateful layer",
-            "the backward pass reads the future, so there is no state to carry across batches; "
-            "remove `stateful=true`",
+            "SEQ203",
+            "a stateful Bidirectional around a cell block is not supported in v1",
+            "remove `stateful=true`, or run the cell block in one direction "
+            "(`RNN(...)`, stateful) and the other with `go_backwards=true`",
             arg="layer.stateful",
         )
     if inner.config.get("masked_output") == "carry":
@@ -677,7 +719,69 @@ def _bidirectional_rule(
             "Bidirectional builds the backward copy itself; remove `go_backwards=true`",
             arg="layer.go_backwards",
         )
+    bw = cfg.get("backward_layer")
+    if isinstance(bw, BoundLayer):
+        _check_backward_layer(inner, bw)
     return recurrent_outputs("Bidirectional", cfg, ins, call, ctx, 2, _str(cfg, "merge_mode"))
+
+
+def _check_backward_layer(fw: BoundLayer, bw: BoundLayer) -> None:
+    """Keras' rules for ``Bidirectional(layer, backward_layer=...)`` (its
+    ``_verify_layer_config``), and the ones that keep both directions the same shape."""
+
+    def mismatch(what: str, hint: str, arg: str = "backward_layer") -> RuleError:
+        return RuleError("SEQ602", f"Bidirectional's backward_layer {what}", hint, arg=arg)
+
+    same = "the same kind of layer as `layer`, with its own configuration and weights"
+    if bw.kind != fw.kind:
+        raise mismatch(
+            f"is {bw.kind}, but the forward layer is {fw.kind}",
+            f"write `backward_layer={fw.kind}(..., go_backwards=true)`: {same}",
+        )
+    if fw.kind == "RNN":
+        fc, bc = fw.config["cell"], bw.config["cell"]
+        assert isinstance(fc, BoundLayer) and isinstance(bc, BoundLayer)
+        if "__cell__" in fc.config or "__cell__" in bc.config:
+            raise RuleError(
+                "SEQ203",
+                "backward_layer is not supported around a cell block",
+                "remove `backward_layer`: the backward copy of a cell block is built from `layer`",
+                arg="backward_layer",
+            )
+        if bc.kind != fc.kind:
+            raise mismatch(
+                f"runs {bc.kind}, but the forward layer runs {fc.kind}",
+                f"give both the same cell: `RNN({fc.kind}(...), go_backwards=true)`",
+                "backward_layer.cell",
+            )
+    if not _bool(bw.config, "go_backwards"):
+        raise mismatch(
+            "must read the steps in reverse",
+            "add `go_backwards=true` to it (Keras requires the two layers to differ in "
+            "go_backwards)",
+        )
+    for flag in ("stateful", "return_sequences", "return_state"):
+        if _bool(bw.config, flag) != _bool(fw.config, flag):
+            raise mismatch(
+                f"has {flag}={str(_bool(bw.config, flag)).lower()}, the forward layer "
+                f"{str(_bool(fw.config, flag)).lower()}",
+                f"give both layers the same `{flag}` (Keras requires it)",
+                f"backward_layer.{flag}",
+            )
+    (_, fc_cfg), (_, bc_cfg) = _cell_of(fw.config, fw.kind), _cell_of(bw.config, bw.kind)
+    if _int(bc_cfg, "units") != _int(fc_cfg, "units"):
+        raise mismatch(
+            f"has {_int(bc_cfg, 'units')} units, the forward layer {_int(fc_cfg, 'units')}",
+            "give both layers the same `units`: Keras shapes the merged output and the "
+            "states from the forward layer",
+        )
+    if bw.config.get("masked_output") == "carry":
+        raise RuleError(
+            "SEQ603",
+            "masked_output=carry is not available inside Bidirectional",
+            "Bidirectional outputs zeros at masked steps (as Keras forces); remove `masked_output=carry`",
+            arg="backward_layer.masked_output",
+        )
 
 
 def _bidirectional_weights(cfg: Config, ins: Sequence[TensorType]) -> list[WeightSpec]:
@@ -686,7 +790,8 @@ def _bidirectional_weights(cfg: Config, ins: Sequence[TensorType]) -> list[Weigh
         ws = bound_cell(c, ins).weights
         return [replace(w, name=f"{d}/{w.name}") for d in ("forward", "backward") for w in ws]
     f = _feat(ins[0])
-    return rnn_weights(cell, c, f, "forward/") + rnn_weights(cell, c, f, "backward/")
+    (_, fw), (bcell, bw) = directions_of(cfg)  # backward_layer: its own configuration
+    return rnn_weights(cell, fw, f, "forward/") + rnn_weights(bcell, bw, f, "backward/")
 
 
 def _kernel_suffix(mask: MaskKind | None) -> KernelChoice:
@@ -704,8 +809,31 @@ def _kernel_suffix(mask: MaskKind | None) -> KernelChoice:
 
 
 def recurrent_kernels(cfg: Config, ins: Sequence[TensorType]) -> dict[str, KernelChoice]:
-    """Kernel per target for a recurrent layer (see docs/language.md, "Kernels")."""
+    """Kernel per target for a recurrent layer (see docs/language.md, "Kernels"). A
+    Bidirectional with a ``backward_layer`` of another configuration takes, per target,
+    the slower kernel of its two directions."""
     kind = str(cfg["__kind__"])
+    bw = cfg.get("backward_layer") if kind == "Bidirectional" else None
+    if not isinstance(bw, BoundLayer):
+        return _direction_kernels(kind, cfg, ins)
+    one = _direction_kernels(kind, cfg, ins)
+    two = _direction_kernels(kind, {**cfg, "layer": bw}, ins)  # the backward layer's own
+    out: dict[str, KernelChoice] = {}
+    for target, a in one.items():
+        b = two[target]
+        slower = _SPEED.get(b.kernel, 0) > _SPEED.get(a.kernel, 0)
+        out[target] = KernelChoice(b.kernel, f"backward_layer: {b.reason}") if slower else a
+    return out
+
+
+#: kernels from fast to slow (a fused kernel: 0)
+_SPEED = {"scan": 1, "loop": 2}
+
+
+def _direction_kernels(
+    kind: str, cfg: Config, ins: Sequence[TensorType]
+) -> dict[str, KernelChoice]:
+    """The kernels of one recurrent layer, or of a Bidirectional's ``layer``."""
     cell, c = _cell_of(cfg, kind)
     if cell == "custom":
         why = "a cell block runs its equations step by step"
@@ -1476,8 +1604,7 @@ _LAYERS: list[LayerSpec] = [
         mask_rule="generate", padding_invariant=True,
         doc="integer ids -> vectors; mask_zero=true masks id 0",
         unsupported={**_UNSUPPORTED_COMMON, "embeddings_regularizer": _REG, "embeddings_constraint": _REG,
-                     "input_length": "declare the time length on the `input`",
-                     "sparse": "sparse embeddings are not supported"},
+                     "sparse": "sparse embeddings are not supported", "quantization_config": _QUANT},
         data_args=frozenset(),
     ),
     _spec(
@@ -1506,17 +1633,21 @@ _LAYERS: list[LayerSpec] = [
         params=(
             Param("layer", "layer", doc="the recurrent layer to run both ways"),
             Param("merge_mode", "choice", "concat", choices=("concat", "sum", "mul", "ave", "none")),
+            Param("backward_layer", "layer", None,
+                  doc="the layer run backwards (go_backwards=true, its own config and weights); "
+                  "default: a copy of `layer`"),
         ),
         rule=_bidirectional_rule, weights=_bidirectional_weights, mask_rule="consume",
         padding_invariant=True, doc="runs a recurrent layer forwards and backwards",
-        unsupported={**_UNSUPPORTED_COMMON, "backward_layer": "the backward copy is built from `layer`"},
+        unsupported=_UNSUPPORTED_COMMON,
         kernels=recurrent_kernels, data_args=frozenset({"mask", "initial_state", "training"}),
     ),
     _spec(
         name="Dense", category="propagate",
         params=(Param("units", "int", lo=1),) + _ACT_INIT_DENSE,
         rule=_dense_rule, weights=_dense_weights, mask_rule="propagate", padding_invariant=True,
-        doc="a fully connected layer on the last axis", unsupported=_UNSUPPORTED_COMMON,
+        doc="a fully connected layer on the last axis",
+        unsupported={**_UNSUPPORTED_COMMON, "quantization_config": _QUANT},
     ),
     _spec(
         name="Activation", category="propagate",
@@ -1579,7 +1710,9 @@ _LAYERS: list[LayerSpec] = [
         unsupported={**_UNSUPPORTED_COMMON, "beta_regularizer": _REG, "gamma_regularizer": _REG,
                      "beta_constraint": _REG, "gamma_constraint": _REG,
                      "synchronized": "distributed training is out of scope for v1",
-                     "renorm": "batch renormalisation is not supported in v1"},
+                     "renorm": "batch renormalisation is not supported in v1",
+                     "renorm_clipping": "batch renormalisation is not supported in v1",
+                     "renorm_momentum": "batch renormalisation is not supported in v1"},
         data_args=frozenset({"mask", "training"}),
     ),
     _spec(

@@ -970,6 +970,10 @@ def _int_env(edef: ExternDef, cfg: Mapping[str, object]) -> dict[str, Dim]:
     }
 
 
+#: the most results an extern layer may declare (`outputs:`), as TemporalSplit's `parts`
+MAX_EXTERN_OUTPUTS = 1024
+
+
 def extern_spec(edef: ExternDef) -> LayerSpec:
     """The catalogue entry an extern declaration stands for."""
 
@@ -980,6 +984,15 @@ def extern_spec(edef: ExternDef) -> LayerSpec:
         if d.value is None or d.value < 1:
             raise RuleError("SEQ207", f"{edef.name} declares `outputs: {edef.outputs}` = {d}",
                             "the number of outputs must be a positive integer")  # fmt: skip
+        if d.value > MAX_EXTERN_OUTPUTS:
+            shown = (
+                f"{d.value:,}"
+                if d.value < 10**30
+                else f"about 10^{int(d.value.bit_length() * 0.30103)}"
+            )
+            raise RuleError("SEQ207", f"{edef.name} declares `outputs: {edef.outputs}` = {shown}; a layer "
+                            f"gives at most {MAX_EXTERN_OUTPUTS} results",
+                            "as for TemporalSplit(parts), at most 1024 parts")  # fmt: skip
         return d.value
 
     def bind_inputs(cfg: Mapping[str, object], ins: Sequence[TensorType]) -> dict[str, Dim]:

@@ -51,7 +51,36 @@ from .ir import (
 )
 from .types import DTYPES, MaskKind, MaskType, TensorType, ValueType
 
-__all__ = ["CheckedModel", "Constraint", "LayerInfo", "check_program"]
+__all__ = [
+    "MAX_ELEMENTS",
+    "MAX_PARAMETERS",
+    "CheckedModel",
+    "Constraint",
+    "LayerInfo",
+    "PAD_PARAMS",
+    "check_program",
+    "figure",
+]
+
+#: the most parameters a model (and so any one layer or weight) may have: 2^31 - 1,
+#: what a 32-bit index addresses (8 GiB of f32); beyond it builds fail or run out of memory
+MAX_PARAMETERS = 2**31 - 1
+#: the most elements a value of known shape may have: what a 64-bit index addresses
+MAX_ELEMENTS = 2**63 - 1
+
+#: the range of values each integer dtype holds (pad values must fit)
+_INT_RANGE = {"i32": (-(2**31), 2**31 - 1), "i64": (-(2**63), 2**63 - 1)}
+_F32_MAX = 3.4028234663852886e38
+
+
+def figure(n: int) -> str:
+    """``n`` for a message: with thousands separators, or its order of magnitude
+    when it is too long to print."""
+    if abs(n) < 10**30:
+        return f"{n:,}"
+    digits = int(abs(n).bit_length() * 0.30103)  # log10(2): the order of magnitude
+    return f"about 10^{digits}"
+
 
 _ERR = object()  # marker type of a value whose definition failed
 
@@ -67,6 +96,16 @@ class Constraint:
 
     def __str__(self) -> str:
         return f"{self.dim.paren()} % {self.divisor} == 0  ({self.what})"
+
+
+#: the arguments of an input's ``pad(...)`` (keras.utils.pad_sequences)
+PAD_PARAMS = (
+    Param("side", "choice", REQUIRED, choices=("post", "pre")),
+    Param("value", "float", 0.0),
+    Param("maxlen", "int_or_none", None, lo=1),
+    Param("truncate", "choice", "pre", choices=("pre", "post")),
+    Param("nonempty", "bool", False),
+)
 
 
 @dataclass(frozen=True)
@@ -176,6 +215,21 @@ class _Ctx:
     def warn(self, code: str, message: str, hint: str | None = None) -> None:
         self.checker.diag(code, message, self.span, hint)
 
+    def fixed_batch_example(self, batch: Dim | None, size: int) -> str | None:
+        # data inputs first: their dtype is the one the user wrote for the data
+        decls = sorted(self.checker.model.inputs, key=lambda inp: inp.is_mask)
+        for inp in decls:
+            t = self.checker.types.get(inp.name)
+            if not isinstance(t, (TensorType, MaskType)) or not inp.dims:
+                continue
+            first = t.shape[0] if isinstance(t, TensorType) else t.batch
+            if first != batch:
+                continue
+            rest = ["_" if d.value is None else str(d.value) for d in inp.dims[1:]]
+            dtype = "mask" if inp.is_mask else inp.dtype
+            return f"{inp.name}: {dtype}[{', '.join([str(size), *rest])}]"
+        return None
+
 
 @dataclass
 class _ModelChecker:
@@ -196,6 +250,8 @@ class _ModelChecker:
     cells: Mapping[str, CellDef] = field(default_factory=dict)
     #: cells and externs whose definitions have errors (already reported): calls are silent
     broken: frozenset[str] = frozenset()
+    #: a value too large to index was reported (its size carries on: once per model)
+    reported_elements: bool = False
 
     def diag(
         self,
@@ -221,6 +277,27 @@ class _ModelChecker:
             return
         self.defined_at[name] = span
         self.types[name] = t
+        if isinstance(t, TensorType):
+            self.check_elements(name, t, span)
+
+    def check_elements(self, name: str, t: TensorType, span: Span) -> None:
+        """A value of known shape must be indexable: at most :data:`MAX_ELEMENTS` elements."""
+        if self.reported_elements:
+            return  # a static size carries on into every value computed from it
+        n = 1
+        for d in t.shape:
+            v = d.value if d is not None else None
+            if v is not None and v >= 1:  # a symbolic axis is at least 1
+                n *= v
+        if n > MAX_ELEMENTS:
+            self.reported_elements = True
+            self.diag(
+                "SEQ312",
+                f"`{name}` has {figure(n)} elements; a tensor holds at most "
+                f"{figure(MAX_ELEMENTS)} (2^63 - 1)",
+                span,
+                "check the declared sizes: leave the batch and time axes symbolic (`B`, `T`)",
+            )
 
     def lookup(self, use: ValueUse) -> object:
         self.used.add(use.name)
@@ -342,17 +419,10 @@ class _ModelChecker:
 
     def check_pad(self, inp: InputDecl, dims: list[Dim | None]) -> PadInfo | None:
         assert inp.pad is not None
-        params = (
-            Param("side", "choice", REQUIRED, choices=("post", "pre")),
-            Param("value", "float", 0.0),
-            Param("maxlen", "int_or_none", None, lo=1),
-            Param("truncate", "choice", "pre", choices=("pre", "post")),
-            Param("nonempty", "bool", False),
-        )
         pad_spec = LayerSpec(
             name="pad",
             category="pad",
-            params=params,
+            params=PAD_PARAMS,
             rule=lambda *a: [],
             weights=lambda *a: [],
             mask_rule="none",
@@ -378,6 +448,34 @@ class _ModelChecker:
                 f"padding is cast to {inp.dtype}, giving {int(value)}: write an integer value",
             )
             value = float(int(value))  # what the padding will be: no cascade on mask rules
+        value_span = next((a.span for a in inp.pad if a.name == "value"), span)
+        if inp.dtype in _INT_RANGE:
+            lo, hi = _INT_RANGE[inp.dtype]
+            if not lo <= value <= hi:
+                self.diag(
+                    "SEQ207",
+                    f"pad value {_number(value)} does not fit the input's dtype {inp.dtype}",
+                    value_span,
+                    f"{inp.dtype} holds {lo:,} to {hi:,}: write a value in that range",
+                )
+                value = 0.0
+        elif inp.dtype == "f32" and abs(value) > _F32_MAX:
+            self.diag(
+                "SEQ207",
+                f"pad value {_number(value)} does not fit the input's dtype f32",
+                value_span,
+                "f32 holds magnitudes up to about 3.4e38 (it would become infinity): "
+                "write a smaller value, or declare the input `f64`",
+            )
+            value = 0.0
+        elif inp.dtype == "bool" and value not in (0.0, 1.0):
+            self.diag(
+                "SEQ207",
+                f"pad value {_number(value)} does not fit the input's dtype bool",
+                value_span,
+                "a bool input pads with 0 (false) or 1 (true)",
+            )
+            value = 0.0
         maxlen = cfg["maxlen"]
         t = dims[1]
         if isinstance(maxlen, int) and t is not None and t.value is not None and t.value != maxlen:
@@ -721,9 +819,13 @@ class _ModelChecker:
         cfg = self.bind(spec, op.args, op.span, op.fn)
         lo, hi = spec.n_inputs
         if ins is not None and not lo <= len(op.inputs) <= hi:
-            exp = f"exactly {lo}" if lo == hi else f"at least {lo}"
-            self.diag("SEQ205", f"{op.fn} takes {exp} values, got {len(op.inputs)}", op.span,
-                      f"e.g. `{op.fn}(a, b)`")  # fmt: skip
+            exp = f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
+            hint = (
+                f"e.g. `{op.fn}(a, b)`"
+                if len(op.inputs) < lo
+                else f"merge at most {hi} values at once: merge groups of them, then the results"
+            )
+            self.diag("SEQ205", f"{op.fn} takes {exp} values, got {len(op.inputs)}", op.span, hint)
             ins = None
         outs: list[object] = [_ERR]
         if ins is not None and cfg is not None:
@@ -1002,6 +1104,15 @@ class _ModelChecker:
             weights = tuple(replace(w, trainable=False) for w in weights)
         trainable = sum(w.size for w in weights if w.trainable)
         non_trainable = sum(w.size for w in weights if not w.trainable)
+        if trainable + non_trainable > MAX_PARAMETERS:
+            big = max(weights, key=lambda w: w.size)
+            self.diag(
+                "SEQ312",
+                f"{kind} has {figure(trainable + non_trainable)} parameters; a model has at most "
+                f"{figure(MAX_PARAMETERS)} (2^31 - 1)",
+                layer.span if layer is not None else op.span,
+                f"its weight `{big.name}` alone is {_shape_text(big.shape)}: check the sizes",
+            )
         kernels = spec.kernels(cfg, ins) if spec.kernels is not None else None
         self.layers.append(
             LayerInfo(
@@ -1234,6 +1345,20 @@ class _ModelChecker:
                     span,
                     f"use it, or rename it `_{name}` to silence this",
                 )
+        total = sum(info.trainable_params + info.non_trainable_params for info in self.layers)
+        if total > MAX_PARAMETERS and all(
+            info.trainable_params + info.non_trainable_params <= MAX_PARAMETERS
+            for info in self.layers
+        ):
+            biggest = max(self.layers, key=lambda i: i.trainable_params + i.non_trainable_params)
+            self.diag(
+                "SEQ312",
+                f"model `{m.name}` has {figure(total)} parameters; a model has at most "
+                f"{figure(MAX_PARAMETERS)} (2^31 - 1)",
+                m.name_span,
+                f"the largest layer, `{biggest.name}`, has "
+                f"{figure(biggest.trainable_params + biggest.non_trainable_params)}",
+            )
         types = {k: v for k, v in self.types.items() if isinstance(v, (TensorType, MaskType))}
         return CheckedModel(m, types, tuple(self.layers), tuple(self.constraints), dict(self.pads))
 
@@ -1350,3 +1475,14 @@ def check_program(program: Program) -> tuple[list[CheckedModel], list[Diagnostic
             )
         )
     return models, diags
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(figure(d) for d in shape) + "]"
+
+
+def _number(value: float) -> str:
+    """A pad value as written: integral values without a fraction."""
+    if value.is_integer() and abs(value) < 1e30:
+        return str(int(value))
+    return f"{value:g}"

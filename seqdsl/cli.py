@@ -1,4 +1,4 @@
-"""The command line: ``seqdsl check|summary|compile|export``. The only module that prints or exits.
+"""The command line: ``seqdsl check|summary|compile|export|graph|run|lsp``. The only module that prints or exits.
 
 Exit codes (stable):
   0  no errors (warnings allowed)
@@ -83,6 +83,58 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     common(e)
+    r = sub.add_parser(
+        "run",
+        help="run a model on data (default: the NumPy reference interpreter)",
+        description="Build a model with the initial weights of --seed and run it on data: "
+        "ragged sequences from a .json/.jsonl/.npz file, padded by the declared pad(...), "
+        "or random data of the declared types. Prints each output (with its mask) and the "
+        "time taken.",
+        epilog="data files: .jsonl, one object per line keyed by input name "
+        '({"tokens": [5, 8, 2]}; a bare list for a one-input model); .json, a list of such '
+        "objects or one object of columns; .npz, {name} [N, ...] or {name}_values with "
+        "{name}_row_lengths. A masked input without pad(...) takes {name}_mask. "
+        "exit codes: 0 ok, 1 errors in the model or data, 2 usage/IO (unreadable file, "
+        "framework not installed), 70 internal error",
+    )
+    r.add_argument("file", metavar="FILE")
+    r.add_argument(
+        "--backend",
+        choices=("reference", "torch", "jax", "keras"),
+        default="reference",
+        help="reference (NumPy float64, base install; the default), torch, jax or keras "
+        "(pip install 'seqdsl[torch]' etc.)",
+    )
+    r.add_argument("--data", metavar="F", help="a .json, .jsonl or .npz file (default: generated)")
+    r.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    r.add_argument(
+        "--weights",
+        metavar="F.safetensors",
+        help="canonical weights (seqdsl's safetensors file, e.g. after training; "
+        "default: the initial weights of --seed)",
+    )
+    r.add_argument("--rows", type=int, default=4, help="rows of generated data (default 4)")
+    r.add_argument("--model", help="the model to run (default: the first model in the file)")
+    common(r)
+    g = sub.add_parser(
+        "graph", help="draw a model: values with their type, time and mask kind (Graphviz)"
+    )
+    g.add_argument("file", metavar="FILE")
+    g.add_argument("--model", help="the model to draw (default: every model in the file)")
+    g.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.svg|OUT.png|OUT.dot",
+        help="write here; .svg and .png are rendered by Graphviz' `dot` (default: DOT text "
+        "on standard output)",
+    )
+    common(g)
+    sub.add_parser(
+        "lsp",
+        help="run the language server over stdio (for editors; pip install 'seqdsl[lsp]')",
+        description="The seqdsl language server (LSP over stdio): diagnostics, hover, "
+        "definitions, completion, symbols and quick fixes. See docs/editors.md.",
+    )
     return p
 
 
@@ -133,7 +185,7 @@ def _checked_program(args: argparse.Namespace) -> Program | int:
     text = _read(args.file)
     if text is None:
         return EXIT_USAGE
-    a = analyze_sources(text, args.file)
+    a = analyze_sources(text, args.file, need_model=True)
     prog, diags, sources = a.program, a.diagnostics, a.sources
     if prog is None or any(d.is_error for d in diags):
         _emit(diags, sources, args.output_format)
@@ -227,6 +279,94 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    prog = _checked_program(args)
+    if isinstance(prog, int):
+        return prog
+    from .run import (
+        BackendUnavailable,
+        DataError,
+        DataFileError,
+        format_result,
+        generate_data,
+        load_data,
+        run_batch,
+    )
+
+    model = prog.model(args.model)
+    try:
+        if args.data is not None:
+            batch = load_data(args.data, model)
+        else:
+            if args.rows < 1:
+                print("seqdsl: --rows must be at least 1", file=sys.stderr)
+                return EXIT_USAGE
+            batch = generate_data(model, args.seed, args.rows)
+    except DataFileError as e:
+        print(f"seqdsl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    if batch.ignored:
+        print(f"note: ignored keys that name no input: {', '.join(batch.ignored)}", file=sys.stderr)
+    from .weightsfile import WeightsFileError
+
+    try:
+        result = run_batch(model, batch, args.backend, args.seed, args.file, args.weights)
+    except OSError as e:
+        print(f"seqdsl: cannot read {args.weights}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    except WeightsFileError as e:
+        print(f"seqdsl: {args.weights}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except BackendUnavailable as e:
+        print(f"seqdsl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(format_result(result, model))
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from .graph import RENDER_FORMATS, GraphvizError, graph_dot, render
+
+    fmt = "dot"
+    if args.output is not None:
+        fmt = Path(args.output).suffix.lower().lstrip(".")
+        if fmt == "gv":
+            fmt = "dot"
+        if fmt != "dot" and fmt not in RENDER_FORMATS:
+            print(
+                f"seqdsl: cannot write {args.output}: graph writes .dot, .gv, .svg or .png files",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    prog = _checked_program(args)
+    if isinstance(prog, int):
+        return prog
+    models = [prog.model(args.model)] if args.model is not None else list(prog.models)
+    text = graph_dot(models)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    data = text.encode("utf-8")
+    if fmt != "dot":
+        try:
+            data = render(text, fmt)
+        except GraphvizError as e:
+            print(f"seqdsl: cannot write {args.output}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as e:
+        print(f"seqdsl: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
@@ -237,6 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compile(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "graph":
+            return _graph(args)
+        if args.command == "lsp":
+            from .lsp import main as lsp_main
+
+            return lsp_main()
         return _summary(args)
     except KeyboardInterrupt:  # pragma: no cover
         return 130

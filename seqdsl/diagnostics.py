@@ -57,6 +57,8 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ012", "error", "import cycle"),
     ("SEQ013", "error", "invalid cell block"),
     ("SEQ014", "error", "invalid extern layer declaration"),
+    ("SEQ015", "error", "nested too deeply or a literal too long"),
+    ("SEQ016", "error", "no model to compile"),
     # names
     ("SEQ101", "error", "undefined name"),
     ("SEQ102", "error", "name defined twice"),
@@ -91,6 +93,7 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ309", "error", "feature size must be known"),
     ("SEQ310", "error", "shape error in a cell equation"),
     ("SEQ311", "error", "cell state or output does not match its declaration"),
+    ("SEQ312", "error", "size beyond the limits"),
     # time
     ("SEQ401", "error", "time dimensions disagree"),
     ("SEQ402", "error", "exact division fails on a known length"),
@@ -102,7 +105,7 @@ CODES: dict[str, CodeInfo] = _codes(
     ("SEQ504", "error", "layer does not take a mask argument"),
     # state
     ("SEQ601", "error", "stateful layer needs a fixed batch size"),
-    ("SEQ602", "error", "Bidirectional cannot be stateful"),
+    ("SEQ602", "error", "Bidirectional's backward_layer does not match its layer"),
     ("SEQ603", "error", "masked_output=carry inside Bidirectional"),
     # kernels
     ("SEQ701", "error", "layer is not eligible for the requested kernel"),

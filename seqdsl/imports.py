@@ -22,7 +22,7 @@ from lark import Token, Tree
 
 from .diagnostics import Diagnostic, Related
 from .ir import Span
-from .parser import ParseFailure, parse_tree, unquote
+from .parser import ParseFailure, normalize_source, parse_tree, unquote
 
 __all__ = ["SearchPath", "SourceFile", "Sources", "Use", "load_sources", "token_span"]
 
@@ -111,10 +111,10 @@ class _Loader:
         try:
             f.tree = parse_tree(f.text, f.name)
         except ParseFailure as e:
-            d = e.diagnostic
-            if imported_at is not None:
-                d = replace(d, related=(*d.related, Related(imported_at, "imported here")))
-            self.diags.append(d)
+            for d in e.diagnostics:
+                if imported_at is not None:
+                    d = replace(d, related=(*d.related, Related(imported_at, "imported here")))
+                self.diags.append(d)
             return
         self.stack.append(f.key)
         try:
@@ -189,7 +189,7 @@ class _Loader:
                 "`use` needs a readable UTF-8 .seq file",
             )
             return Use(written, span, None)
-        sub = SourceFile(shown, key, text, path.parent)
+        sub = SourceFile(shown, key, normalize_source(text), path.parent)
         self.files[key] = sub
         self.parse(sub, span)
         return Use(written, span, key)
@@ -202,7 +202,7 @@ def load_sources(text: str, name: str, search_path: SearchPath = None) -> Source
     """Parse ``text`` (shown as ``name``) and every file it uses, transitively."""
     loader = _Loader(search_path)
     key, directory = _root_location(name)
-    root = SourceFile(name, key, text, directory)
+    root = SourceFile(name, key, normalize_source(text), directory)
     loader.files[key] = root
     loader.parse(root, None)
     return Sources(root, loader.files, loader.diags)

@@ -71,6 +71,9 @@ class Expansion:
 
     block: str
     call: Span
+    #: the layer-name prefix of this expansion (``encoder``, ``h_r0_head``): tells apart
+    #: the expansions of one call site (a call inside ``repeat``); not part of equality
+    prefix: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,11 @@ class RuleContext(Protocol):
 
     def warn(self, code: str, message: str, hint: str | None = None) -> None: ...
 
+    def fixed_batch_example(self, batch: Dim | None, size: int) -> str | None:
+        """The declaration of the input a batch dimension comes from, rewritten with a
+        fixed batch ``size`` (``tokens: i32[32, T]``); None when no input declares it."""
+        ...
+
 
 class RuleError(Exception):
     """A rule violation. ``arg`` names the argument to point at; ``where`` is

@@ -141,6 +141,8 @@ class _Scope:
     explicit_layer_names: set[str]
     used_layer_names: set[str] = field(default_factory=set)
     used_value_names: set[str] = field(default_factory=set)
+    #: the suffix number each ``_fresh_value`` base goes on from (names below it are taken)
+    fresh_next: dict[str, int] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
     diags: list[Diagnostic] = field(default_factory=list)
     #: values bound inside expansions (see Model.internal)
@@ -935,11 +937,14 @@ class _Lowerer:
         return f"{self.frame.prefix}_{name}" if self.frame.prefix else name
 
     def _fresh_value(self, scope: _Scope, base: str) -> str:
-        name = base
-        k = 1
+        # names are only ever added, so the search goes on where the last one for
+        # this base stopped: linear, not quadratic, in the copies of a `repeat`
+        k = scope.fresh_next.get(base, 0)
+        name = base if k == 0 else (f"{base}_out" if k == 1 else f"{base}_out{k}")
         while name in scope.user_names or name in scope.used_value_names:
-            name = f"{base}_out" if k == 1 else f"{base}_out{k}"
             k += 1
+            name = f"{base}_out" if k == 1 else f"{base}_out{k}"
+        scope.fresh_next[base] = k + 1
         scope.used_value_names.add(name)
         return name
 
@@ -1458,7 +1463,7 @@ class _Lowerer:
     ) -> ValueUse | None:
         """The body's statements, lowered into the model with the call's names and values."""
         parent = self.frame
-        via = (*parent.via, Expansion(block.name, replace(call_span, via=())))
+        via = (*parent.via, Expansion(block.name, replace(call_span, via=()), prefix))
         fr = _Frame(block.src.name, block.src.key, via, block, prefix, dict(bound))
         for (name, span), use in zip(block.inputs, inputs, strict=True):
             fr.values[name] = use.name

@@ -39,7 +39,9 @@ Conventions of :func:`run_reference`:
   error: the reference never draws random numbers.
 - ``states``: the initial states of ``stateful`` layers by layer name (zeros
   when absent); :attr:`ReferenceResult.states` gives their final states, to
-  pass to the next call.
+  pass to the next call. A ``Bidirectional`` around a stateful layer has the
+  forward layer's states, then the backward layer's (each direction carries its
+  own: the backward one's are those after it read the batch in reverse).
 - ``externs``: extern layer implementations by name (a function or a
   :class:`seqdsl.externs.Impl`), tried before the ``"numpy"`` ones of the
   registry (the program's ``use "python.module"`` modules are imported first).
@@ -69,7 +71,7 @@ from typing import Any
 import numpy as np
 
 from .catalogue import BoundLayer as BoundLayer  # importable from here before; kept
-from .catalogue import Cfg, _cell_of
+from .catalogue import Cfg, _cell_of, backward_of
 from .cells import BoundCell, bound_cell_of, is_cell_layer
 from .checker import CheckedModel, LayerInfo
 from .dims import Dim
@@ -890,6 +892,10 @@ class _Interp:
         inner = cfg.layer("layer")
         flags = Cfg(inner.config)
         key_fw, key_bw = f"{info.name}/forward", f"{info.name}/backward"
+        stateful = flags.flag("stateful")
+        if init is None and stateful and info.name in self.init_states:
+            # a stateful Bidirectional: each direction continues from its own final states
+            init = [_float(s) for s in self.init_states[info.name]]
         if is_cell_layer(info.config):
             bfw, bbw = self.block_cell(info, "forward/"), self.block_cell(info, "backward/")
             n = len(bfw.bc.states)
@@ -899,12 +905,17 @@ class _Interp:
             r_bw = self.run_block(key_bw, bbw, [x], mask, init_bw, True, "zero")
         else:
             fw = self.cell_of(info.name, "forward/", inner.kind, inner.config, x.shape[2])
-            bw = self.cell_of(info.name, "backward/", inner.kind, inner.config, x.shape[2])
+            back = backward_of(info.config)  # backward_layer, or a copy of layer
+            bw = self.cell_of(info.name, "backward/", back.kind, back.config, x.shape[2])
             n = fw.n_states
+            if init is not None and len(init) != 2 * n:
+                raise ReferenceError(f"{info.name}: {2 * n} state(s) expected, got {len(init)}")
             init_fw = init[:n] if init is not None else None
             init_bw = init[n:] if init is not None else None
             r_fw = self.run_direction(key_fw, fw, x, mask, init_fw, training, False, "zero")
             r_bw = self.run_direction(key_bw, bw, x, mask, init_bw, training, True, "zero")
+        if stateful:  # forward then backward, as the initial states
+            self.final_states[info.name] = [s.copy() for s in r_fw.states + r_bw.states]
         if flags.flag("return_sequences"):
             y_fw, y_bw = r_fw.sequence, r_bw.sequence[:, ::-1]
             out_mask = mask
@@ -1502,6 +1513,8 @@ MERGES: dict[str, MergeFn] = {
 
 
 def _is_stateful(info: LayerInfo) -> bool:
+    if info.kind == "Bidirectional":
+        return bool(Cfg(info.config).layer("layer").config.get("stateful"))
     return info.kind in ("LSTM", "GRU", "SimpleRNN", "RNN") and bool(info.config.get("stateful"))
 
 

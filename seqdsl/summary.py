@@ -3,20 +3,52 @@
 Keras' ``model.summary()`` shows layer, output shape and parameter count. This
 adds what Keras lacks: the time dimension and the mask kind of every value,
 and the kernel each target (keras, torch, jax) will use for each recurrent
-layer, with the reason when it is not the fastest.
+layer on a GPU, with the reason when it is not the fastest. The kernel columns
+are headed ``keras GPU`` ...: ``cudnn`` names NVIDIA's fused kernel, which
+only a GPU runs (on a CPU each framework runs its own path, :data:`CPU_NOTE`).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 
-from .catalogue import TARGETS
+from .catalogue import TARGETS, PadInfo
 from .checker import CheckedModel, LayerInfo
-from .ir import ApplyOp, DropMaskOp, MergeOp
+from .ir import DropMaskOp, MergeOp, Op
 from .types import MaskType, TensorType, ValueType, fmt_dim
 
-__all__ = ["summary_text", "summary_json", "time_of", "mask_of"]
+__all__ = [
+    "CPU_NOTE",
+    "summary_text",
+    "summary_json",
+    "time_of",
+    "mask_of",
+    "op_label",
+    "pad_text",
+    "kernel_cells",
+    "HEADER",
+    "summary_rows",
+]
+
+#: what the kernel columns mean off a GPU (the summary's last lines, and its JSON)
+CPU_NOTE = (
+    "The kernel columns name the kernel each target runs on a GPU (cudnn: the fused "
+    "cuDNN kernel); on a CPU, torch runs its fused CPU kernel where they say cudnn, "
+    "JAX lax.scan, Keras its own CPU path."
+)
+
+#: the columns of the summary table (the kernel columns: the kernel on a GPU, CPU_NOTE)
+HEADER = (
+    "Layer (type)",
+    "Value",
+    "Output",
+    "Time",
+    "Mask",
+    "Param #",
+    *(f"{t} GPU" for t in TARGETS),
+)
 
 
 def time_of(t: ValueType | None) -> str:
@@ -38,6 +70,28 @@ def mask_of(t: ValueType | None) -> str:
     return "-"
 
 
+def op_label(op: Op) -> str:
+    """An operation as the summary's "Layer (type)" column writes it."""
+    if isinstance(op, DropMaskOp):
+        return "drop_mask"
+    if isinstance(op, MergeOp):
+        return f"{op.name} ({op.fn})"
+    return f"{op.layer.name} ({op.layer.kind})"
+
+
+def pad_text(p: PadInfo) -> str:
+    """An input's padding as the summary's "Padding:" lines write it."""
+    extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen is not None else ""
+    return f"pad({p.side}, value={_num(p.value)}{extra})" + (", nonempty" if p.nonempty else "")
+
+
+def kernel_cells(info: LayerInfo | None) -> list[str]:
+    """The kernel of a layer per target (in ``TARGETS`` order); empty strings when it has none."""
+    if info is None or info.kernels is None:
+        return ["" for _ in TARGETS]
+    return [info.kernels[t].kernel for t in TARGETS]
+
+
 def _type_str(t: ValueType | None) -> str:
     return "?" if t is None else str(t)
 
@@ -53,13 +107,7 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
         )
     for i, op in enumerate(m.model.ops):
         info = by_op.get(i)
-        if isinstance(op, DropMaskOp):
-            label = "drop_mask"
-        elif isinstance(op, MergeOp):
-            label = f"{op.name} ({op.fn})"
-        else:
-            assert isinstance(op, ApplyOp)
-            label = f"{op.layer.name} ({op.layer.kind})"
+        label = op_label(op)
         params = (
             f"{info.params:,}" if info is not None else ("0" if isinstance(op, DropMaskOp) else "?")
         )
@@ -77,19 +125,25 @@ def _rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
     return rows
 
 
+def summary_rows(m: CheckedModel) -> list[tuple[list[str], LayerInfo | None]]:
+    """The rows of the summary table (the cells under :data:`HEADER`), one per value,
+    in model order, with the layer that made the row's first value (None for
+    inputs, ``drop_mask``, a layer's further results and layers that failed)."""
+    return [(cells + kernel_cells(info), info) for cells, info in _rows(m)]
+
+
 def summary_text(m: CheckedModel, file: str = "") -> str:
-    header = ["Layer (type)", "Value", "Output", "Time", "Mask", "Param #", *TARGETS]
+    header = list(HEADER)
     table: list[list[str]] = []
     notes: list[str] = []
     for cells, info in _rows(m):
-        ks = ["", "", ""]
+        ks = kernel_cells(info)
         if info is not None and info.kernels is not None:
-            ks = [info.kernels[t].kernel for t in TARGETS]
             for t in TARGETS:
                 reason = info.kernels[t].reason
                 if reason:
                     notes.append(
-                        f"  {info.name} ({info.kind}) on {t}: {info.kernels[t].kernel} - {reason}"
+                        f"  {info.name} ({info.kind}) on {t} (GPU): {info.kernels[t].kernel} - {reason}"
                     )
         table.append(cells + ks)
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
@@ -117,14 +171,12 @@ def summary_text(m: CheckedModel, file: str = "") -> str:
     if m.pads:
         out.append(" Padding:")
         for name, p in m.pads.items():
-            extra = f", maxlen={p.maxlen}, truncate={p.truncate}" if p.maxlen is not None else ""
-            out.append(
-                f"  {name}: pad({p.side}, value={_num(p.value)}{extra})"
-                + (", nonempty" if p.nonempty else "")
-            )
+            out.append(f"  {name}: {pad_text(p)}")
     if notes:
         out.append(" Kernel notes:")
         out += notes
+    if any(info.kernels is not None for info in m.layers):
+        out += textwrap.wrap(CPU_NOTE, 100, initial_indent=" ", subsequent_indent=" ")
     out.append(
         " Parameter counts follow Keras (count_params()); torch's fixed-zero bias_hh is not counted."
     )
@@ -166,6 +218,7 @@ def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
                 "trainable_params": layer.trainable_params,
                 "non_trainable_params": layer.non_trainable_params,
                 "padding_invariant": layer.padding_invariant,
+                # the kernel on a GPU, per target (CPU_NOTE: what runs on a CPU)
                 "kernels": (
                     {t: {"kernel": k.kernel, "reason": k.reason} for t, k in layer.kernels.items()}
                     if layer.kernels is not None
@@ -188,6 +241,7 @@ def summary_json(models: Sequence[CheckedModel], file: str = "") -> str:
                 "non_trainable_params": m.non_trainable_params,
                 "outputs": [{"name": o.name, "with_mask": o.with_mask} for o in m.model.outputs],
                 "constraints": [str(c) for c in m.constraints],
+                "kernel_note": CPU_NOTE,
             }
         )
     return json.dumps(doc, indent=2) + "\n"

@@ -44,7 +44,7 @@ OPTIONS: dict[str, tuple[object, ...]] = {
 
 def valid(c: dict[str, object]) -> bool:
     bi = c["wrapper"] != "none"
-    if bi and (c["go_backwards"] or c["masked_output"] == "carry" or c["stateful"]):
+    if bi and (c["go_backwards"] or c["masked_output"] == "carry"):
         return False
     return not (c["stateful"] and c["initial_state"])
 

@@ -165,15 +165,39 @@ def test_empty_sequences_and_edge_cases() -> None:
     assert bucket_boundaries(list(range(1, 101)), 4) == [26, 51, 76]
 
 
-def test_torch_tensors_in_restore_order() -> None:
+def test_torch_tensors_in_restore_order_keep_their_gradients() -> None:
     torch = pytest.importorskip("torch")
     seqs = _data(n=30)
     batches = bucket_batches(seqs, 8, n_buckets=3, shuffle=True)
-    out = restore_order(
-        [torch.as_tensor(b.lengths, dtype=torch.float32).requires_grad_() for b in batches],
-        batches,
-    )
-    assert out.tolist() == [len(s) for s in seqs]
+    leaves = [torch.as_tensor(b.lengths, dtype=torch.float32).requires_grad_() for b in batches]
+    out = restore_order([2.0 * leaf for leaf in leaves], batches)
+    assert isinstance(out, torch.Tensor) and out.requires_grad
+    assert out.tolist() == [2.0 * len(s) for s in seqs]
+    # d(sum_j w_j out_j)/d leaf_k[i] = 2 w_j for the input row j that row i of batch k holds
+    w = torch.arange(len(seqs), dtype=torch.float32)
+    (out * w).sum().backward()
+    for leaf, b in zip(leaves, batches, strict=True):
+        assert leaf.grad is not None
+        assert leaf.grad.tolist() == [2.0 * float(j) for j in b.indices]
+
+
+def test_jax_and_tensorflow_arrays_in_restore_order() -> None:
+    jnp = pytest.importorskip("jax.numpy")
+    seqs = _data(n=20)
+    batches = bucket_batches(seqs, 4, n_buckets=2, shuffle=True)
+    out = restore_order([jnp.asarray(b.lengths) for b in batches], batches)
+    assert type(out).__module__.startswith("jax") and out.tolist() == [len(s) for s in seqs]
+    tf = pytest.importorskip("tensorflow")
+    got = restore_order([tf.constant(b.lengths) for b in batches], batches)
+    assert isinstance(got, tf.Tensor) and got.numpy().tolist() == [len(s) for s in seqs]
+
+
+def test_restore_order_rejects_mixed_kinds() -> None:
+    torch = pytest.importorskip("torch")
+    batches = bucket_batches(_data(n=10), 4, n_buckets=2)
+    mixed = [torch.as_tensor(b.lengths) for b in batches[:-1]] + [batches[-1].lengths]
+    with pytest.raises(TypeError, match="mix"):
+        restore_order(mixed, batches)
 
 
 def test_doctest() -> None:

@@ -307,7 +307,17 @@ def test_errors_do_not_cascade() -> None:
         ("y = x -> Reshape([8, -1])", "SEQ501"),
         ("y = x -> drop_mask -> TemporalSoftmax()", "SEQ502"),
         ("y = x -> LSTM(4, stateful=true)", "SEQ601"),
-        ("y = x -> Bidirectional(LSTM(4, stateful=true))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4, stateful=true))", "SEQ601"),
+        ("y = x -> Bidirectional(LSTM(4), backward_layer=LSTM(4))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4), backward_layer=GRU(4, go_backwards=true))", "SEQ602"),
+        ("y = x -> Bidirectional(LSTM(4), backward_layer=LSTM(5, go_backwards=true))", "SEQ602"),
+        (
+            "y = x -> Bidirectional(LSTM(4), backward_layer=LSTM(4, go_backwards=true, "
+            "return_sequences=true))",
+            "SEQ602",
+        ),
+        ("y = x -> SimpleRNN(4, implementation=2)", "SEQ202"),
+        ("y = x -> LSTM(4, implementation=3)", "SEQ207"),
         ("y = x -> Bidirectional(LSTM(4, masked_output=carry, return_sequences=true))", "SEQ603"),
         ("y = x -> @kernel(cudnn) LSTM(4, activation=relu)", "SEQ701"),
         ("y = x -> @kernel(cudnn) LSTM(4, recurrent_dropout=0.1)", "SEQ701"),
@@ -318,6 +328,38 @@ def test_errors_do_not_cascade() -> None:
 def test_rule_errors(line: str, code: str) -> None:
     src = f"model M {{\ninput x: f32[B, T, 8] pad(post) masked\n{line}\noutput y\n}}"
     assert codes(src) == [code]
+
+
+def test_stateful_hint_declares_the_input_in_its_own_dtype() -> None:
+    """SEQ601's hint rewrites the declaration the batch comes from: an `i32` token
+    input gets `i32[32, T]`, not a float example."""
+    src = (
+        "model M {\ninput tokens: i32[B, T] pad(post, value=0)\n"
+        "y = tokens -> Embedding(100, 8, mask_zero=true) -> LSTM(4, stateful=true)\noutput y\n}"
+    )
+    _, diags = seqdsl.analyze(src, "t.seq")
+    (d,) = diags
+    assert d.code == "SEQ601" and d.hint is not None
+    assert "`tokens: i32[32, T]`" in d.hint and "f32" not in d.hint
+    src = "model M {\ninput m: mask[B, T]\ninput x: f64[B, T, 3]\ny = LSTM(4, stateful=true)(x, mask=m)\noutput y\n}"
+    _, diags = seqdsl.analyze(src, "t.seq")
+    assert [d.code for d in diags] == ["SEQ601"] and "`x: f64[32, T, 3]`" in (diags[0].hint or "")
+
+
+def test_keras_shape_arguments_say_what_to_write() -> None:
+    src = "model M {\ninput x: f32[B, T, 8]\ny = x -> LSTM(4, input_shape=[8, 8])\noutput y\n}"
+    _, diags = seqdsl.analyze(src, "t.seq")
+    (d,) = diags
+    assert d.code == "SEQ202" and "`input_shape`" in d.message
+    assert "declare the input's type" in (d.hint or "") and "f32[B, T, F]" in (d.hint or "")
+
+
+def test_implementation_is_recorded_and_shown() -> None:
+    prog = model("y = x -> LSTM(4, implementation=1)\noutput y")
+    (layer,) = prog.model().layers
+    assert layer.config["implementation"] == 1
+    assert "# y_lstm: LSTM(4, implementation=1)" in prog.compile("jax")  # its comment quotes it
+    assert "LSTM(4, implementation=1, " in prog.compile("keras")  # passed to Keras' layer
 
 
 def test_kernel_cudnn_accepts_eligible_layers_and_dropout() -> None:
@@ -417,3 +459,102 @@ def test_attention_batch_and_dtype_must_agree() -> None:
     assert codes(src.format(q="f32[4, T, 8]", v="f32[3, S, 8]")) == ["SEQ307"]
     assert codes(src.format(q="f32[B, T, 8]", v="f64[B, S, 8]")) == ["SEQ301"]
     assert codes(src.format(q="f32[B, T, 8]", v="f32[B, S, 8, 2]")) == ["SEQ303"]
+
+
+# ------------------------------------------------------------------ issue 12: limits with figures
+
+
+def _diag(src: str, code: str) -> seqdsl.Diagnostic:
+    _, diags = seqdsl.analyze(src, "t.seq")
+    found = [d for d in diags if d.code == code]
+    assert found, [f"{d.code} {d.message}" for d in diags]
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "ok"),
+    [
+        ("i32", "2147483647", True),
+        ("i32", "2147483648", False),
+        ("i32", "-2147483648", True),
+        ("i32", "-2147483649", False),
+        ("i32", "3000000000", False),
+        ("i64", "3000000000", True),
+        ("i64", "1e19", False),
+        ("f32", "3e38", True),
+        ("f32", "1e39", False),
+        ("f64", "1e39", True),
+    ],
+)
+def test_pad_value_must_fit_the_dtype(dtype: str, value: str, ok: bool) -> None:
+    # item 7: pad(value=3000000000) on i32 passed and wrapped to -1294967296 at run time
+    feats = "B, T" if dtype.startswith("i") else "B, T, 3"
+    src = f"model M {{\n input t: {dtype}[{feats}] pad(post, value={value})\n output t\n}}"
+    if ok:
+        assert codes(src) == []
+        return
+    d = _diag(src, "SEQ207")
+    assert d.span is not None and (d.span.line, d.span.col) == (
+        2,
+        src.splitlines()[1].index("value") + 1,
+    )
+    assert dtype in d.message and "does not fit" in d.message
+    if dtype == "i32":
+        assert "-2,147,483,648 to 2,147,483,647" in (d.hint or "")
+
+
+def test_bool_pad_value() -> None:
+    src = "model M {\n input t: bool[B, T, 2] pad(post, value=2)\n output t\n}"
+    assert "SEQ207" in codes(src)
+    assert codes(src.replace("value=2", "value=1")) == []
+
+
+def test_too_many_parameters_in_one_layer_gives_the_figure() -> None:
+    # item 14: LSTM(3000000000) failed at build with a 358 GiB MemoryError
+    d = _diag(
+        "model M {\n input x: f32[B, T, 8]\n y = x -> LSTM(3000000000)\n output y\n}", "SEQ312"
+    )
+    # Keras' count: 4 * units * (in + units + 1)
+    n = 4 * 3000000000 * (8 + 3000000000 + 1)
+    assert f"{n:,} parameters" in d.message and "2,147,483,647" in d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (3, 11)
+    assert "recurrent_kernel" in (d.hint or "") and "12,000,000,000" in (d.hint or "")
+
+
+def test_too_many_parameters_in_the_model() -> None:
+    # each layer under the limit, the model over it: 3 * Dense(30000) on 30000 features
+    body = "\n".join(f" y{i} = x -> Dense(30000)" for i in range(3))
+    src = f"model M {{\n input x: f32[B, T, 30000]\n{body}\n o = concat(y0, y1, y2)\n output o\n}}"
+    d = _diag(src, "SEQ312")
+    per = 30000 * 30000 + 30000
+    assert f"model `M` has {3 * per:,} parameters" in d.message
+    assert d.span is not None and d.span.line == 1
+    # the limit itself is fine
+    assert "SEQ312" not in codes(src.replace("Dense(30000)\n y1", "Dense(3)\n y1").replace(
+        " y2 = x -> Dense(30000)", " y2 = x -> Dense(3)"))  # fmt: skip
+
+
+def test_values_beyond_a_64_bit_index() -> None:
+    big = 10**10
+    src = f"model M {{\n input x: f32[B, {big}, {big}]\n y = x -> GlobalAveragePooling1D()\n output y\n}}"
+    d = _diag(src, "SEQ312")
+    assert f"{big * big:,} elements" in d.message and "9,223,372,036,854,775,807" in d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (2, 8)
+    # reported once: the size carries on into `y`
+    assert codes(src).count("SEQ312") == 1
+
+
+def test_merge_states_its_real_limit() -> None:
+    # item 15: "concat takes at least 2 values, got 65"
+    src = (
+        "model M {\n input x: f32[B, T, 8]\n y = concat("
+        + ", ".join(["x"] * 65)
+        + ")\n output y\n}"
+    )
+    d = _diag(src, "SEQ205")
+    assert d.message == "concat takes 2 to 64 values, got 65"
+    assert "64" in (d.hint or "")
+    ok = src.replace(", ".join(["x"] * 65), ", ".join(["x"] * 64))
+    assert codes(ok) == []
+    one = _diag(src.replace(", ".join(["x"] * 65), "x"), "SEQ205")
+    assert one.message == "concat takes 2 to 64 values, got 1"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import seqdsl
 import seqdsl.cli as cli
 
 GOOD = """\
@@ -70,6 +71,18 @@ def test_summary_text_and_json(
     assert doc["total_params"] == 86272
     lstm = next(layer for layer in doc["layers"] if layer["kind"] == "LSTM")
     assert lstm["kernels"]["torch"]["kernel"] == "cudnn"
+    assert "on a GPU" in doc["kernel_note"]
+
+
+def test_summary_says_the_kernel_columns_are_gpu_kernels(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["summary", str(files[0])]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "Layer (type)" in line)
+    assert header.split()[-6:] == ["keras", "GPU", "torch", "GPU", "jax", "GPU"]
+    assert "x_lstm (LSTM) on torch (GPU): cudnn" in out
+    assert "on a GPU (cudnn: the fused cuDNN kernel); on a" in out
 
 
 def test_summary_of_bad_file_is_a_user_error(
@@ -157,3 +170,91 @@ def test_compile_errors(
         cli.main(["compile", str(files[0]), "--backend", "jax", "-o", str(bad_dir)])
         == cli.EXIT_USAGE
     )
+
+
+# ---------------------------------------------------------------- issue 12: no traceback, no exit 70
+
+_LIBRARY = "layer Enc(units: int) {\n    input x\n    h = x -> LSTM(units)\n    output h\n}\n"
+
+
+@pytest.mark.parametrize("argv", [["compile", "--backend", "torch"], ["summary"],
+                                  ["export", "--format", "onnx", "-o", "out.onnx"]])  # fmt: skip
+def test_file_without_a_model_is_a_user_error(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # item 9: `compile` exited 70 with a KeyError
+    f = tmp_path / "lib.seq"
+    f.write_text(_LIBRARY, encoding="utf-8")
+    cmd, *rest = argv
+    rest = [str(tmp_path / r) if r.endswith(".onnx") else r for r in rest]
+    assert cli.main([cmd, str(f), *rest]) == cli.EXIT_USER
+    out = capsys.readouterr().out
+    assert f"{f}:1:1: error[SEQ016]: the file declares no model" in out
+    assert "= help:" in out and "^" in out
+    # `check` accepts a library of layer blocks
+    assert cli.main(["check", str(f)]) == cli.EXIT_OK
+
+
+def test_api_on_a_file_without_a_model_raises_the_diagnostic() -> None:
+    """The Python API says what the CLI says (it raised a bare KeyError)."""
+    prog = seqdsl.loads(_LIBRARY, name="lib.seq")
+    for call in (
+        lambda: prog.compile("torch"),
+        lambda: prog.build("torch"),
+        lambda: prog.export_onnx(),
+        lambda: prog.model(),
+    ):
+        with pytest.raises(seqdsl.SeqError) as err:
+            call()
+        assert [d.code for d in err.value.diagnostics] == ["SEQ016"]
+        assert "lib.seq:1:1" in str(err.value) and "^" in err.value.render()
+
+
+def test_empty_file_compiles_to_a_diagnostic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "empty.seq"
+    f.write_text("", encoding="utf-8")
+    assert cli.main(["compile", str(f), "--backend", "jax"]) == cli.EXIT_USER
+    assert "SEQ016" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        # item 10: RecursionError and ValueError escaped as exit 70
+        (
+            "model M { input x: f32[B, T, 8]\n y = x -> Reshape("
+            + "[" * 400
+            + "1"
+            + "]" * 400
+            + ")\n output y }",
+            "SEQ015",
+        ),  # fmt: skip
+        (
+            "model M { input x: f32[B, T, 8]\n y = x -> Dense(1" + "0" * 5000 + ")\n output y }",
+            "SEQ015",
+        ),
+        # item 14: a 358 GiB MemoryError at build
+        ("model M { input x: f32[B, T, 8]\n y = x -> LSTM(3000000000)\n output y }", "SEQ312"),
+        # item 16
+        ("model M {\0}", "SEQ002"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_front_end_attacks_exit_one(
+    text: str, code: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "a.seq"
+    f.write_text(text, encoding="utf-8")
+    argv = [command, str(f)] + (["--backend", "torch"] if command == "compile" else [])
+    assert cli.main(argv) == cli.EXIT_USER
+    assert f"error[{code}]" in capsys.readouterr().out
+
+
+def test_cr_only_file_compiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "mac.seq"
+    f.write_bytes(b"\xef\xbb\xbf# classic Mac line ends\rmodel M {\r input x: f32[B, T, 8]\r"
+                  b" y = x -> LSTM(4)\r output y\r}\r")  # fmt: skip
+    assert cli.main(["compile", str(f), "--backend", "torch"]) == cli.EXIT_OK
+    assert "class M" in capsys.readouterr().out

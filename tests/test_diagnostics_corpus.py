@@ -57,8 +57,9 @@ def expectations(path: Path) -> set[Key]:
 def _analysis(path: Path) -> seqdsl.Analysis:
     # the folder is also on the search path: the names stay relative to the
     # checkout, and `use` still resolves when the tests run from another folder
+    # read as `seqdsl compile` reads them: every program declares a model (SEQ016)
     return seqdsl.analyze_sources(
-        path.read_text(encoding="utf-8"), _name(path), search_path=[path.parent]
+        path.read_text(encoding="utf-8"), _name(path), search_path=[path.parent], need_model=True
     )
 
 

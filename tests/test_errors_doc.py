@@ -72,7 +72,10 @@ def _analyze(s: Section, text: str, name: str, tmp: Path) -> seqdsl.Analysis:
     for rel, body in s.files.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / rel).write_text(body, encoding="utf-8")
-    return seqdsl.analyze_sources(text, name, search_path=[tmp] if s.files else None)
+    # as `seqdsl compile` reads a file: the examples declare a model (SEQ016 otherwise)
+    return seqdsl.analyze_sources(
+        text, name, search_path=[tmp] if s.files else None, need_model=True
+    )
 
 
 def test_every_code_is_documented_in_order() -> None:

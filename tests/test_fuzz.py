@@ -18,7 +18,7 @@ import re
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import pytest
 import seqdsl
 from seqdsl.catalogue import CATALOGUE, MERGES
 from seqdsl.cli import EXIT_INTERNAL, main
+from tests import fuzzgen
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20240917
@@ -249,19 +250,24 @@ class _Deadline(Exception):
 
 
 @contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Interrupt the block after ``seconds`` (SIGALRM; the main thread on Unix)."""
+def deadline(seconds: float, cpu: bool = False) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` of wall-clock time (SIGALRM), or of this
+    process's CPU time with ``cpu`` (SIGPROF: a loaded machine does not count); the
+    main thread on Unix."""
 
     def fire(signum: int, frame: object) -> None:
-        raise _Deadline(f"still running after {seconds} s")
+        raise _Deadline(f"still running after {seconds} s" + (" of CPU time" if cpu else ""))
 
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    sig, timer = (
+        (signal.SIGPROF, signal.ITIMER_PROF) if cpu else (signal.SIGALRM, signal.ITIMER_REAL)
+    )
+    old = signal.signal(sig, fire)
+    signal.setitimer(timer, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(timer, 0)
+        signal.signal(sig, old)
 
 
 def _report(m: Mutant, what: str) -> str:
@@ -353,7 +359,7 @@ def test_fuzz_cli_never_internal_error(command: str, tmp_path: Path) -> None:
 
 
 # Edge values found by fuzzing (each once crashed or hung the checker).
-_HUGE = "1" + "0" * 400
+_HUGE = "1" + "0" * 99  # the longest integer literal accepted (100 digits)
 EDGE_CASES: dict[str, tuple[str, str | None]] = {
     "pad value overflowing float": (
         "model M { input t: i32[B, T] pad(post, value=1e309)\n"
@@ -371,7 +377,7 @@ EDGE_CASES: dict[str, tuple[str, str | None]] = {
     ),
     "huge Masking value": (
         f"model M {{ input t: f32[B, T, 3] pad(post, value=0)\n y = t -> Masking({_HUGE}) -> LSTM(4)\n output y }}",
-        "SEQ207",
+        "SEQ803",
     ),
     "huge TemporalSplit": (
         "model M { input x: f32[B, T, 8]\n a, b = x -> TemporalSplit(99999999999)\n"
@@ -393,16 +399,56 @@ EDGE_CASES: dict[str, tuple[str, str | None]] = {
     ),
     "huge parameter count in the summary": (
         f"model M {{ input x: i32[B, T]\n y = x -> Embedding({_HUGE}, {_HUGE})\n output y }}",
-        None,
+        "SEQ312",
     ),
     "huge dims": (
         f"model M {{ input x: f32[{_HUGE}, {_HUGE}, 8]\n"
         f" y = x -> Conv1D(4, 3, strides={_HUGE}) -> LSTM(3, stateful=true)\n output y }}",
-        None,
+        "SEQ312",
     ),
     "huge flatten": (
         f"model M {{ input x: f32[B, {_HUGE}, {_HUGE}]\n y = x -> Flatten() -> Dense(3)\n output y }}",
-        None,
+        "SEQ312",
+    ),
+    # issue 12: each of these once escaped as a raw exception (exit 70 from the CLI)
+    "integer literal past Python's 4300 digits": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Dense(1{'0' * 5000})\n output y }}",
+        "SEQ015",
+    ),
+    "integer literal of 101 digits": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Dense({_HUGE}0)\n output y }}",
+        "SEQ015",
+    ),
+    "list literal nested 400 deep": (
+        f"model M {{ input x: f32[B, T, 8]\n y = x -> Reshape({'[' * 400}1{']' * 400})\n output y }}",
+        "SEQ015",
+    ),
+    "cell equation of 3000 terms": (
+        "cell C(units: int) { input x: f32[in]\n state h: f32[units]\n"
+        " weight k: [in, units]\n h <- " + " + ".join(["x @ k"] * 3000) + "\n output h }\n"
+        "model M { input x: f32[B, T, 8]\n y = x -> RNN(C(4))\n output y }",
+        "SEQ015",
+    ),
+    "LSTM of three billion units": (
+        "model M { input x: f32[B, T, 8]\n y = x -> LSTM(3000000000)\n output y }",
+        "SEQ312",
+    ),
+    # the campaign's slowest program: fresh value names were found in quadratic time
+    "4096 repeated layers of one name": (
+        "model M { input x: f32[B, T, 8]\n"
+        ' y = x -> repeat(99999) { Dense(8, name="n1") -> Masking(0.5) }\n output y }',
+        "SEQ207",
+    ),
+    # the campaign's only hang: an extern layer declaring 10^20 outputs
+    "extern layer of 10^20 outputs": (
+        "extern layer MySplit(parts: int) { outputs: parts; time: T / parts; mask: split }\n"
+        "model M { input x: f32[B, T, 8]\n a, b = x -> MySplit(99999999999999999999)\n"
+        " y = concat(a, b)\n output y }",
+        "SEQ207",
+    ),
+    "sixty-five values merged": (
+        "model M { input x: f32[B, T, 8]\n y = concat(" + ", ".join(["x"] * 65) + ")\n output y }",
+        "SEQ205",
     ),
 }
 
@@ -410,7 +456,7 @@ EDGE_CASES: dict[str, tuple[str, str | None]] = {
 @pytest.mark.parametrize("case", list(EDGE_CASES))
 def test_edge_values(case: str) -> None:
     text, code = EDGE_CASES[case]
-    with deadline(DEADLINE_S):
+    with deadline(DEADLINE_S, cpu=True):
         prog, diags = seqdsl.analyze(text, "edge.seq")
         if prog is not None and not any(d.is_error for d in diags):
             prog.summary()
@@ -420,3 +466,140 @@ def test_edge_values(case: str) -> None:
         assert not any(d.is_error for d in diags), codes
     else:
         assert code in codes, codes
+
+
+# ---------------------------------------------------------------- generated programs (issue 12)
+#
+# tests/fuzzgen.py derives programs from the grammar and from the layer catalogue and
+# mutates them (and the seeds above) at the token and the text level. CI runs
+# GENERATED_CI of them with a fixed seed; `-m full` runs the campaign of
+# SEQDSL_FUZZ_N programs (default 100,000). Each program is analysed (and, when it
+# checks clean, summarised and compiled for one backend) under a 2 s deadline.
+
+
+GENERATED_CI = 300
+
+
+@dataclass
+class CampaignResult:
+    count: int = 0
+    parsed: int = 0
+    clean: int = 0
+    #: the most CPU time one program took (its text), and the most wall-clock time
+    slowest: float = 0.0
+    slowest_text: str = ""
+    slowest_wall: float = 0.0
+    failures: list[str] | None = None
+    by_source: dict[str, int] | None = None
+
+
+def run_campaign(
+    n: int, seed: int, progress: Callable[[CampaignResult], None] | None = None
+) -> CampaignResult:
+    """Analyse ``n`` generated programs; collect every exception and deadline miss.
+    ``progress`` is called every 5,000 programs (a long campaign's partial figures)."""
+    rng = random.Random(seed)
+    seeds = list(seed_programs().values())
+    res = CampaignResult(failures=[], by_source={})
+    assert res.failures is not None and res.by_source is not None
+    backends = ("torch", "jax", "keras")
+    for i in range(n):
+        if progress is not None and i and i % 5000 == 0:
+            progress(res)
+        text, source = fuzzgen.program(rng, seeds, lambda r, t: mutate(r, t)[0])
+        res.by_source[source] = res.by_source.get(source, 0) + 1
+        m = Mutant(source, f"program {i} of seed {seed}", text)
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        try:
+            # CPU time: on a shared machine the wall clock also counts the other jobs
+            with deadline(DEADLINE_S, cpu=True):
+                a = seqdsl.analyze_sources(text, "fuzz.seq")
+                prog, diags = a.program, a.diagnostics
+                a.render("full")
+                if prog is not None and not any(d.is_error for d in diags):
+                    prog.summary()
+                    prog.summary(fmt="json")
+                    if prog.models:
+                        prog.compile(backends[i % 3])
+                    res.clean += 1
+        except _Deadline as e:
+            res.failures.append(_report(m, f"TIMEOUT: {e}"))
+            continue
+        except Exception:  # noqa: BLE001 - this is what the campaign looks for
+            res.failures.append(_report(m, traceback.format_exc(limit=-4)))
+            continue
+        dt = time.process_time() - c0
+        res.slowest_wall = max(res.slowest_wall, time.perf_counter() - t0)
+        if dt > res.slowest:
+            res.slowest, res.slowest_text = dt, text
+        if dt > DEADLINE_S:
+            res.failures.append(_report(m, f"SLOW: {dt:.2f} s of CPU time"))
+        for d in diags:
+            if d.code not in seqdsl.CODES:
+                res.failures.append(_report(m, f"unregistered code {d.code}"))
+        if not any(d.code in SYNTAX_CODES for d in diags):
+            res.parsed += 1
+        res.count += 1
+    return res
+
+
+def test_generated_programs_never_crash() -> None:
+    t0 = time.perf_counter()
+    res = run_campaign(GENERATED_CI, SEED + 2)
+    total = time.perf_counter() - t0
+    assert res.failures == [], "\n\n".join(res.failures[:10]) if res.failures else ""
+    assert res.by_source is not None and len(res.by_source) == 5, res.by_source
+    # enough programs reach the checker, and some check clean (the deep paths)
+    assert res.parsed >= 0.4 * GENERATED_CI, res
+    assert res.clean >= 0.05 * GENERATED_CI, res
+    assert total < 30, f"{GENERATED_CI} generated programs took {total:.1f} s"
+
+
+def test_derivations_follow_the_grammar() -> None:
+    rng = random.Random(SEED + 3)
+    texts = [fuzzgen.derive(rng) for _ in range(100)]
+    assert len(set(texts)) > 80  # not one program over and over
+    syntax = [t for t in texts if any(d.code in SYNTAX_CODES for d in seqdsl.analyze(t)[1])]
+    # derived from the grammar: only a keyword drawn as a name may fail to parse
+    assert len(syntax) <= 5, syntax[:3]
+    assert sum("model" in t for t in texts) > 30
+
+
+@pytest.mark.full
+def test_fuzz_campaign() -> None:
+    """The large campaign of issue 12: SEQDSL_FUZZ_N programs (default 100,000),
+    0 internal errors, 0 programs over 2 s. SEQDSL_FUZZ_REPORT names a JSON file for
+    the figures."""
+    import json
+    import os
+
+    n = int(os.environ.get("SEQDSL_FUZZ_N", "100000"))
+    seed = int(os.environ.get("SEQDSL_FUZZ_SEED", str(SEED)))
+    report = os.environ.get("SEQDSL_FUZZ_REPORT")
+    t0 = time.perf_counter()
+
+    def summarize(res: CampaignResult) -> dict[str, object]:
+        return {
+            "programs": res.count + len(res.failures or []),
+            "seed": seed,
+            "failures": len(res.failures or []),
+            "parsed": res.parsed,
+            "checked_clean": res.clean,
+            "slowest_cpu_s": round(res.slowest, 4),
+            "slowest_wall_s": round(res.slowest_wall, 4),
+            "total_s": round(time.perf_counter() - t0, 1),
+            "by_source": res.by_source,
+        }
+
+    def write(res: CampaignResult) -> None:
+        if report:
+            with open(report, "w", encoding="utf-8") as f:
+                json.dump({**summarize(res), "first_failures": (res.failures or [])[:20],
+                           "slowest_program": res.slowest_text[:4000]}, f, indent=2)  # fmt: skip
+
+    res = run_campaign(n, seed, write)
+    write(res)
+    summary = summarize(res)
+    print(summary)
+    assert not res.failures, f"{summary}\n\n" + "\n\n".join((res.failures or [])[:10])

@@ -128,3 +128,17 @@ def test_installed_cli_reports_errors(installed: Path, tmp_path: Path) -> None:
     )
     assert r.returncode == 1, f"{r.stdout}\n{r.stderr}"
     assert "SEQ103" in r.stdout
+
+
+@pytest.mark.slow
+def test_installed_cli_run(installed: Path, example: Path) -> None:
+    """The README's first command: the base install (lark, numpy) runs a model on data."""
+    data = ROOT / "examples" / "data" / "sentiment.jsonl"
+    shutil.copy(data, example.parent / "data.jsonl")
+    r = _run(
+        [str(_bin(installed, "seqdsl")), "run", example.name, "--data", "data.jsonl"],
+        cwd=example.parent,
+    )
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert "backend reference interpreter" in r.stdout
+    assert "time: build" in r.stdout

@@ -315,6 +315,19 @@ def keras_mask(x: Any) -> np.ndarray | None:
 # parity with the reference
 
 
+def _is_stateful(config: Any) -> bool:
+    """A stateful recurrent layer, or a Bidirectional around one."""
+    inner = config.get("layer")
+    return bool(config.get("stateful") or getattr(inner, "config", {}).get("stateful"))
+
+
+def _state_vars(layer: Any) -> list[Any]:
+    """A stateful layer's state variables (a Bidirectional's: forward, then backward)."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [*layer.forward_layer.states, *layer.backward_layer.states]
+    return list(layer.states)
+
+
 def run_case(case: Case, tol: dict[str, float] = TOL, check_nontrivial: bool = True) -> None:
     m = seqdsl.loads(case.source).model()
     mod = module_for(m)
@@ -322,7 +335,7 @@ def run_case(case: Case, tol: dict[str, float] = TOL, check_nontrivial: bool = T
     net.load_canonical({k: v.astype(np.float32) for k, v in rand_weights(m, 1).items()})
     w = weights64(net)
     xs = keras_inputs(m, case.inputs, case.lengths)
-    stateful = {layer.name for layer in m.layers if layer.config.get("stateful")}
+    stateful = {layer.name for layer in m.layers if _is_stateful(layer.config)}
     states: dict[str, list[np.ndarray]] | None = None
     for _ in range(2 if stateful else 1):  # a stateful layer continues from its last call
         ref = run_reference(m, w, case.inputs, lengths=case.lengths, training=case.training,
@@ -334,7 +347,7 @@ def run_case(case: Case, tol: dict[str, float] = TOL, check_nontrivial: bool = T
             out = call(net, xs)
         compare(as_outputs(out, m), ref.outputs, tol, case.id)
         for name in stateful:
-            got = [ops.convert_to_numpy(v) for v in net.get_layer(name).states]
+            got = [ops.convert_to_numpy(v) for v in _state_vars(net.get_layer(name))]
             compare(got, ref.states[name], tol, f"{case.id}: states of {name}")
         states = ref.states
     if check_nontrivial:  # (some cases of the full product are 0 everywhere: relu, no bias)
@@ -342,7 +355,9 @@ def run_case(case: Case, tol: dict[str, float] = TOL, check_nontrivial: bool = T
     if stateful:
         net.reset_states()
         for name in stateful:
-            assert all(not np.any(ops.convert_to_numpy(v)) for v in net.get_layer(name).states)
+            assert all(
+                not np.any(ops.convert_to_numpy(v)) for v in _state_vars(net.get_layer(name))
+            )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -1,4 +1,4 @@
-"""``seqdsl check`` and ``seqdsl summary`` work with no deep-learning framework.
+"""``seqdsl check``, ``summary``, ``compile``, ``export`` and ``graph`` work with no deep-learning framework.
 
 Each command runs in one subprocess whose import system refuses keras,
 tensorflow, torch and jax (a ``sys.meta_path`` finder raising ImportError), over
@@ -135,6 +135,7 @@ def _has_onnx() -> bool:
         "check",
         "summary",
         "compile",
+        "graph",
         pytest.param(
             "export", marks=pytest.mark.skipif(not _has_onnx(), reason="onnx not installed")
         ),
@@ -160,6 +161,10 @@ def test_cli_runs_without_frameworks(command: str, tmp_path: Path) -> None:
         assert len(results) == len(files)
         for r in results:
             assert "Total params:" in r["stdout"], r["stdout"]
+    elif command == "graph":  # the DOT text is built from the checked model alone
+        assert len(results) == len(files)
+        for r in results:
+            assert r["stdout"].startswith("digraph seqdsl {"), r["stdout"][:200]
     elif command == "export":  # ONNX export needs onnx only, no deep-learning framework
         assert len(results) == len(files)
         for r in results:

@@ -244,6 +244,8 @@ LAYERS = {
     "bi_mul_rnn": "Bidirectional(SimpleRNN(3, return_sequences=true), merge_mode=mul)",
     "bi_ave_last": "Bidirectional(LSTM(3), merge_mode=ave)",
     "bi_gru_v1": "Bidirectional(GRU(3, reset_after=false))",
+    "bi_backward_layer": "Bidirectional(LSTM(3, return_sequences=true, implementation=1), "
+    "backward_layer=LSTM(3, go_backwards=true, return_sequences=true, use_bias=false))",
     "stack": "LSTM(4, return_sequences=true) -> GRU(3, return_sequences=true) "
     "-> GlobalAveragePooling1D()",
     "maxpool": "GRU(3, return_sequences=true) -> GlobalMaxPooling1D()",
@@ -412,6 +414,19 @@ def test_unsupported_activation_inside_rnn_names_the_layer() -> None:
     with pytest.raises(Unsupported, match="enc") as e:
         export_onnx(m)
     assert e.value.layer == "enc"
+
+
+def test_backward_layer_of_another_cell_and_stateful_bidirectional_are_unsupported() -> None:
+    m = _small(
+        'Bidirectional(GRU(3), backward_layer=GRU(3, go_backwards=true, activation=relu), name="bi")',
+        "none",
+    )
+    with pytest.raises(Unsupported, match="backward_layer with another activation") as e:
+        export_onnx(m)
+    assert e.value.layer == "bi"
+    src = 'model M {\n input x: f32[2, T, 3]\n y = x -> Bidirectional(GRU(3, stateful=true), name="st")\n output y\n}'
+    with pytest.raises(Unsupported, match="stateless"):
+        export_onnx(seqdsl.loads(src).model())
 
 
 def test_training_calls_are_unsupported() -> None:

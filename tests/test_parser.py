@@ -435,3 +435,211 @@ def test_spans() -> None:
     assert (op.inputs[0].span.line, op.inputs[0].span.col) == (3, 9)
     assert (op.layer.kind_span.line, op.layer.kind_span.col) == (3, 14)
     assert (m.name_span.line, m.name_span.col) == (1, 7)
+
+
+# ---------------------------------------------------------------- issue 12 and 13: the front end
+
+_PROGRAM = (
+    "model M {\n    input x: f32[B, T, 8]  # the frames\n    y = x -> LSTM(4)\n    output y\n}\n"
+)
+
+
+def _codes(text: str) -> list[tuple[str, int, int]]:
+    _, diags = analyze(text, "t.seq")
+    return [(d.code, d.span.line, d.span.col) for d in diags if d.span is not None]
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_any_line_ending_reads_as_editors_read_it(eol: str) -> None:
+    # issue 12 item 3: with `\r` alone, the first comment swallowed the rest of the file
+    prog, diags = analyze(_PROGRAM.replace("\n", eol), "t.seq")
+    assert diags == [] and prog is not None
+    assert [m.name for m in prog.models] == ["M"]
+    # positions count lines as an editor does
+    bad = _PROGRAM.replace("LSTM(4)", "LSTM(4) Dense(3)").replace("\n", eol)
+    assert _codes(bad) == [("SEQ001", 3, 22)]
+
+
+def test_leading_bom_is_accepted_and_columns_ignore_it() -> None:
+    # issue 12 item 16: every file saved with a BOM was rejected
+    prog, diags = analyze("\ufeff" + _PROGRAM, "t.seq")
+    assert diags == [] and prog is not None and len(prog.models) == 1
+    assert _codes(
+        "\ufeffmodel M { input x: f32[B, T, 8]\n y = x -> LSTM(4) Dense(3)\n output y }"
+    ) == [("SEQ001", 2, 19)]
+
+
+def test_bom_file_through_load(tmp_path: object) -> None:
+    from pathlib import Path
+
+    import seqdsl
+
+    assert isinstance(tmp_path, Path)
+    f = tmp_path / "bom.seq"
+    f.write_bytes(b"\xef\xbb\xbf" + _PROGRAM.replace("\n", "\r\n").encode())
+    assert [m.name for m in seqdsl.load(f).models] == ["M"]
+
+
+@pytest.mark.parametrize(
+    ("ch", "words"),
+    [
+        ("\0", ["NUL", "U+0000"]),
+        ("\ufeff", ["byte-order mark", "U+FEFF"]),
+        ("\u200b", ["invisible", "U+200B"]),
+    ],
+)
+def test_odd_characters_are_named(ch: str, words: list[str]) -> None:
+    text = _PROGRAM.replace("y = x", f"y = {ch}x")
+    _, diags = analyze(text, "t.seq")
+    assert [(d.code, d.span.line, d.span.col) for d in diags if d.span] == [("SEQ002", 3, 9)]
+    d = diags[0]
+    assert all(w in d.message for w in words), d.message
+    assert d.hint and "`#` starts a comment" not in d.hint
+
+
+def test_nul_hint_says_what_to_do() -> None:
+    _, diags = analyze("\0\0" + _PROGRAM, "t.seq")
+    assert diags[0].hint is not None and "UTF-8" in diags[0].hint
+
+
+@pytest.mark.parametrize("depth", [400, 2000])
+def test_deep_nesting_is_a_diagnostic(depth: int) -> None:
+    # issue 12 item 10: RecursionError
+    text = f"model M {{ input x: f32[B, T, 8]\n y = x -> Reshape({'[' * depth}1{']' * depth})\n output y }}"
+    (code,) = {c for c, _, _ in _codes(text)}
+    assert code == "SEQ015"
+
+
+def test_nesting_under_the_limit_still_parses() -> None:
+    from seqdsl.parser import MAX_NESTING
+
+    n = MAX_NESTING - 10
+    text = (
+        "cell C(units: int) { input x: f32[in]\n state h: f32[units]\n weight k: [in, units]\n"
+        " h <- tanh(" + " + ".join(["x @ k"] * n) + ")\n output h }\n"
+        "model M { input x: f32[B, T, 8]\n y = x -> RNN(C(4))\n output y }"
+    )
+    prog, diags = analyze(text, "t.seq")
+    assert diags == [] and prog is not None
+    for backend in ("torch", "jax", "keras"):
+        assert "class" in prog.compile(backend)
+
+
+def test_integer_literal_limit() -> None:
+    # issue 12 item 10: a literal over 4,300 digits gave ValueError
+    from seqdsl.parser import MAX_INT_DIGITS
+
+    for digits in (MAX_INT_DIGITS + 1, 4301, 10000):
+        text = f"model M {{ input x: f32[B, T, 8]\n y = x -> Dense(1{'0' * (digits - 1)})\n output y }}"
+        _, diags = analyze(text, "t.seq")
+        assert [(d.code, d.span.line, d.span.col) for d in diags if d.span] == [("SEQ015", 2, 17)]
+        assert f"{digits} digits" in diags[0].message
+    ok = f"model M {{ input x: f32[B, T, 8]\n y = x -> Dense(1{'0' * (MAX_INT_DIGITS - 1)})\n output y }}"
+    assert "SEQ015" not in {c for c, _, _ in _codes(ok)}
+
+
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        "masked = frames -> Dense(3)",
+        "pad = frames -> Dense(3)",
+        "debug = frames -> Dense(3)",
+        "input = frames -> Dense(3)",
+        "output = frames -> Dense(3)",
+        "masked, pad = frames -> TemporalSplit(2)",
+    ],
+)
+def test_keywords_do_not_steal_the_next_statements_name(stmt: str) -> None:
+    # issue 13: `masked = ...` after `input frames: ...` failed with "unexpected `=`"
+    name = stmt.split("=")[0].split(",")[0].strip()
+    for decl in ("input frames: f32[B, T, 3]", "input frames: f32[B, T, 3] masked",
+                 "input frames: f32[B, T, 3] pad(post, value=0.0)"):  # fmt: skip
+        text = f"model M {{\n    {decl}\n    {stmt}\n    y = {name} -> LSTM(4)\n    output y\n}}\n"
+        prog, diags = analyze(text, "t.seq")
+        assert not [d for d in diags if d.is_error], (text, diags)
+        assert prog is not None
+
+
+def test_modifiers_keep_working_on_the_next_line() -> None:
+    # newlines are whitespace: a modifier on the next line still belongs to the input
+    text = "model M {\n input x: f32[B, T, 3]\n   pad(post, value=0.0)\n   masked\n y = x -> LSTM(4)\n output y\n}\n"
+    prog, diags = analyze(text, "t.seq")
+    assert diags == [] and prog is not None
+    (inp,) = prog.models[0].model.inputs
+    assert inp.masked and inp.pad is not None
+
+
+def test_every_syntax_error_is_reported() -> None:
+    # issue 13: one syntax error hid the rest of the file
+    text = (
+        "model M {\n"
+        "    input x: f32[B, T, 8]\n"
+        "    h = x -> LSTM(32, return_sequences: true)\n"
+        "    d = h -> Dense(16 activation=relu)\n"
+        "    z == d -> Dense(4)\n"
+        "    ok = z -> Dropout(0.1)\n"
+        "    y = ok -> Dense(5) $\n"
+        "    output y\n"
+        "}\n"
+        "model N {\n"
+        "    input a: f32[B, T, 2]\n"
+        "    b = a ->\n"
+        "    output b\n"
+        "}\n"
+    )
+    assert _codes(text) == [
+        ("SEQ001", 3, 39),
+        ("SEQ001", 4, 23),
+        ("SEQ001", 5, 8),
+        ("SEQ002", 7, 24),
+        ("SEQ001", 12, 11),
+    ]
+
+
+def test_parse_failure_carries_every_diagnostic() -> None:
+    with pytest.raises(ParseFailure) as e:
+        parse_tree("model M {\n x = a Dense(3)\n y == x\n}\n", "t.seq")
+    assert [(d.line, d.col) for d in (x.span for x in e.value.diagnostics) if d] == [(2, 8), (3, 5)]
+    assert e.value.diagnostic == e.value.diagnostics[0]
+
+
+def test_syntax_error_count_is_bounded() -> None:
+    from seqdsl.parser import MAX_SYNTAX_ERRORS
+
+    text = "model M {\n input x: f32[B, T, 8]\n" + " y == x\n" * 50 + " output x\n}\n"
+    codes = _codes(text)
+    assert len(codes) == MAX_SYNTAX_ERRORS
+    assert codes[:2] == [("SEQ001", 3, 5), ("SEQ001", 4, 5)]
+
+
+def test_python_tuples_read_as_lists() -> None:
+    # Keras code writes sizes as tuples; `input_shape=(8, 8)` was a bare syntax error
+    # (issue 13) and now reaches the checker's SEQ202 with its hint
+    _, diags = analyze(
+        "model M {\n input x: f32[B, T, 8]\n y = x -> LSTM(3, input_shape=(8, 8))\n output y\n}",
+        "t.seq",
+    )
+    assert [(d.code, d.span.line, d.span.col) for d in diags if d.span] == [("SEQ202", 3, 19)]
+    assert "input" in (diags[0].hint or "")
+    m = lowered("    y = x -> Conv1D(4, kernel_size=(3,), strides=(1,))\n    output y")
+    (conv,) = applies(m)
+    args = {a.name: a.value for a in conv.layer.args if a.name}
+    assert args["kernel_size"].describe() == "[3]" and args["strides"].describe() == "[1]"
+    # a parenthesised value is still a value, not a one-element tuple
+    assert lowered("    y = x -> Dense((3))\n    output y").ops
+
+
+def test_unquote_keeps_text_and_unknown_escapes() -> None:
+    # the campaign's only warnings: `"\e"` went through Python's unicode_escape codec
+    # (a DeprecationWarning, an error in later Pythons), which also garbled non-ASCII text
+    import warnings
+
+    from seqdsl.parser import unquote
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert unquote('"a\\eb"') == "a\\eb"
+        assert unquote('"é\\t"') == "é\t"
+        assert unquote('"\\u00e9\\x41\\\\\\""') == 'éA\\"'
+        assert unquote("'it\\'s'") == "it's"
+        assert unquote('"x\\ny"') == "x\ny"

@@ -118,9 +118,10 @@ def check_case(case: Case, dtype: str = "float32", tol: float = F32_TOL) -> None
     compare(as_outputs(got, model), ref.outputs, tol, case.id)
     for layer, states in ref.states.items():  # stateful: the states carried to the next call
         mod = net.get_submodule(layer)
-        compare(
-            [getattr(mod, s) for s in mod.state_names], states, tol, f"{case.id} states of {layer}"
-        )
+        # a stateful Bidirectional: each direction's, forward then backward
+        parts = [mod.forward_layer, mod.backward_layer] if hasattr(mod, "forward_layer") else [mod]
+        got = [getattr(p, s) for p in parts for s in p.state_names]
+        compare(got, states, tol, f"{case.id} states of {layer}")
         again = call(net, case.inputs, **kw)
         ref2 = run_reference(model, weights64(net), case.inputs, training=case.training, states=ref.states,
                              lengths=case.lengths or None, dropout_masks=case.dropout_masks)  # fmt: skip

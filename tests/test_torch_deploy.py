@@ -13,6 +13,7 @@ test machine has 2 cores.
 from __future__ import annotations
 
 import inspect
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ torch = pytest.importorskip("torch")
 
 import seqdsl  # noqa: E402
 from seqdsl.checker import CheckedModel  # noqa: E402
+from seqdsl.runtime.torch import CellRNN, Recurrent  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_torch_backend import example_inputs  # noqa: E402
@@ -124,10 +126,23 @@ def is_masked(model: CheckedModel) -> bool:
     return any(t.mask is not None for t in model.types.values() if hasattr(t, "mask"))
 
 
-def dynamic_shapes(net: Any, model: CheckedModel, kwargs: dict[str, Any], time: bool) -> Any:
+# The time dimensions whose range the model narrows: two stride-2 valid Conv1D
+# (kernels 5 and 3) need T >= 9, and torch.export's shape reasoning wants each
+# convolution to give at least 2 steps (T >= 13); TemporalSplit(2) needs an even T.
+TIME_DIMS: dict[str, Any] = {
+    "conv_frontend_lstm": lambda: torch.export.Dim("T", min=13, max=1024),
+    "masking_temporal_split": lambda: 2 * torch.export.Dim("half", min=1, max=512),
+}
+
+
+def dynamic_shapes(
+    net: Any, model: CheckedModel, kwargs: dict[str, Any], time: bool, name: str = ""
+) -> Any:
     """torch.export's dynamic_shapes: one Dim per declared symbol (the batch always;
     the other symbols with `time`), a stateful model's fixed batch excepted."""
     dims: dict[str, Any] = {}
+    if time and name in TIME_DIMS:
+        dims["T"] = TIME_DIMS[name]()
 
     def dim(symbol: object) -> Any:
         if not isinstance(symbol, str) or (symbol != "B" and not time):
@@ -137,19 +152,21 @@ def dynamic_shapes(net: Any, model: CheckedModel, kwargs: dict[str, Any], time: 
     sig = inspect.signature(net.forward)
     names = [n for n, p in sig.parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
     spec: dict[str, Any] = {}
-    for name in names:
-        axes = {i: dim(d) for i, d in enumerate(net.SHAPES[name]) if dim(d) is not None}
-        spec[name] = axes or None
+    for name_ in names:
+        axes = {i: dim(d) for i, d in enumerate(net.SHAPES[name_]) if dim(d) is not None}
+        spec[name_] = axes or None
     if "lengths" in kwargs:
         spec["lengths"] = {k: {0: dim(net.SHAPES[k][0])} for k in kwargs["lengths"]}
     return spec
 
 
-def static_time(model: CheckedModel) -> bool:
-    """Whether torch.export must fix the time axes: torch's fused RNN ops decompose
-    into one step per time step when traced (aten.lstm, aten.gru, aten.rnn_*), and
-    cell blocks loop in Python, so a recurrent model is exported for one T."""
-    return any(layer.kind in RECURRENT for layer in model.layers)
+def static_time(net: Any) -> bool:
+    """Whether torch.export must fix the time axes: a cell block (CellRNN) or a layer on
+    Keras' step function (fused=False) loops over time in Python. torch's fused RNN ops
+    are exported as one call of the operator seqdsl::fused_rnn, symbolic in time."""
+    return any(
+        isinstance(m, CellRNN) or (isinstance(m, Recurrent) and not m.fused) for m in net.modules()
+    )
 
 
 # --------------------------------------------------------------------------
@@ -269,30 +286,30 @@ def test_no_graph_breaks(name: str) -> None:
     assert report.graph_count == 1
 
 
-EXPORT_DEFAULT = ["post", "gaps", "bilstm_tagger", "rnn_guide_stateful",
+EXPORT_DEFAULT = ["post", "gaps", "bilstm_tagger", "rnn_guide_stateful", "conv_frontend_lstm",
                   "global_pool_classifier"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=() if n in EXPORT_DEFAULT else pytest.mark.full) for n in EVERY]
 )
-def test_export_dynamic_batch(name: str) -> None:
-    """torch.export with a dynamic batch (and dynamic time where no recurrent layer
-    fixes it): the exported program, run on other batch sizes, rows of other lengths
+def test_export_dynamic_batch_and_time(name: str) -> None:
+    """torch.export with a dynamic batch and dynamic time (fixed only where a cell
+    block loops over time in Python): the exported program, run on other batch sizes, rows of other lengths
     (and other time lengths), equals eager. A stateful model keeps its fixed batch;
     its exported program carries the states from call to call, as eager."""
     model, net = load(name)
-    time = not static_time(model)
+    time = not static_time(net)
     args, kwargs = tensors(model, b=3 if net.STATEFUL else 4)
     net.reset_states()
     program = torch.export.export(
-        net, args, kwargs, dynamic_shapes=dynamic_shapes(net, model, kwargs, time)
+        net, args, kwargs, dynamic_shapes=dynamic_shapes(net, model, kwargs, time, name)
     )
     graph_ops = {str(node.target) for node in program.graph.nodes}
     assert not {op for op in graph_ops if op.startswith(("aten.item", "aten._local_scalar"))}
     others = [dict(seed=1, b=5), dict(seed=2, b=2)]
     if time:
-        others = [dict(seed=1, b=5, t=11, s=4), dict(seed=2, b=2, t=20, s=9)]
+        others = [dict(seed=1, b=5, t=14, s=4), dict(seed=2, b=2, t=20, s=9)]
     for other in others:
         args, kwargs = tensors(model, **other)
         run = program.module()
@@ -306,6 +323,99 @@ def test_export_dynamic_batch(name: str) -> None:
                 want.append(net(*args, **kwargs))
             got.append(run(*args, **kwargs))
         assert_same(got, want, TOL, f"{name} exported {other}")
+
+
+def export_dynamic(name: str) -> tuple[CheckedModel, Any, Any]:
+    model, net = load(name)
+    args, kwargs = tensors(model)
+    spec = dynamic_shapes(net, model, kwargs, True, name)
+    return model, net, torch.export.export(net, args, kwargs, dynamic_shapes=spec)
+
+
+def test_exported_rnn_is_one_operator_call() -> None:
+    """Each recurrent direction is one call of seqdsl::fused_rnn in the exported graph
+    (torch's own aten.lstm would unroll one step per time step and fix T): two
+    Bidirectional LSTMs, four calls."""
+    _, _, program = export_dynamic("bilstm_tagger")
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert targets.count("seqdsl.fused_rnn.default") == 4, targets
+    assert not [t for t in targets if t.startswith(("aten.lstm", "aten.gru", "aten.rnn_"))]
+
+
+def test_exported_program_saved_and_loaded_in_a_fresh_process(tmp_path: Path) -> None:
+    """torch.export.save, then torch.export.load where only seqdsl.runtime.torch is
+    imported (it registers seqdsl::fused_rnn): other shapes give the eager numbers."""
+    model, net, program = export_dynamic("gaps")
+    torch.export.save(program, tmp_path / "model.pt2")
+    args, kwargs = tensors(model, seed=3, b=6, t=23)
+    names = [*net.SHAPES]
+    feed = {n: a for n, a in zip(names, args, strict=False)}
+    feed |= {f"{k}_lengths": v for k, v in kwargs.get("lengths", {}).items()}
+    torch.save(feed, tmp_path / "feed.pt")
+    script = f"""
+import torch
+import seqdsl.runtime.torch  # noqa: F401  (registers seqdsl::fused_rnn)
+program = torch.export.load({str(tmp_path / "model.pt2")!r})
+feed = torch.load({str(tmp_path / "feed.pt")!r})
+args = [feed[n] for n in {names!r} if n in feed]
+lengths = {{k[: -len("_lengths")]: v for k, v in feed.items() if k.endswith("_lengths")}}
+out = program.module()(*args, **({{"lengths": lengths}} if lengths else {{}}))
+torch.save(out, {str(tmp_path / "out.pt")!r})
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    assert_same(got, eager(net, args, kwargs), TOL, "loaded program")
+
+
+def test_exported_program_gradients_equal_eager() -> None:
+    """The operator's autograd (the fused op run again under autograd): the exported
+    module's parameter gradients equal eager's."""
+    model, net, program = export_dynamic("post")
+    args, kwargs = tensors(model, seed=4, b=5, t=9)
+    run = program.module()
+    grads = []
+    for module in (net, run):
+        module.zero_grad()
+        leaves = torch.utils._pytree.tree_leaves(module(*args, **kwargs))
+        sum(y.square().sum() for y in leaves if y.is_floating_point()).backward()
+        grads.append({k: p.grad for k, p in module.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("kind", "lengths", "final_c", "layers"),
+    [("lstm", True, True, 1), pytest.param("lstm", True, False, 2, marks=pytest.mark.full),
+     pytest.param("lstm", False, False, 1, marks=pytest.mark.full),
+     pytest.param("gru", True, False, 1, marks=pytest.mark.full), ("rnn_tanh", False, False, 2),
+     pytest.param("rnn_relu", True, False, 1, marks=pytest.mark.full)],
+)  # fmt: skip
+def test_fused_rnn_operator_opcheck(kind: str, lengths: bool, final_c: bool, layers: int) -> None:
+    """torch.library.opcheck: schema, fake (meta) shapes, autograd registration and
+    torch.compile of seqdsl::fused_rnn agree with its implementation."""
+    gates = {"lstm": 4, "gru": 3}.get(kind, 1)
+    g = torch.Generator().manual_seed(0)
+    b, t, f, u = 3, 5, 4, 6
+    x = torch.randn(b, t, f, generator=g, requires_grad=True)
+    weights = []
+    for layer in range(layers):
+        inputs = f if layer == 0 else u
+        weights += [
+            (torch.randn(gates * u, inputs, generator=g) * 0.3).requires_grad_(),
+            (torch.randn(gates * u, u, generator=g) * 0.3).requires_grad_(),
+            torch.randn(gates * u, generator=g).requires_grad_(),
+            torch.randn(gates * u, generator=g).requires_grad_(),
+        ]
+    count = 2 if kind == "lstm" else 1
+    states = [torch.randn(b, u, generator=g) for _ in range(count)]
+    lens = torch.tensor([5, 2, 1]) if lengths else None
+    torch.library.opcheck(
+        torch.ops.seqdsl.fused_rnn.default, (kind, x, states, weights, lens, final_c, layers)
+    )
 
 
 @pytest.mark.parametrize("name", ["gaps", "bilstm_tagger"])

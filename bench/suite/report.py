@@ -285,12 +285,31 @@ def render_compile(rows: list[dict[str, Any]]) -> str:
     return table(head, body)
 
 
+def render_deploy(rows: list[dict[str, Any]]) -> str:
+    forms = ["torch.compile", "torch.export", "onnxruntime"]
+    head = ["example", "size", "eager torch ms", *(f"{f} / eager" for f in forms), "max |diff|"]
+    body = []
+    for r in sorted(rows, key=lambda r: r["example"]):
+        cells = []
+        for f in forms:
+            if f in r["ratio_to_eager"]:
+                cells.append(f"{r['ratio_to_eager'][f]:.2f}x ({r['ms'][f]:.2f} ms)")
+            else:
+                cells.append("failed: " + r["failed"].get(f, "?"))
+        diff = max(r["max_abs_diff_to_eager"].values())
+        body.append(
+            [r["example"], r["size"], f"{r['ms']['eager torch']:.2f}", *cells, f"{diff:.1e}"]
+        )
+    return table(head, body)
+
+
 RENDER = {
     "handwritten": ("1. Generated vs hand-written (ms: median (IQR); ratio [per-round p25-p75])", render_handwritten),
     "masks": ("2. Masked / unmasked, same padded shape", render_masks),
     "keras": ("3. Ours vs Keras 3 on each Keras backend (same masked model)", render_keras),
     "padding": ("4. Padding waste and length bucketing", render_padding),
     "compile": ("5. Compile time: check + emit", render_compile),
+    "deploy": ("6. Deployed forms against eager torch (inference; ratio < 1: faster)", render_deploy),
 }  # fmt: skip
 
 

@@ -331,4 +331,17 @@ def padding(row: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-SECTIONS = {"handwritten": handwritten, "masks": masks, "padding": padding}
+def deploy(row: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Section 6: an example model's deployed forms against eager torch, interleaved
+    round by round (bench/deploy.py's bench_example)."""
+    import importlib
+    import time
+
+    bench = importlib.import_module("deploy")  # bench/deploy.py (bench/ is on sys.path)
+    now = time.process_time if opts.get("clock") == "cpu" else time.perf_counter
+    rounds = max(int(opts.get("rounds", 10)), int(opts.get("min_rounds", 3)))
+    r = bench.bench_example(row["example"], row["B"], row["T"], rounds, now)
+    return [{"section": "deploy", "runtime": "torch", **r, "size": f"B={row['B']} T={row['T']}"}]
+
+
+SECTIONS = {"handwritten": handwritten, "masks": masks, "padding": padding, "deploy": deploy}

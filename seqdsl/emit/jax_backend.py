@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..catalogue import Cfg
+from ..catalogue import BoundLayer, Cfg, backward_of
 from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
@@ -257,6 +257,18 @@ class _Emitter:
 
     def act(self, name: str) -> str:
         return ACTIVATION_EXPR[name]
+
+    def cell_options(self, cell: str, c: Cfg) -> list[str]:
+        """The keyword arguments of a built-in recurrent cell's function (_lstm, _gru,
+        _simple_rnn) that come from its configuration, as `name=expr`."""
+        kw: list[str] = []
+        if c.text("activation") != "tanh":
+            kw.append(f"activation={self.act(c.text('activation'))}")
+        if cell != "simple_rnn" and c.text("recurrent_activation") != "sigmoid":
+            kw.append(f"recurrent_activation={self.act(c.text('recurrent_activation'))}")
+        if cell == "gru" and not c.flag("reset_after"):
+            kw.append("reset_after=False")
+        return kw
 
     # ------------------------------------------------------------ module
     def module(self) -> str:
@@ -965,13 +977,17 @@ class _Emitter:
         fn = _CELL_FN[cell]
 
         # keyword arguments of the cell
-        kw: list[str] = []
-        if ccfg.text("activation") != "tanh":
-            kw.append(f"activation={self.act(ccfg.text('activation'))}")
-        if cell != "simple_rnn" and ccfg.text("recurrent_activation") != "sigmoid":
-            kw.append(f"recurrent_activation={self.act(ccfg.text('recurrent_activation'))}")
-        if cell == "gru" and not ccfg.flag("reset_after"):
-            kw.append("reset_after=False")
+        kw = self.cell_options(cell, ccfg)
+        if bi and isinstance(cfg.raw("backward_layer"), BoundLayer):
+            # Keras' backward_layer: the backward direction's own cell options
+            back = backward_of(layer.config)
+            bcfg = Cfg(back.config)
+            if back.kind == "RNN":
+                bcfg = Cfg(bcfg.layer("cell").config)
+            bkw = self.cell_options(cell, bcfg)
+            if bkw != kw:
+                kw.append("backward={" + ", ".join(
+                    f"{_lit(k)}: {v}" for k, _, v in (a.partition("=") for a in bkw)) + "}")  # fmt: skip
         if not bi:
             if go_back:
                 kw.append("go_backwards=True")
@@ -986,14 +1002,18 @@ class _Emitter:
             kw.append(f"fused={_lit(side)}")
 
         # dropout keep-masks (training only)
-        rate = ccfg.number("dropout")
-        rrate = ccfg.number("recurrent_dropout")
+        rates = [(ccfg.number("dropout"), ccfg.number("recurrent_dropout"))]
+        if bi:  # the backward direction: its backward_layer's own rates
+            back_cell = backward_of(layer.config)
+            bc = Cfg(back_cell.config)
+            bc = Cfg(bc.layer("cell").config) if back_cell.kind == "RNN" else bc
+            rates.append((bc.number("dropout"), bc.number("recurrent_dropout")))
         prefixes = [f"{layer.name}/forward", f"{layer.name}/backward"] if bi else [layer.name]
-        keeps_in: list[str] = []
+        keeps_in: list[str] = []  # per direction; "None" where it has no dropout
         keeps_rec: list[str] = []
         assigns: list[str] = []
-        if tr != "False" and (rate > 0 or rrate > 0):
-            for pre in prefixes:
+        if tr != "False" and any(r > 0 or rr > 0 for r, rr in rates):
+            for pre, (rate, rrate) in zip(prefixes, rates, strict=True):
                 tag = pre.rsplit("/", 1)[-1] + "_" if bi else ""
                 if rate > 0:
                     v = self.names.fresh(f"{layer.name}_{tag}input_keep")
@@ -1001,15 +1021,19 @@ class _Emitter:
                         f"{v} = {self.keep(pre + '/input', f'({x}.shape[0], {x}.shape[2])', rate)}"
                     )
                     keeps_in.append(v)
+                elif any(r > 0 for r, _ in rates):
+                    keeps_in.append("None")
                 if rrate > 0:
                     v = self.names.fresh(f"{layer.name}_{tag}recurrent_keep")
                     assigns.append(
                         f"{v} = {self.keep(pre + '/recurrent', f'({x}.shape[0], {units})', rrate)}"
                     )
                     keeps_rec.append(v)
+                elif any(rr > 0 for _, rr in rates):
+                    keeps_rec.append("None")
             b("# dropout keep-masks: one per sequence, constant over time")
             if tr == "training":
-                allk = keeps_in + keeps_rec
+                allk = [k for k in keeps_in + keeps_rec if k != "None"]
                 b(f"{' = '.join(allk)} = None")
                 b("if training:")
                 for a in assigns:
@@ -1027,10 +1051,16 @@ class _Emitter:
             )
 
         # initial states
+        # a stateful Bidirectional: each direction carries its own states
+        state_names = (
+            tuple(f"{d}/{k}" for d in ("forward", "backward") for k in _STATE_NAMES[cell])
+            if bi
+            else _STATE_NAMES[cell]
+        )
         if stateful:
             batch = self.tensor(op.inputs[0].name).batch
             assert batch is not None and batch.value is not None
-            self.stateful[layer.name] = (batch.value, units, _STATE_NAMES[cell])
+            self.stateful[layer.name] = (batch.value, units, state_names)
         if op.initial_state is not None:
             given = [self.names.value(s.name) for s in op.initial_state]
             per_dir = [given[d * n_states : (d + 1) * n_states] for d in range(dirs)]
@@ -1038,9 +1068,10 @@ class _Emitter:
         elif stateful:
             init = [
                 "("
-                + ", ".join(f"state[{_lit(layer.name)}][{_lit(k)}]" for k in _STATE_NAMES[cell])
+                + ", ".join(f"state[{_lit(layer.name)}][{_lit(k)}]" for k in names)
                 + ("," if n_states == 1 else "")
                 + ")"
+                for names in (state_names[:n_states], state_names[n_states:])[:dirs]
             ]
         else:
             init = [f"_zero_states({x}, {units}, {n_states})"] * dirs
@@ -1058,9 +1089,8 @@ class _Emitter:
             call = f"{rv} = {fn}({p}, {x}, {m_arg}, {init[0]}"
         b(call + "".join(", " + a for a in kw) + ")")
         if stateful:
-            names = _STATE_NAMES[cell]
             b(
-                f"new_state[{_lit(layer.name)}] = dict(zip({_lit(names)}, {rv}.states, strict=True))  # carried to the next call"
+                f"new_state[{_lit(layer.name)}] = dict(zip({_lit(state_names)}, {rv}.states, strict=True))  # carried to the next call"
             )
 
         # results

@@ -1309,9 +1309,17 @@ class _Emitter:
             if cls is not None:
                 self.use(cls)
             nested = self.inner_layer(inner, dtype, extra, cls)
+            back: list[_Call] = []
+            backward_layer = cfg.get("backward_layer")
+            if isinstance(backward_layer, BoundLayer):  # its own config (go_backwards=True)
+                b = self.inner_layer(backward_layer, dtype, extra, cls)
+                name = f"name={_lit('backward_' + _snake(backward_layer.kind))}"
+                back.append(_Call(f"backward_layer={b.callee}", (*b.args[:-1], name)))
+            # around stateful layers: Keras' class with a compute_mask that works there
+            bi_cls = self.use("StatefulBidirectional") if typed.flag("stateful") else None
             ctor = _Call(
-                "layers.Bidirectional",
-                (nested, *self.keras_args(kind, cfg), *dtype, f"name={_lit(info.name)}"),
+                bi_cls or "layers.Bidirectional",
+                (nested, *self.keras_args(kind, cfg), *back, *dtype, f"name={_lit(info.name)}"),
             )
         else:
             if mask_var is not None and rs and mo == "zero":

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import BoundLayer, _cell_of
+from ..catalogue import BoundLayer, _cell_of, backward_of
 from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..initializers import initial_weights
@@ -874,9 +874,18 @@ def _bidirectional(ex: _Exporter, c: _Call) -> list[_V]:
     if flags.flag("stateful"):
         raise Unsupported(c.info.name, "stateful=true: an ONNX graph is stateless")
     g = ex.g
+    back = backward_of(c.info.config)  # backward_layer: its own configuration
+    _, bcfg = _cell_config(c, back.kind, back.config)
+    for key in ("activation", "recurrent_activation", "reset_after"):
+        if key in ccfg and ccfg.raw(key) != bcfg.raw(key):
+            raise Unsupported(
+                c.info.name,
+                f"backward_layer with another {key}: ONNX's bidirectional op computes "
+                "one cell for both directions",
+            )
     weights = [
         _direction_weights(ex, c.info.name, "forward/", cell, ccfg),
-        _direction_weights(ex, c.info.name, "backward/", cell, ccfg),
+        _direction_weights(ex, c.info.name, "backward/", cell, bcfg),
     ]
     x, mask = c.ins[0].t, c.masks[0]
     res = _run_onnx_rnn(ex, c.info.name, cell, ccfg, weights, x, mask, c.side, c.init, "zero")

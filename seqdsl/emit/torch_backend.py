@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import Cfg, _axis_of, _cell_of, mha_sizes
+from ..catalogue import Cfg, _axis_of, _cell_of, backward_of, mha_sizes
 from ..cells import is_cell_layer
 from ..checker import CheckedModel, LayerInfo
 from ..dims import Dim
@@ -957,35 +957,36 @@ class _Emitter:
                 opts.append(f"{flag}=True")
         if flags.text("masked_output") == "carry":
             opts.append('masked_output="carry"')
-        drop, rdrop = cell_cfg.number("dropout"), cell_cfg.number("recurrent_dropout")
-        if drop:
-            opts.append(f"dropout={_num(drop)}")
-        if rdrop:
-            opts.append(f"recurrent_dropout={_num(rdrop)}")
-        if stateful:
+        tail: list[str] = []
+        if stateful:  # in Bidirectional: each direction carries its own states
             batch = in_t.batch.value if in_t.batch is not None else None
-            opts.append(f"stateful_batch={batch}")
+            tail.append(f"stateful_batch={batch}")
             self.stateful_layers.append(name)
-        cell_opts: list[str] = []
-        if not cell_cfg.flag("use_bias"):
-            cell_opts.append("use_bias=False")
-        if cell == "gru" and not cell_cfg.flag("reset_after"):
-            cell_opts.append("reset_after=False")
-        act = cell_cfg.text("activation")
-        if act != "tanh":
-            cell_opts.append(f"activation={self.cell_act(act)}")
-        if cell != "simple_rnn" and cell_cfg.text("recurrent_activation") != "sigmoid":
-            cell_opts.append(
-                f"recurrent_activation={self.cell_act(cell_cfg.text('recurrent_activation'))}"
-            )
+        # the backward direction of a Bidirectional: its backward_layer's own configuration
+        back = backward_of(info.config) if bi else None
+        back_cfg = Cfg(_cell_of(back.config, back.kind)[1]) if back is not None else cell_cfg
+        drop = max(cell_cfg.number("dropout"), back_cfg.number("dropout"))
+        rdrop = max(cell_cfg.number("recurrent_dropout"), back_cfg.number("recurrent_dropout"))
         cls = _CELL_CLASS[cell]
         self.snippets.add(cls)
 
         def ctor(layer_name: str, backwards: bool) -> list[str]:
+            c = back_cfg if backwards else cell_cfg
             o = list(opts)
             if backwards:
                 o.insert(0, "go_backwards=True")
-            return [_q(layer_name), str(feat), str(units), *cell_opts, *o]
+            rates = [
+                f"{k}={_num(c.number(k))}" for k in ("dropout", "recurrent_dropout") if c.number(k)
+            ]
+            return [
+                _q(layer_name),
+                str(feat),
+                str(units),
+                *self.cell_options(cell, c),
+                *o,
+                *rates,
+                *tail,
+            ]
 
         note = self.kernel_note(
             choice.kernel, choice.reason, cell, side, go_back, packed, bi, in_t.mask
@@ -1032,6 +1033,21 @@ class _Emitter:
                     self.fwd(f"{mv} = {in_mask}.flip(1)  # outputs in reversed time order")
                 else:
                     self.mask[r] = in_mask
+
+    def cell_options(self, cell: str, c: Cfg) -> list[str]:
+        """The keyword arguments of a recurrent layer's runtime class that come from its
+        cell's configuration (one direction of a Bidirectional)."""
+        out: list[str] = []
+        if not c.flag("use_bias"):
+            out.append("use_bias=False")
+        if cell == "gru" and not c.flag("reset_after"):
+            out.append("reset_after=False")
+        act = c.text("activation")
+        if act != "tanh":
+            out.append(f"activation={self.cell_act(act)}")
+        if cell != "simple_rnn" and c.text("recurrent_activation") != "sigmoid":
+            out.append(f"recurrent_activation={self.cell_act(c.text('recurrent_activation'))}")
+        return out
 
     def kernel_note(
         self,

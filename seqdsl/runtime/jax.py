@@ -839,13 +839,18 @@ def _bidirectional(
     return_sequences: bool,
     input_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
     recurrent_keeps: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    backward: Mapping[str, Any] | None = None,
     **cell: Any,
 ) -> _RNN:
     """Bidirectional: the forward layer on x; the backward layer reads the valid
     steps in reverse (go_backwards) and its outputs are flipped back to input
     order; merged by merge_mode. Outputs at masked steps are 0 in both halves.
-    States: forward then backward."""
+    States: forward then backward. backward: the backward layer's own cell options
+    (Keras' backward_layer) in place of `cell`'s (the kernel choice, fused, is shared)."""
     fw_p, bw_p = _directions(p)
+    bw_cell = cell
+    if backward is not None:
+        bw_cell = {**{k: v for k, v in cell.items() if k == "fused"}, **backward}
     fw = layer(
         fw_p,
         x,
@@ -865,7 +870,7 @@ def _bidirectional(
         return_sequences=return_sequences,
         input_keep=input_keeps[1],
         recurrent_keep=recurrent_keeps[1],
-        **cell,
+        **bw_cell,
     )
     seqs = (fw.sequence, _flip_time(bw.sequence))
     return _merged(seqs, (fw.last, bw.last), (fw.states, bw.states), merge_mode, return_sequences)
@@ -1510,3 +1515,16 @@ class _ExternModel(_Model):
         )
         self.variables = {"params": self.variables["params"], "state": state}
         return outputs
+
+
+def masked_mean(values: Any, mask: Any) -> Any:
+    """The mean of per-step ``values`` over the valid steps of ``mask``: the loss of
+    an ``output x with mask``, as Keras' masked losses average it. ``values`` is
+    ``[B, T]`` (per-step losses, e.g.
+    ``optax.softmax_cross_entropy_with_integer_labels(logits, y)``) or ``[B, T, ...]``
+    (each valid step's entries all count); ``mask`` is the bool ``[B, T]`` mask the
+    model returns. A batch with no valid step gives 0. jit- and grad-safe."""
+    m = jnp.broadcast_to(
+        mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim)), values.shape
+    ).astype(values.dtype)
+    return (values * m).sum() / jnp.maximum(m.sum(), 1.0)

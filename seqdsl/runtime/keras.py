@@ -581,6 +581,28 @@ class MaskedSimpleRNN(_MaskedRecurrent, keras.layers.SimpleRNN):
 
 
 @keras.saving.register_keras_serializable(package="seqdsl")
+class StatefulBidirectional(keras.layers.Bidirectional):
+    """keras.layers.Bidirectional around stateful layers: each direction carries its
+    own states (Keras' behaviour). Only compute_mask differs: with return_state,
+    Keras 3's multiplies a generator by 2 (a TypeError when the layer is called on
+    a masked input); here the outputs' masks are followed by one None per state."""
+
+    return_state: bool
+
+    def compute_mask(self, inputs, mask):
+        states = self.states
+        if not self.return_state or states is None:
+            return super().compute_mask(inputs, mask)
+        self.return_state = False
+        try:
+            out = super().compute_mask(inputs, mask)
+        finally:
+            self.return_state = True
+        outs = tuple(out) if isinstance(out, (list, tuple)) else (out,)
+        return (*outs, *([None] * len(states)))
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
 class MaskedRNN(_MaskedRecurrent, keras.layers.RNN):
     """keras.layers.RNN with seqdsl's mask handling (see _MaskedRecurrent)."""
 

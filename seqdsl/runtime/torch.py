@@ -54,6 +54,10 @@ __all__ = [
     "fused_attention",
     "fused_rnn",
     "fused_rnn_static",
+    "FUSED_RNN_OPERATOR",
+    "RNN_OPS",
+    "define_rnn_operator",
+    "rnn_kernel",
     "gather_steps",
     "global_pool",
     "hard_sigmoid",
@@ -63,6 +67,7 @@ __all__ = [
     "linear",
     "lengths_to_mask",
     "log_softmax",
+    "masked_mean",
     "masked_softmax",
     "pack_rows",
     "pool1d",
@@ -333,6 +338,12 @@ def fused_rnn(
             # gradient (torch 2.13's aot_autograd: "expected all tensors_saved_with_vc_check
             # to be Tensors"): x, exactly, but reading a weight; its gradient there is 0
             x = torch.where(torch.ones((), dtype=torch.bool, device=x.device), x, weights[0][0, 0])
+        if torch.compiler.is_exporting():  # one operator call, symbolic in batch and time
+            kind = next(k for k, v in RNN_OPS.items() if v is op)
+            y, *final = FUSED_RNN_OPERATOR(
+                kind, x, list(states), list(weights), lengths, packed, layers
+            )
+            return (y if outputs else None), final
         if lengths is not None:
             return fused_rnn_static(op, x, states, weights, lengths, packed, layers, outputs)
     lstm = op is torch.lstm
@@ -421,6 +432,98 @@ def fused_rnn_static(
     h = y[torch.arange(y.shape[0], device=y.device), lengths - 1]  # at each row's last valid step
     states_out = [h, final[1][-1]] if lstm and final_c else [h]
     return (y if outputs else None), states_out
+
+
+RNN_OPS: dict[str, Callable] = {
+    "lstm": torch.lstm,
+    "gru": torch.gru,
+    "rnn_tanh": torch.rnn_tanh,
+    "rnn_relu": torch.rnn_relu,
+}
+
+
+def rnn_kernel(
+    kind: str,
+    x: Tensor,
+    states: list[Tensor],
+    weights: list[Tensor],
+    lengths: Tensor | None,
+    final_c: bool,
+    layers: int,
+) -> list[Tensor]:
+    """The shape-static fused RNN (fused_rnn_static; without lengths, the plain op):
+    [outputs, *final states]. What the operator seqdsl::fused_rnn runs."""
+    op = RNN_OPS[kind]
+    if lengths is not None:
+        y, final = fused_rnn_static(op, x, states, weights, lengths, final_c, layers)
+        assert y is not None
+        return [y.contiguous(), *final]
+    hx = [s.expand(layers, *s.shape).contiguous() for s in states]
+    start = tuple(hx) if op is torch.lstm else hx[0]
+    bias = len(weights) == 4 * layers
+    y, *last = op(x, start, weights, bias, layers, 0.0, False, False, True)
+    # fresh outputs, as the fake ones: the kernel's y may be time-major, h[-1] a view
+    return [y.contiguous(), *(h[-1].clone() if layers > 1 else h[-1] for h in last)]
+
+
+def rnn_kernel_fake(
+    kind: str,
+    x: Tensor,
+    states: list[Tensor],
+    weights: list[Tensor],
+    lengths: Tensor | None,
+    final_c: bool,
+    layers: int,
+) -> list[Tensor]:
+    """rnn_kernel's output shapes, symbolic in batch and time (torch.export)."""
+    batch, steps, units = x.shape[0], x.shape[1], weights[1].shape[1]
+    count = 2 if kind == "lstm" and (lengths is None or final_c) else 1
+    return [x.new_empty(batch, steps, units), *(x.new_empty(batch, units) for _ in range(count))]
+
+
+def rnn_kernel_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    kind, x, states, weights, lengths, final_c, layers = inputs
+    ctx.config = (kind, len(states), lengths is not None, final_c, layers)
+    ctx.save_for_backward(x, *states, *weights, *([] if lengths is None else [lengths]))
+
+
+def rnn_kernel_backward(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
+    """The gradients of rnn_kernel, by running it again under autograd (the fused
+    ops have their own backward)."""
+    kind, count, has_lengths, final_c, layers = ctx.config
+    saved = list(ctx.saved_tensors)
+    lengths = saved.pop() if has_lengths else None
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in saved]
+    x, states, weights = leaves[0], leaves[1 : 1 + count], leaves[1 + count :]
+    with torch.enable_grad():
+        outs = rnn_kernel(kind, x, states, weights, lengths, final_c, layers)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None]
+        wanted = [t for t in leaves if t.requires_grad]
+        got = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+            )
+        )
+    result = [next(got) if t.requires_grad else None for t in leaves]
+    return None, result[0], result[1 : 1 + count], result[1 + count :], None, None, None
+
+
+def define_rnn_operator() -> Any:
+    """Register the operator seqdsl::fused_rnn (once per process: a standalone
+    generated module that copies this finds it registered by seqdsl, or registers
+    it): torch.export keeps one call of it, with symbolic batch and time, where it
+    would unroll torch's fused RNN ops into one step per time step. Its
+    implementation is rnn_kernel; an exported program that calls it needs this
+    module (or the generated one) imported to run."""
+    if hasattr(torch.ops.seqdsl, "fused_rnn"):
+        return torch.ops.seqdsl.fused_rnn
+    op = torch.library.custom_op("seqdsl::fused_rnn", rnn_kernel, mutates_args=())
+    op.register_fake(rnn_kernel_fake)
+    op.register_autograd(rnn_kernel_backward, setup_context=rnn_kernel_context)
+    return torch.ops.seqdsl.fused_rnn
+
+
+FUSED_RNN_OPERATOR = define_rnn_operator()
 
 
 def check_not_vmapped(name: str, x: Tensor) -> None:
@@ -799,7 +902,11 @@ class Bidirectional(nn.Module):
     The submodules are `forward_layer` and `backward_layer`, Keras' attribute names
     (`forward` would shadow nn.Module.forward for torch.func, torch.export and
     torch.jit); their weights keep the canonical keys "{name}/forward/..." and
-    "{name}/backward/..." (SeqdslModule.WEIGHTS maps them to state_dict keys)."""
+    "{name}/backward/..." (SeqdslModule.WEIGHTS maps them to state_dict keys).
+    The backward layer may have its own configuration (Keras' backward_layer).
+    Around stateful layers each direction carries its own states from call to call
+    (the backward one's: those after reading the batch in reverse), as Keras;
+    reset_states zeroes both."""
 
     def __init__(
         self, name: str, forward_layer: nn.Module, backward_layer: nn.Module, merge_mode="concat"
@@ -844,6 +951,13 @@ class Bidirectional(nn.Module):
             y = [y_fw, y_bw]
         out = (*y, *s_fw, *s_bw)
         return out[0] if len(out) == 1 else out
+
+    def reset_states(self) -> None:
+        """Zero the carried states of both directions (stateful layers inside)."""
+        fw: Any = self.forward_layer
+        bw: Any = self.backward_layer
+        fw.reset_states()
+        bw.reset_states()
 
 
 # --------------------------------------------------------------------------
@@ -1162,8 +1276,9 @@ def window_mask(
     (valid) or ceil(L / s) (same, causal)."""
     if padding != "valid":
         return mask[:, ::stride][:, :steps]
-    invalid = (~mask)[:, None].to(torch.float32)
-    return F.max_pool1d(invalid, size, stride, dilation=dilation)[:, 0, :steps] == 0
+    span = (size - 1) * dilation + 1  # the steps a window covers
+    windows = (~mask).unfold(1, span, stride)[..., ::dilation]  # [B, T', size]: invalid
+    return ~windows.any(-1)[:, :steps]
 
 
 class Conv1D(nn.Module):
@@ -1196,7 +1311,7 @@ class Conv1D(nn.Module):
         x = F.pad(x.transpose(1, 2), (before, after))
         weight = self.kernel.permute(2, 1, 0)  # torch's [filters, F, k]
         y = F.conv1d(x, weight, self.bias, stride=self.strides, dilation=self.dilation_rate)
-        y = y[..., :steps].transpose(1, 2)
+        y = y[..., :steps].transpose(1, 2).contiguous()
         return y if self.activation is None else self.activation(y)
 
 
@@ -1539,3 +1654,15 @@ class SeqdslModule(nn.Module):
         for name in self.STATEFUL:
             layer: Any = self._modules[name]
             layer.reset_states()
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of per-step ``values`` over the valid steps of ``mask``: the loss of
+    an ``output x with mask``, as Keras' masked losses average it. ``values`` is
+    ``[B, T]`` (per-step losses, e.g. ``F.cross_entropy(logits.transpose(1, 2), y,
+    reduction="none")``) or ``[B, T, ...]`` (each valid step's entries all count);
+    ``mask`` is the bool ``[B, T]`` mask the model returns. A batch with no valid
+    step gives 0. No data-dependent Python: it traces under torch.compile."""
+    m = mask.to(values.dtype).reshape(mask.shape + (1,) * (values.dim() - mask.dim()))
+    m = m.expand_as(values)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
