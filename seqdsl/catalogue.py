@@ -1037,6 +1037,9 @@ def _merge_rule(
         if t.rank != first.rank:
             raise RuleError("SEQ303", f"{fn}: input {i} has rank {t.rank} but input 0 has rank {first.rank}",
                             f"got {fmt_shape(first.shape)} and {fmt_shape(t.shape)}", where="input", index=i)  # fmt: skip
+    if fn == "average" and first.dtype in INT_DTYPES:  # the mean of ids is no id
+        raise RuleError("SEQ301", f"average of {first.dtype} values: the mean of integers is not an integer",
+                        "average float values (embed ids first: `Embedding`)", where="input")  # fmt: skip
     axis = _axis_of(cfg, first.rank) if fn == "concat" else -1
     if fn == "concat" and not 1 <= axis < first.rank:
         raise RuleError("SEQ207", f"concat axis {cfg.get('axis')} is out of range for rank {first.rank}",

@@ -393,3 +393,86 @@ def test_keras_names_the_reshape_constraint() -> None:
     bad = difftest.Data([np.zeros((3, 12, 3))], {}, {})
     with pytest.raises(ValueError, match=r"\(T - 1\)"):
         difftest.run_keras(prog, m, difftest.make_weights(m, 0), bad)
+
+
+def test_average_of_integer_values_is_an_error() -> None:
+    """Found by the campaign (program 1549): `average` of i32 ids was typed i32, but its
+    values are means (the reference's Embedding then failed on float ids). SEQ301."""
+    src = """
+model M {
+    input x: i32[B, T] pad(post, value=0)
+    input y: i32[B, T]
+    v = average(x, y)
+    e = v -> Embedding(10, 2)
+    output e
+}
+"""
+    with pytest.raises(SeqError) as e:
+        seqdsl.loads(src)
+    (d,) = [d for d in e.value.diagnostics if d.is_error]
+    assert d.code == "SEQ301" and "average of i32" in d.message
+    seqdsl.loads(src.replace("average", "add"))  # sums and products of ids stay ids
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the campaign (program 1447), not fixed: a Conv1D window longer than "
+    "the (symbolic) sequence passes the checker, and the reference fails in NumPy "
+    "('negative dimensions'); a length >= 0 constraint is not expressible as the "
+    "checker's divisibility constraints",
+)
+def test_a_window_longer_than_the_sequence() -> None:
+    agree(
+        """
+model M {
+    input x: f32[B, S, 3] pad(post) masked
+    a, b = x -> TemporalSplit(2)
+    y = a -> Conv1D(5, 3, dilation_rate=3)
+    output y
+}
+""",
+        difftest.BACKENDS,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the campaign (program 1904), not fixed: a pooling whose output has "
+    "0 steps raises inside torch (unfold: 'maximum size for tensor at dimension 1 is 2 "
+    "but size is 3'); the reference and JAX give an empty sequence (issue 12 item 12, "
+    "T = 0)",
+)
+def test_torch_pooling_to_zero_steps() -> None:
+    agree(
+        """
+model M {
+    input x: f32[B, S, 2] pad(post) masked
+    v = x -> Conv1D(3, 1, strides=3)
+    y = v -> AveragePooling1D(3)
+    output y
+}
+""",
+        ("torch",),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the campaign (program 1870), not fixed: Keras' MultiHeadAttention "
+    "on the parts of a TemporalSplit of a pre-padded sequence (a query part with empty "
+    "rows) differs from the reference (error 0.24 in the program, 0.22 here); torch and "
+    "JAX agree",
+)
+def test_keras_attention_on_split_parts() -> None:
+    agree(
+        """
+model M {
+    input x: f32[B, T, 2] pad(pre) masked
+    v0, v1, v2, v3, v4 = x -> TemporalSplit(5)
+    y = MultiHeadAttention(3, 2, value_dim=1)(v1, v2, v2)
+    output y
+}
+""",
+        ("keras",),
+        seed=1870,
+    )
