@@ -1037,6 +1037,9 @@ def _merge_rule(
         if t.rank != first.rank:
             raise RuleError("SEQ303", f"{fn}: input {i} has rank {t.rank} but input 0 has rank {first.rank}",
                             f"got {fmt_shape(first.shape)} and {fmt_shape(t.shape)}", where="input", index=i)  # fmt: skip
+    if fn == "average" and first.dtype in INT_DTYPES:  # the mean of ids is no id
+        raise RuleError("SEQ301", f"average of {first.dtype} values: the mean of integers is not an integer",
+                        "average float values (embed ids first: `Embedding`)", where="input")  # fmt: skip
     axis = _axis_of(cfg, first.rank) if fn == "concat" else -1
     if fn == "concat" and not 1 <= axis < first.rank:
         raise RuleError("SEQ207", f"concat axis {cfg.get('axis')} is out of range for rank {first.rank}",
@@ -1077,7 +1080,7 @@ def _merge_rule(
             d = t.shape[axis]
             total = None if (d is None or total is None) else total + d
         shape = (*first.shape[:axis], total, *first.shape[axis + 1 :])
-        if axis == 1 and first.rank >= 3:
+        if axis == 1:  # in time (a rank-2 value's last axis is its time axis)
             mask = _concat_time_kind(ins)
             return [TensorType(first.dtype, shape, mask, _first_padded(ins))]
     else:
@@ -1255,6 +1258,13 @@ def _reshape_rule(
             )
         if -1 in target:
             out = [Dim.of(n // known) if x == -1 else Dim.of(x) for x in target]
+    elif size is not None and -1 in target:
+        # symbolic (`[B, T, 3]` to `[-1, 1]`: 3*T): later rules (an explicit mask's time,
+        # a merge) see the size instead of an unknown; a size that is not a multiple of
+        # the known part for every T (`T - 1` values into `[2, -1]`) is a run-time
+        # constraint, as TemporalSplit's
+        q = ctx.exact(size, known, f"Reshape to {list(target)}: the values per example")
+        out = [q if x == -1 else Dim.of(x) for x in target]
     return [TensorType(t.dtype, (t.batch, *out))]
 
 

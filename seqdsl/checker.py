@@ -166,6 +166,23 @@ class CheckedModel:
         raise KeyError(name)
 
 
+def _check_initializer(kind: str, w: WeightSpec) -> None:
+    """Keras' identity initializer takes 2D weights only, orthogonal at least 2D: a
+    bias or a normalisation's gamma with either fails when Keras builds the layer."""
+    init = w.initializer
+    if init.startswith("unit_forget_bias("):  # the LSTM bias: [init(U), ones(U), init(2U)]
+        init = init[len("unit_forget_bias(") : -1]
+    rank = len(w.shape)
+    if (init == "identity" and rank != 2) or (init == "orthogonal" and rank < 2):
+        need = "2D weights" if init == "identity" else "weights of 2 or more dimensions"
+        raise RuleError(
+            "SEQ203",
+            f"{kind}: the {init} initializer needs {need}, but its weight `{w.name}` has "
+            f"shape {list(w.shape)}",
+            "choose another initializer for it, e.g. zeros or glorot_uniform",
+        )
+
+
 @dataclass
 class _Ctx:
     """The RuleContext the catalogue's rules see for one operation."""
@@ -1081,6 +1098,8 @@ class _ModelChecker:
         layer: LayerCall | None,
     ) -> Mapping[str, KernelChoice] | None:
         weights = tuple(spec.weights(cfg, ins))
+        for w in weights:
+            _check_initializer(kind, w)
         if cfg.get("trainable") is False:
             weights = tuple(replace(w, trainable=False) for w in weights)
         trainable = sum(w.size for w in weights if w.trainable)

@@ -738,7 +738,14 @@ class _Interp:
         values = [self.values[u.name] for u in op.inputs]
         ms = [m for _, m in values]
         if op.mask is not None:  # an explicit mask replaces the incoming ones
-            ms = [self.values[op.mask.name][0]] * len(values)
+            mask = self.values[op.mask.name][0]
+            x = values[0][0]
+            if mask.shape != x.shape[:2]:  # a time the checker could not compare (`_`)
+                raise ReferenceError(
+                    f"{info.name}: mask `{op.mask.name}` has shape {list(mask.shape)}, but "
+                    f"`{op.inputs[0].name}` has {list(x.shape[:2])} steps ([batch, time])"
+                )
+            ms = [mask] * len(values)
         training = self.training if op.training is None else bool(op.training.value)
         init = (
             [self.values[s.name][0] for s in op.initial_state]
@@ -1322,7 +1329,14 @@ def _flatten(it: _Interp, c: _Call) -> list[Value]:
 
 
 def _reshape(it: _Interp, c: _Call) -> list[Value]:
-    return [(c.x.reshape(c.x.shape[0], *c.cfg.integers("target_shape")), None)]
+    target = c.cfg.integers("target_shape")
+    known = math.prod(x for x in target if x != -1)
+    size = math.prod(c.x.shape[1:])
+    if (size % known) if -1 in target else (size != known):  # a run-time constraint
+        raise ReferenceError(
+            f"{c.info.name}: {size} values per example do not fit target_shape {list(target)}"
+        )
+    return [(c.x.reshape(c.x.shape[0], *target), None)]
 
 
 def _temporal_softmax(it: _Interp, c: _Call) -> list[Value]:
@@ -1460,7 +1474,7 @@ def _concat(cfg: Cfg, xs: Sequence[Array], ms: Sequence[Mask]) -> list[Value]:
     else:
         axis = cfg.integer("axis") % rank
     out = np.concatenate(xs, axis=axis)
-    if axis == 1 and rank >= 3:
+    if axis == 1:  # in time, also for rank 2 (ids [B, T]): the masks are joined
         if all(m is None for m in ms):
             return [(out, None)]
         parts = [

@@ -336,6 +336,9 @@ def _examples() -> dict[str, Any]:
         "FlipTime": rt.FlipTime(),
         "WindowMask": rt.WindowMask(3, 2, 1, "same"),
         "DropMask": rt.DropMask(),
+        "MergeMaximum": rt.MergeMaximum(),
+        "MergeMinimum": rt.MergeMinimum(),
+        "MergeMultiply": rt.MergeMultiply(),
         "WithMask": rt.WithMask(),
         "MaskedConv1D": rt.MaskedConv1D(4, 3, strides=2, padding="causal"),
         "MaskedMaxPooling1D": rt.MaskedMaxPooling1D(3, 2),
@@ -450,3 +453,26 @@ def test_no_runtime_code_in_keras_emitter_strings() -> None:
                     for line in node.value.splitlines()
                 )
                 assert not code, f"{path.name}:{node.lineno}: run-time code in a string"
+
+
+@pytest.mark.parametrize(
+    ("merge", "keras_merge", "op"),
+    [
+        ("MergeMaximum", "Maximum", np.maximum),
+        ("MergeMinimum", "Minimum", np.minimum),
+        ("MergeMultiply", "Multiply", np.multiply),
+    ],
+)
+def test_merges_compute_at_masked_steps(merge: str, keras_merge: str, op: Any) -> None:
+    """Keras' Maximum/Minimum/Multiply substitute a masked input's value at its masked
+    steps (another input's, or 1); the runtime's compute the elementwise op everywhere."""
+    a = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    a[:, 2:] = 0.0  # masked by Masking(0.0): the steps where Keras substitutes
+    b = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    xa, xb = keras.Input((4, 3)), keras.Input((4, 3))
+    masked = layers.Masking(0.0)(xa)
+    ours = keras.Model([xa, xb], getattr(rt, merge)()([masked, xb]))
+    theirs = keras.Model([xa, xb], getattr(layers, keras_merge)()([masked, xb]))
+    want = op(a, b)
+    np.testing.assert_allclose(_np(ours([a, b])), want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(_np(theirs([a, b])), want, atol=1e-3)  # what Keras gives

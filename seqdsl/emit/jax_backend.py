@@ -106,6 +106,12 @@ def emit_model(model: CheckedModel, source: str) -> str:
 # small helpers
 
 
+def _home(kind: str, weight: str) -> str:
+    """Where a weight lives in the variables: "params", or "state" for the moving
+    statistics of BatchNormalization."""
+    return "state" if kind == "BatchNormalization" and weight.startswith("moving_") else "params"
+
+
 @functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
 def _dim_code(d: Dim) -> tuple[str, int]:
     """(integer expression over ``env``, denominator L): ``d == expr / L`` exactly."""
@@ -387,11 +393,7 @@ class _Emitter:
                 continue
             w(f"    {_lit(layer.name)}: [")
             for ws in layer.weights:
-                where = (
-                    "state"
-                    if layer.kind == "BatchNormalization" and ws.name.startswith("moving_")
-                    else "params"
-                )
+                where = _home(layer.kind, ws.name)
                 w(
                     f"        ({_lit(ws.name)}, {_lit(ws.shape)}, {_lit(ws.initializer)}, {_lit(ws.trainable)}, {_lit(where)}),"
                 )
@@ -616,7 +618,7 @@ class _Emitter:
             else:
                 assert isinstance(axis, int)
                 ax = axis % first.rank
-            time_concat = ax == 1 and first.rank >= 3
+            time_concat = ax == 1  # rank 2 too: the last axis of ids [B, T] is time
             b(
                 f"{out} = jnp.concatenate([{', '.join(ins)}], axis={-1 if ax == first.rank - 1 else ax})"
             )
@@ -684,7 +686,11 @@ class _Emitter:
             x=x,
             mask=mask,
             in_kind=in_kind,
-            p=f"params[{_lit(layer.name)}]",
+            # a layer without parameters (LayerNormalization(center=false, scale=false))
+            # has no entry in params
+            p=f"params[{_lit(layer.name)}]"
+            if any(_home(layer.kind, w.name) == "params" for w in layer.weights)
+            else "{}",
             res=[self.names.value(r) for r in op.results],
         )
         self.body(

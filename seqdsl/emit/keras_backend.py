@@ -57,9 +57,11 @@ _RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN")
 _CELL_CLASS = {"LSTMCell": "LSTMCell", "GRUCell": "GRUCell", "SimpleRNNCell": "SimpleRNNCell"}
 _CELL_NAME = {"LSTMCell": "lstm_cell", "GRUCell": "gru_cell", "SimpleRNNCell": "simple_rnn_cell"}
 _MERGE_CLASS = {
-    "add": "Add", "subtract": "Subtract", "multiply": "Multiply", "average": "Average",
-    "maximum": "Maximum", "minimum": "Minimum", "concat": "Concatenate",
+    "add": "Add", "subtract": "Subtract", "multiply": "MergeMultiply", "average": "Average",
+    "maximum": "MergeMaximum", "minimum": "MergeMinimum", "concat": "Concatenate",
 }  # fmt: skip
+#: merges whose Keras layer substitutes values at masked steps: seqdsl.runtime.keras's instead
+_RUNTIME_MERGES = ("MergeMaximum", "MergeMinimum", "MergeMultiply")
 #: the Keras layer class of each plain (standard) seqdsl layer
 _PLAIN_CLASS = {
     "Embedding": "Embedding", "Masking": "Masking", "Dense": "Dense", "Activation": "Activation",
@@ -691,6 +693,9 @@ class _Emitter:
         ins = inputs[0] if len(inputs) == 1 else "[" + ", ".join(inputs) + "]"
         outputs = self.outputs[0] if len(self.outputs) == 1 else "[" + ", ".join(self.outputs) + "]"
         args = [f"inputs={ins}", f"outputs={outputs}", f"name={_lit(m.name)}"]
+        unused = self.unused_values()
+        if unused:  # their layers' weights are the model's too, as on torch and JAX
+            args.append("unused=[" + ", ".join(unused) + "]")
         if self.externs_used:
             for ln in _call_lines("    ", f"model = {class_name(m)}", args):
                 w(ln)
@@ -699,6 +704,27 @@ class _Emitter:
             return
         for ln in _call_lines("    ", f"return {class_name(m)}", args):
             w(ln)
+
+    def unused_values(self) -> list[str]:
+        """The variables of the values no output depends on and no later op reads
+        (a functional keras.Model leaves their layers out: SeqdslModel keeps them)."""
+        live = {o.name for o in self.m.model.outputs}
+        read: set[str] = set()
+        for op in reversed(self.m.model.ops):
+            uses = [op.input] if isinstance(op, DropMaskOp) else list(op.inputs)
+            if isinstance(op, ApplyOp):
+                uses += [op.mask] if op.mask is not None else []
+                uses += list(op.initial_state or ())
+            names = {u.name for u in uses}
+            if live & set(op.results):
+                live |= names
+            read |= names
+        out = []
+        for op in self.m.model.ops:
+            for r in op.results:
+                if r not in live and r not in read and r in self.var:
+                    out.append(self.var[r])
+        return out
 
     # ------------------------------------------------------------ body
     def emit_body(self) -> None:
@@ -823,14 +849,14 @@ class _Emitter:
                 axis = 1
             else:
                 axis = (a if isinstance(a, int) else int(str(a))) % rank
-            time_concat = axis == 1 and rank >= 3
+            time_concat = axis == 1  # rank 2 too: the last axis of ids [B, T] is time
             args.append(f"axis={-1 if axis == rank - 1 else axis}")
             note = f", axis={a}"
         self.comment(f"{out} = {op.fn}({', '.join(ins)}{note})")
         v = self.new_var(out, single=True)
-        ctor = _Call(
-            f"layers.{_MERGE_CLASS[op.fn]}", (*args, *self.dtype_kw(out), f"name={_lit(info.name)}")
-        )
+        cls = _MERGE_CLASS[op.fn]
+        cls = self.use(cls) if cls in _RUNTIME_MERGES else f"layers.{cls}"
+        ctor = _Call(cls, (*args, *self.dtype_kw(out), f"name={_lit(info.name)}"))
         self.assign([v], ctor, ["[" + ", ".join(self.var[i] for i in ins) + "]"])
         masks = [self.mask[i] for i in ins]
         if all(mk is None for mk in masks):

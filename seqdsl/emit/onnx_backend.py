@@ -947,7 +947,7 @@ def _merge(ex: _Exporter, info: LayerInfo, op: MergeOp) -> list[_V]:
         else:
             axis = cfg.integer("axis") % rank
         out = g.op1("Concat", xs, axis=axis)
-        if axis == 1 and rank >= 3:
+        if axis == 1:  # in time, also for rank 2
             if all(m is None for m in ms):
                 return [_V(out)]
             parts = []

@@ -331,6 +331,14 @@ class _Emitter:
             self.snippets.add("F")
         return expr
 
+    def cell_act(self, name: str) -> str:
+        """An activation a recurrent cell calls: a callable also for linear."""
+        expr = self.act(name)
+        if expr is None:
+            self.snippets.add("linear")
+            return "linear"
+        return expr
+
     def tensor(self, value: str) -> TensorType:
         t = self.model.types[value]
         assert isinstance(t, TensorType)
@@ -1039,9 +1047,9 @@ class _Emitter:
             out.append("reset_after=False")
         act = c.text("activation")
         if act != "tanh":
-            out.append(f"activation={self.act(act)}")
+            out.append(f"activation={self.cell_act(act)}")
         if cell != "simple_rnn" and c.text("recurrent_activation") != "sigmoid":
-            out.append(f"recurrent_activation={self.act(c.text('recurrent_activation'))}")
+            out.append(f"recurrent_activation={self.cell_act(c.text('recurrent_activation'))}")
         return out
 
     def kernel_note(

@@ -59,6 +59,9 @@ __all__ = [
     "MaskedRNN",
     "MaskedSimpleRNN",
     "MaskingMask",
+    "MergeMaximum",
+    "MergeMinimum",
+    "MergeMultiply",
     "NestedRNN",
     "NonZeroMask",
     "NotEqualMask",
@@ -242,6 +245,45 @@ class WithMask(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         return mask
+
+
+# --------------------------------------------------------------------------
+# merges that compute on every step, as seqdsl's merges do
+
+
+def _reduce_inputs(op: Any, inputs: Sequence[Any]) -> Any:
+    out = inputs[0]
+    for x in inputs[1:]:
+        out = op(out, x)
+    return out
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MergeMaximum(keras.layers.Maximum):
+    """keras.layers.Maximum without Keras' substitution at masked steps (Keras 3
+    replaces a masked input's value by another input's there, so max(a, b) gives a
+    at the steps where b is masked): the maximum at every step. The merge's mask is
+    computed by the generated code."""
+
+    def _merge_function(self, inputs):
+        return _reduce_inputs(ops.maximum, inputs)
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MergeMinimum(keras.layers.Minimum):
+    """keras.layers.Minimum without Keras' substitution at masked steps (see MergeMaximum)."""
+
+    def _merge_function(self, inputs):
+        return _reduce_inputs(ops.minimum, inputs)
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MergeMultiply(keras.layers.Multiply):
+    """keras.layers.Multiply without Keras' substitution at masked steps (Keras 3
+    multiplies by 1 where an input is masked): the product at every step."""
+
+    def _merge_function(self, inputs):
+        return _reduce_inputs(ops.multiply, inputs)
 
 
 # --------------------------------------------------------------------------
@@ -942,6 +984,26 @@ def pad_batches(pads: Mapping[str, tuple[Any, ...]], raw: Sequence[Sequence[Any]
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def _layers_before(tensors: Sequence[Any], known: set[int]) -> list[Any]:
+    """The layers with weights that computed ``tensors`` (symbolic), back to the layers
+    in ``known`` (ids) or the inputs, through each tensor's Keras history."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = list(tensors)
+    while stack:
+        history = getattr(stack.pop(), "_keras_history", None)
+        if history is None:
+            continue
+        layer, node_index = history[0], history[1]
+        if id(layer) in seen or id(layer) in known:
+            continue
+        seen.add(id(layer))
+        if layer.weights:
+            found.append(layer)
+        stack.extend(layer._inbound_nodes[node_index].input_tensors)
+    return found
+
+
 @keras.saving.register_keras_serializable(package="seqdsl")
 class SeqdslModel(keras.Model):
     """Base of the functional keras.Model a generated build_model() returns: canonical
@@ -974,8 +1036,11 @@ class SeqdslModel(keras.Model):
     #: where, hint) for a mask whose kind rests on a declaration
     CHECKS: Sequence[tuple[Any, ...]] = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, unused: Sequence[Any] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: layers with weights that only compute values no output needs (`_u = x ->
+        #: Dense(4)`): outside the functional graph, kept for their weights
+        self._unused_layers = _layers_before(unused, {id(la) for la in self.layers})
         for name in self.FIXED_TRAINING:
             # the layer's node keeps its own `training=`; Keras would override it with the
             # model's flag (there is no public switch for this)
@@ -1092,6 +1157,13 @@ class SeqdslModel(keras.Model):
             found = found if isinstance(found, (list, tuple)) else [found]
             for (_, _, side, nonempty, where, hint), m in zip(masks, found, strict=True):
                 check_mask_values(keras.ops.convert_to_numpy(m), side, nonempty, where, hint)
+
+    def get_layer(self, name=None, index=None):
+        """keras.Model.get_layer, which also finds the layers of unused values by name."""
+        for layer in self._unused_layers if index is None else ():
+            if layer.name == name:
+                return layer
+        return super().get_layer(name, index)
 
     def load_canonical(self, weights: Any) -> None:
         """Set every weight from {"layer/weight": array} (Keras' layout, docs/semantics.md),

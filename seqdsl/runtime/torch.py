@@ -75,6 +75,7 @@ __all__ = [
     "input_mask",
     "keep_mask",
     "leaky_relu",
+    "linear",
     "lengths_to_mask",
     "log_softmax",
     "masked_mean",
@@ -95,6 +96,12 @@ __all__ = [
 
 # --------------------------------------------------------------------------
 # activations that torch has under another definition
+
+
+def linear(x: Tensor) -> Tensor:
+    """Keras' linear activation, for the recurrent cells, which call their activations
+    (a Dense or Conv1D with ``activation=linear`` applies nothing)."""
+    return x
 
 
 def softmax(x: Tensor) -> Tensor:

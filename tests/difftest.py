@@ -1,0 +1,397 @@
+"""The differential runner: one program on the reference interpreter and on the
+torch, JAX and Keras backends, with the same canonical weights and inputs.
+
+Weights are drawn at random (biases and normalisation statistics included, so
+no term hides behind a zero initializer), cast to float32, and loaded into
+every backend with ``load_canonical``; the reference runs in float64 on
+exactly those float32 values. Inputs have :data:`progen.B_ROWS` rows: a full
+row, a padded row and an empty row where the declaration allows one; ids stay
+below :data:`progen.VOCAB`; explicit masks have gaps. Everything runs in
+inference.
+
+Agreement is the parity tests' float32 tolerance: every shape and mask equal,
+and every value within ``TOL`` x max(1, the output's largest magnitude) of the
+reference. An output whose reference values are not finite or exceed
+``MAX_MAGNITUDE`` (an LSTM with exponential gates blows up over 12 steps) is
+compared by shape only: float32 cannot follow float64 there. A program none of
+whose outputs can be compared counts as *skipped*, never as agreement; so does
+one whose data break a run-time constraint (the reference raises
+ReferenceError, e.g. a TemporalSplit that does not divide a convolved length).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import seqdsl
+from seqdsl.checker import CheckedModel
+from seqdsl.padding import lengths_to_mask
+from seqdsl.reference import ReferenceError, run_reference
+from seqdsl.types import MaskType, TensorType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import progen  # noqa: E402
+
+TOL = 1e-5
+MAX_MAGNITUDE = 1e4
+BACKENDS = ("torch", "jax", "keras")
+
+
+@dataclass
+class Data:
+    inputs: list[np.ndarray]
+    lengths: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+
+def make_data(m: CheckedModel, seed: int) -> Data:
+    """Inputs for the model: see the module docstring."""
+    rng = np.random.default_rng(seed)
+    sizes = {"B": progen.B_ROWS, "T": progen.T_STEPS, "S": progen.S_STEPS}
+    # step counts that meet the checker's run-time constraints ((T - 1) % 2 == 0 after
+    # a Conv1D and a Reshape), from the defaults up
+    for t in range(progen.T_STEPS, progen.T_STEPS + 12):
+        for s in range(progen.S_STEPS, progen.S_STEPS + 12):
+            env = {**sizes, "T": t, "S": s}
+            if all(_meets(c, env) for c in m.constraints):
+                sizes = env
+                break
+        else:
+            continue
+        break
+
+    def size(d: Any) -> int:
+        return d.value if isinstance(d.value, int) else sizes[str(d.value)]
+
+    data = Data([], {}, {})
+    for decl in m.model.inputs:
+        t = m.types[decl.name]
+        shape = [size(d) for d in decl.dims]
+        if isinstance(t, MaskType):
+            mk = rng.random(shape) > 0.4
+            mk[0] = True
+            mk[-1] = False
+            data.inputs.append(mk)
+            continue
+        assert isinstance(t, TensorType)
+        pad = m.pads.get(decl.name)
+        if t.dtype in ("i32", "i64"):
+            x: np.ndarray = rng.integers(1, progen.VOCAB, shape).astype(np.int32)
+        else:
+            x = rng.normal(0.0, 1.0, shape)
+        if pad is not None:
+            n = shape[1]
+            lens = np.array([n, rng.integers(1, n), 1 if pad.nonempty else 0])[: shape[0]]
+            mk = lengths_to_mask(lens, n, pad.side)
+            x = np.where(mk.reshape(mk.shape + (1,) * (x.ndim - 2)), x, pad.value).astype(x.dtype)
+            if decl.masked:
+                data.lengths[decl.name] = lens
+        elif decl.masked:
+            mk = rng.random(shape[:2]) > 0.4
+            mk[0] = True
+            mk[-1] = False
+            data.masks[decl.name] = mk
+        data.inputs.append(x)
+    return data
+
+
+def _meets(c: Any, env: dict[str, int]) -> bool:
+    v = c.dim.evaluate(env)
+    return v is not None and v.denominator == 1 and v.numerator % c.divisor == 0
+
+
+def make_weights(m: CheckedModel, seed: int) -> dict[str, np.ndarray]:
+    """Random canonical weights in float32 (moving variances positive)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for layer in m.layers:
+        for w in layer.weights:
+            if w.name == "moving_variance":
+                v = rng.uniform(0.5, 1.5, w.shape)
+            else:
+                v = rng.normal(0.0, 0.5, w.shape)
+            out[f"{layer.name}/{w.name}"] = v.astype(np.float32)
+    return out
+
+
+def flat(x: object) -> list[np.ndarray]:
+    if isinstance(x, (tuple, list)):
+        return [a for item in x for a in flat(item)]
+    if hasattr(x, "detach"):
+        return [x.detach().cpu().numpy()]  # type: ignore[union-attr]
+    if type(x).__module__.startswith("tensorflow"):
+        return [np.asarray(x.numpy())]  # type: ignore[attr-defined]
+    return [np.asarray(x)]
+
+
+def _outputs(out: object, m: CheckedModel) -> list[np.ndarray]:
+    return flat(list(out) if len(m.model.outputs) > 1 else [out])  # type: ignore[call-overload]
+
+
+def run_torch(
+    prog: seqdsl.Program, m: CheckedModel, w: dict[str, np.ndarray], d: Data
+) -> list[np.ndarray]:
+    import torch
+
+    net = prog.build("torch", seed=0)
+    net.load_canonical(w)  # type: ignore[attr-defined]
+    net.eval()  # type: ignore[attr-defined]
+    with torch.no_grad():
+        out = net(  # type: ignore[operator]
+            *[torch.as_tensor(x) for x in d.inputs],
+            lengths={k: torch.as_tensor(v) for k, v in d.lengths.items()} or None,
+            masks={k: torch.as_tensor(v) for k, v in d.masks.items()} or None,
+        )
+    return _outputs(out, m)
+
+
+def run_jax(
+    prog: seqdsl.Program, m: CheckedModel, w: dict[str, np.ndarray], d: Data
+) -> list[np.ndarray]:
+    net = prog.build("jax", seed=0)
+    net.load_canonical(w)  # type: ignore[attr-defined]
+    out = net(  # type: ignore[operator]
+        *[x.astype(np.float32) if x.dtype == np.float64 else x for x in d.inputs],
+        lengths=d.lengths or None,
+        masks=d.masks or None,
+    )
+    return _outputs(out, m)
+
+
+def keras_inputs(m: CheckedModel, d: Data) -> list[np.ndarray]:
+    """The declared inputs in order, each `masked` one followed by its lengths or mask."""
+    out: list[np.ndarray] = []
+    for decl, x in zip(m.model.inputs, d.inputs, strict=True):
+        out.append(x.astype(np.float32) if x.dtype == np.float64 else x)
+        if decl.masked:
+            if decl.name in m.pads:
+                out.append(np.asarray(d.lengths[decl.name], np.int32))
+            else:
+                out.append(np.asarray(d.masks[decl.name], bool))
+    return out
+
+
+_KERAS_BUILDS = [0]
+
+
+def run_keras(
+    prog: seqdsl.Program, m: CheckedModel, w: dict[str, np.ndarray], d: Data
+) -> list[np.ndarray]:
+    import keras
+
+    _KERAS_BUILDS[0] += 1
+    if _KERAS_BUILDS[0] % 100 == 0:  # Keras' global graph state grows with every model
+        keras.backend.clear_session()
+    net = prog.build("keras", seed=0)
+    net.load_canonical(w)  # type: ignore[attr-defined]
+    xs = keras_inputs(m, d)
+    out = net(xs if len(xs) > 1 else xs[0], training=False)  # type: ignore[operator]
+    return _outputs(out, m)
+
+
+RUNNERS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "torch": run_torch,
+    "jax": run_jax,
+    "keras": run_keras,
+}
+
+
+def comparable(a: np.ndarray) -> bool:
+    """Whether a reference output can be compared in float32 (finite, not huge)."""
+    if a.dtype == bool or not a.size:
+        return True
+    return bool(np.all(np.isfinite(a))) and float(np.max(np.abs(a))) <= MAX_MAGNITUDE
+
+
+def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> str | None:
+    """None when ``got`` agrees with ``want`` (module docstring), else what differs.
+    Outputs that are not :func:`comparable` are compared by shape only."""
+    if len(got) != len(want):
+        return f"{len(got)} arrays, reference {len(want)}"
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        if a.shape != b.shape:
+            return f"output {i}: shape {a.shape}, reference {b.shape}"
+        if b.dtype == bool:
+            if a.dtype != bool or not np.array_equal(a, b):
+                return f"output {i}: mask differs"
+            continue
+        if not b.size or not comparable(b):
+            continue
+        err = float(np.max(np.abs(a.astype(np.float64) - b)))
+        scale = max(1.0, float(np.max(np.abs(b))))
+        if not err <= TOL * scale:
+            return f"output {i}: max error {err:.3g} > {TOL} x {scale:.3g}"
+    return None
+
+
+@dataclass
+class Result:
+    """What one program gave: ``skipped`` (why), or per backend None (agrees) or what differs."""
+
+    source: str
+    skipped: str | None
+    backends: dict[str, str | None]
+
+    @property
+    def disagreements(self) -> dict[str, str]:
+        return {b: r for b, r in self.backends.items() if r is not None}
+
+
+def run_source(source: str, seed: int = 0, backends: Sequence[str] = BACKENDS) -> Result:
+    """Run ``source`` on the reference and on ``backends``; compare."""
+    prog = seqdsl.loads(source, "fuzz.seq")
+    m = prog.model()
+    w = make_weights(m, seed)
+    d = make_data(m, seed)
+    try:
+        ref = run_reference(
+            m,
+            {k: v.astype(np.float64) for k, v in w.items()},
+            d.inputs,
+            lengths=d.lengths or None,
+            masks=d.masks or None,
+        )
+    except ReferenceError as e:  # the data break a run-time constraint (e.g. divisibility)
+        return Result(source, f"reference: {e}", {})
+    except Exception:  # a bug of the reference interpreter: report it as such
+        return Result(source, None, {"reference": traceback.format_exc(limit=-3)})
+    want = flat(list(ref.outputs))
+    values = [a for a in want if a.dtype != bool and a.size]
+    if values and not any(comparable(a) for a in values):
+        return Result(source, f"no reference output finite and within {MAX_MAGNITUDE:g}", {})
+    res: dict[str, str | None] = {}
+    for b in backends:
+        try:
+            got = RUNNERS[b](prog, m, w, d)
+        except Exception as e:  # a valid program must run: the error is the disagreement
+            res[b] = f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            continue
+        res[b] = compare(got, want)
+    return Result(source, None, res)
+
+
+def run_prog(p: progen.Prog, seed: int = 0, backends: Sequence[str] = BACKENDS) -> Result:
+    return run_source(p.text, seed, backends)
+
+
+def minimal(p: progen.Prog, backend: str, seed: int = 0) -> progen.Prog:
+    """``p`` reduced while ``backend`` still disagrees with the reference the same way
+    (the same kind of failure: an exception type, a mask, a shape or a value)."""
+    first = run_prog(p, seed, (backend,)).backends.get(backend)
+    assert first is not None, "the program agrees"
+    kind = _kind(first)
+
+    def fails(c: progen.Prog) -> bool:
+        r = run_prog(c, seed, (backend,))
+        got = r.backends.get(backend)
+        return r.skipped is None and got is not None and _kind(got) == kind
+
+    return progen.reduce(p, fails)
+
+
+def _kind(message: str) -> str:
+    if message.startswith("raised "):
+        return message.split(":")[0]
+    for k in ("mask differs", "shape", "max error", "arrays"):
+        if k in message:
+            return k
+    return message
+
+
+def campaign(
+    start: int,
+    count: int,
+    backends: Sequence[str],
+    keras_every: int = 1,
+    reduce: bool = True,
+    seconds: float | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Programs ``start`` .. ``start + count - 1`` (the seed is the program's index): each
+    on the reference and ``backends`` (Keras only on every ``keras_every``-th). Returns the
+    counts and, per disagreement, the program, the message and the reduced program.
+    ``seconds``: stop starting programs after that long (``programs`` says how many ran);
+    ``progress`` is called with the counts every 100 programs."""
+    import time
+
+    t0 = time.perf_counter()
+    stats: dict[str, Any] = {"programs": 0, "compared": 0, "skipped": 0, "disagreements": []}
+    runs: dict[str, int] = {}
+    stats["runs"] = runs
+    for seed in range(start, start + count):
+        if seconds is not None and time.perf_counter() - t0 > seconds:
+            break
+        if progress is not None and stats["programs"] and stats["programs"] % 100 == 0:
+            progress(stats)
+        p = progen.generate(seed)
+        backs = [b for b in backends if b != "keras" or seed % keras_every == 0]
+        r = run_prog(p, seed, backs)
+        stats["programs"] += 1
+        if r.skipped is not None:
+            stats["skipped"] += 1
+            why = r.skipped.split(":")[0]
+            stats.setdefault("skip_reasons", {})[why] = (
+                stats.get("skip_reasons", {}).get(why, 0) + 1
+            )
+            continue
+        stats["compared"] += 1
+        for b in backs:
+            runs[b] = runs.get(b, 0) + 1
+        for b, msg in r.disagreements.items():
+            small = minimal(p, b, seed).text if reduce and b != "reference" else None
+            stats["disagreements"].append(
+                {"seed": seed, "backend": b, "message": msg, "source": p.text, "reduced": small}
+            )
+            if progress is not None:
+                progress(stats)
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python tests/difftest.py START COUNT [BACKENDS] [KERAS_EVERY] [SECONDS]``: a
+    campaign; prints the counts as it goes, every disagreement with its reduced program;
+    exit 1 on any."""
+    import time
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    start, count = int(args[0]), int(args[1])
+    backends = args[2].split(",") if len(args) > 2 else list(BACKENDS)
+    every = int(args[3]) if len(args) > 3 else 1
+    seconds = float(args[4]) if len(args) > 4 else None
+    t0 = time.perf_counter()
+
+    shown = [0]
+
+    def progress(st: dict[str, Any]) -> None:
+        for d in st["disagreements"][shown[0] :]:
+            print(f"== program {d['seed']} on {d['backend']}: {d['message']}\n{d['source']}")
+            print(f"-- reduced:\n{d['reduced']}", flush=True)
+        shown[0] = len(st["disagreements"])
+        print(
+            f"[{time.perf_counter() - t0:.0f} s] programs {st['programs']}, compared"
+            f" {st['compared']}, runs {st['runs']}, disagreements {len(st['disagreements'])}",
+            flush=True,
+        )
+
+    stats = campaign(start, count, backends, every, seconds=seconds, progress=progress)
+    progress(stats)
+    print(
+        f"programs {stats['programs']}, compared {stats['compared']}, skipped {stats['skipped']},"
+        f" ({stats.get('skip_reasons', {})}), runs per backend {stats['runs']}, disagreements {len(stats['disagreements'])},"
+        f" {time.perf_counter() - t0:.0f} s"
+    )
+    return 1 if stats["disagreements"] else 0
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    raise SystemExit(main())
