@@ -1273,6 +1273,8 @@ def window_mask(
     if padding != "valid":
         return mask[:, ::stride][:, :steps]
     span = (size - 1) * dilation + 1  # the steps a window covers
+    if mask.shape[1] < span:  # no whole window: 0 steps
+        return mask[:, :0]
     windows = (~mask).unfold(1, span, stride)[..., ::dilation]  # [B, T', size]: invalid
     return ~windows.any(-1)[:, :steps]
 
@@ -1304,6 +1306,9 @@ class Conv1D(nn.Module):
             x = torch.where(mask[..., None], x, 0.0)
         k_eff = self.dilation_rate * (self.kernel.shape[0] - 1) + 1
         before, after, steps = window_padding(x.shape[1], k_eff, self.strides, self.padding)
+        if x.shape[1] + before + after < k_eff:  # no whole window: 0 steps (conv1d needs one)
+            y = x.new_zeros(x.shape[0], 0, self.kernel.shape[2])
+            return y if self.activation is None else self.activation(y)
         x = F.pad(x.transpose(1, 2), (before, after))
         weight = self.kernel.permute(2, 1, 0)  # torch's [filters, F, k]
         y = F.conv1d(x, weight, self.bias, stride=self.strides, dilation=self.dilation_rate)
@@ -1317,6 +1322,8 @@ def pool1d(
     """MaxPooling1D ("max") / AveragePooling1D ("mean") over the valid steps of each
     window (padding zeros are not steps); 0 for a window with none."""
     before, after, steps = window_padding(x.shape[1], size, stride, padding)
+    if x.shape[1] + before + after < size:  # no whole window: 0 steps (unfold needs one)
+        after = size - x.shape[1] - before
     valid = x.new_ones(x.shape[:2]) if mask is None else mask.to(x.dtype)
     # windows [B, steps, F, size] and their valid steps [B, steps, 1, size]
     windows = F.pad(x, (0, 0, before, after)).unfold(1, size, stride)[:, :steps]
