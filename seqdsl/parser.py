@@ -466,24 +466,8 @@ def _statement_region(text: str, pos: int) -> tuple[int, int] | None:
 def _depth_after(text: str, start: int, end: int, depth: int) -> int:
     """The delimiter depth at ``end``, given ``depth`` at ``start`` (a line start):
     strings and comments skipped, within one line."""
-    i = start
-    while i < end:
-        ch = text[i]
-        if ch == "#":
-            j = text.find("\n", i)
-            i = end if j < 0 else j
-            continue
-        if ch in "\"'":
-            j = i + 1
-            while j < end and text[j] not in (ch, "\n"):
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
-            continue
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        i += 1
+    for ch, _ in _delimiters(text, start, end):
+        depth += 1 if ch in _CLOSERS else -1
     return depth
 
 
@@ -502,10 +486,10 @@ def _variants(examples: list[str]) -> list[str]:
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 
 
-def _open_delimiters(text: str, end: int) -> list[tuple[str, int]]:
-    """Delimiters still open at offset ``end`` (innermost last); strings and comments skipped."""
-    stack: list[tuple[str, int]] = []
-    i = 0
+def _delimiters(text: str, start: int, end: int) -> Iterator[tuple[str, int]]:
+    """Each bracket between ``start`` and ``end`` with its offset, strings and comments
+    skipped (a string or a comment ends at its line's end)."""
+    i = start
     while i < end:
         ch = text[i]
         if ch == "#":
@@ -518,11 +502,19 @@ def _open_delimiters(text: str, end: int) -> list[tuple[str, int]]:
                 j += 2 if text[j] == "\\" else 1
             i = j + 1
             continue
+        if ch in "([{)]}":
+            yield ch, i
+        i += 1
+
+
+def _open_delimiters(text: str, end: int) -> list[tuple[str, int]]:
+    """Delimiters still open at offset ``end`` (innermost last); strings and comments skipped."""
+    stack: list[tuple[str, int]] = []
+    for ch, i in _delimiters(text, 0, end):
         if ch in _CLOSERS:
             stack.append((ch, i))
-        elif ch in ")]}" and stack and _CLOSERS[stack[-1][0]] == ch:
+        elif stack and _CLOSERS[stack[-1][0]] == ch:
             stack.pop()
-        i += 1
     return stack
 
 
@@ -606,11 +598,8 @@ def _unfinished_line(text: str, pos: int, file: str) -> Diagnostic | None:
     else:
         return None
     m = _TRAILING.search(prev)
-    if (
-        m is None
-        or _open_delimiters(text, prev_end)
-        and _open_delimiters(text, prev_end)[-1][0] in "(["
-    ):
+    opened = _open_delimiters(text, prev_end) if m is not None else []
+    if m is None or opened and opened[-1][0] in "([":
         return None
     tok = m.group(1)
     start = prev_start + m.start(1)
