@@ -12,6 +12,7 @@ matter. Every recipe uses this module, with NumPy only.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,3 +68,14 @@ def last_step_accuracy(logits: np.ndarray, lengths: np.ndarray, y: np.ndarray) -
     """Accuracy of the prediction after each sequence's last valid row."""
     last = np.asarray(logits)[np.arange(len(y)), np.asarray(lengths) - 1]
     return float((last.argmax(-1) == y).mean())
+
+
+def recipe_arguments(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of the three training recipes (train_torch, train_jax, train_keras)."""
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--limit", type=int, default=None, help="training examples (quick runs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="F.safetensors", help="write the trained weights here")
+    return p.parse_args(argv)

@@ -7,7 +7,6 @@ Keras mask, so the loss averages over the valid steps (docs/training.md).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,17 +17,11 @@ from seqdsl.weightsfile import save_weights
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from digits import digits, last_step_accuracy  # noqa: E402
+from digits import digits, last_step_accuracy, recipe_arguments  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> float:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--limit", type=int, default=None, help="training examples (quick runs)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", metavar="F.safetensors", help="write the trained weights here")
-    args = p.parse_args(argv)
+    args = recipe_arguments(__doc__, argv)
 
     keras.utils.set_random_seed(args.seed)  # Python, NumPy and the backend: dropout, shuffling
     train, test = digits(args.seed, args.limit)
