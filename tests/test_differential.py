@@ -5,7 +5,9 @@ inputs (tests/difftest.py), and must agree within the float32 tolerance.
 Default run: programs 0-119 on the reference, torch and JAX; every fourth of them
 (30) on Keras too. ``pytest -m full`` runs programs 0-9999 on every backend and
 reduces each disagreement to a minimal program. The same campaign from the
-command line: ``python tests/difftest.py START COUNT [BACKENDS] [KERAS_EVERY]``.
+command line: ``python tests/difftest.py START COUNT [BACKENDS] [KERAS_EVERY]
+--chunk 500 --jobs 2``. A float32 difference that the backend's own float64 run
+resolves is float32 rounding, not a disagreement (tests/difftest.py).
 
 Below them, the bugs the campaign found, each as its reduced program (or a close
 variant covering its siblings), on every backend it concerns.
@@ -58,8 +60,11 @@ def test_random_programs_agree(start: int) -> None:
 
 @pytest.mark.full
 def test_ten_thousand_random_programs_agree() -> None:
-    stats = difftest.campaign(0, 10_000, difftest.BACKENDS)
+    """In chunks of 500 programs, each in a fresh process, two at a time."""
+    stats = difftest.campaign_in_processes(0, 10_000, difftest.BACKENDS, chunk=500, jobs=2)
+    assert not stats["crashed"], stats["crashed"]
     assert not stats["disagreements"], _report(stats)
+    assert stats["compared"] >= 0.8 * stats["programs"], stats
 
 
 # --------------------------------------------------------------------------

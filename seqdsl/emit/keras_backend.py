@@ -129,13 +129,21 @@ def instantiate(
     dtype: str | None = None,
     externs: Mapping[str, object] | None = None,
 ) -> object:
-    """``module.build_model()`` with the canonical ``weights`` loaded (its layers' dtypes
-    come from the .seq types; ``dtype`` is not needed); a model with extern layers takes
-    their implementations from ``externs`` first (name -> function), then from the registry."""
-    if uses_externs(model.layers, model.externs):
-        built = module.build_model(externs=externs)
-    else:
-        built = module.build_model()
+    """``module.build_model()`` with the canonical ``weights`` loaded; a model with extern
+    layers takes their implementations from ``externs`` first (name -> function), then
+    from the registry. ``dtype`` (the build's float dtype, e.g. ``"float64"``) is the
+    layers' Keras dtype policy while they are made, as ``build(..., dtype=)`` makes the
+    torch and JAX models compute in it; float inputs are cast to it by the layers."""
+    import keras
+
+    kwargs = {"externs": externs} if uses_externs(model.layers, model.externs) else {}
+    before = keras.config.dtype_policy()
+    if dtype is not None:
+        keras.config.set_dtype_policy(dtype)
+    try:
+        built = module.build_model(**kwargs)
+    finally:
+        keras.config.set_dtype_policy(before)
     built.load_canonical(dict(weights))
     return built
 
