@@ -995,6 +995,17 @@ class _ModelChecker:
                 self.diag("SEQ503", f"`{op.inputs[0].name}` has no time axis for a mask", op.mask.span,
                           "masks apply to sequences `[B, T, ...]`; remove `mask=`")  # fmt: skip
                 return _ERR
+            if m.time is None or t.time is None:
+                unknown = [f"`{n}`" for n, d in ((op.mask.name, m.time), (op.inputs[0].name, t.time)) if d is None]
+                self.diag(
+                    "SEQ503",
+                    f"mask `{op.mask.name}` has time `{_f(m.time)}` and `{op.inputs[0].name}` has time "
+                    f"`{_f(t.time)}`: an unknown time (`_`) cannot be checked to match the mask",
+                    op.mask.span,
+                    f"declare the time of {' and '.join(unknown)} with a symbol or a size, the same for both "
+                    f"(e.g. `{_f(m.time or t.time or sym('T'))}`): the built model then checks it at every call",
+                )
+                return _ERR
             if not _same(m.time, t.time):
                 self.diag(
                     "SEQ503",

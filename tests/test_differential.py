@@ -332,27 +332,31 @@ model M {
 """
 
 
-def test_reference_rejects_a_mask_of_another_length() -> None:
-    m = seqdsl.loads(UNKNOWN_TIME_MASK).model()
-    x, mask = np.zeros((3, 12, 3)), np.ones((3, 4), bool)
-    with pytest.raises(difftest.ReferenceError, match="mask `m` has shape"):
-        difftest.run_reference(m, difftest.make_weights(m, 0), [x, mask])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mask whose time differs from an unknown (`_`) time axis of the value it "
-    "masks: torch and Keras run it silently (12 steps, 4 mask steps), JAX fails inside "
-    "lax.scan. A run-time check belongs to the input validation being reworked in "
-    "seqdsl/runtime/* (issue 12); not fixed here",
+@pytest.mark.parametrize(
+    ("x", "mask", "named"),
+    [("_", "T", "`x`"), ("T", "_", "`m`"), ("_", "_", "`m` and `x`")],
 )
-@pytest.mark.parametrize("backend", difftest.BACKENDS)
-def test_backends_reject_a_mask_of_another_length(backend: str) -> None:
-    prog = seqdsl.loads(UNKNOWN_TIME_MASK)
+def test_a_mask_on_an_unknown_time_is_an_error(x: str, mask: str, named: str) -> None:
+    """Found by the campaign: `mask=m` on a value whose time is unknown (`_`) passed the
+    checker; a 4-step mask on a 12-step sequence then ran silently on torch and Keras
+    (JAX failed inside lax.scan, the reference with an IndexError). An unknown time
+    cannot be checked against the mask: SEQ503, naming what to declare. With one
+    symbol for both the model checks the sizes at every call on every backend."""
+    src = UNKNOWN_TIME_MASK.replace("f32[B, _, 3]", f"f32[B, {x}, 3]")
+    src = src.replace("mask[B, T]", f"mask[B, {mask}]")
+    with pytest.raises(SeqError) as e:
+        seqdsl.loads(src)
+    (d,) = [d for d in e.value.diagnostics if d.is_error]
+    assert d.code == "SEQ503" and "cannot be checked" in d.message, d.message
+    assert f"declare the time of {named}" in (d.hint or "")
+    ok = UNKNOWN_TIME_MASK.replace("f32[B, _, 3]", "f32[B, T, 3]")
+    agree(ok, difftest.BACKENDS)
+    prog = seqdsl.loads(ok)
     m = prog.model()
-    d = difftest.Data([np.zeros((3, 12, 3)), np.ones((3, 4), bool)], {}, {})
-    with pytest.raises(Exception, match="`m`"):  # naming the mask
-        difftest.RUNNERS[backend](prog, m, difftest.make_weights(m, 0), d)
+    bad = difftest.Data([np.zeros((3, 12, 3), np.float32), np.ones((3, 4), bool)], {}, {})
+    for backend in difftest.BACKENDS:
+        with pytest.raises(seqdsl.InputError, match="T = 12"):
+            difftest.RUNNERS[backend](prog, m, difftest.make_weights(m, 0), bad)
 
 
 RESHAPE_AFTER_CONV = """
