@@ -996,7 +996,11 @@ class _ModelChecker:
                           "masks apply to sequences `[B, T, ...]`; remove `mask=`")  # fmt: skip
                 return _ERR
             if m.time is None or t.time is None:
-                unknown = [f"`{n}`" for n, d in ((op.mask.name, m.time), (op.inputs[0].name, t.time)) if d is None]
+                unknown = [
+                    f"`{n}`"
+                    for n, d in ((op.mask.name, m.time), (op.inputs[0].name, t.time))
+                    if d is None
+                ]
                 self.diag(
                     "SEQ503",
                     f"mask `{op.mask.name}` has time `{_f(m.time)}` and `{op.inputs[0].name}` has time "
