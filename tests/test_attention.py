@@ -191,6 +191,22 @@ CASES = [
                 "pre",
                 training=True,
             ),
+            # heads of size 1 with a bias, as many heads as steps (query T = 5, value
+            # S = 6): Keras' TensorFlow ops.add put such a projection's bias on the time
+            # axis (the runtime's BroadcastBiasMultiHeadAttention, docs/backend-keras.md)
+            Case(
+                "mha_key_dim_1_unmasked",
+                'MultiHeadAttention(5, 1, name="att")',
+                "none",
+                "none",
+                feats=(3, 4, 4),
+            ),
+            Case(
+                "mha_value_dim_1",
+                'MultiHeadAttention(6, 2, value_dim=1, name="att")',
+                "post",
+                "pre",
+            ),
         ]
     )
 ]
@@ -397,12 +413,15 @@ def test_keras_uses_its_own_layers_where_they_agree() -> None:
     without a valid key; the small subclasses otherwise (docs/backend-keras.md)."""
     plain = {"att_nonempty_keras_layer", "mha_nonempty_keras_layer", "mha_unmasked",
              "mha_causal_only"}  # fmt: skip
+    broadcast_bias = {"mha_key_dim_1_unmasked"}  # unmasked, heads of size 1 with a bias
     for case in CASES:
         text = emit(seqdsl.loads(case.source).model(), "keras")
         std = re.search(r"= layers\.(Attention|MultiHeadAttention)\(", text) is not None
         sub = re.search(r"= Masked(Attention|MultiHeadAttention)\(", text) is not None
-        assert std != sub, case.id
+        bias = re.search(r"= BroadcastBiasMultiHeadAttention\(", text) is not None
+        assert std + sub + bias == 1, case.id
         assert std == (case.id in plain), case.id
+        assert bias == (case.id in broadcast_bias), case.id
 
 
 def test_masks_and_weights_keys_are_the_canonical_layout() -> None:

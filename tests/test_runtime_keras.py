@@ -268,6 +268,23 @@ def test_temporal_softmax() -> None:
         np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cls", ["BroadcastBiasMultiHeadAttention", "MaskedMultiHeadAttention"])
+def test_multi_head_attention_projections_add_their_biases_by_broadcasting(cls: str) -> None:
+    """Heads of size 1 and as many heads as steps: every projection is einsum + bias
+    by NumPy broadcasting (Keras' TensorFlow ops.add put the bias [heads, 1] of a
+    projection [B, T, heads, 1] on the time axis)."""
+    att = getattr(rt, cls)(3, 1, bias_initializer="random_normal")
+    x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    att(x, x)
+    heads = RNG.normal(size=(2, 3, 3, 1)).astype(np.float32)
+    dense = (att.query_dense, att.key_dense, att.value_dense, att.output_dense)
+    for layer, inp in zip(dense, (x, x, x, heads), strict=True):
+        kernel, bias = layer.get_weights()
+        assert bias.shape in ((3, 1), (4,))
+        want = np.einsum(layer.equation, inp.astype(np.float64), kernel) + bias
+        np.testing.assert_allclose(_np(layer(inp)), want, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------
 # recurrent layers
 
@@ -350,6 +367,7 @@ def _examples() -> dict[str, Any]:
         "TimeDistributed": rt.TimeDistributed(layers.Dense(2)),
         "MaskedAttention": rt.MaskedAttention(use_scale=True, dropout=0.1),
         "MaskedMultiHeadAttention": rt.MaskedMultiHeadAttention(2, 4),
+        "BroadcastBiasMultiHeadAttention": rt.BroadcastBiasMultiHeadAttention(3, 1, value_dim=2),
         "MaskedLSTM": rt.MaskedLSTM(3, mask_side="pre", masked_output="carry"),
         "MaskedGRU": rt.MaskedGRU(3, go_backwards=True, mask_side="post"),
         "MaskedSimpleRNN": rt.MaskedSimpleRNN(2, return_sequences=True),

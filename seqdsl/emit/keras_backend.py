@@ -1150,10 +1150,20 @@ class _Emitter:
             self.assign(vars_, ctor, call + flags + fixed)
         else:
             plain = safe and q_mask is None
-            cls = "layers.MultiHeadAttention" if plain else self.use("MaskedMultiHeadAttention")
+            # heads of size 1 with a bias: Keras' TensorFlow ops.add puts the bias
+            # [heads, 1] of a projection [B, T, heads, 1] on the time axis when T == heads
+            size_one = 1 in (a.cfg.integer("key_dim"), a.cfg.raw("value_dim"))
+            misplaced = a.cfg.flag("use_bias") and a.cfg.integer("num_heads") > 1 and size_one
             if not plain:
+                cls = self.use("MaskedMultiHeadAttention")
                 self.comment("a query step with nothing to attend to gets weights 0")
                 self.comment("(Keras' fused path gives it the mean of the values)")
+            elif misplaced:
+                cls = self.use("BroadcastBiasMultiHeadAttention")
+                self.comment("heads of size 1: the projections' biases added by broadcasting")
+                self.comment("(Keras on TensorFlow adds them on the time axis when T == heads)")
+            else:
+                cls = "layers.MultiHeadAttention"
             ctor = _Call(cls, (*self.keras_args(kind, cfg), *name_kw))
             # MultiHeadAttention takes the query's mask from its Keras mask and removes the
             # Keras masks of its inputs: it gets copies, the query's carrying its mask

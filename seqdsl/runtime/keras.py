@@ -40,6 +40,7 @@ from .common import (
 )
 
 __all__ = [
+    "BroadcastBiasMultiHeadAttention",
     "ConcatMasks",
     "DropMask",
     "ExternLayer",
@@ -647,13 +648,48 @@ class MaskedAttention(keras.layers.Attention):
         return ops.matmul(used, value), weights
 
 
+class _BroadcastBiasEinsumDense(keras.layers.EinsumDense):
+    """keras.layers.EinsumDense whose bias is added by NumPy broadcasting on every
+    Keras backend. Keras 3.15's TensorFlow ops.add(x1, x2) takes an x2 with a single
+    dimension above 1 for a bias and calls tf.nn.bias_add on x1's channel axis: the
+    last one, else axis 1 ("NCHW") when that is the one of the same size. A
+    MultiHeadAttention projection with heads of size 1 ([B, T, heads, 1], bias
+    [heads, 1]) then gets its bias on the time axis when T == heads, e.g.
+    ops.add(np.zeros((1, 3, 3, 1)), np.arange(3.0).reshape(3, 1))[0, :, 0, 0] is
+    [0, 1, 2] where NumPy gives [0, 0, 0]. Added as an operand of x's full shape,
+    the bias cannot be mistaken for another axis's (the shortcut then only takes
+    an x with a single dimension above 1, where it is that one)."""
+
+    def call(self, inputs, training=None):
+        x = ops.einsum(self.equation, inputs, self.kernel)
+        if self.bias is not None:
+            x = ops.add(x, ops.broadcast_to(self.bias, ops.shape(x)))
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
 @keras.saving.register_keras_serializable(package="seqdsl")
-class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention):
+class BroadcastBiasMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """keras.layers.MultiHeadAttention whose projections add their biases by
+    broadcasting (_BroadcastBiasEinsumDense): with key_dim or value_dim 1, Keras'
+    TensorFlow backend adds the bias of a projection [B, T, heads, 1] on the time
+    axis when T == heads (the same weights and variable names as Keras' layer)."""
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        super().build(query_shape, value_shape, key_shape)
+        for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
+            dense.__class__ = _BroadcastBiasEinsumDense  # only its call differs
+
+
+@keras.saving.register_keras_serializable(package="seqdsl")
+class MaskedMultiHeadAttention(BroadcastBiasMultiHeadAttention):
     """keras.layers.MultiHeadAttention always on its explicit softmax path, which gives
     a query step with no key to attend to (a masked query step, or no valid key)
     weights 0, so that its output is attention_output's bias. Keras' fused path
     (ops.dot_product_attention, taken without dropout and returned scores) gives it
-    a uniform average instead."""
+    a uniform average instead. Its projections add their biases by broadcasting
+    (BroadcastBiasMultiHeadAttention)."""
 
     def _compute_attention(
         self,
