@@ -193,7 +193,7 @@ CASES = [
             ),
             # heads of size 1 with a bias, as many heads as steps (query T = 5, value
             # S = 6): Keras' TensorFlow ops.add put such a projection's bias on the time
-            # axis (the runtime's BroadcastBiasMultiHeadAttention, docs/backend-keras.md)
+            # axis (the runtime's PortableMultiHeadAttention, docs/backend-keras.md)
             Case(
                 "mha_key_dim_1_unmasked",
                 'MultiHeadAttention(5, 1, name="att")',
@@ -418,7 +418,7 @@ def test_keras_uses_its_own_layers_where_they_agree() -> None:
         text = emit(seqdsl.loads(case.source).model(), "keras")
         std = re.search(r"= layers\.(Attention|MultiHeadAttention)\(", text) is not None
         sub = re.search(r"= Masked(Attention|MultiHeadAttention)\(", text) is not None
-        bias = re.search(r"= BroadcastBiasMultiHeadAttention\(", text) is not None
+        bias = re.search(r"= PortableMultiHeadAttention\(", text) is not None
         assert std + sub + bias == 1, case.id
         assert std == (case.id in plain), case.id
         assert bias == (case.id in broadcast_bias), case.id

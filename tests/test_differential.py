@@ -513,3 +513,47 @@ def test_attention_heads_of_size_one(key_dim: int, value_dim: int, bias: str, de
     source = HEADS_OF_SIZE_ONE.replace("DECL", decl).replace("KEY_DIM", str(key_dim))
     source = source.replace("VALUE_DIM", str(value_dim)).replace("BIAS", bias)
     agree(source, difftest.BACKENDS, seed=1870)
+
+
+VALUES_SIZED_UNLIKE_KEYS = [
+    "y = MultiHeadAttention(2, 3, value_dim=2)(x, x)",
+    "y = MultiHeadAttention(2, 3, value_dim=5, use_bias=false, use_causal_mask=true)(x, x)",
+    "y = MultiHeadAttention(3, 2, value_dim=1)(x, x)",
+    "y = MultiHeadAttention(2, 2, value_dim=4)(x -> Masking(), x)",
+]
+
+_KERAS_JAX = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import keras, difftest
+assert keras.backend.backend() == "jax"
+for line in sys.argv[3:]:
+    src = "model M {\\n input x: f32[B, T, 4]\\n " + line + "\\n output y\\n}\\n"
+    r = difftest.run_source(src, 0, ("keras",))
+    assert r.skipped is None and not r.disagreements, (line, r.skipped, r.disagreements)
+print("OK", len(sys.argv) - 3)
+"""
+
+
+def test_attention_values_sized_unlike_keys_on_keras_jax_backend() -> None:
+    """Found while fixing program 1870: on Keras' JAX backend MultiHeadAttention with
+    value_dim != key_dim raised inside Keras' fused attention (ValueError "value shape
+    should be ..."); seqdsl's Keras module takes the explicit path for it and agrees
+    with the reference there, as on TensorFlow (checked here too)."""
+    import os
+    import subprocess
+
+    for line in VALUES_SIZED_UNLIKE_KEYS:
+        src = f"model M {{\n input x: f32[B, T, 4]\n {line}\n output y\n}}\n"
+        agree(src, difftest.BACKENDS)
+    root = Path(__file__).resolve().parent
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KERAS_JAX, str(root), str(root.parent), *VALUES_SIZED_UNLIKE_KEYS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and "OK 4" in proc.stdout, proc.stdout + proc.stderr[-3000:]

@@ -268,7 +268,7 @@ def test_temporal_softmax() -> None:
         np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", ["BroadcastBiasMultiHeadAttention", "MaskedMultiHeadAttention"])
+@pytest.mark.parametrize("cls", ["PortableMultiHeadAttention", "MaskedMultiHeadAttention"])
 def test_multi_head_attention_projections_add_their_biases_by_broadcasting(cls: str) -> None:
     """Heads of size 1 and as many heads as steps: every projection is einsum + bias
     by NumPy broadcasting (Keras' TensorFlow ops.add put the bias [heads, 1] of a
@@ -367,7 +367,7 @@ def _examples() -> dict[str, Any]:
         "TimeDistributed": rt.TimeDistributed(layers.Dense(2)),
         "MaskedAttention": rt.MaskedAttention(use_scale=True, dropout=0.1),
         "MaskedMultiHeadAttention": rt.MaskedMultiHeadAttention(2, 4),
-        "BroadcastBiasMultiHeadAttention": rt.BroadcastBiasMultiHeadAttention(3, 1, value_dim=2),
+        "PortableMultiHeadAttention": rt.PortableMultiHeadAttention(3, 1, value_dim=2),
         "MaskedLSTM": rt.MaskedLSTM(3, mask_side="pre", masked_output="carry"),
         "MaskedGRU": rt.MaskedGRU(3, go_backwards=True, mask_side="post"),
         "MaskedSimpleRNN": rt.MaskedSimpleRNN(2, return_sequences=True),

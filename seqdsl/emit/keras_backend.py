@@ -1152,16 +1152,23 @@ class _Emitter:
             plain = safe and q_mask is None
             # heads of size 1 with a bias: Keras' TensorFlow ops.add puts the bias
             # [heads, 1] of a projection [B, T, heads, 1] on the time axis when T == heads
-            size_one = 1 in (a.cfg.integer("key_dim"), a.cfg.raw("value_dim"))
+            key_dim, value_dim = a.cfg.integer("key_dim"), a.cfg.raw("value_dim")
+            size_one = 1 in (key_dim, value_dim)
             misplaced = a.cfg.flag("use_bias") and a.cfg.integer("num_heads") > 1 and size_one
+            # Keras' fused attention raises on its JAX backend when values and keys differ in size
+            sizes_differ = value_dim is not None and value_dim != key_dim
             if not plain:
                 cls = self.use("MaskedMultiHeadAttention")
                 self.comment("a query step with nothing to attend to gets weights 0")
                 self.comment("(Keras' fused path gives it the mean of the values)")
-            elif misplaced:
-                cls = self.use("BroadcastBiasMultiHeadAttention")
-                self.comment("heads of size 1: the projections' biases added by broadcasting")
-                self.comment("(Keras on TensorFlow adds them on the time axis when T == heads)")
+            elif misplaced or sizes_differ:
+                cls = self.use("PortableMultiHeadAttention")
+                if misplaced:
+                    self.comment("heads of size 1: the projections' biases added by broadcasting")
+                    self.comment("(Keras on TensorFlow adds them on the time axis when T == heads)")
+                if sizes_differ:
+                    self.comment("value_dim != key_dim: the explicit softmax path (Keras' fused")
+                    self.comment("attention raises on its JAX backend for such values)")
             else:
                 cls = "layers.MultiHeadAttention"
             ctor = _Call(cls, (*self.keras_args(kind, cfg), *name_kw))

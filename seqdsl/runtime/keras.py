@@ -40,7 +40,7 @@ from .common import (
 )
 
 __all__ = [
-    "BroadcastBiasMultiHeadAttention",
+    "PortableMultiHeadAttention",
     "ConcatMasks",
     "DropMask",
     "ExternLayer",
@@ -670,26 +670,49 @@ class _BroadcastBiasEinsumDense(keras.layers.EinsumDense):
 
 
 @keras.saving.register_keras_serializable(package="seqdsl")
-class BroadcastBiasMultiHeadAttention(keras.layers.MultiHeadAttention):
-    """keras.layers.MultiHeadAttention whose projections add their biases by
-    broadcasting (_BroadcastBiasEinsumDense): with key_dim or value_dim 1, Keras'
-    TensorFlow backend adds the bias of a projection [B, T, heads, 1] on the time
-    axis when T == heads (the same weights and variable names as Keras' layer)."""
+class PortableMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """keras.layers.MultiHeadAttention with the same numbers on every Keras backend
+    (the same weights and variable names as Keras' layer):
+
+    - its projections add their biases by broadcasting (_BroadcastBiasEinsumDense):
+      with key_dim or value_dim 1, Keras' TensorFlow backend adds the bias of a
+      projection [B, T, heads, 1] on the time axis when T == heads;
+    - with value_dim != key_dim it takes the explicit softmax path: Keras' fused path
+      (ops.dot_product_attention) raises on the JAX backend when the values' size
+      differs from the keys' (ValueError "value shape should be ..."). The explicit
+      path gives the same numbers."""
 
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
         for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
             dense.__class__ = _BroadcastBiasEinsumDense  # only its call differs
 
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        # a subclass's _compute_attention gets the causal mask inside attention_mask
+        explicit = return_attention_scores or self._value_dim != self._key_dim
+        out, scores = super()._compute_attention(
+            query, key, value, attention_mask, training, return_attention_scores=explicit
+        )
+        return out, scores if return_attention_scores else None
+
 
 @keras.saving.register_keras_serializable(package="seqdsl")
-class MaskedMultiHeadAttention(BroadcastBiasMultiHeadAttention):
+class MaskedMultiHeadAttention(PortableMultiHeadAttention):
     """keras.layers.MultiHeadAttention always on its explicit softmax path, which gives
     a query step with no key to attend to (a masked query step, or no valid key)
     weights 0, so that its output is attention_output's bias. Keras' fused path
     (ops.dot_product_attention, taken without dropout and returned scores) gives it
     a uniform average instead. Its projections add their biases by broadcasting
-    (BroadcastBiasMultiHeadAttention)."""
+    (PortableMultiHeadAttention)."""
 
     def _compute_attention(
         self,
