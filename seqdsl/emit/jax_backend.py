@@ -29,11 +29,12 @@ import numpy as np
 
 from ..catalogue import BoundLayer, Cfg, backward_of
 from ..cells import is_cell_layer
-from ..checker import CheckedModel, LayerInfo
+from ..checker import CheckedModel, Constraint, LayerInfo
 from ..dims import Dim
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
+from .common import constraint_values, f_string
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
 from .common import py_literal as _lit
@@ -453,10 +454,14 @@ class _Emitter:
             code, den = _dim_code(c.dim)
             names = sorted(c.dim.symbols())
             cond = " and ".join(f'"{s}" in env' for s in names) or "True"
-            rule = f"{c.what}: {c.dim.paren()} must be divisible by {c.divisor}"
-            vals = ", ".join(f"{s} = {{env[{s!r}]}}" for s in names)
+            values = f_string(constraint_values(c, "env"))
             w(f"    if {cond}:")
-            w(f'        _divisible({code}, {c.divisor * den}, {_lit(rule)}, f"{vals}")')
+            if c.minimum is None:
+                w(f"        _divisible({code}, {c.divisor * den}, {_lit(c.rule)}, {values})")
+            else:
+                least = _least(c)  # the symbol's bound, where it differs from the size's
+                hint = "" if least in (None, c.minimum * den) else f", {least}"
+                w(f"        _at_least({code}, {c.minimum * den}, {_lit(c.rule)}, {values}{hint})")
         w("    return env")
 
     # ------------------------------------------------------------ apply
@@ -1168,6 +1173,16 @@ def _dict(w: CodeWriter, name: str, entries: Sequence[str]) -> None:
     for e in entries:
         w(e)
     w("}")
+
+
+def _least(c: Constraint) -> int | None:
+    """The least size of the one symbol of a ``dim >= k`` constraint that meets it
+    (the lower bound a jax.export symbol needs), None with several symbols."""
+    names = c.dim.symbols()
+    if len(names) != 1:
+        return None
+    (name,) = names
+    return next((n for n in range(1, 100_000) if c.holds({name: n})), None)
 
 
 def fit(lines: Sequence[str], width: int = WIDTH) -> list[str]:
