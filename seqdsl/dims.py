@@ -255,15 +255,14 @@ def lower_bound(d: Dim) -> Fraction | None:
         if k < 0:
             return None
         if atom.op == "sym":
-            a: Fraction | None = Fraction(1)
-        else:
-            assert atom.arg is not None
-            inner = lower_bound(atom.arg)
-            if inner is None:
-                return None
-            q = inner / atom.div
-            a = Fraction(math.floor(q) if atom.op == "floor" else math.ceil(q))
-        low += k * a
+            low += k
+            continue
+        assert atom.arg is not None
+        inner = lower_bound(atom.arg)
+        if inner is None:
+            return None
+        q = inner / atom.div
+        low += k * (math.floor(q) if atom.op == "floor" else math.ceil(q))
     return low
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "describe_layer",
     "f_string",
     "py_literal",
+    "scaled_size_code",
     "seq_value",
     "size_code",
 ]
@@ -100,7 +101,7 @@ def decl_text(inp: InputDecl) -> str:
     return out
 
 
-def _scaled_code(d: Dim, sizes: str) -> tuple[str, int]:
+def scaled_size_code(d: Dim, sizes: str) -> tuple[str, int]:
     """(integer expression over ``sizes``, denominator L): ``d == expr / L`` exactly."""
     den = d.const.denominator
     for _, k in d.terms:
@@ -109,10 +110,10 @@ def _scaled_code(d: Dim, sizes: str) -> tuple[str, int]:
     for atom, k in d.terms:
         coef = int(k * den)
         if atom.op == "sym":
-            code = f"{sizes}[{atom.name!r}]"
+            code = f'{sizes}["{atom.name}"]'
         else:
             assert atom.arg is not None
-            inner, l2 = _scaled_code(atom.arg, sizes)
+            inner, l2 = scaled_size_code(atom.arg, sizes)
             inner = inner if " " not in inner else f"({inner})"
             code = f"{inner} // {atom.div * l2}"
             code = f"-(-{inner} // {atom.div * l2})" if atom.op == "ceil" else code
@@ -125,10 +126,10 @@ def _scaled_code(d: Dim, sizes: str) -> tuple[str, int]:
 
 
 def size_code(d: Dim, sizes: str = "sizes") -> str:
-    """A Python expression for the size ``d`` over ``sizes['T']`` etc.: integer
+    """A Python expression for the size ``d`` over ``sizes["T"]`` etc.: integer
     arithmetic over one common denominator, exact where ``d`` is an integer (the
     run-time constraints are checked in order: its exact divisions hold by then)."""
-    code, den = _scaled_code(d, sizes)
+    code, den = scaled_size_code(d, sizes)
     if den == 1:
         return code
     return f"{code} // {den}" if " " not in code else f"({code}) // {den}"
@@ -144,7 +145,6 @@ def constraint_check(c: Constraint, sizes: str = "sizes") -> tuple[str, str]:
         test = f"{expr} < {c.minimum}"
     else:
         test = f"{expr if ' ' not in expr else f'({expr})'} % {c.divisor}"
-    test = test.replace("'", '"')
     rule = c.rule.replace("{", "{{").replace("}", "}}")
     return test, f_string(f"{constraint_values(c, sizes)}, but {rule}")
 
@@ -157,7 +157,8 @@ def constraint_values(c: Constraint, sizes: str = "sizes") -> str:
     shown = str(c.dim)
     if names == [shown]:
         return symbols
-    return f"{shown} = {{{size_code(c.dim, sizes)}}} ({symbols})"
+    code = size_code(c.dim, sizes).replace('"', "'")  # inside the f-string's quotes
+    return f"{shown} = {{{code}}} ({symbols})"
 
 
 def f_string(body: str) -> str:

@@ -602,7 +602,9 @@ class _Emitter:
                 test, msg = constraint_check(c)
                 known = " and ".join(f'"{n}" in sizes' for n in sorted(c.dim.symbols()))
                 w(f"        if {known} and {test}:  # a run-time constraint")
-                w.lines.extend(_call_lines("            ", f"raise {self.use('InputError')}", [msg]))
+                w.lines.extend(
+                    _call_lines("            ", f"raise {self.use('InputError')}", [msg])
+                )
 
     def header(self, w: CodeWriter) -> None:
         m = self.m
