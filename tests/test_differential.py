@@ -403,6 +403,9 @@ def test_keras_names_the_reshape_constraint() -> None:
     net = prog.build("keras", seed=0)
     with pytest.raises(seqdsl.InputError, match=message):
         net.predict(np.zeros((3, 12, 3), np.float32), verbose=0)  # type: ignore[attr-defined]
+    net.compile(loss="mse")  # type: ignore[attr-defined]
+    with pytest.raises(seqdsl.InputError, match=message):
+        net.fit(np.zeros((3, 12, 3), np.float32), np.zeros((3, 2, 5)), verbose=0)  # type: ignore[attr-defined]
     assert net.predict(np.zeros((3, 13, 3), np.float32), verbose=0).shape == (3, 2, 6)  # type: ignore[attr-defined]
 
 

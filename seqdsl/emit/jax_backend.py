@@ -435,7 +435,7 @@ class _Emitter:
             if c.minimum is None:
                 w(f"        _divisible({code}, {c.divisor * den}, {_lit(c.rule)}, {values})")
             else:
-                least = _least(c)  # the symbol's bound, where it differs from the size's
+                least = _least(c, self.m.constraints)  # where it differs from the size's
                 hint = "" if least in (None, c.minimum * den) else f", {least}"
                 w(f"        _at_least({code}, {c.minimum * den}, {_lit(c.rule)}, {values}{hint})")
         w("    return env")
@@ -1151,14 +1151,16 @@ def _dict(w: CodeWriter, name: str, entries: Sequence[str]) -> None:
     w("}")
 
 
-def _least(c: Constraint) -> int | None:
-    """The least size of the one symbol of a ``dim >= k`` constraint that meets it
-    (the lower bound a jax.export symbol needs), None with several symbols."""
+def _least(c: Constraint, constraints: Sequence[Constraint]) -> int | None:
+    """The least size of the one symbol of a ``dim >= k`` constraint that meets it and
+    every other such constraint on that symbol alone (the lower bound a jax.export
+    symbol needs, one for them all), None with several symbols."""
     names = c.dim.symbols()
     if len(names) != 1:
         return None
     (name,) = names
-    return next((n for n in range(1, 100_000) if c.holds({name: n})), None)
+    bounds = [b for b in constraints if b.minimum is not None and b.dim.symbols() == names]
+    return next((n for n in range(1, 100_000) if all(b.holds({name: n}) for b in bounds)), None)
 
 
 def fit(lines: Sequence[str], width: int = WIDTH) -> list[str]:
