@@ -126,7 +126,7 @@ def _check_inputs(*arrays, lengths=None, masks=None):
     symbol values."""
     env = _input_symbols(INPUTS, arrays, lengths, masks, ("frames",))
     if "T" in env:
-        _at_least(env["T"], 5, "Conv1D (line 22) needs T >= 5", f"T = {env['T']}")
+        _at_least(env["T"], 5, "Conv1D (line 22) needs T >= 5", f"T = {env['T']}", 9)
     if "T" in env:
         _at_least(
             (env["T"] + 1) // 2,
