@@ -392,8 +392,8 @@ def test_a_reshape_of_a_symbolic_size_is_a_run_time_constraint() -> None:
 
 def test_keras_names_the_reshape_constraint() -> None:
     """Keras checks the checker's run-time constraints as torch and JAX do (it failed
-    inside its Reshape): on a call and before predict(), not while it traces (T is
-    None then)."""
+    inside its Reshape): on a call and before predict() and fit(), not while it builds
+    the functional model (T is None then)."""
     prog = seqdsl.loads(RESHAPE_AFTER_CONV)
     m = prog.model()
     bad = difftest.Data([np.zeros((3, 12, 3))], {}, {})
