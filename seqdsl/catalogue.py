@@ -1118,6 +1118,11 @@ def _window_time(
             "use `padding=same`, a smaller kernel, or longer inputs",
             where="input",
         )
+    if padding == "valid" and v is None and d * (k - 1) + 1 > 1:
+        # a symbolic length must fill the window once: T >= window, a run-time constraint
+        # unless provable (every length is at least 1: a window of 1 never needs one;
+        # same and causal padding give ceil(T / s) >= 1 steps)
+        ctx.at_least(T, d * (k - 1) + 1, kind)
     return out
 
 

@@ -31,7 +31,7 @@ from .catalogue import (
 )
 from .cells import cell_spec, extern_spec
 from .diagnostics import Diagnostic, Related, did_you_mean
-from .dims import Dim, divisible, exact_div, sym
+from .dims import Dim, at_least, divisible, exact_div, sym
 from .ir import (
     ApplyOp,
     Arg,
@@ -87,15 +87,41 @@ _ERR = object()  # marker type of a value whose definition failed
 
 @dataclass(frozen=True)
 class Constraint:
-    """``dim % divisor == 0``, checked at run time (symbols are unknown statically)."""
+    """A condition on a size that depends on symbols (unknown statically), checked at
+    run time on every backend, before any framework code: ``dim % divisor == 0`` (an
+    exact division: TemporalSplit, Reshape), or, when ``minimum`` is set, ``dim >=
+    minimum`` (the steps that reach a valid window must fill it once: ``divisor`` is
+    then 1)."""
 
     dim: Dim
     divisor: int
     what: str
     span: Span
+    minimum: int | None = None
+
+    @property
+    def requirement(self) -> str:
+        """The condition: ``T % 2 == 0`` or ``S/2 >= 7``."""
+        if self.minimum is not None:
+            return f"{self.dim} >= {self.minimum}"
+        return f"{self.dim.paren()} % {self.divisor} == 0"
+
+    @property
+    def rule(self) -> str:
+        """The condition with its layer and line, as the backends' errors name it."""
+        return f"{self.what} (line {self.span.line}) needs {self.requirement}"
+
+    def holds(self, env: Mapping[str, int]) -> bool | None:
+        """Whether the symbol sizes of ``env`` meet it; None when one is missing."""
+        v = self.dim.evaluate(dict(env))
+        if v is None:
+            return None
+        if self.minimum is not None:
+            return v >= self.minimum
+        return v.denominator == 1 and v.numerator % self.divisor == 0
 
     def __str__(self) -> str:
-        return f"{self.dim.paren()} % {self.divisor} == 0  ({self.what})"
+        return f"{self.requirement}  ({self.what})"
 
 
 #: the arguments of an input's ``pad(...)`` (keras.utils.pad_sequences)
@@ -206,6 +232,12 @@ class _Ctx:
         if ok is None:
             self.checker.constraints.append(Constraint(d, k, what, self.span))
         return q
+
+    def at_least(self, d: Dim, k: int, what: str) -> None:
+        if at_least(d, k) is None:  # not provable from symbols >= 1: checked at run time
+            # the constant moved to the right: (T + 1) // 2 >= 5, not (T + 1) // 2 - 2 >= 3
+            c = math.floor(d.const)
+            self.checker.constraints.append(Constraint(d - c, 1, what, self.span, minimum=k - c))
 
     def pad_of(self, t: TensorType) -> PadInfo | None:
         if t.padded_from is None:

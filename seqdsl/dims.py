@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-__all__ = ["Atom", "Dim", "exact_div", "sym", "const"]
+__all__ = ["Atom", "Dim", "at_least", "exact_div", "lower_bound", "sym", "const"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,37 @@ def divisible(d: Dim, k: int) -> bool | None:
         return True
     if d.is_const:
         return False
+    return None
+
+
+def lower_bound(d: Dim) -> Fraction | None:
+    """A lower bound of ``d`` over every value of its symbols (each at least 1), or
+    None when none is found: a term with a negative coefficient is not bounded (upper
+    bounds are not tracked), floor and ceil atoms are bounded by their argument's."""
+    low = d.const
+    for atom, k in d.terms:
+        if k < 0:
+            return None
+        if atom.op == "sym":
+            low += k
+            continue
+        assert atom.arg is not None
+        inner = lower_bound(atom.arg)
+        if inner is None:
+            return None
+        q = inner / atom.div
+        low += k * (math.floor(q) if atom.op == "floor" else math.ceil(q))
+    return low
+
+
+def at_least(d: Dim, k: int) -> bool | None:
+    """Whether the size ``d`` is at least ``k``: True/False when decidable statically
+    (a size is an integer, so a bound of 1/2 proves 1), None when it depends on symbols."""
+    if d.is_const:
+        return d.const >= k
+    low = lower_bound(d)
+    if low is not None and math.ceil(low) >= k:
+        return True
     return None
 
 

@@ -1237,10 +1237,16 @@ def _batch_norm(it: _Interp, c: _Call) -> list[Value]:
 
 
 # ------------------------------------------------------------ convolution, pooling
-def _conv_windows(t: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
-    """(output length, zeros before) of a window layer, TensorFlow's padding."""
+def _conv_windows(what: str, t: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
+    """(output length, zeros before) of a window layer, TensorFlow's padding. A
+    valid window longer than the sequence is the checker's run-time constraint
+    ``T >= window``: ReferenceError, as the backends' InputError."""
     k_eff = d * (k - 1) + 1
     if padding == "valid":
+        if t < k_eff:
+            raise ReferenceError(
+                f"{what}: time length {t} is shorter than its window of {k_eff} (padding=valid)"
+            )
         return (t - k_eff) // s + 1, 0
     t_out = -(-t // s)
     if padding == "causal":
@@ -1270,7 +1276,7 @@ def _conv1d(it: _Interp, c: _Call) -> list[Value]:
     if mask is not None:
         x = np.where(mask[..., None], x, 0.0)  # masked steps are zeroed first
     b, t, _ = x.shape
-    t_out, before = _conv_windows(t, k, s, d, padding)
+    t_out, before = _conv_windows(f"{c.kind} (line {c.info.span.line})", t, k, s, d, padding)
     kernel = w["kernel"]
     y = np.zeros((b, t_out, kernel.shape[2]))
     for j in range(t_out):
@@ -1292,7 +1298,7 @@ def _pool1d(it: _Interp, c: _Call) -> list[Value]:
     s = p if strides is None else strides
     padding = cfg.text("padding")
     b, t, f = x.shape
-    t_out, before = _conv_windows(t, p, s, 1, padding)
+    t_out, before = _conv_windows(f"{c.kind} (line {c.info.span.line})", t, p, s, 1, padding)
     valid_in = np.ones((b, t), bool) if mask is None else mask
     y = np.zeros((b, t_out, f))
     for j in range(t_out):

@@ -510,6 +510,11 @@ def _check_shapes(model: CheckedModel, batch: Batch) -> None:
             raise DataError(f"{src}: `{name}_mask` does not fit the kind {t.mask} of `{name}`")
     for c in model.constraints:
         v = c.dim.evaluate(env)
+        if v is not None and c.minimum is not None and v < c.minimum:
+            raise DataError(
+                f"{src}: {c.rule}, and {c.dim} is {v} here: the sequences are too short "
+                "for its window (pad to a longer length: `pad(..., maxlen=...)`)"
+            )
         if v is not None and v % c.divisor != 0:
             raise DataError(
                 f"{src}: {c.what} needs {c.dim} to be a multiple of {c.divisor}, and it is {v} "
@@ -579,10 +584,7 @@ def _symbol_sizes(model: CheckedModel, rows: int) -> dict[str, int]:
         for n in range(_DEFAULT_STEPS, 4097):
             trial = {**env, s: n}
             if (
-                all(
-                    (v := c.dim.evaluate(trial)) is None or v % c.divisor == 0
-                    for c in model.constraints
-                )
+                all(c.holds(trial) is not False for c in model.constraints)
                 and _shrunk(model, {k: v for k, v in trial.items() if k in {*env, s}}) is None
             ):
                 env[s] = n

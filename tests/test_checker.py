@@ -216,6 +216,33 @@ def test_temporal_split_halves_time_and_keeps_sides() -> None:
     assert c.dim == T and c.divisor == 2
 
 
+def test_a_valid_window_on_a_symbolic_length_is_a_runtime_constraint() -> None:
+    """A valid window must fit in the steps that reach it: `dim >= window`, a run-time
+    constraint when the length is symbolic (SEQ403 when it is known), with the
+    constant moved to the right. None where it is provable from lengths >= 1: a
+    window of 1 step, same or causal padding, a length known to be long enough."""
+    prog = model(
+        "a = x -> Conv1D(4, 5, strides=2) -> Conv1D(4, 3, dilation_rate=2)\n"
+        "b = x -> MaxPooling1D(1) -> Conv1D(4, 9, padding=causal) -> AveragePooling1D(4, padding=same)\n"
+        "c = k -> Conv1D(4, 3) -> MaxPooling1D(6)\n"
+        "output a, b, c",
+        "input x: f32[B, T, 8] pad(post) masked\ninput k: f32[B, 8, 8]",
+    )
+    m = prog.model()
+    assert [str(c) for c in m.constraints] == [
+        "T >= 5  (Conv1D)",
+        "(T + 1) // 2 >= 7  (Conv1D)",
+    ]
+    first, second = m.constraints
+    assert first.dim == T and first.minimum == 5 and first.divisor == 1
+    assert first.rule == "Conv1D (line 4) needs T >= 5"  # the line of `a = ...`
+    assert [second.holds({"T": t}) for t in (12, 13)] == [False, True]
+    assert second.holds({}) is None
+    assert "Run-time constraints:\n  T >= 5  (Conv1D)\n  (T + 1) // 2 >= 7  (Conv1D)" in (
+        prog.summary()
+    )
+
+
 def test_known_length_split_needs_no_runtime_constraint() -> None:
     prog = model("a, b = x -> TemporalSplit(2)\noutput a, b", "input x: f32[B, 100, 8]")
     m = prog.model()

@@ -376,7 +376,7 @@ def test_a_reshape_of_a_symbolic_size_is_a_run_time_constraint() -> None:
     TemporalSplit's divisibility: torch and JAX reject T = 12 naming it, the reference
     raises ReferenceError, and T = 13 runs the same everywhere."""
     m = seqdsl.loads(RESHAPE_AFTER_CONV).model()
-    assert [f"{c.dim} % {c.divisor}" for c in m.constraints] == ["T - 1 % 2"]
+    assert [c.requirement for c in m.constraints] == ["T >= 2", "(T - 1) % 2 == 0"]
     assert str(m.types["y"]) == "f32[B, 2, T/2 - 1/2]"
     w = difftest.make_weights(m, 0)
     bad = difftest.Data([np.zeros((3, 12, 3))], {}, {})
@@ -390,18 +390,23 @@ def test_a_reshape_of_a_symbolic_size_is_a_run_time_constraint() -> None:
     agree(RESHAPE_AFTER_CONV, difftest.BACKENDS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras does not check the checker's run-time constraints: a Reshape that does "
-    "not fit fails inside Keras (issue 12, item 8/13: the Keras input checks are being "
-    "reworked in seqdsl/runtime/keras.py)",
-)
 def test_keras_names_the_reshape_constraint() -> None:
+    """Keras checks the checker's run-time constraints as torch and JAX do (it failed
+    inside its Reshape): on a call and before predict() and fit(), not while it builds
+    the functional model (T is None then)."""
     prog = seqdsl.loads(RESHAPE_AFTER_CONV)
     m = prog.model()
     bad = difftest.Data([np.zeros((3, 12, 3))], {}, {})
-    with pytest.raises(ValueError, match=r"\(T - 1\)"):
+    message = r"T - 1 = 11 \(T = 12\), but Reshape .* \(line 5\) needs \(T - 1\) % 2 == 0"
+    with pytest.raises(seqdsl.InputError, match=message):
         difftest.run_keras(prog, m, difftest.make_weights(m, 0), bad)
+    net = prog.build("keras", seed=0)
+    with pytest.raises(seqdsl.InputError, match=message):
+        net.predict(np.zeros((3, 12, 3), np.float32), verbose=0)  # type: ignore[attr-defined]
+    net.compile(loss="mse")  # type: ignore[attr-defined]
+    with pytest.raises(seqdsl.InputError, match=message):
+        net.fit(np.zeros((3, 12, 3), np.float32), np.zeros((3, 2, 5)), verbose=0)  # type: ignore[attr-defined]
+    assert net.predict(np.zeros((3, 13, 3), np.float32), verbose=0).shape == (3, 2, 6)  # type: ignore[attr-defined]
 
 
 def test_average_of_integer_values_is_an_error() -> None:
@@ -423,25 +428,35 @@ model M {
     seqdsl.loads(src.replace("average", "add"))  # sums and products of ids stay ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the campaign (program 1447), not fixed: a Conv1D window longer than "
-    "the (symbolic) sequence passes the checker, and the reference fails in NumPy "
-    "('negative dimensions'); a length >= 0 constraint is not expressible as the "
-    "checker's divisibility constraints",
-)
-def test_a_window_longer_than_the_sequence() -> None:
-    agree(
-        """
+LONG_WINDOW = """
 model M {
     input x: f32[B, S, 3] pad(post) masked
     a, b = x -> TemporalSplit(2)
     y = a -> Conv1D(5, 3, dilation_rate=3)
     output y
 }
-""",
-        difftest.BACKENDS,
-    )
+"""
+
+
+def test_a_window_longer_than_the_sequence() -> None:
+    """Found by the campaign (program 1447): a Conv1D window (7 steps) longer than the
+    symbolic sequence (S/2) passed the checker; the reference failed in NumPy
+    ('negative dimensions'). Now `S/2 >= 7` is a run-time constraint: every backend
+    raises InputError naming it, the sizes and the line, the reference ReferenceError,
+    and sizes that meet it run the same everywhere."""
+    prog = seqdsl.loads(LONG_WINDOW)
+    m = prog.model()
+    assert [str(c) for c in m.constraints] == ["S % 2 == 0  (TemporalSplit)", "S/2 >= 7  (Conv1D)"]
+    w = difftest.make_weights(m, 0)
+    bad = difftest.Data([np.zeros((3, 12, 3))], {"x": np.array([12, 5, 1])}, {})
+    with pytest.raises(difftest.ReferenceError, match=r"Conv1D \(line 5\): time length 6 is "):
+        difftest.run_reference(m, w, bad.inputs, lengths=bad.lengths)
+    for backend in difftest.BACKENDS:
+        with pytest.raises(seqdsl.InputError) as e:
+            difftest.RUNNERS[backend](prog, m, w, bad)
+        assert str(e.value) == "S/2 = 6 (S = 12), but Conv1D (line 5) needs S/2 >= 7", backend
+    assert difftest.make_data(m, 0).inputs[0].shape[1] == 14  # the runner meets it
+    agree(LONG_WINDOW, difftest.BACKENDS)
 
 
 ZERO_STEPS = """
@@ -457,22 +472,45 @@ WINDOWS = ["AveragePooling1D(3)", "MaxPooling1D(3)", "Conv1D(2, 3)"]
 
 
 @pytest.mark.parametrize("layer", WINDOWS)
-def test_a_window_longer_than_its_input_gives_zero_steps(layer: str) -> None:
+def test_a_window_longer_than_its_input_is_an_input_error(layer: str) -> None:
     """Found by the campaign (programs 1904 and 4631): a pooling or a convolution whose
-    window is longer than its input raised inside torch (unfold, conv1d); the reference
-    and JAX give 0 steps, and so does torch now."""
-    agree(ZERO_STEPS.replace("LAYER", layer), ("torch", "jax"))
+    window is longer than its input raised inside torch (unfold, conv1d), gave 0 steps
+    on JAX and 2 steps (or AbortedError) on Keras. Now `(S + 2) // 3 >= 3` is a
+    run-time constraint: InputError on every backend, ReferenceError in the
+    reference; S = 7 (3 steps) runs the same everywhere."""
+    src = ZERO_STEPS.replace("LAYER", layer)
+    prog = seqdsl.loads(src)
+    m = prog.model()
+    kind = layer.split("(")[0]
+    assert [str(c) for c in m.constraints] == [f"(S + 2) // 3 >= 3  ({kind})"]
+    w = difftest.make_weights(m, 0)
+    bad = difftest.Data([np.zeros((3, 6, 2))], {"x": np.array([6, 3, 1])}, {})
+    with pytest.raises(difftest.ReferenceError, match="time length 2 is shorter than its window"):
+        difftest.run_reference(m, w, bad.inputs, lengths=bad.lengths)
+    want = f"(S + 2) // 3 = 2 (S = 6), but {kind} (line 5) needs (S + 2) // 3 >= 3"
+    for backend in difftest.BACKENDS:
+        with pytest.raises(seqdsl.InputError) as e:
+            difftest.RUNNERS[backend](prog, m, w, bad)
+        assert str(e.value) == want, backend
+    assert difftest.make_data(m, 0).inputs[0].shape[1] == 7
+    agree(src, difftest.BACKENDS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: on Keras (TensorFlow backend) a pooling or a convolution whose "
-    "window is longer than its input gives 2 steps or raises (AbortedError) where the "
-    "reference gives 0 steps",
-)
-@pytest.mark.parametrize("layer", WINDOWS)
-def test_keras_window_longer_than_its_input(layer: str) -> None:
-    agree(ZERO_STEPS.replace("LAYER", layer), ("keras",))
+def test_windows_that_always_fit_have_no_constraint() -> None:
+    """Every length is at least 1: a valid window of 1 step, and same or causal padding
+    (ceil(T / s) >= 1 steps), add no run-time constraint; a window on a known length
+    that fits needs none either (one that does not is SEQ403)."""
+    src = """
+model M {
+    input x: f32[B, T, 2]
+    input k: f32[B, 9, 2]
+    a = x -> Conv1D(3, 1, strides=2) -> MaxPooling1D(1) -> Conv1D(2, 5, padding=same)
+    b = a -> Conv1D(2, 4, padding=causal) -> AveragePooling1D(3, padding=same)
+    c = k -> Conv1D(2, 9) -> MaxPooling1D(1)
+    output b, c
+}
+"""
+    assert seqdsl.loads(src).model().constraints == ()
 
 
 def test_keras_attention_on_split_parts() -> None:

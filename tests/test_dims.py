@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqdsl.dims import Atom, Dim, const, divisible, exact_div, sym
+from seqdsl.dims import Atom, Dim, at_least, const, divisible, exact_div, lower_bound, sym
 
 T = sym("T")
 S = sym("S")
@@ -270,3 +270,27 @@ def test_repr_and_paren() -> None:
     assert const(4).paren() == "4"
     assert (T + 1).paren() == "(T + 1)"
     assert (T * HALF).paren() == "(T/2)"
+
+
+def test_lower_bound_and_at_least() -> None:
+    """Symbols are at least 1; floor and ceil atoms are bounded by their argument's
+    bound; a negative term has no bound (upper bounds are not tracked)."""
+    T, S = sym("T"), sym("S")
+    assert lower_bound(T) == 1 and lower_bound(T.scaled(1, 2)) == Fraction(1, 2)
+    assert lower_bound((T - 5).floordiv(2) + 1) == -1  # floor(-4 / 2) + 1
+    assert lower_bound(T.ceildiv(3) + S) == 2
+    assert lower_bound(T - S) is None
+    assert at_least(T.scaled(1, 2), 1) is True  # an integer size of at least 1/2
+    assert at_least(T * 3 + 4, 7) is True and at_least(T * 3 + 4, 8) is None
+    assert at_least((T - 5).floordiv(2) + 1, 1) is None
+    assert at_least(const(4), 5) is False and at_least(const(5), 5) is True
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 60), st.integers(1, 4), st.integers(1, 5))
+def test_lower_bound_is_a_lower_bound(t: int, s: int, k: int, c: int) -> None:
+    T, S = sym("T"), sym("S")
+    for d in ((T - c).floordiv(k) + 1, (T + S).ceildiv(k) - c, T.scaled(c, k) + S.floordiv(k)):
+        low = lower_bound(d)
+        v = d.evaluate({"T": t, "S": s})
+        assert low is not None and v is not None and low <= v

@@ -403,6 +403,9 @@ def test_hover_model_name_and_parameters() -> None:
     # Embedding 1000 * 16 + Bidirectional(LSTM(8)) 2 * 4 * 8 * (16 + 8 + 1)
     assert h is not None and "parameters: 17,600 (17,600 trainable); 3 layers" in h.markdown
     assert "outputs: `p: f32[B, 16]`" in h.markdown
+    window = "model W {\n    input x: f32[B, T, 2]\n    y = x -> Conv1D(2, 4)\n    output y\n}\n"
+    hw = Document(window, "w.seq").hover(*at(window, "W {"))
+    assert hw is not None and "run-time constraints: `T >= 4  (Conv1D)`" in hw.markdown
     text = """\
 layer Enc(units: int, rate: float = 0.5) {
     input x

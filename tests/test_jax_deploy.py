@@ -80,14 +80,14 @@ def multiples(model: CheckedModel) -> dict[str, int]:
     out: dict[str, int] = {}
     for c in model.constraints:
         syms = sorted(c.dim.symbols())
-        if len(syms) == 1:
+        if len(syms) == 1 and c.minimum is None:
             out[syms[0]] = int(np.lcm(out.get(syms[0], 1), c.divisor))
     return out
 
 
-#: lower bounds the symbolic time needs: convolutions shorten T before an LSTM
-#: (a scan over a length that may be 0 cannot be exported)
-CONSTRAINTS = {"ConvFrontend": ("t >= 9",)}
+#: lower bounds the symbolic time needs: a valid window must fit in the steps that
+#: reach it (the checker's run-time constraints T >= 5 and (T + 1) // 2 >= 5; Zoo: T >= 3)
+CONSTRAINTS = {"ConvFrontend": ("t >= 9",), "Zoo": ("t >= 3",)}
 
 
 def symbols(mod: Any, model: CheckedModel) -> dict[str, Any]:
@@ -303,26 +303,32 @@ def test_export_divisibility_needs_a_multiple() -> None:
     error naming the constraint; T given as 2*k exports (test above)."""
     model, jm, mod = build(ROOT / "examples" / "masking_temporal_split.seq")
     b, t = jax.export.symbolic_shape("b, t")
-    with pytest.raises(ValueError, match=r"T must be divisible by 2, which the symbolic size t"):
+    with pytest.raises(ValueError, match=r"needs T % 2 == 0, which the symbolic size t does not"):
         jax.export.export(jax.jit(mod.apply))(
             jax.tree.map(spec_of, jm.variables), jax.ShapeDtypeStruct((b, t), np.int32)
         )
-    with pytest.raises(ValueError, match="divisible by 2"):  # concrete sizes: as before
+    with pytest.raises(ValueError, match=r"T = 5, but .* needs T % 2 == 0"):  # concrete sizes
         mod.apply(jm.variables, np.ones((2, 5), np.int32))
 
 
 def test_export_needs_a_time_bound_after_shortening_windows() -> None:
-    """Two strided convolutions shorten T to max((max((t - 5) // 2 + 1, 0) - 3) // 2 + 1, 0)
-    steps before the LSTM: without a lower bound on t that may be 0, which a scan
-    cannot loop over; the error says which bound to give (t >= 9 exports)."""
+    """Two strided valid convolutions (windows of 5 and 3) need T >= 5 and
+    (T + 1) // 2 >= 5 steps, run-time constraints: a symbolic t without a lower bound
+    that proves them is refused naming the constraint and the bound that proves them
+    all (t >= 9 exports, test above)."""
     model, jm, mod = build(ROOT / "examples" / "conv_frontend_lstm.seq")
-    b, t = jax.export.symbolic_shape("b, t")
-    with pytest.raises(ValueError, match=r"may be 0 .* constraints="):
-        jax.export.export(jax.jit(mod.apply))(
-            jax.tree.map(spec_of, jm.variables),
-            jax.ShapeDtypeStruct((b, t, 40), np.float32),
-            lengths=jax.ShapeDtypeStruct((b,), np.int32),
-        )
+    for bound, line in (("", 22), ("t >= 5", 23)):
+        b, t = jax.export.symbolic_shape("b, t", constraints=(bound,) if bound else ())
+        with pytest.raises(
+            ValueError,
+            match=rf"Conv1D \(line {line}\) needs .*, which the symbolic size .* does not "
+            r'guarantee: .* constraints=\("t >= 9",\)',
+        ):
+            jax.export.export(jax.jit(mod.apply))(
+                jax.tree.map(spec_of, jm.variables),
+                jax.ShapeDtypeStruct((b, t, 40), np.float32),
+                lengths=jax.ShapeDtypeStruct((b,), np.int32),
+            )
 
 
 def doc_snippet(doc: str, section: str) -> str:

@@ -278,8 +278,15 @@ def test_too_short_for_the_windows(tmp_path: Path) -> None:
     m = seqdsl.load(EXAMPLES / "conv_frontend_lstm.seq").model()
     p = tmp_path / "d.npz"
     np.savez(p, frames=np.ones((2, 4, 40), np.float32))
-    with pytest.raises(DataError, match="too short for the model's windows"):
+    with pytest.raises(DataError, match=r"Conv1D \(line 22\) needs T >= 5, and T is 4 here"):
         load_data(p, m)
+    np.savez(p, frames=np.ones((2, 8, 40), np.float32))  # 4 steps reach the second window
+    with pytest.raises(
+        DataError, match=r"\(line 23\) needs \(T \+ 1\) // 2 >= 5, and .* is 4 here"
+    ):
+        load_data(p, m)
+    np.savez(p, frames=np.ones((2, 9, 40), np.float32))
+    assert load_data(p, m).inputs[0].shape == (2, 9, 40)
 
 
 def test_unknown_model_and_bad_rows_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

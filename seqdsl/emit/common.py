@@ -12,9 +12,21 @@ import math
 from collections.abc import Mapping
 
 from ..catalogue import REQUIRED, BoundLayer, spec_for
+from ..checker import Constraint
+from ..dims import Dim
 from ..ir import InputDecl
 
-__all__ = ["decl_text", "describe_layer", "py_literal", "seq_value"]
+__all__ = [
+    "constraint_check",
+    "constraint_values",
+    "decl_text",
+    "describe_layer",
+    "f_string",
+    "py_literal",
+    "scaled_size_code",
+    "seq_value",
+    "size_code",
+]
 
 
 def py_literal(v: object) -> str:
@@ -87,3 +99,68 @@ def decl_text(inp: InputDecl) -> str:
     if inp.masked:
         out += " masked"
     return out
+
+
+def scaled_size_code(d: Dim, sizes: str) -> tuple[str, int]:
+    """(integer expression over ``sizes``, denominator L): ``d == expr / L`` exactly."""
+    den = d.const.denominator
+    for _, k in d.terms:
+        den = den * k.denominator // math.gcd(den, k.denominator)
+    parts: list[str] = []
+    for atom, k in d.terms:
+        coef = int(k * den)
+        if atom.op == "sym":
+            code = f'{sizes}["{atom.name}"]'
+        else:
+            assert atom.arg is not None
+            inner, l2 = scaled_size_code(atom.arg, sizes)
+            inner = inner if " " not in inner else f"({inner})"
+            code = f"{inner} // {atom.div * l2}"
+            code = f"-(-{inner} // {atom.div * l2})" if atom.op == "ceil" else code
+            code = code if coef == 1 or atom.op == "ceil" else f"({code})"
+        parts.append(code if coef == 1 else f"{coef} * {code}")
+    c = int(d.const * den)
+    if c or not parts:
+        parts.append(str(c))
+    return " + ".join(parts).replace("+ -", "- "), den
+
+
+def size_code(d: Dim, sizes: str = "sizes") -> str:
+    """A Python expression for the size ``d`` over ``sizes["T"]`` etc.: integer
+    arithmetic over one common denominator, exact where ``d`` is an integer (the
+    run-time constraints are checked in order: its exact divisions hold by then)."""
+    code, den = scaled_size_code(d, sizes)
+    if den == 1:
+        return code
+    return f"{code} // {den}" if " " not in code else f"({code}) // {den}"
+
+
+def constraint_check(c: Constraint, sizes: str = "sizes") -> tuple[str, str]:
+    """(a test over ``sizes``, true when the run-time constraint ``c`` is broken; the
+    f-string literal of its error), one text on every backend: "T = 5, but
+    TemporalSplit (line 15) needs T % 2 == 0", "S/2 = 6 (S = 12), but Conv1D (line 4)
+    needs S/2 >= 7": the size, the symbols' values, the layer, its line, the condition."""
+    expr = size_code(c.dim, sizes)
+    if c.minimum is not None:
+        test = f"{expr} < {c.minimum}"
+    else:
+        test = f"{expr if ' ' not in expr else f'({expr})'} % {c.divisor}"
+    rule = c.rule.replace("{", "{{").replace("}", "}}")
+    return test, f_string(f"{constraint_values(c, sizes)}, but {rule}")
+
+
+def constraint_values(c: Constraint, sizes: str = "sizes") -> str:
+    """The text of the sizes of a constraint as an f-string's body: "T = {sizes['T']}",
+    or "S/2 = {sizes['S'] // 2} (S = {sizes['S']})" for a size made of symbols."""
+    names = sorted(c.dim.symbols())
+    symbols = ", ".join(f"{s} = {{{sizes}[{s!r}]}}" for s in names)
+    shown = str(c.dim)
+    if names == [shown]:
+        return symbols
+    code = size_code(c.dim, sizes).replace('"', "'")  # inside the f-string's quotes
+    return f"{shown} = {{{code}}} ({symbols})"
+
+
+def f_string(body: str) -> str:
+    """An f-string literal of ``body`` (its braces are the replacement fields)."""
+    return py_literal(body).replace('"', 'f"', 1)

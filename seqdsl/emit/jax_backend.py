@@ -18,7 +18,6 @@ from __future__ import annotations
 import builtins
 import functools
 import keyword
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,11 +28,11 @@ import numpy as np
 
 from ..catalogue import BoundLayer, Cfg, backward_of
 from ..cells import is_cell_layer
-from ..checker import CheckedModel, LayerInfo
-from ..dims import Dim
+from ..checker import CheckedModel, Constraint, LayerInfo
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
+from .common import constraint_values, f_string, scaled_size_code
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
 from .common import py_literal as _lit
@@ -113,28 +112,6 @@ def _home(kind: str, weight: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
-def _dim_code(d: Dim) -> tuple[str, int]:
-    """(integer expression over ``env``, denominator L): ``d == expr / L`` exactly."""
-    den = d.const.denominator
-    for _, k in d.terms:
-        den = den * k.denominator // math.gcd(den, k.denominator)
-    parts: list[str] = []
-    for atom, k in d.terms:
-        coef = int(k * den)
-        if atom.op == "sym":
-            code = f'env["{atom.name}"]'
-        else:
-            assert atom.arg is not None
-            inner, l2 = _dim_code(atom.arg)
-            div = atom.div * l2
-            code = f"(({inner}) // {div})" if atom.op == "floor" else f"(-(-({inner}) // {div}))"
-        parts.append(code if coef == 1 else f"{coef} * {code}")
-    c = int(d.const * den)
-    if c or not parts:
-        parts.append(str(c))
-    return " + ".join(parts).replace("+ -", "- "), den
-
-
 def _fold(fn: str) -> Callable[[list[str]], str]:
     def expr(ins: list[str]) -> str:
         out = ins[0]
@@ -450,13 +427,17 @@ class _Emitter:
             return
         w(f"    env = {call}")
         for c in self.m.constraints:
-            code, den = _dim_code(c.dim)
+            code, den = scaled_size_code(c.dim, "env")
             names = sorted(c.dim.symbols())
             cond = " and ".join(f'"{s}" in env' for s in names) or "True"
-            rule = f"{c.what}: {c.dim.paren()} must be divisible by {c.divisor}"
-            vals = ", ".join(f"{s} = {{env[{s!r}]}}" for s in names)
+            values = f_string(constraint_values(c, "env"))
             w(f"    if {cond}:")
-            w(f'        _divisible({code}, {c.divisor * den}, {_lit(rule)}, f"{vals}")')
+            if c.minimum is None:
+                w(f"        _divisible({code}, {c.divisor * den}, {_lit(c.rule)}, {values})")
+            else:
+                least = _least(c, self.m.constraints)  # where it differs from the size's
+                hint = "" if least in (None, c.minimum * den) else f", {least}"
+                w(f"        _at_least({code}, {c.minimum * den}, {_lit(c.rule)}, {values}{hint})")
         w("    return env")
 
     # ------------------------------------------------------------ apply
@@ -1168,6 +1149,18 @@ def _dict(w: CodeWriter, name: str, entries: Sequence[str]) -> None:
     for e in entries:
         w(e)
     w("}")
+
+
+def _least(c: Constraint, constraints: Sequence[Constraint]) -> int | None:
+    """The least size of the one symbol of a ``dim >= k`` constraint that meets it and
+    every other such constraint on that symbol alone (the lower bound a jax.export
+    symbol needs, one for them all), None with several symbols."""
+    names = c.dim.symbols()
+    if len(names) != 1:
+        return None
+    (name,) = names
+    bounds = [b for b in constraints if b.minimum is not None and b.dim.symbols() == names]
+    return next((n for n in range(1, 100_000) if all(b.holds({name: n}) for b in bounds)), None)
 
 
 def fit(lines: Sequence[str], width: int = WIDTH) -> list[str]:

@@ -36,6 +36,7 @@ from ..checker import CheckedModel, LayerInfo
 from ..ir import ApplyOp, CellDef, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported
+from .common import constraint_check
 from .common import decl_text as _decl_text
 from .common import describe_layer as _describe
 from .common import py_literal as _lit
@@ -591,6 +592,19 @@ class _Emitter:
         if self.has_dropout:
             w("    #: `with model.dropout_masks({key: keep}):` fixed dropout keep-masks")
             w(f"    dropout_masks = {self.use('dropout_masks')}")
+        if self.m.constraints:
+            w("")
+            w("    def check_constraints(self, sizes):")
+            w('        """The checker\'s run-time constraints, at every call and before fit(),')
+            w("        predict(), evaluate(): a size unknown while Keras traces is absent from")
+            w('        sizes, and not checked."""')
+            for c in self.m.constraints:
+                test, msg = constraint_check(c)
+                known = " and ".join(f'"{n}" in sizes' for n in sorted(c.dim.symbols()))
+                w(f"        if {known} and {test}:  # a run-time constraint")
+                w.lines.extend(
+                    _call_lines("            ", f"raise {self.use('InputError')}", [msg])
+                )
 
     def header(self, w: CodeWriter) -> None:
         m = self.m

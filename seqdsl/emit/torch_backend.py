@@ -39,6 +39,7 @@ from ..dims import Dim
 from ..ir import ApplyOp, DropMaskOp, InputDecl, MergeOp
 from ..types import MaskKind, MaskType, TensorType
 from . import CodeWriter, Unsupported, torch_cells
+from .common import constraint_check
 from .standalone import ImportItem, format_imports
 from .torch_common import (
     ACTIVATION_EXPR,
@@ -140,35 +141,6 @@ def _dim_text(d: Dim | None) -> str:
 
 
 @functools.lru_cache(maxsize=4096)  # nested dims repeat their inner dims
-def _py_dim(d: Dim) -> str:
-    """A Python expression for ``d`` over ``sizes['T']`` etc. (exact divisions hold by then)."""
-    parts: list[str] = []
-    for atom, coef in d.terms:
-        if atom.op == "sym":
-            a = f"sizes[{atom.name!r}]"
-        else:
-            assert atom.arg is not None
-            inner = _py_dim(atom.arg)
-            a = (
-                f"(({inner}) // {atom.div})"
-                if atom.op == "floor"
-                else f"(-(-({inner}) // {atom.div}))"
-            )
-        if coef.denominator != 1:
-            parts.append(f"{coef.numerator} * {a} // {coef.denominator}")
-        elif coef == 1:
-            parts.append(a)
-        else:
-            parts.append(f"{coef.numerator} * {a}")
-    if d.const or not parts:
-        parts.append(
-            str(int(d.const))
-            if d.const.denominator == 1
-            else f"{d.const.numerator} // {d.const.denominator}"
-        )
-    return " + ".join(parts).replace("+ -", "- ")
-
-
 @dataclass
 class _Input:
     """What a layer reads: its input's variable, type (with an explicit mask= applied)
@@ -471,17 +443,13 @@ class _Emitter:
                 w(f"{v} = torch.as_tensor({v}, dtype=dtype, device=device)")
             else:
                 w(f"{v} = torch.as_tensor({v}, device=device)")
-        if m.constraints:
-            for c in m.constraints:
-                expr = _py_dim(c.dim)
-                test = expr if " " not in expr else f"({expr})"
-                shown = expr.replace("sizes['", "").replace("']", "")
-                w(f"if {test.replace(chr(39), chr(34))} % {c.divisor}:  # a run-time constraint")
-                msg = f'f"{shown} = {{{expr}}}, but {c.what} (line {c.span.line}) needs {c.dim.paren()} % {c.divisor} == 0"'
-                w._level += 1
-                self.call(w, "raise ", "InputError", [msg])
-                self.snippets.add("InputError")
-                w._level -= 1
+        for c in m.constraints:
+            test, msg = constraint_check(c)
+            w(f"if {test}:  # a run-time constraint")
+            w._level += 1
+            self.call(w, "raise ", "InputError", [msg])
+            self.snippets.add("InputError")
+            w._level -= 1
         debug: list[tuple[str, list[str]]] = []
         for inp, v in params:
             t = m.types[inp.name]

@@ -1411,13 +1411,36 @@ def _divisible(size: Any, divisor: int, what: str, values: str = "") -> bool:
     something else, on the sizes that are not."""
     if isinstance(size, int):
         if size % divisor:
-            raise InputError(f"{what} ({values})" if values else what)
+            raise InputError(f"{values}, but {what}" if values else what)
         return True
     if size % divisor == 0:  # provable for the symbolic size (False when it cannot tell)
         return True
     raise ValueError(
         f"{what}, which the symbolic size {size} does not guarantee: export with a "
         f'multiple of {divisor} (e.g. jax.export.symbolic_shape("b, {divisor}*k") for it)'
+    )
+
+
+def _at_least(size: Any, minimum: int, what: str, values: str = "", least: int = 0) -> bool:
+    """Check that a size is at least minimum (a checker's run-time constraint `what`:
+    a valid window must fit in the steps that reach it): InputError when a concrete
+    size is not (naming the symbols' `values`). A symbolic size (jax.export) must be
+    one provably, by a lower bound on its symbol; otherwise this raises ValueError,
+    naming the constraint and the bound (`least`, when the size has one symbol)."""
+    if isinstance(size, int):
+        if size < minimum:
+            raise InputError(f"{values}, but {what}" if values else what)
+        return True
+    try:
+        if size >= minimum:
+            return True
+    except jax.errors.InconclusiveDimensionOperation:
+        pass
+    bound = least or minimum
+    raise ValueError(
+        f"{what}, which the symbolic size {size} does not guarantee: give jax.export a "
+        f"lower bound on the time symbol that makes it hold, e.g. "
+        f'jax.export.symbolic_shape("b, t", constraints=("t >= {bound}",))'
     )
 
 

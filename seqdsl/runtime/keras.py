@@ -1108,14 +1108,14 @@ class SeqdslModel(keras.Model):
             self.output_names = [o.removesuffix(" with mask") for o in self.OUTPUTS]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Keras' call, after the structural checks of the inputs (check_inputs, the
-        same as torch's and JAX's: shapes and dtypes only; an axis of unknown size
-        while Keras traces is not compared). In an eager call the token ids are
+        """Keras' call, after the structural checks of the inputs (check_inputs and the
+        run-time constraints, the same as torch's and JAX's: shapes and dtypes only;
+        an axis of unknown size while Keras traces is not compared). In an eager call the token ids are
         checked too (Keras' Embedding would read a negative id from the end of its
         table); in debug mode the lengths and the declared mask kinds as well."""
         if self.DECLARED and args:
             named = self.named_inputs(args[0])
-            check_inputs(self.DECLARED, named)
+            self.check_constraints(check_inputs(self.DECLARED, named))
             ids = [c[1] for c in self.CHECKS if c[0] == "ids"]
             if self.debug or ids:  # the values of the ids alone, outside debug mode
                 values = self.concrete(named if self.debug else {n: named[n] for n in ids})
@@ -1132,7 +1132,14 @@ class SeqdslModel(keras.Model):
             return
         if not isinstance(x, (Mapping, list, tuple)) and not hasattr(x, "shape"):
             return
-        check_inputs(self.DECLARED, self.named_inputs(x))
+        self.check_constraints(check_inputs(self.DECLARED, self.named_inputs(x)))
+
+    def check_constraints(self, sizes: Mapping[str, Any]) -> None:
+        """The checker's run-time constraints on the symbols' sizes (``T % 2 == 0``
+        before a TemporalSplit(2), ``T >= 5`` before a valid window of 5), as torch's
+        and JAX's: InputError naming the constraint, the sizes and the layer's line.
+        A generated model with constraints overrides this; a symbol whose size is
+        unknown while Keras traces (None) is absent from ``sizes``: not checked."""
 
     def fit(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
         self.check_data(x)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from seqdsl.runtime.jax import (
+    _at_least,
     _check_lengths,
     _check_mask,
     _compute_dtype,
@@ -123,7 +124,18 @@ def _check_inputs(*arrays, lengths=None, masks=None):
     declared sizes, dtype kinds, symbols agreeing across inputs (B, T, ...),
     lengths and masks, and the checker's run-time constraints. Returns the
     symbol values."""
-    return _input_symbols(INPUTS, arrays, lengths, masks, ("frames",))
+    env = _input_symbols(INPUTS, arrays, lengths, masks, ("frames",))
+    if "T" in env:
+        _at_least(env["T"], 5, "Conv1D (line 22) needs T >= 5", f"T = {env['T']}", 9)
+    if "T" in env:
+        _at_least(
+            (env["T"] + 1) // 2,
+            5,
+            "Conv1D (line 23) needs (T + 1) // 2 >= 5",
+            f"(T + 1) // 2 = {(env['T'] + 1) // 2} (T = {env['T']})",
+            9,
+        )
+    return env
 
 
 # --------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def _check_inputs(*arrays, lengths=None, masks=None):
     symbol values."""
     env = _input_symbols(INPUTS, arrays, lengths, masks, ())
     if "T" in env:
-        _divisible(env["T"], 2, "MyTemporalSplit: T must be divisible by 2", f"T = {env['T']}")
+        _divisible(env["T"], 2, "MyTemporalSplit (line 33) needs T % 2 == 0", f"T = {env['T']}")
     return env
 
 

@@ -123,7 +123,7 @@ def _check_inputs(*arrays, lengths=None, masks=None):
     symbol values."""
     env = _input_symbols(INPUTS, arrays, lengths, masks, ())
     if "T" in env:
-        _divisible(env["T"], 2, "TemporalSplit: T must be divisible by 2", f"T = {env['T']}")
+        _divisible(env["T"], 2, "TemporalSplit (line 15) needs T % 2 == 0", f"T = {env['T']}")
     return env
 
 

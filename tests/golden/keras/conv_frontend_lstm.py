@@ -24,6 +24,7 @@ import keras
 from keras import layers
 
 from seqdsl.runtime.keras import (
+    InputError,
     LengthsToMask,
     MaskedConv1D,
     MaskedLSTM,
@@ -96,6 +97,17 @@ class ConvFrontend(SeqdslModel):
     DECLARED = DECLARED
     CHECKS = CHECKS
     pad = staticmethod(pad)
+
+    def check_constraints(self, sizes):
+        """The checker's run-time constraints, at every call and before fit(),
+        predict(), evaluate(): a size unknown while Keras traces is absent from
+        sizes, and not checked."""
+        if "T" in sizes and sizes["T"] < 5:  # a run-time constraint
+            raise InputError(f"T = {sizes['T']}, but Conv1D (line 22) needs T >= 5")
+        if "T" in sizes and (sizes["T"] + 1) // 2 < 5:  # a run-time constraint
+            raise InputError(
+                f"(T + 1) // 2 = {(sizes['T'] + 1) // 2} (T = {sizes['T']}), but Conv1D (line 23) needs (T + 1) // 2 >= 5",
+            )
 
 
 def build_model():

@@ -30,6 +30,7 @@ from keras import layers, ops
 
 from seqdsl.runtime.keras import (
     ExternLayer,
+    InputError,
     MaskedLSTM,
     NonZeroMask,
     SeqdslModel,
@@ -226,6 +227,13 @@ class SeedMasking(SeqdslModel):
     CHECKS = CHECKS
     EXTERNS = EXTERNS
     pad = staticmethod(pad)
+
+    def check_constraints(self, sizes):
+        """The checker's run-time constraints, at every call and before fit(),
+        predict(), evaluate(): a size unknown while Keras traces is absent from
+        sizes, and not checked."""
+        if "T" in sizes and sizes["T"] % 2:  # a run-time constraint
+            raise InputError(f"T = {sizes['T']}, but MyTemporalSplit (line 33) needs T % 2 == 0")
 
 
 def build_model(externs=None, debug=False):

@@ -26,6 +26,7 @@ from keras import layers
 
 from seqdsl.runtime.keras import (
     ConcatMasks,
+    InputError,
     MaskedLSTM,
     NonZeroMask,
     SeqdslModel,
@@ -106,6 +107,13 @@ class TemporalSplitDemo(SeqdslModel):
     DECLARED = DECLARED
     CHECKS = CHECKS
     pad = staticmethod(pad)
+
+    def check_constraints(self, sizes):
+        """The checker's run-time constraints, at every call and before fit(),
+        predict(), evaluate(): a size unknown while Keras traces is absent from
+        sizes, and not checked."""
+        if "T" in sizes and sizes["T"] % 2:  # a run-time constraint
+            raise InputError(f"T = {sizes['T']}, but TemporalSplit (line 15) needs T % 2 == 0")
 
 
 def build_model():

@@ -15,6 +15,7 @@ from seqdsl.runtime.torch import (
     LSTM,
     Conv1D,
     Dense,
+    InputError,
     SeqdslModule,
     check_inputs,
     check_lengths,
@@ -66,8 +67,14 @@ class ConvFrontend(SeqdslModule):
             lengths = {"frames": lengths}
         if masks is not None and not isinstance(masks, dict):
             masks = {"frames": masks}
-        check_inputs(self.INPUTS, {"frames": frames}, lengths, masks, ("frames",))
+        sizes = check_inputs(self.INPUTS, {"frames": frames}, lengths, masks, ("frames",))
         frames = torch.as_tensor(frames, dtype=dtype, device=device)
+        if sizes["T"] < 5:  # a run-time constraint
+            raise InputError(f"T = {sizes['T']}, but Conv1D (line 22) needs T >= 5")
+        if (sizes["T"] + 1) // 2 < 5:  # a run-time constraint
+            raise InputError(
+                f"(T + 1) // 2 = {(sizes['T'] + 1) // 2} (T = {sizes['T']}), but Conv1D (line 23) needs (T + 1) // 2 >= 5",
+            )
         frames_mask = input_mask("frames", frames, "post", lengths, masks)  # post padding
         if self.debug:  # the declared mask kinds hold
             check_lengths("frames", lengths, frames.shape[1], False)
