@@ -1103,10 +1103,22 @@ def _first_padded(ins: Sequence[TensorType]) -> str | None:
 def _window_time(
     ctx: RuleContext, kind: str, T: Dim | None, k: int, s: int, d: int, padding: str
 ) -> Dim | None:
+    window = d * (k - 1) + 1
     if T is None:
+        if padding == "valid" and window > 1:
+            # nothing to check a length against: a shorter input would have no whole
+            # window (0 steps on torch and JAX, an error inside TensorFlow on Keras)
+            raise RuleError(
+                "SEQ403",
+                f"{kind}: a window of {window} steps with padding=valid on a sequence of "
+                "unknown length (`_`): inputs shorter than the window cannot be checked",
+                f"declare the time axis with a symbol (e.g. `T`): the built model then "
+                f"checks `T >= {window}` at every call; or use `padding=same`",
+                where="input",
+            )
         return None
     if padding == "valid":
-        out = (T - (d * (k - 1) + 1)).floordiv(s) + 1
+        out = (T - window).floordiv(s) + 1
     else:  # same, causal
         out = T.ceildiv(s)
     v = out.value

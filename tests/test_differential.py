@@ -496,6 +496,22 @@ def test_a_window_longer_than_its_input_is_an_input_error(layer: str) -> None:
     agree(src, difftest.BACKENDS)
 
 
+@pytest.mark.parametrize("layer", WINDOWS)
+def test_a_window_on_an_unknown_time_is_an_error(layer: str) -> None:
+    """A valid window on a time declared `_` has no length to be checked against: with
+    fewer steps than its window torch and JAX gave 0 steps, Keras raised inside
+    TensorFlow. SEQ403 at check time, naming the fix (a time symbol, which the model
+    then checks at every call, or padding=same)."""
+    src = f"model M {{\n    input x: f32[B, _, 2]\n    y = x -> {layer}\n    output y\n}}\n"
+    with pytest.raises(SeqError) as e:
+        seqdsl.loads(src)
+    (d,) = [d for d in e.value.diagnostics if d.is_error]
+    assert d.code == "SEQ403" and "unknown length" in d.message, d.message
+    assert "`T >= 3`" in (d.hint or "")
+    seqdsl.loads(src.replace("_", "T"))
+    seqdsl.loads(src.replace("(3)", "(3, padding=same)").replace(", 3)", ", 3, padding=same)"))
+
+
 def test_windows_that_always_fit_have_no_constraint() -> None:
     """Every length is at least 1: a valid window of 1 step, and same or causal padding
     (ceil(T / s) >= 1 steps), add no run-time constraint; a window on a known length
