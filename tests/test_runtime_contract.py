@@ -437,3 +437,43 @@ def test_keras_inputs_by_name(prog: seqdsl.Program) -> None:
         m({"x": x, "x_lengths": np.array([5, 2]), "lengths": np.array([5, 2])})
     with pytest.raises(InputError, match=r"input `x_lengths`: axis 0 \(B\) has size 1, but B = 2"):
         m({"x": x, "x_lengths": np.array([5])})
+
+
+# --------------------------------------------------------------------------
+# build(dtype=): float32 or float64, the same on every backend
+
+
+@pytest.mark.parametrize("dtype", ["int32", "float8", "bfloat16"])
+def test_build_refuses_other_dtypes(prog: seqdsl.Program, backend: str, dtype: str) -> None:
+    """A dtype other than float32/float64 was accepted and gave a raw error (torch:
+    WeightsFileError for int32; Keras: InvalidArgumentError from TensorFlow) or a
+    model computing in it (JAX built an int32 model)."""
+    with pytest.raises(ValueError, match=rf"build\(dtype='{dtype}'\).*float32, float64"):
+        prog.build(backend, model="Lens", dtype=dtype)
+
+
+def test_float64_builds_compute_in_float64(prog: seqdsl.Program, backend: str) -> None:
+    """build(dtype="float64") computes in float64 on every backend: Keras ignored it
+    (float32 layers), and JAX without its 64-bit mode made the weights float32: now a
+    ValueError that says how to switch it on. Checked against the float64 reference."""
+    from seqdsl.reference import run_reference
+
+    m = prog.model("Lens")
+    x, lens = x3().astype(np.float64), np.array([5, 2])
+    w = {k: v.astype(np.float64) for k, v in seqdsl.reference.reference_weights(m, 4).items()}
+    want = run_reference(m, w, [x], lengths={"x": lens}).outputs[0]
+    if backend == "jax":
+        import jax
+
+        with pytest.raises(ValueError, match=r"jax\.enable_x64\(True\)"):
+            prog.build("jax", model="Lens", dtype="float64")
+        with jax.enable_x64(True):
+            built = prog.build("jax", model="Lens", dtype="float64")
+            built.load_canonical(w)
+            got = call(backend, built, x, lengths=lens)
+    else:
+        built = prog.build(backend, model="Lens", dtype="float64")
+        built.load_canonical(w)
+        got = call(backend, built, x, lengths=lens)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

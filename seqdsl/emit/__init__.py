@@ -114,6 +114,10 @@ def load_source(text: str, name: str) -> types.ModuleType:
     return mod
 
 
+#: what ``build(..., dtype=)`` takes: the float dtype of the weights and the computation
+FLOAT_DTYPES = ("float32", "float64")
+
+
 def build(
     model: CheckedModel,
     backend: str,
@@ -128,6 +132,11 @@ def build(
     Extern layers take their implementations from ``externs`` (name -> function),
     then from the registry (``@seqdsl.extern``), after importing the modules the
     program names with ``use "python.module"`` (see ``seqdsl/externs.py``)."""
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"build(dtype={dtype!r}): the float dtype of the weights and the computation "
+            f"is one of {', '.join(FLOAT_DTYPES)}"
+        )
     if model.python_modules:
         from ..externs import import_modules
 

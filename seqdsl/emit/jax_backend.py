@@ -87,10 +87,20 @@ def instantiate(
     dtype: str | None = None,
 ) -> object:
     """The emitted module's model class, loaded with canonical ``weights`` (it
-    computes in the dtype of its weights and inputs; ``dtype`` is not needed).
+    computes in the dtype of its weights and inputs). ``dtype="float64"`` needs
+    jax_enable_x64 (``with jax.enable_x64(True):``): without it JAX would make the
+    float64 weights float32, so it is a ValueError.
 
     ``externs``: implementations of extern layers (name -> function), before the
     registry; a missing implementation raises ``ExternError`` here."""
+    import jax
+
+    if dtype == "float64" and not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            'build("jax", dtype="float64") needs JAX\'s 64-bit mode: build and call the '
+            "model inside `with jax.enable_x64(True):` (or set jax_enable_x64); without it "
+            "JAX computes in float32"
+        )
     cls = getattr(module, class_name(model))
     if model.externs:
         return cls(module.from_canonical(dict(weights)), externs=externs)
