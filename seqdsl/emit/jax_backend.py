@@ -95,7 +95,7 @@ def instantiate(
     registry; a missing implementation raises ``ExternError`` here."""
     import jax
 
-    if dtype == "float64" and not jax.config.read("jax_enable_x64"):
+    if dtype == "float64" and not jax.config.read("jax_enable_x64"):  # type: ignore[no-untyped-call]
         raise ValueError(
             'build("jax", dtype="float64") needs JAX\'s 64-bit mode: build and call the '
             "model inside `with jax.enable_x64(True):` (or set jax_enable_x64); without it "
