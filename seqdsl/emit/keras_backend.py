@@ -139,7 +139,7 @@ def instantiate(
 
     kwargs = {"externs": externs} if uses_externs(model.layers, model.externs) else {}
     before = keras.config.dtype_policy()
-    if dtype is not None:
+    if dtype not in (None, "float32"):  # float32 keeps the policy the user set (mixed_float16...)
         keras.config.set_dtype_policy(dtype)
     try:
         built = module.build_model(**kwargs)

@@ -40,7 +40,6 @@ from .common import (
 )
 
 __all__ = [
-    "PortableMultiHeadAttention",
     "ConcatMasks",
     "DropMask",
     "ExternLayer",
@@ -56,6 +55,7 @@ __all__ = [
     "MaskedLSTM",
     "MaskedMaxPooling1D",
     "MaskedMultiHeadAttention",
+    "PortableMultiHeadAttention",
     "MaskedNestedRNN",
     "MaskedRNN",
     "MaskedSimpleRNN",
