@@ -509,17 +509,18 @@ def _check_shapes(model: CheckedModel, batch: Batch) -> None:
         if not mask_fits_kind(m, t.mask):
             raise DataError(f"{src}: `{name}_mask` does not fit the kind {t.mask} of `{name}`")
     for c in model.constraints:
+        if c.holds(env) is not False:
+            continue
         v = c.dim.evaluate(env)
-        if v is not None and c.minimum is not None and v < c.minimum:
+        if c.minimum is not None:
             raise DataError(
                 f"{src}: {c.rule}, and {c.dim} is {v} here: the sequences are too short "
                 "for its window (pad to a longer length: `pad(..., maxlen=...)`)"
             )
-        if v is not None and v % c.divisor != 0:
-            raise DataError(
-                f"{src}: {c.what} needs {c.dim} to be a multiple of {c.divisor}, and it is {v} "
-                "here (pad to such a length: `pad(..., maxlen=...)`)"
-            )
+        raise DataError(
+            f"{src}: {c.what} needs {c.dim} to be a multiple of {c.divisor}, and it is {v} "
+            "here (pad to such a length: `pad(..., maxlen=...)`)"
+        )
     problem = _shrunk(model, env)
     if problem is not None:
         raise DataError(f"{src}: {problem}")

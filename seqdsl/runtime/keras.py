@@ -682,6 +682,9 @@ class PortableMultiHeadAttention(keras.layers.MultiHeadAttention):
       differs from the keys' (ValueError "value shape should be ..."). The explicit
       path gives the same numbers."""
 
+    #: always the explicit softmax path (MaskedMultiHeadAttention)
+    always_explicit = False
+
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
         for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
@@ -698,7 +701,9 @@ class PortableMultiHeadAttention(keras.layers.MultiHeadAttention):
         use_causal_mask=False,
     ):
         # a subclass's _compute_attention gets the causal mask inside attention_mask
-        explicit = return_attention_scores or self._value_dim != self._key_dim
+        explicit = (
+            return_attention_scores or self.always_explicit or self._value_dim != self._key_dim
+        )
         out, scores = super()._compute_attention(
             query, key, value, attention_mask, training, return_attention_scores=explicit
         )
@@ -714,19 +719,7 @@ class MaskedMultiHeadAttention(PortableMultiHeadAttention):
     a uniform average instead. Its projections add their biases by broadcasting
     (PortableMultiHeadAttention)."""
 
-    def _compute_attention(
-        self,
-        query,
-        key,
-        value,
-        attention_mask=None,
-        training=None,
-        return_attention_scores=False,
-        use_causal_mask=False,
-    ):
-        return super()._compute_attention(
-            query, key, value, attention_mask, training, return_attention_scores=True
-        )
+    always_explicit = True
 
 
 # --------------------------------------------------------------------------
